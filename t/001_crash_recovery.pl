@@ -1,0 +1,258 @@
+
+# Copyright (c) turbovec authors
+
+# Crash recovery of turbo indexes.
+#
+# A table with three turbo indexes (l2 at 4 bits, cosine at 2 bits, inner
+# product at 3 bits) takes concurrent inserts, updates and deletes from two
+# pgbench clients; mid-stream the server crashes: odd cycles stop the
+# postmaster with an immediate shutdown (no checkpoint, shared buffers
+# lost), even cycles SIGKILL one inserting backend so that the postmaster
+# resets shared memory and replays WAL itself.  Checkpoints are rare, so
+# recovery replays the generic WAL records of the index pages.  After each
+# restart every index must be structurally sound (turbo_verify), complete
+# (every live row is found by an index scan, a full ordered scan returns
+# exactly the live rows) and exact (with the re-rank window covering the
+# table, LIMIT 10 equals a sequential scan), and after VACUUM its live-row
+# count must match the table.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run;
+use Time::HiRes qw(usleep);
+
+srand(20240611);
+
+my $dim     = 16;
+my $ncycles = 4;
+my $nsample = 50;
+# Re-rank window covering the whole table: index answers must be exact.
+my $all_candidates = 100000;
+
+my %opclass = (t_l2 => '<->', t_cos => '<=>', t_ip => '<#>');
+my @indexes = sort keys %opclass;
+
+my $node = PostgreSQL::Test::Cluster->new('crash');
+$node->init;
+$node->append_conf(
+	'postgresql.conf', qq{
+restart_after_crash = on
+log_statement = none
+checkpoint_timeout = 1h
+max_wal_size = 1GB
+max_connections = 20
+});
+$node->start;
+
+# A random vector as a real[] literal, from perl's seeded generator.
+sub random_vector
+{
+	return '{' . join(',', map { sprintf('%.6f', rand(2) - 1) } 1 .. $dim) . '}';
+}
+
+# Ids of the rows an ordered index scan must return.
+sub live_ids
+{
+	return $node->safe_psql('postgres',
+		'SELECT id FROM t WHERE v IS NOT NULL ORDER BY id');
+}
+
+$node->safe_psql(
+	'postgres', qq{
+CREATE EXTENSION turbovec;
+CREATE TABLE t (id serial PRIMARY KEY, v real[]);
+SELECT setseed(0.25);
+INSERT INTO t (v)
+	SELECT CASE WHEN i % 50 = 0 THEN NULL
+		ELSE (SELECT array_agg((random() * 2 - 1)::real)
+			  FROM generate_series(1, $dim) WHERE i > 0) END
+	FROM generate_series(1, 1000) i;
+CREATE INDEX t_l2 ON t USING turbo (v real_l2_ops);
+CREATE INDEX t_cos ON t USING turbo (v real_cosine_ops) WITH (bits = 2);
+CREATE INDEX t_ip ON t USING turbo (v real_ip_ops) WITH (bits = 3);
+});
+
+# pgbench scripts: random vectors come from pgbench's seeded generator.
+my $tmp     = PostgreSQL::Test::Utils::tempdir;
+my $sets    = join('', map { "\\set x$_ random(-1000000, 1000000) / 1000000.0\n" } 1 .. $dim);
+my $array   = 'ARRAY[' . join(', ', map { ":x$_" } 1 .. $dim) . ']::real[]';
+my %scripts = (
+	'insert.sql@8'      => "$sets" . "INSERT INTO t (v) VALUES ($array);\n",
+	'insert_null.sql@1' => "INSERT INTO t (v) VALUES (NULL);\n",
+	'update.sql@2'      => "$sets\\set id random(1, 1000)\n"
+	  . "UPDATE t SET v = $array WHERE id = :id;\n",
+	'delete.sql@1' => "\\set id random(1, 2000)\nDELETE FROM t WHERE id = :id;\n",);
+my @script_args;
+foreach my $name (sort keys %scripts)
+{
+	my ($file) = split /@/, $name;
+	PostgreSQL::Test::Utils::append_to_file("$tmp/$file", $scripts{$name});
+	push @script_args, '-f', "$tmp/$name";
+}
+
+# Run the checks every cycle makes; $label names the cycle and phase.
+sub check_indexes
+{
+	my ($label, $after_vacuum) = @_;
+
+	foreach my $idx (@indexes)
+	{
+		is($node->safe_psql('postgres', "SELECT * FROM turbo_verify('$idx')"),
+			'', "$label: turbo_verify($idx) finds no problem");
+	}
+
+	my @live = split /\n/, live_ids();
+	my %live = map { $_ => 1 } @live;
+	my $settings =
+	  "SET enable_seqscan = off; SET enable_bitmapscan = off; "
+	  . "SET turbovec.candidates = $all_candidates;";
+
+	# Every sampled live row finds itself (distance 0) through the l2 and
+	# cosine indexes.  Vectors are random, so no two rows are equal.
+	my @sample = (sort { $a <=> $b } map { $live[ int(rand(@live)) ] } 1 .. $nsample);
+	my %seen;
+	@sample = grep { !$seen{$_}++ } @sample;
+	my $in = join(',', @sample);
+	foreach my $idx ('t_l2', 't_cos')
+	{
+		my $op  = $opclass{$idx};
+		my $sql = "SELECT s.id, (SELECT u.id FROM t u ORDER BY u.v $op s.v LIMIT 1) "
+		  . "FROM t s WHERE s.id IN ($in) ORDER BY s.id";
+		my $plan = $node->safe_psql('postgres', "$settings EXPLAIN (COSTS OFF) $sql");
+		like($plan, qr/Index Scan using $idx/, "$label: self lookups use $idx");
+		my @wrong;
+		foreach my $line (split /\n/, $node->safe_psql('postgres', "$settings $sql"))
+		{
+			my ($id, $found) = split /\|/, $line, -1;
+			push @wrong, "$id->" . ($found eq '' ? 'nothing' : $found) if $found ne $id;
+		}
+		is(scalar(@wrong), 0,
+			"$label: each of " . scalar(@sample) . " sampled rows is found by $idx")
+		  or diag("row -> nearest row found: @wrong[0 .. ($#wrong < 9 ? $#wrong : 9)]");
+	}
+
+	# Full ordered scans return exactly the live rows, at a covering re-rank
+	# window and (l2) at the default one.
+	my $q = random_vector();
+	foreach my $case (
+		(map { [ $_, $all_candidates ] } @indexes),
+		[ 't_l2', undef ])
+	{
+		my ($idx, $cand) = @$case;
+		my $op  = $opclass{$idx};
+		my $set = "SET enable_seqscan = off; SET enable_bitmapscan = off; "
+		  . (defined $cand ? "SET turbovec.candidates = $cand;" : '');
+		my $what = "$idx, candidates " . ($cand // 'default');
+		my $sql  = "SELECT id FROM t ORDER BY v $op '$q'";
+		like(
+			$node->safe_psql('postgres', "$set EXPLAIN (COSTS OFF) $sql"),
+			qr/Index Scan using $idx/,
+			"$label: full scan uses $what");
+		my @got = split /\n/, $node->safe_psql('postgres', "$set $sql");
+		my %got;
+		my @dups    = grep { $got{$_}++ } @got;
+		my @extra   = grep { !$live{$_} } keys %got;
+		my @missing = grep { !$got{$_} } @live;
+		ok(!@dups && !@extra && !@missing,
+			"$label: full scan on $what returns the " . scalar(@live) . " live rows")
+		  or diag(sprintf(
+			"got %d rows; %d duplicated (%s), %d not live (%s), %d missing (%s)",
+			scalar(@got), scalar(@dups), join(',', @dups[0 .. ($#dups < 9 ? $#dups : 9)]),
+			scalar(@extra), join(',', @extra[0 .. ($#extra < 9 ? $#extra : 9)]),
+			scalar(@missing), join(',', @missing[0 .. ($#missing < 9 ? $#missing : 9)])));
+	}
+
+	# With a covering re-rank window the top 10 equal a sequential scan's.
+	foreach my $idx (@indexes)
+	{
+		my $op = $opclass{$idx};
+		for my $i (1 .. 2)
+		{
+			my $qv  = random_vector();
+			my $sql = "SELECT id FROM t ORDER BY v $op '$qv' LIMIT 10";
+			my $exact = $node->safe_psql('postgres',
+				"SET enable_indexscan = off; SET enable_bitmapscan = off; $sql");
+			my $got = $node->safe_psql('postgres', "$settings $sql");
+			is($got, $exact, "$label: $idx top 10 equals a sequential scan (query $i)");
+		}
+	}
+
+	if ($after_vacuum)
+	{
+		my $count = $node->safe_psql('postgres',
+			'SELECT count(*) FROM t WHERE v IS NOT NULL');
+		foreach my $idx (@indexes)
+		{
+			is( $node->safe_psql('postgres',
+					"SELECT live_rows FROM turbo_index_info('$idx')"),
+				$count,
+				"$label: turbo_index_info($idx).live_rows equals the $count non-NULL rows");
+		}
+	}
+}
+
+check_indexes('after build', 0);
+
+for my $cycle (1 .. $ncycles)
+{
+	# Give the cycle some history to replay: deletes, a VACUUM of the indexes
+	# and, every other cycle, a checkpoint so some pages come back from full
+	# page images and some from the records alone.
+	$node->safe_psql('postgres',
+		"DELETE FROM t WHERE id % 17 = $cycle; VACUUM t;");
+	$node->safe_psql('postgres', 'CHECKPOINT') if $cycle % 2 == 0;
+
+	my $before = $node->safe_psql('postgres', 'SELECT count(*) FROM t');
+	my ($out, $err) = ('', '');
+	my $pgbench = IPC::Run::start(
+		[
+			'pgbench', '-n', '-c', '2', '-j', '2', '-T', '60',
+			'-R', '400', "--random-seed=$cycle", @script_args,
+			'-h', $node->host, '-p', $node->port, 'postgres'
+		],
+		'>', \$out, '2>', \$err,
+		IPC::Run::timeout(120));
+
+	# Crash only once the clients are busy writing: at least 200 rows in.
+	my $grown = 0;
+	for (1 .. 100)
+	{
+		usleep(100_000);
+		my $now = $node->safe_psql('postgres', 'SELECT count(*) FROM t');
+		if ($now >= $before + 200) { $grown = 1; last; }
+	}
+	ok($grown, "cycle $cycle: pgbench inserted rows before the crash")
+	  or diag("pgbench stderr: $err");
+
+	if ($cycle % 2 == 1)
+	{
+		$node->stop('immediate');
+		$node->start;
+	}
+	else
+	{
+		my $pid = $node->safe_psql('postgres',
+			"SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbench' "
+			  . "AND backend_type = 'client backend' LIMIT 1");
+		ok($pid =~ /^\d+$/, "cycle $cycle: found a pgbench backend to kill");
+		my $offset = -s $node->logfile;
+		kill 'KILL', $pid if $pid =~ /^\d+$/;
+		$node->wait_for_log(qr/all server processes terminated; reinitializing/, $offset);
+		$node->wait_for_log(qr/database system is ready to accept connections/, $offset);
+	}
+
+	# The clients lose their connections; collect them.
+	eval { $pgbench->finish; };
+	$pgbench->kill_kill if $@;
+
+	check_indexes("cycle $cycle after crash", 0);
+
+	$node->safe_psql('postgres', 'VACUUM t');
+	check_indexes("cycle $cycle after vacuum", 1);
+}
+
+$node->stop;
+done_testing();

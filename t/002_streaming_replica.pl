@@ -1,0 +1,154 @@
+
+# Copyright (c) turbovec authors
+
+# Turbo indexes on a streaming replica.
+#
+# Index pages are WAL-logged with generic WAL, so a hot standby replays them
+# byte for byte.  A standby made from a base backup must answer the same
+# ORDER BY ... LIMIT queries as the primary, through the index, after the
+# initial load and after each of ten delete/VACUUM/insert cycles on the
+# primary; turbo_verify must be clean and turbo_index_info must agree on
+# both nodes.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+srand(20240612);
+
+my $dim      = 16;
+my $nqueries = 5;
+my %opclass  = (t_l2 => '<->', t_cos => '<=>');
+my @indexes  = sort keys %opclass;
+
+my $primary = PostgreSQL::Test::Cluster->new('primary');
+$primary->init(allows_streaming => 1);
+$primary->append_conf('postgresql.conf', 'log_statement = none');
+$primary->start;
+
+$primary->safe_psql(
+	'postgres', qq{
+CREATE EXTENSION turbovec;
+CREATE TABLE t (id serial PRIMARY KEY, v real[]);
+});
+
+my $backup_name = 'turbo_backup';
+$primary->backup($backup_name);
+
+my $standby = PostgreSQL::Test::Cluster->new('standby');
+$standby->init_from_backup($primary, $backup_name, has_streaming => 1);
+$standby->start;
+
+# Insert $n random vectors (one in 40 NULL), seeded so runs repeat.
+sub insert_rows
+{
+	my ($n, $seed) = @_;
+	$primary->safe_psql(
+		'postgres', qq{
+SELECT setseed($seed);
+INSERT INTO t (v)
+	SELECT CASE WHEN i % 40 = 0 THEN NULL
+		ELSE (SELECT array_agg((random() * 2 - 1)::real)
+			  FROM generate_series(1, $dim) WHERE i > 0) END
+	FROM generate_series(1, $n) i;
+});
+}
+
+sub random_vector
+{
+	return '{' . join(',', map { sprintf('%.6f', rand(2) - 1) } 1 .. $dim) . '}';
+}
+
+# Wait until the standby has replayed everything the primary wrote.
+sub wait_for_standby
+{
+	$primary->wait_for_catchup($standby, 'replay', $primary->lsn('insert'));
+}
+
+# Compare index answers, verification and index info on both nodes.
+sub compare_nodes
+{
+	my ($label) = @_;
+	my $settings = 'SET enable_seqscan = off; SET enable_bitmapscan = off;';
+
+	foreach my $idx (@indexes)
+	{
+		my $op = $opclass{$idx};
+		for my $i (1 .. $nqueries)
+		{
+			my $q   = random_vector();
+			my $sql = "SELECT id FROM t ORDER BY v $op '$q' LIMIT 10";
+			my $on_primary = $primary->safe_psql('postgres', "$settings $sql");
+			my $on_standby = $standby->safe_psql('postgres', "$settings $sql");
+			my @rows = split /\n/, $on_primary;
+			is(scalar(@rows), 10,
+				"$label: $idx query $i returns 10 rows on the primary");
+			is($on_standby, $on_primary,
+				"$label: $idx query $i gives the same rows on both nodes");
+		}
+
+		foreach my $node ($primary, $standby)
+		{
+			my $name = $node->name;
+			is($node->safe_psql('postgres', "SELECT * FROM turbo_verify('$idx')"),
+				'', "$label: turbo_verify($idx) is clean on the $name");
+		}
+
+		my $info = "SELECT * FROM turbo_index_info('$idx')";
+		is($standby->safe_psql('postgres', $info),
+			$primary->safe_psql('postgres', $info),
+			"$label: turbo_index_info($idx) is the same on both nodes");
+	}
+}
+
+insert_rows(2000, 0.1);
+$primary->safe_psql(
+	'postgres', q{
+CREATE INDEX t_l2 ON t USING turbo (v real_l2_ops);
+CREATE INDEX t_cos ON t USING turbo (v real_cosine_ops) WITH (bits = 3);
+});
+wait_for_standby();
+
+# The standby plans the index too.
+foreach my $idx (@indexes)
+{
+	my $q = random_vector();
+	like(
+		$standby->safe_psql(
+			'postgres',
+			"SET enable_seqscan = off; EXPLAIN (COSTS OFF) "
+			  . "SELECT id FROM t ORDER BY v $opclass{$idx} '$q' LIMIT 10"),
+		qr/Index Scan using $idx/,
+		"standby plans an index scan on $idx");
+}
+is($standby->safe_psql('postgres', 'SELECT pg_is_in_recovery()'),
+	't', 'standby is in recovery');
+
+compare_nodes('after build');
+
+for my $cycle (1 .. 10)
+{
+	$primary->safe_psql('postgres',
+		"DELETE FROM t WHERE id % 10 = $cycle % 10; VACUUM t;");
+	insert_rows(200, $cycle / 100.0);
+	wait_for_standby();
+
+	compare_nodes("cycle $cycle");
+
+	my $count = $primary->safe_psql('postgres',
+		'SELECT count(*) FROM t WHERE v IS NOT NULL');
+	# VACUUM ran before the inserts, so no dead entry is left to count.
+	foreach my $idx (@indexes)
+	{
+		is( $standby->safe_psql('postgres',
+				"SELECT live_rows FROM turbo_index_info('$idx')"),
+			$count,
+			"cycle $cycle: $idx live_rows on the standby equals the $count non-NULL rows");
+	}
+}
+
+$standby->stop;
+$primary->stop;
+done_testing();

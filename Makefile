@@ -1,0 +1,41 @@
+# turbovec: PGXS build.  `make && make install`; `make installcheck` runs
+# pg_regress against a running server, `make prove_installcheck` the TAP
+# tests.  SIMD kernels are compiled with target attributes and picked at run
+# time, so no -march flag belongs here.
+
+EXTENSION = turbovec
+EXTVERSION = 0.1.0
+
+MODULE_big = turbovec
+OBJS = \
+	src/turbovec.o \
+	src/tvbuild.o \
+	src/tvcodec.o \
+	src/tvfuncs.o \
+	src/tvinsert.o \
+	src/tvkernels.o \
+	src/tvpage.o \
+	src/tvscan.o \
+	src/tvvacuum.o \
+	src/tvvector.o
+
+HEADERS = src/turbovec.h src/tvcodec.h
+
+DATA = $(EXTENSION)--$(EXTVERSION).sql
+
+TESTS = $(sort $(wildcard sql/*.sql))
+REGRESS = $(patsubst sql/%.sql,%,$(TESTS))
+REGRESS_OPTS = --inputdir=. --load-extension=$(EXTENSION)
+
+TAP_TESTS = 1
+
+PG_CONFIG ?= $(shell command -v pg_config 2>/dev/null || echo /usr/lib/postgresql/15/bin/pg_config)
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+
+# Codes must not depend on fused multiply-adds the compiler may introduce.
+PG_CFLAGS += -ffp-contract=off -Wmissing-prototypes -Wvla
+ifdef TV_WERROR
+PG_CFLAGS += -Werror
+endif
+
+include $(PGXS)

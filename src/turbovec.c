@@ -1,0 +1,248 @@
+/*
+ * turbovec.c
+ *	  Module start-up and the turbo access method's handler: reloptions,
+ *	  GUCs, cost estimate, opclass validation and build phase names.
+ */
+#include "postgres.h"
+
+#include <float.h>
+
+#include "access/amapi.h"
+#include "access/htup_details.h"
+#include "access/reloptions.h"
+#include "catalog/pg_amop.h"
+#include "catalog/pg_amproc.h"
+#include "catalog/pg_opclass.h"
+#include "commands/progress.h"
+#include "commands/vacuum.h"
+#include "fmgr.h"
+#include "optimizer/cost.h"
+#include "optimizer/optimizer.h"
+#include "optimizer/paths.h"
+#include "utils/guc.h"
+#include "utils/catcache.h"
+#include "utils/lsyscache.h"
+#include "utils/selfuncs.h"
+#include "utils/spccache.h"
+#include "utils/syscache.h"
+
+#include "turbovec.h"
+
+PG_MODULE_MAGIC;
+
+int			tv_candidates = TV_DEFAULT_CANDIDATES;
+relopt_kind tv_relopt_kind;
+
+void
+_PG_init(void)
+{
+	tv_kernels_init();
+
+	tv_relopt_kind = add_reloption_kind();
+	add_int_reloption(tv_relopt_kind, "bits",
+					  "Bits per coordinate of the TurboQuant code",
+					  TV_DEFAULT_BITS, TV_MIN_BITS, TV_MAX_BITS,
+					  AccessExclusiveLock);
+
+	DefineCustomIntVariable("turbovec.candidates",
+							"Number of candidates re-ranked on exact distances.",
+							"Higher values give better recall and slower queries.",
+							&tv_candidates,
+							TV_DEFAULT_CANDIDATES, TV_MIN_CANDIDATES, TV_MAX_CANDIDATES,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("turbovec");
+}
+
+static bytea *
+tvoptions(Datum reloptions, bool validate)
+{
+	static const relopt_parse_elt tab[] = {
+		{"bits", RELOPT_TYPE_INT, offsetof(TvOptions, bits)},
+	};
+
+	return (bytea *) build_reloptions(reloptions, validate, tv_relopt_kind,
+									  sizeof(TvOptions), tab, lengthof(tab));
+}
+
+/*
+ * Without an ORDER BY on a distance the index is useless: give it an
+ * infinite cost.  Otherwise a scan reads every code page once and fetches
+ * about turbovec.candidates heap rows to re-rank them, all before the first
+ * row comes out, so it is all start-up cost.
+ */
+static void
+tvcostestimate(PlannerInfo *root, IndexPath *path, double loop_count,
+			   Cost *indexStartupCost, Cost *indexTotalCost,
+			   Selectivity *indexSelectivity, double *indexCorrelation,
+			   double *indexPages)
+{
+	GenericCosts costs;
+	double		spc_seq_page_cost;
+	double		spc_random_page_cost;
+	double		rerank;
+
+	if (path->indexorderbys == NIL)
+	{
+		*indexStartupCost = DBL_MAX;
+		*indexTotalCost = DBL_MAX;
+		*indexSelectivity = 0;
+		*indexCorrelation = 0;
+		*indexPages = 0;
+		return;
+	}
+
+	MemSet(&costs, 0, sizeof(costs));
+	genericcostestimate(root, path, loop_count, &costs);
+
+	get_tablespace_page_costs(path->indexinfo->reltablespace,
+							  &spc_random_page_cost, &spc_seq_page_cost);
+
+	rerank = Min((double) tv_candidates, Max(path->indexinfo->tuples, 1.0));
+
+	/* codes are scored in 32-lane blocks, far cheaper than one operator call each */
+	*indexStartupCost = path->indexinfo->pages * spc_seq_page_cost +
+		path->indexinfo->tuples * cpu_operator_cost * 0.1 +
+		rerank * (spc_random_page_cost + cpu_operator_cost * 10);
+	*indexTotalCost = *indexStartupCost + costs.numIndexTuples * cpu_index_tuple_cost;
+	*indexSelectivity = 1.0;
+	*indexCorrelation = 0;
+	*indexPages = path->indexinfo->pages;
+}
+
+static char *
+tvbuildphasename(int64 phasenum)
+{
+	switch (phasenum)
+	{
+		case PROGRESS_CREATEIDX_SUBPHASE_INITIALIZE:
+			return "initializing";
+		case TV_PHASE_ENCODE:
+			return "encoding vectors";
+		default:
+			return NULL;
+	}
+}
+
+/*
+ * Check an opclass: it needs the distance function (1), the metric function
+ * (2) and one ordering operator (strategy 1).
+ */
+static bool
+tvvalidate(Oid opclassoid)
+{
+	HeapTuple	classtup;
+	Form_pg_opclass classform;
+	Oid			opfamilyoid;
+	CatCList   *proclist;
+	CatCList   *oprlist;
+	bool		have[TV_NPROCS + 1] = {false};
+	bool		result = true;
+
+	classtup = SearchSysCache1(CLAOID, ObjectIdGetDatum(opclassoid));
+	if (!HeapTupleIsValid(classtup))
+		elog(ERROR, "cache lookup failed for operator class %u", opclassoid);
+	classform = (Form_pg_opclass) GETSTRUCT(classtup);
+	opfamilyoid = classform->opcfamily;
+
+	proclist = SearchSysCacheList1(AMPROCNUM, ObjectIdGetDatum(opfamilyoid));
+	for (int i = 0; i < proclist->n_members; i++)
+	{
+		Form_pg_amproc procform = (Form_pg_amproc) GETSTRUCT(&proclist->members[i]->tuple);
+
+		if (procform->amprocnum < 1 || procform->amprocnum > TV_NPROCS)
+		{
+			ereport(INFO,
+					(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+					 errmsg("turbo operator family contains function %u with invalid support number %d",
+							procform->amproc, procform->amprocnum)));
+			result = false;
+			continue;
+		}
+		have[procform->amprocnum] = true;
+	}
+	ReleaseCatCacheList(proclist);
+
+	for (int i = 1; i <= TV_NPROCS; i++)
+		if (!have[i])
+		{
+			ereport(INFO,
+					(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+					 errmsg("turbo operator class is missing support function %d", i)));
+			result = false;
+		}
+
+	oprlist = SearchSysCacheList1(AMOPSTRATEGY, ObjectIdGetDatum(opfamilyoid));
+	for (int i = 0; i < oprlist->n_members; i++)
+	{
+		Form_pg_amop oprform = (Form_pg_amop) GETSTRUCT(&oprlist->members[i]->tuple);
+
+		if (oprform->amopstrategy != 1 || oprform->amoppurpose != AMOP_ORDER)
+		{
+			ereport(INFO,
+					(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+					 errmsg("turbo operator family contains operator %u that is not an ordering operator with strategy 1",
+							oprform->amopopr)));
+			result = false;
+		}
+	}
+	ReleaseCatCacheList(oprlist);
+	ReleaseSysCache(classtup);
+
+	return result;
+}
+
+PG_FUNCTION_INFO_V1(tvhandler);
+Datum
+tvhandler(PG_FUNCTION_ARGS)
+{
+	IndexAmRoutine *amroutine = makeNode(IndexAmRoutine);
+
+	amroutine->amstrategies = 0;
+	amroutine->amsupport = TV_NPROCS;
+	amroutine->amoptsprocnum = 0;
+	amroutine->amcanorder = false;
+	amroutine->amcanorderbyop = true;
+	amroutine->amcanbackward = false;
+	amroutine->amcanunique = false;
+	amroutine->amcanmulticol = false;
+	amroutine->amoptionalkey = true;
+	amroutine->amsearcharray = false;
+	amroutine->amsearchnulls = false;
+	amroutine->amstorage = false;
+	amroutine->amclusterable = false;
+	amroutine->ampredlocks = false;
+	amroutine->amcanparallel = false;
+	amroutine->amcaninclude = false;
+	amroutine->amusemaintenanceworkmem = false;
+#if PG_VERSION_NUM >= 160000
+	amroutine->amsummarizing = false;
+#endif
+	amroutine->amparallelvacuumoptions = VACUUM_OPTION_PARALLEL_BULKDEL;
+	amroutine->amkeytype = InvalidOid;
+
+	amroutine->ambuild = tvbuild;
+	amroutine->ambuildempty = tvbuildempty;
+	amroutine->aminsert = tvinsert;
+	amroutine->ambulkdelete = tvbulkdelete;
+	amroutine->amvacuumcleanup = tvvacuumcleanup;
+	amroutine->amcanreturn = NULL;
+	amroutine->amcostestimate = tvcostestimate;
+	amroutine->amoptions = tvoptions;
+	amroutine->amproperty = NULL;
+	amroutine->ambuildphasename = tvbuildphasename;
+	amroutine->amvalidate = tvvalidate;
+	amroutine->amadjustmembers = NULL;
+	amroutine->ambeginscan = tvbeginscan;
+	amroutine->amrescan = tvrescan;
+	amroutine->amgettuple = tvgettuple;
+	amroutine->amgetbitmap = NULL;
+	amroutine->amendscan = tvendscan;
+	amroutine->ammarkpos = NULL;
+	amroutine->amrestrpos = NULL;
+	amroutine->amestimateparallelscan = NULL;
+	amroutine->aminitparallelscan = NULL;
+	amroutine->amparallelrescan = NULL;
+
+	PG_RETURN_POINTER(amroutine);
+}

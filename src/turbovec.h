@@ -1,0 +1,187 @@
+/*
+ * turbovec.h
+ *	  Shared declarations of the turbo index access method.
+ *
+ * On disk a turbo index is a metapage (block 0) followed by data pages that
+ * carry one contiguous byte stream: fixed-size 32-lane blocks laid end to
+ * end, so no page space is wasted whatever the dimension.  A block may start
+ * on one page and end on a later one.  Each block is
+ *
+ *		uint32	live		bit l set: lane l holds a live heap TID
+ *		uint32	reserved
+ *		ItemPointerData tids[32]
+ *		float	norm[32]	||v||
+ *		float	ipscale[32]	||v|| / <v/||v||, xhat>
+ *		codes				TvCodec.block_code_bytes, see tvcodec.h
+ *
+ * Slots (block * 32 + lane) below TvMetaPageData.nslots have been handed out;
+ * a slot whose live bit is clear is free for reuse.  docs/FORMAT.md has the
+ * full format and the WAL rules.
+ */
+#ifndef TURBOVEC_H
+#define TURBOVEC_H
+
+#include "postgres.h"
+
+#include "access/amapi.h"
+#include "access/generic_xlog.h"
+#include "access/reloptions.h"
+#include "nodes/execnodes.h"
+#include "storage/bufmgr.h"
+#include "storage/itemptr.h"
+#include "utils/array.h"
+#include "utils/relcache.h"
+
+#include "tvcodec.h"
+
+/* Reloption and GUC limits */
+#define TV_MIN_BITS				2
+#define TV_DEFAULT_BITS			4
+#define TV_MAX_BITS				4
+#define TV_MIN_CANDIDATES		1
+#define TV_DEFAULT_CANDIDATES	100
+#define TV_MAX_CANDIDATES		100000
+
+/* Support functions */
+#define TV_DISTANCE_PROC		1	/* exact distance, used to re-rank */
+#define TV_METRIC_PROC			2	/* returns the TvMetric of the opclass */
+#define TV_NPROCS				2
+
+/* Metrics, as stored in the metapage */
+typedef enum TvMetric
+{
+	TV_METRIC_L2 = 1,
+	TV_METRIC_IP = 2,
+	TV_METRIC_COSINE = 3
+} TvMetric;
+
+/* Build phases for pg_stat_progress_create_index (1 is "initializing") */
+#define TV_PHASE_ENCODE			2
+
+/* Page identity */
+#define TV_MAGIC_NUMBER			0x54555242	/* "TURB" */
+#define TV_VERSION				1
+#define TV_PAGE_ID				0xFF8C
+#define TV_METAPAGE_BLKNO		0
+#define TV_FIRST_DATA_BLKNO		1
+
+#define TV_PAGE_META			(1 << 0)
+#define TV_PAGE_DATA			(1 << 1)
+
+typedef struct TvPageOpaqueData
+{
+	uint16		flags;
+	uint16		unused1;
+	uint16		unused2;
+	uint16		page_id;		/* TV_PAGE_ID, last so pg_filedump finds it */
+} TvPageOpaqueData;
+
+typedef TvPageOpaqueData *TvPageOpaque;
+
+#define TvPageGetOpaque(page) ((TvPageOpaque) PageGetSpecialPointer(page))
+
+/* Stream bytes carried by each data page, from the end of the page header */
+#define TV_PAGE_PAYLOAD_OFFSET	MAXALIGN(SizeOfPageHeaderData)
+#define TV_PAGE_PAYLOAD \
+	(BLCKSZ - TV_PAGE_PAYLOAD_OFFSET - MAXALIGN(sizeof(TvPageOpaqueData)))
+#define TvPagePayload(page)		((char *) (page) + TV_PAGE_PAYLOAD_OFFSET)
+
+typedef struct TvMetaPageData
+{
+	uint32		magic;
+	uint32		version;
+	uint32		dim;			/* 0 until the first vector arrives */
+	uint16		bits;
+	uint16		metric;			/* TvMetric */
+	uint64		seed;			/* codec seed */
+	uint32		block_bytes;	/* size of one 32-lane block in the stream */
+	uint32		page_payload;	/* stream bytes per data page */
+	uint64		nslots;			/* slots handed out */
+	uint64		free_hint;		/* no free slot lives in an earlier block */
+	uint64		change_count;	/* bumped by every modification */
+	uint32		ndatapages;		/* data pages that carry the stream */
+} TvMetaPageData;
+
+typedef TvMetaPageData *TvMetaPage;
+
+#define TvPageGetMeta(page)		((TvMetaPage) PageGetContents(page))
+
+/* Block header layout inside the stream */
+#define TV_BLOCK_LIVE_OFFSET	0
+#define TV_BLOCK_TIDS_OFFSET	8
+#define TV_BLOCK_NORM_OFFSET	(TV_BLOCK_TIDS_OFFSET + TV_LANES * sizeof(ItemPointerData))
+#define TV_BLOCK_IPSCALE_OFFSET (TV_BLOCK_NORM_OFFSET + TV_LANES * sizeof(float))
+#define TV_BLOCK_CODES_OFFSET	(TV_BLOCK_IPSCALE_OFFSET + TV_LANES * sizeof(float))
+
+/* Reloptions */
+typedef struct TvOptions
+{
+	int32		vl_len_;		/* varlena header (do not touch directly!) */
+	int			bits;
+} TvOptions;
+
+/* What every operation needs to know about an index, cached in rd_amcache */
+typedef struct TvIndexState
+{
+	TvMetaPageData meta;		/* as last read */
+	TvMetric	metric;
+	FmgrInfo	distance;		/* exact distance support function */
+	Oid			collation;
+	TvCodec    *codec;			/* NULL while meta.dim == 0 */
+} TvIndexState;
+
+/* GUCs */
+extern int	tv_candidates;
+
+/* turbovec.c */
+extern void _PG_init(void);
+extern relopt_kind tv_relopt_kind;
+
+/* tvvector.c */
+extern float *TvArrayGetFloats(ArrayType *array, int *dim);
+extern void TvCheckDimensions(Relation index, int expected, int actual);
+extern double TvNorm(const float *x, int dim);
+
+/* tvpage.c */
+extern TvIndexState *TvGetIndexState(Relation index);
+extern TvIndexState *TvCopyIndexState(const TvIndexState *src, MemoryContext cxt);
+extern void TvReadMeta(Relation index, TvMetaPageData *meta);
+extern void TvInitMetaPage(Page page, int bits, TvMetric metric, uint64 seed);
+extern void TvInitDataPage(Page page);
+extern void TvCheckMetaPage(Relation index, Page page);
+extern int	TvBlockBytes(const TvCodec *codec);
+extern TvCodec *TvCreateCodec(int dim, int bits, uint64 seed, MemoryContext cxt);
+extern int	TvGetBits(Relation index);
+extern TvMetric TvGetMetric(Relation index);
+extern Buffer TvNewDataBuffer(Relation index, ForkNumber forknum);
+extern void TvCommitBuffer(Buffer buf, GenericXLogState *state);
+extern void TvReadStream(Relation index, uint64 offset, Size len, char *out,
+						 BufferAccessStrategy strategy);
+extern bool TvPrepareVector(TvIndexState *state, float *x, uint8 *code,
+							TvFactors *factors, float *work);
+
+/* tvbuild.c */
+extern IndexBuildResult *tvbuild(Relation heap, Relation index, IndexInfo *indexInfo);
+extern void tvbuildempty(Relation index);
+
+/* tvinsert.c */
+extern bool tvinsert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid,
+					 Relation heap, IndexUniqueCheck checkUnique
+#if PG_VERSION_NUM >= 140000
+					 ,bool indexUnchanged
+#endif
+					 ,IndexInfo *indexInfo);
+
+/* tvscan.c */
+extern IndexScanDesc tvbeginscan(Relation index, int nkeys, int norderbys);
+extern void tvrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int norderbys);
+extern bool tvgettuple(IndexScanDesc scan, ScanDirection dir);
+extern void tvendscan(IndexScanDesc scan);
+
+/* tvvacuum.c */
+extern IndexBulkDeleteResult *tvbulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
+										   IndexBulkDeleteCallback callback, void *callback_state);
+extern IndexBulkDeleteResult *tvvacuumcleanup(IndexVacuumInfo *info, IndexBulkDeleteResult *stats);
+extern uint64 TvCountLive(Relation index, BufferAccessStrategy strategy);
+
+#endif							/* TURBOVEC_H */

@@ -1,0 +1,137 @@
+/*
+ * tvcodec.h
+ *	  TurboQuant codec: seeded structured rotation, Gaussian Lloyd-Max
+ *	  scalar codebooks (2, 3 or 4 bits per coordinate), length
+ *	  renormalisation, and the 32-lane block layout the scan kernels read.
+ *
+ * This header and tvcodec.c/tvkernels.c use no PostgreSQL headers, so the
+ * codec can be tested on its own (test/codec).  Everything here is a pure
+ * function of (seed, dimension, bits): the same vector gives byte-identical
+ * codes on every run and machine.  tvcodec.c is compiled with
+ * -ffp-contract=off so no fused multiply-add changes a rounding.
+ *
+ * Two code layouts exist:
+ *	- the row code: one vector's code, coordinate i's code in bits
+ *	  [i*bits, i*bits+bits) of a little-endian bit string (LSB first),
+ *	  TvCodec.code_bytes = ceil(dim*bits/8) bytes.  This is what the SQL
+ *	  encoder returns and what snapshots store.
+ *	- the block layout: 32 vectors ("lanes") interleaved so one SIMD
+ *	  instruction scores all 32; TvCodec.block_code_bytes bytes, made of
+ *	  ngroups groups of group_bytes bytes each.  See docs/CODEC.md.
+ */
+#ifndef TVCODEC_H
+#define TVCODEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define TV_CODEC_DEFAULT_SEED	UINT64_C(0x71558807FED42913)
+#define TV_CODEC_MIN_DIM		1
+#define TV_CODEC_MAX_DIM		16000
+#define TV_CODEC_MIN_BITS		2
+#define TV_CODEC_MAX_BITS		4
+#define TV_LANES				32
+
+/* Per-vector factors kept beside each code */
+typedef struct TvFactors
+{
+	float		norm;			/* ||v|| */
+	float		ipscale;		/* ||v|| / <x, xhat>, x = v/||v||; 0 for v = 0 */
+} TvFactors;
+
+/*
+ * The codec for one (seed, dim, bits).  Allocate tv_codec_size(dim) bytes
+ * and call tv_codec_init; the struct owns no pointers, so it may be copied
+ * with memcpy or placed in shared memory.
+ */
+typedef struct TvCodec
+{
+	int			dim;
+	int			bits;
+	uint64_t	seed;
+	int			code_bytes;		/* row code size */
+	int			ngroups;		/* kernel groups per block */
+	int			group_bytes;	/* bytes of one group in a 32-lane block */
+	int			block_code_bytes;	/* ngroups * group_bytes */
+	int			window;			/* Walsh-Hadamard window (power of two <= dim) */
+	int			rounds;			/* rotation rounds */
+	float		levels[16];		/* codebook, ascending, N(0,1) scale */
+	float		thresholds[16];	/* decision boundaries between levels */
+	/* rotation sign bits, then rounds * dim permutation entries; see tvcodec.c */
+	char		tables[];
+} TvCodec;
+
+/* A prepared query: quantized lookup tables for the block kernels */
+typedef struct TvQueryLut
+{
+	int			ngroups;
+	int			bits;			/* code bits: tells the kernels the layout */
+	float		bias;			/* estimate = bias + scale * integer sum */
+	float		scale;
+	uint8_t		lut[];			/* ngroups * 16 entries */
+} TvQueryLut;
+
+extern size_t tv_codec_size(int dim);
+extern void tv_codec_init(TvCodec *codec, int dim, int bits, uint64_t seed);
+
+/* Scratch floats the functions below need (work arguments) */
+extern size_t tv_codec_work_floats(const TvCodec *codec);
+
+/* out = R in (orthonormal); in and out may be the same array */
+extern void tv_codec_rotate(const TvCodec *codec, const float *in, float *out);
+/* out = R^T in */
+extern void tv_codec_unrotate(const TvCodec *codec, const float *in, float *out);
+
+/*
+ * Encode v (dim finite floats) into a row code.  Returns false (zero code,
+ * zero factors) when v is the zero vector.
+ */
+extern bool tv_codec_encode(const TvCodec *codec, const float *v,
+							uint8_t *code, TvFactors *factors, float *work);
+
+/* Reconstruct a unit-length-scale vector from a row code, times scale */
+extern void tv_codec_decode(const TvCodec *codec, const uint8_t *code,
+							float scale, float *out, float *work);
+
+/* Bytes of a TvQueryLut for this codec */
+extern size_t tv_query_lut_size(const TvCodec *codec);
+
+/*
+ * Prepare q (dim floats) for scanning: afterwards a block's estimate for a
+ * lane approximates <xhat, q>, where xhat is the lane's decoded unit vector.
+ */
+extern void tv_query_prepare(const TvCodec *codec, const float *q,
+							 TvQueryLut *lut, float *work);
+
+/* Exact float <xhat, q> of one row code (reference, for tests and docs) */
+extern float tv_code_inner_product(const TvCodec *codec, const uint8_t *code,
+								   const float *q, float *work);
+
+/* Move one row code into / out of lane 0..31 of a block's code area */
+extern void tv_block_put_code(const TvCodec *codec, uint8_t *block_codes,
+							  int lane, const uint8_t *code);
+extern void tv_block_get_code(const TvCodec *codec, const uint8_t *block_codes,
+							  int lane, uint8_t *code);
+
+/*
+ * Kernels (tvkernels.c).  tv_score_block writes, for each of the 32 lanes,
+ * bias + scale * (sum over groups of the lane's lut entry): the estimate of
+ * <xhat, q>.  The AVX2 and scalar versions give identical results (the sum
+ * is an exact integer sum).  block_codes needs no alignment.
+ */
+typedef void (*TvScoreBlockFn) (const TvQueryLut *lut,
+								const uint8_t *block_codes, float *out);
+
+extern TvScoreBlockFn tv_score_block;
+extern void tv_score_block_scalar(const TvQueryLut *lut,
+								  const uint8_t *block_codes, float *out);
+extern bool tv_kernels_have_avx2(void);
+extern void tv_score_block_avx2(const TvQueryLut *lut,
+								const uint8_t *block_codes, float *out);
+
+/* Pick the fastest kernel this CPU supports; call once at load */
+extern void tv_kernels_init(void);
+extern const char *tv_kernels_name(void);
+
+#endif							/* TVCODEC_H */

@@ -1,0 +1,451 @@
+/*
+ * tvfuncs.c
+ *	  SQL-callable functions: the encoder and decoder that make codes
+ *	  inspectable, turbo_index_info and the structural check turbo_verify.
+ *
+ * turbo_verify reads pages as untrusted bytes: every count and offset is
+ * checked before it is used, and damage is reported as rows, not errors.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/table.h"
+#include "catalog/index.h"
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "port/pg_bitutils.h"
+#include "storage/bufmgr.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+#include "turbovec.h"
+
+#if PG_VERSION_NUM >= 160000
+#define TvOwnerCheck(relid)	object_ownercheck(RelationRelationId, (relid), GetUserId())
+#else
+#define TvOwnerCheck(relid)	pg_class_ownercheck((relid), GetUserId())
+#endif
+
+static const char *const metric_names[] = {NULL, "l2", "ip", "cosine"};
+
+static void
+CheckBits(int bits)
+{
+	if (bits < TV_MIN_BITS || bits > TV_MAX_BITS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("bits must be between %d and %d, not %d",
+						TV_MIN_BITS, TV_MAX_BITS, bits)));
+}
+
+/* turbo_encode(vector real[], bits int, seed bigint) returns bytea */
+PG_FUNCTION_INFO_V1(turbo_encode);
+Datum
+turbo_encode(PG_FUNCTION_ARGS)
+{
+	int			dim;
+	float	   *x = TvArrayGetFloats(PG_GETARG_ARRAYTYPE_P(0), &dim);
+	int			bits = PG_GETARG_INT32(1);
+	uint64		seed = (uint64) PG_GETARG_INT64(2);
+	TvCodec    *codec;
+	bytea	   *result;
+	float	   *work;
+	TvFactors	factors;
+
+	CheckBits(bits);
+	codec = TvCreateCodec(dim, bits, seed, CurrentMemoryContext);
+	work = palloc(sizeof(float) * tv_codec_work_floats(codec));
+	result = palloc0(VARHDRSZ + codec->code_bytes);
+	SET_VARSIZE(result, VARHDRSZ + codec->code_bytes);
+	tv_codec_encode(codec, x, (uint8 *) VARDATA(result), &factors, work);
+	PG_RETURN_BYTEA_P(result);
+}
+
+/* turbo_decode(code bytea, dim int, bits int, seed bigint) returns real[] */
+PG_FUNCTION_INFO_V1(turbo_decode);
+Datum
+turbo_decode(PG_FUNCTION_ARGS)
+{
+	bytea	   *code = PG_GETARG_BYTEA_PP(0);
+	int			dim = PG_GETARG_INT32(1);
+	int			bits = PG_GETARG_INT32(2);
+	uint64		seed = (uint64) PG_GETARG_INT64(3);
+	TvCodec    *codec;
+	float	   *out;
+	float	   *work;
+	Datum	   *elems;
+
+	if (dim < TV_CODEC_MIN_DIM || dim > TV_CODEC_MAX_DIM)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("dimension must be between %d and %d, not %d",
+						TV_CODEC_MIN_DIM, TV_CODEC_MAX_DIM, dim)));
+	CheckBits(bits);
+	codec = TvCreateCodec(dim, bits, seed, CurrentMemoryContext);
+	if (VARSIZE_ANY_EXHDR(code) != (Size) codec->code_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("code of %d dimensions at %d bits must be %d bytes, not %zu",
+						dim, bits, codec->code_bytes, VARSIZE_ANY_EXHDR(code))));
+
+	out = palloc(sizeof(float) * dim);
+	work = palloc(sizeof(float) * tv_codec_work_floats(codec));
+	tv_codec_decode(codec, (const uint8 *) VARDATA_ANY(code), 1.0f, out, work);
+
+	elems = palloc(sizeof(Datum) * dim);
+	for (int i = 0; i < dim; i++)
+		elems[i] = Float4GetDatum(out[i]);
+	PG_RETURN_ARRAYTYPE_P(construct_array(elems, dim, FLOAT4OID, sizeof(float4),
+										  true, TYPALIGN_INT));
+}
+
+/* turbo_kernel() returns the scoring kernel this CPU uses */
+PG_FUNCTION_INFO_V1(turbo_kernel);
+Datum
+turbo_kernel(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(tv_kernels_name()));
+}
+
+/* Open a turbo index for inspection; the caller must close it */
+static Relation
+OpenTurboIndex(Oid indexoid, LOCKMODE heaplock, Relation *heap)
+{
+	Oid			heapoid = IndexGetRelation(indexoid, true);
+	Relation	index;
+
+	if (!OidIsValid(heapoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not an index", get_rel_name(indexoid))));
+	/* table before index, as everywhere else */
+	*heap = table_open(heapoid, heaplock);
+	index = index_open(indexoid, AccessShareLock);
+	if (index->rd_indam->ambuild != tvbuild)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a turbo index", RelationGetRelationName(index))));
+	return index;
+}
+
+/*
+ * turbo_index_info(index regclass): the metapage and live count.  Needs
+ * SELECT on the table, like reading the rows.
+ */
+PG_FUNCTION_INFO_V1(turbo_index_info);
+Datum
+turbo_index_info(PG_FUNCTION_ARGS)
+{
+	Oid			indexoid = PG_GETARG_OID(0);
+	Relation	heap;
+	Relation	index;
+	TupleDesc	tupdesc;
+	TvMetaPageData meta;
+	Datum		values[9];
+	bool		nulls[9] = {false};
+	uint64		live;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	index = OpenTurboIndex(indexoid, AccessShareLock, &heap);
+	if (pg_class_aclcheck(RelationGetRelid(heap), GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", RelationGetRelationName(heap))));
+
+	TvReadMeta(index, &meta);
+	live = TvCountLive(index, NULL);
+
+	values[0] = Int32GetDatum(meta.dim);
+	values[1] = Int32GetDatum(meta.bits);
+	values[2] = CStringGetTextDatum(metric_names[meta.metric]);
+	values[3] = Int64GetDatum((int64) live);
+	values[4] = Int64GetDatum((int64) meta.nslots);
+	values[5] = Int64GetDatum((int64) ((meta.nslots + TV_LANES - 1) / TV_LANES));
+	values[6] = Int64GetDatum((int64) RelationGetNumberOfBlocks(index));
+	values[7] = Int64GetDatum((int64) meta.change_count);
+	values[8] = Int64GetDatum((int64) meta.seed);
+
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+typedef struct VerifyState
+{
+	Tuplestorestate *store;
+	TupleDesc	desc;
+	int			nproblems;
+	/* the heap page last looked at, to check TIDs against */
+	Relation	heap;
+	BlockNumber heap_nblocks;
+	BlockNumber heap_blkno;
+	OffsetNumber heap_maxoff;
+	bool		heap_page_new;
+	PGAlignedBlock heap_page;
+} VerifyState;
+
+static void Problem(VerifyState *vs, const char *fmt,...) pg_attribute_printf(2, 3);
+
+static void
+Problem(VerifyState *vs, const char *fmt,...)
+{
+	va_list		args;
+	char		buf[512];
+	Datum		value;
+	bool		isnull = false;
+
+	va_start(args, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, args);
+	va_end(args);
+	value = CStringGetTextDatum(buf);
+	tuplestore_putvalues(vs->store, vs->desc, &value, &isnull);
+	vs->nproblems++;
+}
+
+/* Does a TID point at a used line pointer of the table? */
+static const char *
+CheckHeapTid(VerifyState *vs, ItemPointer tid)
+{
+	BlockNumber blkno = ItemPointerGetBlockNumberNoCheck(tid);
+	OffsetNumber off = ItemPointerGetOffsetNumberNoCheck(tid);
+
+	if (off == InvalidOffsetNumber || off > MaxHeapTuplesPerPage)
+		return "has an impossible offset";
+	if (blkno >= vs->heap_nblocks)
+		return "points past the end of the table";
+	if (blkno != vs->heap_blkno)
+	{
+		Buffer		buf = ReadBuffer(vs->heap, blkno);
+
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		memcpy(vs->heap_page.data, BufferGetPage(buf), BLCKSZ);
+		UnlockReleaseBuffer(buf);
+		vs->heap_blkno = blkno;
+		vs->heap_page_new = PageIsNew(vs->heap_page.data);
+		vs->heap_maxoff = vs->heap_page_new ? 0 : PageGetMaxOffsetNumber(vs->heap_page.data);
+	}
+	if (off > vs->heap_maxoff)
+		return "points past the last line pointer of its table page";
+	if (!ItemIdIsUsed(PageGetItemId(vs->heap_page.data, off)))
+		return "points at an unused line pointer";
+	return NULL;
+}
+
+/* Check the metapage as raw bytes; false if nothing else can be trusted */
+static bool
+VerifyMeta(VerifyState *vs, Relation index, TvMetaPageData *meta, BlockNumber nblocks)
+{
+	Buffer		buf;
+	Page		page;
+	bool		ok = true;
+
+	if (nblocks == 0)
+	{
+		Problem(vs, "index has no metapage");
+		return false;
+	}
+	buf = ReadBuffer(index, TV_METAPAGE_BLKNO);
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	page = BufferGetPage(buf);
+	if (PageIsNew(page) || ((PageHeader) page)->pd_special != BLCKSZ - MAXALIGN(sizeof(TvPageOpaqueData)))
+	{
+		UnlockReleaseBuffer(buf);
+		Problem(vs, "metapage is not initialized");
+		return false;
+	}
+	memcpy(meta, TvPageGetMeta(page), sizeof(TvMetaPageData));
+	if (TvPageGetOpaque(page)->page_id != TV_PAGE_ID ||
+		!(TvPageGetOpaque(page)->flags & TV_PAGE_META))
+		Problem(vs, "metapage has page id 0x%04X and flags 0x%04X",
+				TvPageGetOpaque(page)->page_id, TvPageGetOpaque(page)->flags);
+	UnlockReleaseBuffer(buf);
+
+	if (meta->magic != TV_MAGIC_NUMBER)
+	{
+		Problem(vs, "metapage has bad magic number 0x%08X", meta->magic);
+		return false;
+	}
+	if (meta->version != TV_VERSION)
+	{
+		Problem(vs, "metapage has format version %u, expected %d", meta->version, TV_VERSION);
+		return false;
+	}
+	if (meta->dim > TV_CODEC_MAX_DIM)
+		Problem(vs, "metapage has impossible dimension %u", meta->dim), ok = false;
+	if (meta->bits < TV_MIN_BITS || meta->bits > TV_MAX_BITS)
+		Problem(vs, "metapage has impossible bits %u", meta->bits), ok = false;
+	if (meta->metric < TV_METRIC_L2 || meta->metric > TV_METRIC_COSINE)
+		Problem(vs, "metapage has unknown metric %u", meta->metric), ok = false;
+	else if (meta->metric != (uint16) TvGetMetric(index))
+		Problem(vs, "metapage metric %s differs from the operator class's %s",
+				metric_names[meta->metric], metric_names[TvGetMetric(index)]);
+	if (meta->seed != TV_CODEC_DEFAULT_SEED)
+		Problem(vs, "metapage has codec seed " UINT64_FORMAT ", expected " UINT64_FORMAT,
+				meta->seed, TV_CODEC_DEFAULT_SEED);
+	if (meta->page_payload != TV_PAGE_PAYLOAD)
+		Problem(vs, "metapage has page payload %u, expected %d",
+				meta->page_payload, (int) TV_PAGE_PAYLOAD), ok = false;
+	if (!ok)
+		return false;
+
+	if (meta->dim == 0)
+	{
+		if (meta->nslots != 0)
+		{
+			Problem(vs, "metapage has " UINT64_FORMAT " slots but no dimension", meta->nslots);
+			return false;
+		}
+	}
+	else
+	{
+		TvCodec    *codec = TvCreateCodec(meta->dim, meta->bits, meta->seed, CurrentMemoryContext);
+		uint64		needed;
+
+		if (meta->block_bytes != (uint32) TvBlockBytes(codec))
+		{
+			Problem(vs, "metapage has block size %u, expected %d for %u dimensions at %u bits",
+					meta->block_bytes, TvBlockBytes(codec), meta->dim, meta->bits);
+			return false;
+		}
+		needed = ((meta->nslots + TV_LANES - 1) / TV_LANES * meta->block_bytes +
+				  TV_PAGE_PAYLOAD - 1) / TV_PAGE_PAYLOAD;
+		if (needed > meta->ndatapages)
+		{
+			Problem(vs, "metapage has " UINT64_FORMAT " slots, which need " UINT64_FORMAT " data pages, but only %u are recorded",
+					meta->nslots, needed, meta->ndatapages);
+			return false;
+		}
+	}
+	if ((uint64) meta->ndatapages + TV_FIRST_DATA_BLKNO > nblocks)
+	{
+		Problem(vs, "metapage records %u data pages but the index has only %u pages",
+				meta->ndatapages, nblocks);
+		return false;
+	}
+	if (meta->free_hint > (meta->nslots + TV_LANES - 1) / TV_LANES)
+		Problem(vs, "metapage free hint " UINT64_FORMAT " is past the last block", meta->free_hint);
+	return true;
+}
+
+/* Check one block's header: live bits, TIDs and factors */
+static void
+VerifyBlock(VerifyState *vs, const TvMetaPageData *meta, uint64 b, const char *blk)
+{
+	uint32		live;
+	uint64		lanes = Min(meta->nslots - b * TV_LANES, (uint64) TV_LANES);
+	uint32		allocated = (lanes == TV_LANES) ? ~(uint32) 0 : (((uint32) 1 << lanes) - 1);
+
+	memcpy(&live, blk + TV_BLOCK_LIVE_OFFSET, sizeof(uint32));
+	if (live & ~allocated)
+		Problem(vs, "block " UINT64_FORMAT " has live lanes beyond the last slot (live word 0x%08X)",
+				b, live);
+	live &= allocated;
+	while (live != 0)
+	{
+		int			lane = pg_rightmost_one_pos32(live);
+		ItemPointerData tid;
+		float		norm;
+		float		ipscale;
+		const char *why;
+
+		live &= live - 1;
+		memcpy(&tid, blk + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData), sizeof(tid));
+		memcpy(&norm, blk + TV_BLOCK_NORM_OFFSET + lane * sizeof(float), sizeof(float));
+		memcpy(&ipscale, blk + TV_BLOCK_IPSCALE_OFFSET + lane * sizeof(float), sizeof(float));
+		why = CheckHeapTid(vs, &tid);
+		if (why)
+			Problem(vs, "block " UINT64_FORMAT " lane %d: heap TID (%u,%u) %s",
+					b, lane, ItemPointerGetBlockNumberNoCheck(&tid),
+					ItemPointerGetOffsetNumberNoCheck(&tid), why);
+		if (!isfinite(norm) || norm < 0 || !isfinite(ipscale))
+			Problem(vs, "block " UINT64_FORMAT " lane %d: impossible factors (norm %g, ipscale %g)",
+					b, lane, norm, ipscale);
+	}
+}
+
+/*
+ * turbo_verify(index regclass) returns setof text: one row per problem, no
+ * rows for a healthy index.  Takes a share lock on the table so no row
+ * changes under the check.
+ */
+PG_FUNCTION_INFO_V1(turbo_verify);
+Datum
+turbo_verify(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Oid			indexoid = PG_GETARG_OID(0);
+	Relation	heap;
+	Relation	index;
+	VerifyState *vs;
+	TvMetaPageData meta;
+	BlockNumber nblocks;
+
+	if (!TvOwnerCheck(indexoid) && !superuser())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of index %s", get_rel_name(indexoid))));
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	vs = palloc0(sizeof(VerifyState));
+	vs->store = rsinfo->setResult;
+	vs->desc = rsinfo->setDesc;
+
+	index = OpenTurboIndex(indexoid, ShareLock, &heap);
+	vs->heap = heap;
+	vs->heap_nblocks = RelationGetNumberOfBlocks(heap);
+	vs->heap_blkno = InvalidBlockNumber;
+	nblocks = RelationGetNumberOfBlocks(index);
+
+	if (VerifyMeta(vs, index, &meta, nblocks))
+	{
+		uint64		nblk = (meta.nslots + TV_LANES - 1) / TV_LANES;
+		char	   *blk = palloc(Max(meta.block_bytes, 1));
+
+		for (BlockNumber p = TV_FIRST_DATA_BLKNO; p < nblocks; p++)
+		{
+			Buffer		buf = ReadBuffer(index, p);
+			Page		page;
+			PageHeader	ph;
+
+			LockBuffer(buf, BUFFER_LOCK_SHARE);
+			page = BufferGetPage(buf);
+			ph = (PageHeader) page;
+			if (PageIsNew(page))
+			{
+				if (p < TV_FIRST_DATA_BLKNO + meta.ndatapages)
+					Problem(vs, "data page %u is not initialized", p);
+			}
+			else if (ph->pd_special != BLCKSZ - MAXALIGN(sizeof(TvPageOpaqueData)) ||
+					 TvPageGetOpaque(page)->page_id != TV_PAGE_ID ||
+					 !(TvPageGetOpaque(page)->flags & TV_PAGE_DATA))
+				Problem(vs, "page %u is not a turbo data page", p);
+			else if (ph->pd_lower != ph->pd_upper ||
+					 ph->pd_lower != TV_PAGE_PAYLOAD_OFFSET + TV_PAGE_PAYLOAD)
+				Problem(vs, "data page %u has pd_lower %u and pd_upper %u", p,
+						ph->pd_lower, ph->pd_upper);
+			UnlockReleaseBuffer(buf);
+			CHECK_FOR_INTERRUPTS();
+		}
+
+		for (uint64 b = 0; b < nblk; b++)
+		{
+			TvReadStream(index, b * meta.block_bytes, meta.block_bytes, blk, NULL);
+			VerifyBlock(vs, &meta, b, blk);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+
+	index_close(index, AccessShareLock);
+	table_close(heap, ShareLock);
+	return (Datum) 0;
+}

@@ -1,0 +1,549 @@
+/*
+ * tvscan.c
+ *	  ORDER BY distance scans of a turbo index: score every code, keep the
+ *	  best candidates, re-rank them on exact distances from the table rows.
+ *
+ * A scan works in windows.  The first window is the turbovec.candidates
+ * best lanes by estimated distance; they are fetched from the table under
+ * the scan's snapshot, their exact distances computed with the opclass's
+ * distance function, and returned in exact order.  If the executor asks for
+ * more (a WHERE clause filtered rows out, or LIMIT exceeds the window), the
+ * next window takes the lanes ranked just after the previous window, twice
+ * as many, until the index is exhausted.  Rows are thus in exact distance
+ * order within each window; windows follow each other in estimated order.
+ *
+ * Candidates are remembered as (estimate, TID) and no buffer pin is held
+ * between calls.  That is safe only under an MVCC snapshot: a TID that
+ * VACUUM removes and the heap reuses belongs to a row our snapshot cannot
+ * see, so the heap fetch skips it.  Other snapshots are refused.
+ */
+#include "postgres.h"
+
+#include "access/relscan.h"
+#include "access/tableam.h"
+#include "catalog/index.h"
+#include "executor/executor.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/bufmgr.h"
+#include "utils/array.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "turbovec.h"
+
+typedef struct TvCandidate
+{
+	float		est;
+	ItemPointerData tid;
+} TvCandidate;
+
+typedef struct TvResult
+{
+	double		dist;
+	ItemPointerData tid;
+} TvResult;
+
+typedef struct TvScanOpaqueData
+{
+	MemoryContext scanCtx;		/* lives as long as the scan */
+	MemoryContext queryCtx;		/* reset by each rescan */
+	MemoryContext windowCtx;	/* reset for each window */
+	TvIndexState *state;
+	bool		started;
+	bool		exhausted;
+
+	/* the query */
+	bool		nullquery;		/* ORDER BY col <op> NULL: no ordering */
+	Datum		query;
+	TvQueryLut *lut;
+	float		qnorm2;			/* ||q||^2, for L2 */
+
+	/* windows: everything at or before the bound was already returned */
+	int			window;
+	bool		have_bound;
+	TvCandidate bound;
+
+	/* the current window, re-ranked */
+	TvResult   *results;
+	int			nresults;
+	int			next;
+
+	/* fetching table rows to re-rank */
+	IndexFetchTableData *fetch;
+	TupleTableSlot *slot;
+	IndexInfo  *indexInfo;
+	EState	   *estate;
+	BufferAccessStrategy bas;
+} TvScanOpaqueData;
+
+typedef TvScanOpaqueData *TvScanOpaque;
+
+/* Total order on candidates: estimate, then TID */
+static inline int
+CandidateCmp(const TvCandidate *a, const TvCandidate *b)
+{
+	if (a->est < b->est)
+		return -1;
+	if (a->est > b->est)
+		return 1;
+	return ItemPointerCompare((ItemPointer) &a->tid, (ItemPointer) &b->tid);
+}
+
+/* Max-heap of the best candidates so far, worst at heap[0] */
+typedef struct CandidateHeap
+{
+	TvCandidate *items;
+	int			n;
+	int			cap;
+} CandidateHeap;
+
+static void
+HeapSiftDown(CandidateHeap *h, int i)
+{
+	for (;;)
+	{
+		int			l = 2 * i + 1;
+		int			r = l + 1;
+		int			m = i;
+		TvCandidate tmp;
+
+		if (l < h->n && CandidateCmp(&h->items[l], &h->items[m]) > 0)
+			m = l;
+		if (r < h->n && CandidateCmp(&h->items[r], &h->items[m]) > 0)
+			m = r;
+		if (m == i)
+			return;
+		tmp = h->items[i];
+		h->items[i] = h->items[m];
+		h->items[m] = tmp;
+		i = m;
+	}
+}
+
+static void
+HeapOffer(CandidateHeap *h, const TvCandidate *c)
+{
+	if (h->n < h->cap)
+	{
+		int			i = h->n++;
+
+		h->items[i] = *c;
+		while (i > 0)
+		{
+			int			parent = (i - 1) / 2;
+			TvCandidate tmp;
+
+			if (CandidateCmp(&h->items[parent], &h->items[i]) >= 0)
+				break;
+			tmp = h->items[i];
+			h->items[i] = h->items[parent];
+			h->items[parent] = tmp;
+			i = parent;
+		}
+	}
+	else if (CandidateCmp(c, &h->items[0]) < 0)
+	{
+		h->items[0] = *c;
+		HeapSiftDown(h, 0);
+	}
+}
+
+/* Offer the live lanes of one block (its bytes contiguous at blk) */
+static void
+ScoreBlock(TvScanOpaque so, const char *blk, CandidateHeap *heap)
+{
+	uint32		live;
+	float		scores[TV_LANES];
+	TvMetric	metric = so->state->metric;
+
+	memcpy(&live, blk + TV_BLOCK_LIVE_OFFSET, sizeof(uint32));
+	if (live == 0)
+		return;
+	if (!so->nullquery)
+		tv_score_block(so->lut, (const uint8 *) blk + TV_BLOCK_CODES_OFFSET, scores);
+
+	while (live != 0)
+	{
+		int			lane = pg_rightmost_one_pos32(live);
+		TvCandidate c;
+
+		live &= live - 1;
+		if (so->nullquery)
+			c.est = 0;
+		else
+		{
+			float		norm;
+			float		ipscale;
+			float		ip;
+
+			memcpy(&norm, blk + TV_BLOCK_NORM_OFFSET + lane * sizeof(float), sizeof(float));
+			memcpy(&ipscale, blk + TV_BLOCK_IPSCALE_OFFSET + lane * sizeof(float), sizeof(float));
+			ip = ipscale * scores[lane];
+			if (metric == TV_METRIC_L2)
+				c.est = so->qnorm2 + norm * norm - 2 * ip;
+			else if (metric == TV_METRIC_IP)
+				c.est = -ip;
+			else
+				c.est = (norm > 0) ? -ip / norm : 0;
+		}
+		memcpy(&c.tid, blk + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
+			   sizeof(ItemPointerData));
+
+		if (so->have_bound && CandidateCmp(&c, &so->bound) <= 0)
+			continue;
+		HeapOffer(heap, &c);
+	}
+}
+
+/*
+ * Read the whole block stream once and collect the window's candidates.
+ * Blocks that lie inside one page are scored in place; a block that
+ * straddles pages is assembled first.
+ */
+static void
+CollectCandidates(IndexScanDesc scan, CandidateHeap *heap)
+{
+	TvScanOpaque so = (TvScanOpaque) scan->opaque;
+	Relation	index = scan->indexRelation;
+	TvMetaPageData meta;
+	uint64		nblocks;
+	uint64		npages;
+	uint64		block = 0;
+	Size		S;
+	Size		have = 0;
+	char	   *assembly;
+
+	TvReadMeta(index, &meta);
+	S = meta.block_bytes;
+	nblocks = (meta.nslots + TV_LANES - 1) / TV_LANES;
+	if (nblocks == 0)
+		return;
+	npages = (nblocks * S + TV_PAGE_PAYLOAD - 1) / TV_PAGE_PAYLOAD;
+	if (npages > meta.ndatapages ||
+		TV_FIRST_DATA_BLKNO + npages > RelationGetNumberOfBlocks(index))
+		ereport(ERROR,
+				(errcode(ERRCODE_INDEX_CORRUPTED),
+				 errmsg("turbo index \"%s\" holds " UINT64_FORMAT " slots but only %u data pages",
+						RelationGetRelationName(index), meta.nslots, meta.ndatapages),
+				 errhint("REINDEX the index.")));
+
+	assembly = palloc(S);
+	for (uint64 p = 0; p < npages && block < nblocks; p++)
+	{
+		Buffer		buf;
+		const char *payload;
+		Size		pos = 0;
+
+		buf = ReadBufferExtended(index, MAIN_FORKNUM, TV_FIRST_DATA_BLKNO + p,
+								 RBM_NORMAL, so->bas);
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		payload = TvPagePayload(BufferGetPage(buf));
+
+		while (pos < TV_PAGE_PAYLOAD && block < nblocks)
+		{
+			if (have == 0 && pos + S <= TV_PAGE_PAYLOAD)
+			{
+				ScoreBlock(so, payload + pos, heap);
+				pos += S;
+				block++;
+			}
+			else
+			{
+				Size		n = Min(S - have, TV_PAGE_PAYLOAD - pos);
+
+				memcpy(assembly + have, payload + pos, n);
+				have += n;
+				pos += n;
+				if (have == S)
+				{
+					ScoreBlock(so, assembly, heap);
+					have = 0;
+					block++;
+				}
+			}
+		}
+		UnlockReleaseBuffer(buf);
+		/* no buffer lock held here */
+		CHECK_FOR_INTERRUPTS();
+	}
+	pfree(assembly);
+}
+
+static int
+ResultCmp(const void *a, const void *b)
+{
+	const TvResult *ra = a;
+	const TvResult *rb = b;
+
+	if (ra->dist < rb->dist)
+		return -1;
+	if (ra->dist > rb->dist)
+		return 1;
+	return ItemPointerCompare((ItemPointer) &ra->tid, (ItemPointer) &rb->tid);
+}
+
+/*
+ * Exact distance of the row a candidate points at, if our snapshot sees it.
+ * Rows the snapshot cannot see are dropped here: the executor would drop
+ * them too, and they must not take a place in the window.
+ */
+static bool
+ExactDistance(IndexScanDesc scan, ItemPointer tid, double *dist)
+{
+	TvScanOpaque so = (TvScanOpaque) scan->opaque;
+	ItemPointerData fetchtid = *tid;
+	bool		call_again = false;
+	bool		all_dead = false;
+	Datum		values[INDEX_MAX_KEYS];
+	bool		isnull[INDEX_MAX_KEYS];
+
+	if (!table_index_fetch_tuple(so->fetch, &fetchtid, scan->xs_snapshot,
+								 so->slot, &call_again, &all_dead))
+		return false;
+
+	if (so->nullquery)
+	{
+		*dist = 0;
+		return true;
+	}
+
+	if (so->indexInfo->ii_Expressions != NIL)
+	{
+		ExprContext *econtext = GetPerTupleExprContext(so->estate);
+
+		ResetExprContext(econtext);
+		econtext->ecxt_scantuple = so->slot;
+		FormIndexDatum(so->indexInfo, so->slot, so->estate, values, isnull);
+	}
+	else
+		values[0] = slot_getattr(so->slot, so->indexInfo->ii_IndexAttrNumbers[0], &isnull[0]);
+
+	if (isnull[0])
+		return false;
+	*dist = DatumGetFloat8(FunctionCall2Coll(&so->state->distance, so->state->collation,
+											 values[0], so->query));
+	return true;
+}
+
+/* Collect, re-rank and sort the next window */
+static void
+NextWindow(IndexScanDesc scan)
+{
+	TvScanOpaque so = (TvScanOpaque) scan->opaque;
+	MemoryContext oldCtx;
+	CandidateHeap heap;
+
+	MemoryContextReset(so->windowCtx);
+	oldCtx = MemoryContextSwitchTo(so->windowCtx);
+
+	heap.cap = so->window;
+	heap.n = 0;
+	heap.items = palloc(sizeof(TvCandidate) * heap.cap);
+	CollectCandidates(scan, &heap);
+
+	if (heap.n < heap.cap)
+		so->exhausted = true;
+	so->results = palloc(sizeof(TvResult) * Max(heap.n, 1));
+	so->nresults = 0;
+	so->next = 0;
+	for (int i = 0; i < heap.n; i++)
+	{
+		TvCandidate *c = &heap.items[i];
+		double		dist;
+
+		if (!so->have_bound || CandidateCmp(c, &so->bound) > 0)
+		{
+			/* the worst candidate of this window bounds the next one */
+			so->bound = *c;
+			so->have_bound = true;
+		}
+		if (ExactDistance(scan, &c->tid, &dist))
+		{
+			so->results[so->nresults].dist = dist;
+			so->results[so->nresults].tid = c->tid;
+			so->nresults++;
+		}
+		if ((i & 63) == 63)
+			CHECK_FOR_INTERRUPTS();
+	}
+	qsort(so->results, so->nresults, sizeof(TvResult), ResultCmp);
+
+	/* double the window, without overflowing */
+	so->window = (so->window > INT_MAX / 4) ? so->window : so->window * 2;
+	MemoryContextSwitchTo(oldCtx);
+}
+
+/* Validate the query and prepare its lookup tables */
+static void
+PrepareQuery(IndexScanDesc scan)
+{
+	TvScanOpaque so = (TvScanOpaque) scan->opaque;
+	ScanKey		key = &scan->orderByData[0];
+	MemoryContext oldCtx = MemoryContextSwitchTo(so->queryCtx);
+	ArrayType  *array;
+	float	   *q;
+	int			dim;
+	float	   *work;
+
+	so->state = TvCopyIndexState(TvGetIndexState(scan->indexRelation), so->queryCtx);
+
+	if (key->sk_flags & SK_ISNULL)
+	{
+		so->nullquery = true;
+		MemoryContextSwitchTo(oldCtx);
+		return;
+	}
+
+	array = DatumGetArrayTypePCopy(key->sk_argument);
+	so->query = PointerGetDatum(array);
+	q = TvArrayGetFloats(array, &dim);
+
+	if (so->state->meta.dim == 0)
+	{
+		/* nothing was ever indexed */
+		so->exhausted = true;
+		MemoryContextSwitchTo(oldCtx);
+		return;
+	}
+	TvCheckDimensions(scan->indexRelation, so->state->meta.dim, dim);
+
+	so->qnorm2 = (float) (TvNorm(q, dim) * TvNorm(q, dim));
+	if (so->state->metric == TV_METRIC_COSINE)
+	{
+		double		norm = TvNorm(q, dim);
+		float	   *unit = palloc(sizeof(float) * dim);
+
+		if (norm == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("cannot order by cosine distance to a zero vector"),
+					 errdetail("The cosine distance to a zero vector is undefined.")));
+		for (int i = 0; i < dim; i++)
+			unit[i] = (float) (q[i] / norm);
+		q = unit;
+	}
+
+	work = palloc(sizeof(float) * tv_codec_work_floats(so->state->codec));
+	so->lut = palloc(tv_query_lut_size(so->state->codec));
+	tv_query_prepare(so->state->codec, q, so->lut, work);
+	pfree(work);
+
+	MemoryContextSwitchTo(oldCtx);
+}
+
+IndexScanDesc
+tvbeginscan(Relation index, int nkeys, int norderbys)
+{
+	IndexScanDesc scan = RelationGetIndexScan(index, nkeys, norderbys);
+	TvScanOpaque so = palloc0(sizeof(TvScanOpaqueData));
+
+	so->scanCtx = AllocSetContextCreate(CurrentMemoryContext,
+										"turbovec scan context",
+										ALLOCSET_DEFAULT_SIZES);
+	so->queryCtx = AllocSetContextCreate(so->scanCtx,
+										 "turbovec scan query context",
+										 ALLOCSET_DEFAULT_SIZES);
+	so->windowCtx = AllocSetContextCreate(so->scanCtx,
+										  "turbovec scan temporary context",
+										  ALLOCSET_DEFAULT_SIZES);
+	so->bas = GetAccessStrategy(BAS_BULKREAD);
+	scan->opaque = so;
+	return scan;
+}
+
+void
+tvrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int norderbys)
+{
+	TvScanOpaque so = (TvScanOpaque) scan->opaque;
+
+	if (keys && scan->numberOfKeys > 0)
+		memmove(scan->keyData, keys, scan->numberOfKeys * sizeof(ScanKeyData));
+	if (orderbys && scan->numberOfOrderBys > 0)
+		memmove(scan->orderByData, orderbys, scan->numberOfOrderBys * sizeof(ScanKeyData));
+
+	so->started = false;
+	so->exhausted = false;
+	so->nullquery = false;
+	so->have_bound = false;
+	so->results = NULL;
+	so->nresults = 0;
+	so->next = 0;
+	so->lut = NULL;
+	so->state = NULL;
+	MemoryContextReset(so->windowCtx);
+	MemoryContextReset(so->queryCtx);
+}
+
+/* Things the first call of a scan sets up */
+static void
+StartScan(IndexScanDesc scan)
+{
+	TvScanOpaque so = (TvScanOpaque) scan->opaque;
+	MemoryContext oldCtx;
+
+	if (scan->numberOfOrderBys != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot scan turbo index without order"),
+				 errhint("Use ORDER BY column <-> query, <#> or <=> with a turbo index.")));
+	if (!IsMVCCSnapshot(scan->xs_snapshot))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("non-MVCC snapshots are not supported with turbo indexes")));
+
+	pgstat_count_index_scan(scan->indexRelation);
+	PrepareQuery(scan);
+	so->window = tv_candidates;
+
+	if (so->fetch == NULL)
+	{
+		oldCtx = MemoryContextSwitchTo(so->scanCtx);
+		so->fetch = table_index_fetch_begin(scan->heapRelation);
+		so->slot = table_slot_create(scan->heapRelation, NULL);
+		so->indexInfo = BuildIndexInfo(scan->indexRelation);
+		if (so->indexInfo->ii_Expressions != NIL)
+			so->estate = CreateExecutorState();
+		MemoryContextSwitchTo(oldCtx);
+	}
+	so->started = true;
+}
+
+bool
+tvgettuple(IndexScanDesc scan, ScanDirection dir)
+{
+	TvScanOpaque so = (TvScanOpaque) scan->opaque;
+
+	if (!so->started)
+		StartScan(scan);
+
+	while (so->next >= so->nresults)
+	{
+		if (so->exhausted)
+			return false;
+		NextWindow(scan);
+	}
+
+	scan->xs_heaptid = so->results[so->next++].tid;
+	scan->xs_recheck = false;
+	scan->xs_recheckorderby = false;
+	return true;
+}
+
+void
+tvendscan(IndexScanDesc scan)
+{
+	TvScanOpaque so = (TvScanOpaque) scan->opaque;
+
+	if (so->fetch)
+		table_index_fetch_end(so->fetch);
+	if (so->slot)
+		ExecDropSingleTupleTableSlot(so->slot);
+	if (so->estate)
+		FreeExecutorState(so->estate);
+	FreeAccessStrategy(so->bas);
+	MemoryContextDelete(so->scanCtx);
+	pfree(so);
+	scan->opaque = NULL;
+}

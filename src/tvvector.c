@@ -1,0 +1,220 @@
+/*
+ * tvvector.c
+ *	  Vectors as real[]: validation and the SQL distance functions.
+ *
+ * A vector is a one-dimensional real[] with 1 to TV_CODEC_MAX_DIM elements,
+ * no NULL elements and only finite values.  Every entry point that accepts a
+ * vector goes through TvArrayGetFloats, so the index, the operators and the
+ * encoder reject the same inputs with the same errors.
+ *
+ * Distances are accumulated in double: they are what exact re-ranking
+ * compares, and they must not disagree with a sequential scan's ordering.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/float.h"
+#include "utils/rel.h"
+
+#include "turbovec.h"
+
+/*
+ * Validate a real[] and return a pointer to its dim floats.  The pointer
+ * may point into the (detoasted) array itself.
+ */
+float *
+TvArrayGetFloats(ArrayType *array, int *dim)
+{
+	int			ndim = ARR_NDIM(array);
+	int			n;
+	float	   *x;
+
+	if (ARR_ELEMTYPE(array) != FLOAT4OID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("vector must be an array of real")));
+	if (ndim > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("vector must be a one-dimensional array, not %d-dimensional", ndim)));
+	n = (ndim == 0) ? 0 : ARR_DIMS(array)[0];
+	if (n < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("vector must have at least 1 dimension")));
+	if (n > TV_CODEC_MAX_DIM)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("vector cannot have more than %d dimensions, not %d",
+						TV_CODEC_MAX_DIM, n)));
+	if (ARR_HASNULL(array) && array_contains_nulls(array))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("vector must not contain NULL elements")));
+
+	x = (float *) ARR_DATA_PTR(array);
+	for (int i = 0; i < n; i++)
+	{
+		if (unlikely(isnan(x[i])))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("NaN not allowed in vector (element %d)", i + 1)));
+		if (unlikely(isinf(x[i])))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_EXCEPTION),
+					 errmsg("infinite value not allowed in vector (element %d)", i + 1)));
+	}
+
+	*dim = n;
+	return x;
+}
+
+/* A vector of an index must have the index's dimension */
+void
+TvCheckDimensions(Relation index, int expected, int actual)
+{
+	if (expected != actual)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("expected %d dimensions, not %d", expected, actual),
+				 errdetail("Turbo index \"%s\" holds vectors of %d dimensions.",
+						   RelationGetRelationName(index), expected)));
+}
+
+double
+TvNorm(const float *x, int dim)
+{
+	double		s = 0.0;
+
+	for (int i = 0; i < dim; i++)
+		s += (double) x[i] * x[i];
+	return sqrt(s);
+}
+
+/* Fetch two argument vectors of equal dimension */
+static int
+GetTwoVectors(FunctionCallInfo fcinfo, float **a, float **b)
+{
+	int			da;
+	int			db;
+
+	*a = TvArrayGetFloats(PG_GETARG_ARRAYTYPE_P(0), &da);
+	*b = TvArrayGetFloats(PG_GETARG_ARRAYTYPE_P(1), &db);
+	if (da != db)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("different vector dimensions %d and %d", da, db)));
+	return da;
+}
+
+static double
+Dot(const float *a, const float *b, int dim)
+{
+	double		s = 0.0;
+
+	for (int i = 0; i < dim; i++)
+		s += (double) a[i] * b[i];
+	return s;
+}
+
+PG_FUNCTION_INFO_V1(turbo_l2_distance);
+Datum
+turbo_l2_distance(PG_FUNCTION_ARGS)
+{
+	float	   *a;
+	float	   *b;
+	int			dim = GetTwoVectors(fcinfo, &a, &b);
+	double		s = 0.0;
+
+	for (int i = 0; i < dim; i++)
+	{
+		double		d = (double) a[i] - b[i];
+
+		s += d * d;
+	}
+	PG_RETURN_FLOAT8(sqrt(s));
+}
+
+PG_FUNCTION_INFO_V1(turbo_inner_product);
+Datum
+turbo_inner_product(PG_FUNCTION_ARGS)
+{
+	float	   *a;
+	float	   *b;
+	int			dim = GetTwoVectors(fcinfo, &a, &b);
+
+	PG_RETURN_FLOAT8(Dot(a, b, dim));
+}
+
+PG_FUNCTION_INFO_V1(turbo_negative_inner_product);
+Datum
+turbo_negative_inner_product(PG_FUNCTION_ARGS)
+{
+	float	   *a;
+	float	   *b;
+	int			dim = GetTwoVectors(fcinfo, &a, &b);
+
+	PG_RETURN_FLOAT8(-Dot(a, b, dim));
+}
+
+/*
+ * Cosine distance is NaN when either vector is zero, as in pgvector: the
+ * angle is undefined, and NaN sorts after every number in PostgreSQL.
+ */
+PG_FUNCTION_INFO_V1(turbo_cosine_distance);
+Datum
+turbo_cosine_distance(PG_FUNCTION_ARGS)
+{
+	float	   *a;
+	float	   *b;
+	int			dim = GetTwoVectors(fcinfo, &a, &b);
+	double		na = TvNorm(a, dim);
+	double		nb = TvNorm(b, dim);
+	double		sim;
+
+	if (na == 0.0 || nb == 0.0)
+		PG_RETURN_FLOAT8(get_float8_nan());
+	sim = Dot(a, b, dim) / (na * nb);
+	/* rounding can push |sim| past 1 */
+	if (sim > 1.0)
+		sim = 1.0;
+	else if (sim < -1.0)
+		sim = -1.0;
+	PG_RETURN_FLOAT8(1.0 - sim);
+}
+
+PG_FUNCTION_INFO_V1(turbo_vector_norm);
+Datum
+turbo_vector_norm(PG_FUNCTION_ARGS)
+{
+	int			dim;
+	float	   *a = TvArrayGetFloats(PG_GETARG_ARRAYTYPE_P(0), &dim);
+
+	PG_RETURN_FLOAT8(TvNorm(a, dim));
+}
+
+/* Support function 2 of each opclass: which metric the codes estimate */
+PG_FUNCTION_INFO_V1(turbo_metric_l2);
+Datum
+turbo_metric_l2(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(TV_METRIC_L2);
+}
+
+PG_FUNCTION_INFO_V1(turbo_metric_ip);
+Datum
+turbo_metric_ip(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(TV_METRIC_IP);
+}
+
+PG_FUNCTION_INFO_V1(turbo_metric_cosine);
+Datum
+turbo_metric_cosine(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(TV_METRIC_COSINE);
+}

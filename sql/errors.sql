@@ -1,0 +1,104 @@
+-- bad input to a turbo index: each is an ERROR naming the problem
+
+CREATE TABLE e (id int, v real[]);
+CREATE INDEX e_idx ON e USING turbo (v real_l2_ops);
+
+-- the first vector fixes the dimension of an empty index
+INSERT INTO e VALUES (1, '{1,2,3}');
+SELECT dim FROM turbo_index_info('e_idx');
+INSERT INTO e VALUES (2, '{1,2}');
+INSERT INTO e VALUES (3, '{1,2,3,4}');
+INSERT INTO e VALUES (4, '{}');
+INSERT INTO e VALUES (5, '{1,NULL,3}');
+INSERT INTO e VALUES (6, '{{1,2,3},{4,5,6}}');
+INSERT INTO e VALUES (7, '{NaN,1,2}');
+INSERT INTO e VALUES (8, '{1,Infinity,2}');
+INSERT INTO e VALUES (9, '{1,-Infinity,2}');
+-- NULL vectors are fine: not indexed
+INSERT INTO e VALUES (10, NULL);
+SELECT count(*) AS rows, (SELECT live_rows FROM turbo_index_info('e_idx')) AS indexed FROM e;
+
+-- a query of another dimension, or with bad elements
+SET enable_seqscan = off;
+SELECT id FROM e ORDER BY v <-> '{1,2}' LIMIT 1;
+SELECT id FROM e ORDER BY v <-> '{1,NULL,3}' LIMIT 1;
+SELECT id FROM e ORDER BY v <-> '{1,NaN,3}' LIMIT 1;
+SELECT id FROM e ORDER BY v <-> '{{1,2,3}}' LIMIT 1;
+SELECT id FROM e ORDER BY v <-> '{1,2,3}' LIMIT 1;
+RESET enable_seqscan;
+
+-- a table whose rows disagree cannot be indexed
+CREATE TABLE mixed (v real[]);
+INSERT INTO mixed VALUES ('{1,2}'), ('{1,2,3}');
+CREATE INDEX ON mixed USING turbo (v real_l2_ops);
+DROP TABLE mixed;
+CREATE TABLE toolong (v real[]);
+INSERT INTO toolong VALUES (array_fill(1::real, ARRAY[16001]));
+CREATE INDEX ON toolong USING turbo (v real_l2_ops);
+DROP TABLE toolong;
+
+-- reloptions
+CREATE INDEX ON e USING turbo (v real_l2_ops) WITH (bits = 1);
+CREATE INDEX ON e USING turbo (v real_l2_ops) WITH (bits = 5);
+CREATE INDEX ON e USING turbo (v real_l2_ops) WITH (bits = 'four');
+CREATE INDEX ON e USING turbo (v real_l2_ops) WITH (lists = 4);
+CREATE INDEX e_b3 ON e USING turbo (v real_l2_ops) WITH (bits = 3);
+SELECT bits FROM turbo_index_info('e_b3');
+ALTER INDEX e_b3 SET (bits = 9);
+DROP INDEX e_b3;
+
+-- GUCs
+SHOW turbovec.candidates;
+SET turbovec.candidates = 0;
+SET turbovec.candidates = 100001;
+SET turbovec.candidates = 'many';
+SET turbovec.candidates = 1;
+SHOW turbovec.candidates;
+RESET turbovec.candidates;
+SET turbovec.no_such_setting = 1;
+
+-- unsupported shapes
+CREATE INDEX ON e USING turbo (v real_l2_ops, id);
+CREATE INDEX ON e USING turbo (id);
+CREATE UNIQUE INDEX ON e USING turbo (v real_l2_ops);
+CREATE INDEX ON e USING turbo (v);
+
+-- the encoder checks its arguments
+SELECT turbo_encode('{1,2}', 1);
+SELECT turbo_encode('{1,NaN}');
+SELECT turbo_decode('\x00', 3);
+SELECT turbo_decode('\x00', 0);
+SELECT turbo_decode('\x00', 16001);
+
+-- inspection functions want a turbo index
+SELECT * FROM turbo_verify('e');
+CREATE INDEX e_btree ON e (id);
+SELECT * FROM turbo_verify('e_btree');
+SELECT * FROM turbo_index_info('e_btree');
+
+-- the SQLSTATE of each class of bad input
+CREATE FUNCTION sqlstate_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE stmt;
+	RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+	RETURN SQLSTATE;
+END $$;
+SELECT stmt, sqlstate_of(stmt) FROM (VALUES
+	($$INSERT INTO e VALUES (2, '{1,2}')$$),
+	($$INSERT INTO e VALUES (4, '{}')$$),
+	($$INSERT INTO e VALUES (5, '{1,NULL,3}')$$),
+	($$INSERT INTO e VALUES (6, '{{1,2,3},{4,5,6}}')$$),
+	($$INSERT INTO e VALUES (7, '{NaN,1,2}')$$),
+	($$INSERT INTO e VALUES (8, '{1,Infinity,2}')$$),
+	($$SELECT vector_norm(array_fill(1::real, ARRAY[16001]))$$),
+	($$SELECT l2_distance('{1,2}', '{1,2,3}')$$),
+	($$SELECT turbo_encode('{1,2}', 7)$$),
+	($$CREATE INDEX ON e USING turbo (v real_l2_ops) WITH (bits = 1)$$),
+	($$SET turbovec.candidates = 0$$),
+	($$CREATE INDEX ON e USING turbo (v real_l2_ops, id)$$),
+	($$SELECT * FROM turbo_verify('e_btree')$$)
+) AS t(stmt);
+DROP FUNCTION sqlstate_of(text);
+
+DROP TABLE e;

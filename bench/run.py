@@ -1,0 +1,342 @@
+#!/usr/bin/python3
+"""turbovec benchmark: build time, index size, recall@10, QPS and latency.
+
+For each data set (glove100, fmnist; see bench/datasets.py) against a running
+server (PG* env or --host/--port/--dbname/--user; bench/server.sh starts one):
+
+  1. load the table `(id int PRIMARY KEY, v real[])` with COPY, VACUUM ANALYZE
+  2. time CREATE INDEX ... USING turbo (v real_<metric>_ops) WITH (bits = B)
+  3. read the index size (pg_relation_size)
+  4. for each turbovec.candidates value: run the 1,000 held-out queries, one
+     client, one prepared statement
+       PREPARE q(real[]) AS SELECT id FROM t ORDER BY v <op> $1 LIMIT 10
+     after a short untimed warm-up, and measure recall@10 against the exact
+     float64 ground truth, QPS (queries / wall time) and p50/p99 latency
+     (execute + fetch, client side).
+
+One JSON line per measurement on stdout:
+  {"dataset","index":"turbo","bits","build_s","index_mb","knob","value",
+   "recall","qps","p50_ms","p99_ms","rows","dim"}
+Progress and human-readable notes go to stderr.
+
+--exact measures the plain sequential scan instead (no index; a few queries;
+recall should be 1.0).  --no-extension (with --exact) computes the distance
+with a SQL expression, to check the data path on a server without turbovec.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import datasets  # noqa: E402
+import numpy as np  # noqa: E402
+
+OPS = {"cosine": ("<=>", "real_cosine_ops"),
+       "l2": ("<->", "real_l2_ops"),
+       "ip": ("<#>", "real_ip_ops")}
+
+# exact distances in plain SQL (for --exact --no-extension)
+SQL_DIST = {
+    "l2": "(SELECT sqrt(sum((a::float8 - b::float8) ^ 2)) FROM unnest(v, $1) u(a, b))",
+    "cosine": "(SELECT 1 - sum(a::float8 * b) / (sqrt(sum(a::float8 * a)) * sqrt(sum(b::float8 * b)))"
+              " FROM unnest(v, $1) u(a, b))",
+    "ip": "(SELECT -sum(a::float8 * b) FROM unnest(v, $1) u(a, b))",
+}
+
+DEFAULT_CANDIDATES = "10,20,40,80,160,320,640"
+
+
+def note(msg):
+    print("[run] " + msg, file=sys.stderr, flush=True)
+
+
+def dsn_from_args(a):
+    parts = []
+    for key, val in (("host", a.host), ("port", a.port), ("dbname", a.dbname),
+                     ("user", a.user)):
+        if val:
+            parts.append("%s=%s" % (key, val))
+    return " ".join(parts)
+
+
+def scalar(cur, sql, args=None):
+    cur.execute(sql, args)
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def table_ready(cur, table, rows, dim):
+    """True when `table` exists with the expected row count and dimension."""
+    if scalar(cur, "SELECT to_regclass(%s) IS NOT NULL", (table,)) is not True:
+        return False
+    if scalar(cur, "SELECT count(*) FROM %s" % table) != rows:
+        return False
+    return scalar(cur, "SELECT array_length(v, 1) FROM %s LIMIT 1" % table) == dim
+
+
+def explain_uses(cur, stmt, index_name):
+    """EXPLAIN the prepared statement; returns (uses_index, plan text)."""
+    cur.execute("EXPLAIN " + stmt)
+    plan = "\n".join(r[0] for r in cur.fetchall())
+    return (index_name in plan and "Index" in plan), plan
+
+
+class NotReady(Exception):
+    pass
+
+
+def run_queries(conn, cur, literals, warmup, ready_wait):
+    """Run EXECUTE q(...) for each literal; returns (ids per query, latencies s,
+    wall s).  Warm-up queries retry while the index reports not ready (55000)."""
+    import psycopg2
+    deadline = time.time() + ready_wait
+    for lit in literals[:warmup]:
+        while True:
+            try:
+                cur.execute("EXECUTE q(%s)", (lit,))
+                cur.fetchall()
+                break
+            except psycopg2.Error as e:
+                if e.pgcode == "55000" and time.time() < deadline:
+                    note("index not ready yet (%s); waiting" % e.pgerror.strip().splitlines()[0])
+                    time.sleep(1.0)
+                    continue
+                raise
+    results = []
+    lat = np.empty(len(literals))
+    t_start = time.perf_counter()
+    for i, lit in enumerate(literals):
+        t0 = time.perf_counter()
+        cur.execute("EXECUTE q(%s)", (lit,))
+        rows = cur.fetchall()
+        lat[i] = time.perf_counter() - t0
+        results.append([r[0] for r in rows])
+    wall = time.perf_counter() - t_start
+    return results, lat, wall
+
+
+def recall_at(results, gt, k=10):
+    hits = 0
+    for res, truth in zip(results, gt):
+        hits += len(set(res[:k]) & set(truth[:k].tolist()))
+    return hits / (k * len(results))
+
+
+def measurement(ds, index, bits, build_s, index_mb, knob, value, results, lat, wall, gt):
+    return {
+        "dataset": ds.name, "index": index, "bits": bits,
+        "build_s": None if build_s is None else round(build_s, 2),
+        "index_mb": None if index_mb is None else round(index_mb, 1),
+        "knob": knob, "value": value,
+        "recall": round(recall_at(results, gt), 4),
+        "qps": round(len(results) / wall, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)) * 1000, 3),
+        "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 3),
+        "rows": ds.rows, "dim": ds.dim,
+    }
+
+
+def emit(rec):
+    print(json.dumps(rec), flush=True)
+    note("%-8s %-5s knob %s=%s  recall@10 %.4f  %.1f QPS  p50 %.3f ms  p99 %.3f ms"
+         % (rec["dataset"], rec["index"], rec["knob"], rec["value"], rec["recall"],
+            rec["qps"], rec["p50_ms"], rec["p99_ms"]))
+
+
+def parse_candidates(spec):
+    vals = []
+    for tok in spec.split(","):
+        tok = tok.strip()
+        if not tok:
+            continue
+        if tok == "default" or tok.startswith("x"):
+            vals.append(tok)
+        else:
+            vals.append(int(tok))
+    return vals
+
+
+def show_example(cur, ds, table, op, word):
+    """Print the 10 nearest words to `word` (GloVe only) through the index."""
+    if ds.words is None:
+        return
+    try:
+        i = ds.words.index(word)
+        vec, where = ds.base[i], "base row %d" % i
+    except ValueError:
+        if word not in ds.query_words:
+            note("example word %r not in the vocabulary" % word)
+            return
+        j = ds.query_words.index(word)
+        vec, where = ds.queries[j], "held-out query %d" % j
+    lit = datasets.array_literal(vec)
+    cur.execute("EXPLAIN SELECT id FROM %s ORDER BY v %s %%s::real[] LIMIT 10" % (table, op), (lit,))
+    plan = " / ".join(r[0].strip() for r in cur.fetchall())
+    t0 = time.perf_counter()
+    cur.execute("SELECT id, v %s %%s::real[] AS dist FROM %s ORDER BY v %s %%s::real[] LIMIT 10"
+                % (op, table, op), (lit, lit))
+    rows = cur.fetchall()
+    ms = (time.perf_counter() - t0) * 1000
+    print("\nExample: the 10 nearest words to %r (%s), cosine distance, %.2f ms:"
+          % (word, where, ms), file=sys.stderr)
+    print("  SELECT id, v <=> $1 AS dist FROM %s ORDER BY v <=> $1 LIMIT 10;" % table,
+          file=sys.stderr)
+    print("  plan: %s" % plan, file=sys.stderr)
+    for rank, (rid, dist) in enumerate(rows, 1):
+        print("  %2d. %-20s %.4f" % (rank, ds.words[rid], dist), file=sys.stderr)
+    print("", file=sys.stderr, flush=True)
+
+
+def bench_dataset(conn, name, a):
+    cur = conn.cursor()
+    ds = datasets.get(name, a.slice, with_words=bool(a.example))
+    table = a.table or (name if not a.slice else "%s_%d" % (name, a.slice))
+    op, opclass = OPS[ds.metric]
+    nq = min(a.queries or len(ds.queries), len(ds.queries))
+    queries = ds.queries[:nq]
+    gt = ds.gt[:nq]
+    literals = [datasets.array_literal(q) for q in queries]
+
+    if a.reuse and table_ready(cur, table, ds.rows, ds.dim):
+        note("%s: reusing table %s (%d rows)" % (name, table, ds.rows))
+    else:
+        note("%s: loading %d rows x %d dims into %s via COPY" % (name, ds.rows, ds.dim, table))
+        secs = datasets.load_table(conn, ds, table)
+        note("%s: loaded in %.1f s; VACUUM ANALYZE" % (name, secs))
+        cur.execute("VACUUM ANALYZE %s" % table)
+    if a.storage_note:
+        note("%s: table size %s" % (name, scalar(
+            cur, "SELECT pg_size_pretty(pg_total_relation_size(%s))", (table,))))
+
+    if a.exact:
+        nq = min(nq, a.exact_queries)
+        dist = SQL_DIST[ds.metric] if a.no_extension else "v %s $1" % op
+        cur.execute("SET enable_indexscan = off")
+        cur.execute("SET enable_bitmapscan = off")
+        cur.execute("DEALLOCATE ALL")
+        cur.execute("PREPARE q(real[]) AS SELECT id FROM %s ORDER BY %s LIMIT 10" % (table, dist))
+        uses, plan = explain_uses(cur, "EXECUTE q(%s)" % cur.mogrify("%s", (literals[0],)).decode(),
+                                  "\x00")
+        note("%s: exact plan: %s" % (name, " / ".join(l.strip() for l in plan.splitlines())))
+        results, lat, wall = run_queries(conn, cur, literals[:nq], min(2, nq), 0)
+        rec = measurement(ds, "exact", None, None, None, None, None, results, lat, wall, gt[:nq])
+        emit(rec)
+        cur.execute("RESET enable_indexscan")
+        cur.execute("RESET enable_bitmapscan")
+        return [rec]
+
+    index = "%s_turbo_idx" % table
+    cur.execute("DROP INDEX IF EXISTS %s" % index)
+    cur.execute("CHECKPOINT")
+    note("%s: CREATE INDEX %s ON %s USING turbo (v %s) WITH (bits = %d)"
+         % (name, index, table, opclass, a.bits))
+    t0 = time.perf_counter()
+    cur.execute("CREATE INDEX %s ON %s USING turbo (v %s) WITH (bits = %d)"
+                % (index, table, opclass, a.bits))
+    build_s = time.perf_counter() - t0
+    index_mb = scalar(cur, "SELECT pg_relation_size(%s)", (index,)) / (1 << 20)
+    note("%s: built in %.2f s, index %.1f MB (table %s)" % (
+        name, build_s, index_mb,
+        scalar(cur, "SELECT pg_size_pretty(pg_total_relation_size(%s))", (table,))))
+    try:
+        cur.execute("SELECT row_to_json(i) FROM turbo_index_info(%s::regclass) i", (index,))
+        note("%s: turbo_index_info %s" % (name, json.dumps(cur.fetchone()[0])))
+    except Exception as e:  # informational only
+        note("%s: turbo_index_info failed: %s" % (name, str(e).strip()))
+    cur.execute("ANALYZE %s" % table)
+
+    default_cand = scalar(cur, "SHOW turbovec.candidates")
+    note("%s: turbovec.candidates default = %s" % (name, default_cand))
+    if a.example:
+        show_example(cur, ds, table, op, a.example)
+
+    cur.execute("DEALLOCATE ALL")
+    cur.execute("PREPARE q(real[]) AS SELECT id FROM %s ORDER BY v %s $1 LIMIT 10" % (table, op))
+    explain_stmt = "EXECUTE q(%s)" % cur.mogrify("%s", (literals[0],)).decode()
+    uses, plan = explain_uses(cur, explain_stmt, index)
+    if not uses:
+        sys.exit("FATAL: %s: the query does not use index %s:\n%s" % (name, index, plan))
+    note("%s: plan: %s" % (name, " / ".join(l.strip() for l in plan.splitlines())))
+
+    recs = []
+    for val in parse_candidates(a.candidates):
+        if val == "default":
+            cur.execute("RESET turbovec.candidates")
+        elif isinstance(val, str):  # "x4" = 4 x default
+            cur.execute("SET turbovec.candidates = %d" % (int(default_cand) * int(val[1:])))
+        else:
+            cur.execute("SET turbovec.candidates = %d" % val)
+        value = int(scalar(cur, "SHOW turbovec.candidates"))
+        results, lat, wall = run_queries(conn, cur, literals, min(a.warmup, nq), a.ready_wait)
+        rec = measurement(ds, "turbo", a.bits, build_s, index_mb, "turbovec.candidates",
+                          value, results, lat, wall, gt)
+        emit(rec)
+        recs.append(rec)
+        # the plan cache may have switched to a generic plan: it must use the index too
+        uses, plan = explain_uses(cur, explain_stmt, index)
+        if not uses:
+            sys.exit("FATAL: %s: the (generic) plan no longer uses %s:\n%s" % (name, index, plan))
+    cur.execute("RESET turbovec.candidates")
+    if not a.keep_index:
+        cur.execute("DROP INDEX %s" % index)
+    return recs
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("datasets", nargs="*", default=list(datasets.DATASETS),
+                    help="glove100 and/or fmnist (default both)")
+    ap.add_argument("--bits", type=int, default=4, choices=(2, 3, 4))
+    ap.add_argument("--candidates", default=DEFAULT_CANDIDATES,
+                    help="comma list of turbovec.candidates values; 'default' = the "
+                         "GUC's default, 'xN' = N times the default (default %s)"
+                         % DEFAULT_CANDIDATES)
+    ap.add_argument("--slice", type=int, help="use only the first N base rows")
+    ap.add_argument("--queries", type=int, help="use only the first N queries")
+    ap.add_argument("--warmup", type=int, default=50,
+                    help="untimed queries before each measurement (default 50)")
+    ap.add_argument("--ready-wait", type=float, default=300,
+                    help="seconds to wait for a not-ready index (SQLSTATE 55000)")
+    ap.add_argument("--exact", action="store_true",
+                    help="measure the sequential scan (no index) on a few queries")
+    ap.add_argument("--exact-queries", type=int, default=50)
+    ap.add_argument("--no-extension", action="store_true",
+                    help="with --exact: SQL expression distances, no CREATE EXTENSION")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep an existing table with the right row count")
+    ap.add_argument("--keep-index", action="store_true", help="don't drop the index at the end")
+    ap.add_argument("--table", help="table name (default: data set name[_slice])")
+    ap.add_argument("--example", metavar="WORD",
+                    help="glove100: print the 10 nearest words to WORD")
+    ap.add_argument("--storage-note", action="store_true", help="print the table size")
+    ap.add_argument("--host")
+    ap.add_argument("--port")
+    ap.add_argument("--dbname")
+    ap.add_argument("--user")
+    a = ap.parse_args(argv)
+    for d in a.datasets:
+        if d not in datasets.DATASETS:
+            ap.error("unknown data set %r" % d)
+    if a.no_extension and not a.exact:
+        ap.error("--no-extension needs --exact")
+    if a.example and a.table and len(a.datasets) > 1:
+        ap.error("--table with more than one data set")
+
+    conn = datasets.connect(dsn_from_args(a))
+    cur = conn.cursor()
+    if not a.no_extension:
+        cur.execute("CREATE EXTENSION IF NOT EXISTS turbovec")
+    note("server %s; shared_buffers %s; maintenance_work_mem %s; preload '%s'" % (
+        scalar(cur, "SHOW server_version"), scalar(cur, "SHOW shared_buffers"),
+        scalar(cur, "SHOW maintenance_work_mem"),
+        scalar(cur, "SHOW shared_preload_libraries")))
+    for name in a.datasets:
+        bench_dataset(conn, name, a)
+    conn.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,7 @@ with a SQL expression, to check the data path on a server without turbovec.
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -81,6 +82,7 @@ def explain_uses(cur, stmt, index_name):
     """EXPLAIN the prepared statement; returns (uses_index, plan text)."""
     cur.execute("EXPLAIN " + stmt)
     plan = "\n".join(r[0] for r in cur.fetchall())
+    plan = re.sub(r"'\{[^}]*\}'", "'{...}'", plan)
     return (index_name in plan and "Index" in plan), plan
 
 
@@ -175,6 +177,7 @@ def show_example(cur, ds, table, op, word):
     lit = datasets.array_literal(vec)
     cur.execute("EXPLAIN SELECT id FROM %s ORDER BY v %s %%s::real[] LIMIT 10" % (table, op), (lit,))
     plan = " / ".join(r[0].strip() for r in cur.fetchall())
+    plan = re.sub(r"'\{[^}]*\}'", "'{...}'", plan)
     t0 = time.perf_counter()
     cur.execute("SELECT id, v %s %%s::real[] AS dist FROM %s ORDER BY v %s %%s::real[] LIMIT 10"
                 % (op, table, op), (lit, lit))

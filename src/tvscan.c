@@ -19,6 +19,8 @@
  */
 #include "postgres.h"
 
+#include <float.h>
+
 #include "access/relscan.h"
 #include "access/tableam.h"
 #include "catalog/index.h"
@@ -27,6 +29,7 @@
 #include "pgstat.h"
 #include "storage/bufmgr.h"
 #include "utils/array.h"
+#include "utils/float.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -150,50 +153,68 @@ HeapOffer(CandidateHeap *h, const TvCandidate *c)
 	}
 }
 
-/* Offer the live lanes of one block (its bytes contiguous at blk) */
+/*
+ * Offer the live lanes of one block (its bytes contiguous at blk).  The
+ * estimates of all 32 lanes are computed in one branch-free loop over the
+ * block's factor arrays; only lanes that can enter the heap go further.
+ */
 static void
 ScoreBlock(TvScanOpaque so, const char *blk, CandidateHeap *heap)
 {
 	uint32		live;
 	float		scores[TV_LANES];
+	float		norm[TV_LANES];
+	float		ipscale[TV_LANES];
+	float		est[TV_LANES];
+	float		limit;
 	TvMetric	metric = so->state->metric;
 
 	memcpy(&live, blk + TV_BLOCK_LIVE_OFFSET, sizeof(uint32));
 	if (live == 0)
 		return;
-	if (!so->nullquery)
-		tv_score_block(so->lut, (const uint8 *) blk + TV_BLOCK_CODES_OFFSET, scores);
 
+	if (so->nullquery)
+		memset(est, 0, sizeof(est));
+	else
+	{
+		tv_score_block(so->lut, (const uint8 *) blk + TV_BLOCK_CODES_OFFSET, scores);
+		memcpy(norm, blk + TV_BLOCK_NORM_OFFSET, sizeof(norm));
+		memcpy(ipscale, blk + TV_BLOCK_IPSCALE_OFFSET, sizeof(ipscale));
+		if (metric == TV_METRIC_L2)
+		{
+			for (int l = 0; l < TV_LANES; l++)
+				est[l] = so->qnorm2 + norm[l] * norm[l] - 2 * ipscale[l] * scores[l];
+		}
+		else if (metric == TV_METRIC_IP)
+		{
+			for (int l = 0; l < TV_LANES; l++)
+				est[l] = -ipscale[l] * scores[l];
+		}
+		else
+		{
+			/* norm > 0 for every live cosine lane: zero vectors are not indexed */
+			for (int l = 0; l < TV_LANES; l++)
+				est[l] = -ipscale[l] * scores[l] / Max(norm[l], FLT_MIN);
+		}
+	}
+
+	/* ties on the estimate are settled by TID, so keep equal estimates */
+	limit = (heap->n < heap->cap) ? get_float4_infinity() : heap->items[0].est;
 	while (live != 0)
 	{
 		int			lane = pg_rightmost_one_pos32(live);
 		TvCandidate c;
 
 		live &= live - 1;
-		if (so->nullquery)
-			c.est = 0;
-		else
-		{
-			float		norm;
-			float		ipscale;
-			float		ip;
-
-			memcpy(&norm, blk + TV_BLOCK_NORM_OFFSET + lane * sizeof(float), sizeof(float));
-			memcpy(&ipscale, blk + TV_BLOCK_IPSCALE_OFFSET + lane * sizeof(float), sizeof(float));
-			ip = ipscale * scores[lane];
-			if (metric == TV_METRIC_L2)
-				c.est = so->qnorm2 + norm * norm - 2 * ip;
-			else if (metric == TV_METRIC_IP)
-				c.est = -ip;
-			else
-				c.est = (norm > 0) ? -ip / norm : 0;
-		}
+		if (est[lane] > limit)
+			continue;
+		c.est = est[lane];
 		memcpy(&c.tid, blk + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
 			   sizeof(ItemPointerData));
-
 		if (so->have_bound && CandidateCmp(&c, &so->bound) <= 0)
 			continue;
 		HeapOffer(heap, &c);
+		limit = (heap->n < heap->cap) ? get_float4_infinity() : heap->items[0].est;
 	}
 }
 

@@ -402,10 +402,12 @@ class CopyStream:
     readline = read
 
 
-def load_table(conn, ds, table, unlogged=False):
+def load_table(conn, ds, table, unlogged=False, storage=None):
     """(Re)create `table (id int PRIMARY KEY, v real[])` and COPY ds.base in.
 
     The primary key is added after the COPY (faster than maintaining it).
+    storage (plain|external|extended|main) sets the column's storage before
+    the COPY; the default (extended) compresses large arrays.
     Returns the load time in seconds.
     """
     import psycopg2.extensions  # noqa: F401 - clear error if missing
@@ -416,6 +418,10 @@ def load_table(conn, ds, table, unlogged=False):
         cur.execute("DROP TABLE IF EXISTS %s" % table)
         cur.execute("CREATE %s TABLE %s (id int NOT NULL, v real[])"
                     % ("UNLOGGED" if unlogged else "", table))
+        if storage:
+            if storage.lower() not in ("plain", "external", "extended", "main"):
+                raise ValueError("bad storage %r" % storage)
+            cur.execute("ALTER TABLE %s ALTER COLUMN v SET STORAGE %s" % (table, storage))
         # same transaction as CREATE TABLE: COPY can skip WAL with wal_level=minimal
         cur.copy_expert("COPY %s (id, v) FROM STDIN" % table,
                         CopyStream(ds.base), size=1 << 20)
@@ -478,6 +484,8 @@ def main(argv=None):
     p.add_argument("--table", help="table name (default: the data set name)")
     p.add_argument("--slice", type=int, help="load only the first N base rows")
     p.add_argument("--dsn", default="", help="libpq connection string")
+    p.add_argument("--storage", choices=("plain", "external", "extended", "main"),
+                   help="storage of the v column (default: extended)")
     p = sub.add_parser("export-slice",
                        help="GloVe slice as COPY text for the regression tests")
     p.add_argument("--out", default="sql/data/glove3k.data")
@@ -501,7 +509,7 @@ def main(argv=None):
     elif a.cmd == "load":
         ds = get(a.dataset, a.slice)
         conn = connect(a.dsn)
-        secs = load_table(conn, ds, a.table or a.dataset)
+        secs = load_table(conn, ds, a.table or a.dataset, storage=a.storage)
         print(json.dumps({"dataset": ds.name, "table": a.table or a.dataset,
                           "rows": ds.rows, "dim": ds.dim, "load_s": round(secs, 2)}))
     elif a.cmd == "export-slice":

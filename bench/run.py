@@ -207,12 +207,13 @@ def bench_dataset(conn, name, a):
         note("%s: reusing table %s (%d rows)" % (name, table, ds.rows))
     else:
         note("%s: loading %d rows x %d dims into %s via COPY" % (name, ds.rows, ds.dim, table))
-        secs = datasets.load_table(conn, ds, table)
+        secs = datasets.load_table(conn, ds, table, storage=a.storage)
         note("%s: loaded in %.1f s; VACUUM ANALYZE" % (name, secs))
         cur.execute("VACUUM ANALYZE %s" % table)
-    if a.storage_note:
-        note("%s: table size %s" % (name, scalar(
-            cur, "SELECT pg_size_pretty(pg_total_relation_size(%s))", (table,))))
+    note("%s: table %s, %s, v storage %s" % (name, table, scalar(
+        cur, "SELECT pg_size_pretty(pg_total_relation_size(%s))", (table,)), scalar(
+        cur, "SELECT attstorage FROM pg_attribute WHERE attrelid = %s::regclass"
+             " AND attname = 'v'", (table,))))
 
     if a.exact:
         nq = min(nq, a.exact_queries)
@@ -256,12 +257,15 @@ def bench_dataset(conn, name, a):
     if a.example:
         show_example(cur, ds, table, op, a.example)
 
+    if a.no_seqscan:
+        cur.execute("SET enable_seqscan = off")
     cur.execute("DEALLOCATE ALL")
     cur.execute("PREPARE q(real[]) AS SELECT id FROM %s ORDER BY v %s $1 LIMIT 10" % (table, op))
     explain_stmt = "EXECUTE q(%s)" % cur.mogrify("%s", (literals[0],)).decode()
     uses, plan = explain_uses(cur, explain_stmt, index)
     if not uses:
-        sys.exit("FATAL: %s: the query does not use index %s:\n%s" % (name, index, plan))
+        sys.exit("FATAL: %s: the query does not use index %s (--no-seqscan sets "
+                 "enable_seqscan = off):\n%s" % (name, index, plan))
     note("%s: plan: %s" % (name, " / ".join(l.strip() for l in plan.splitlines())))
 
     recs = []
@@ -283,6 +287,7 @@ def bench_dataset(conn, name, a):
         if not uses:
             sys.exit("FATAL: %s: the (generic) plan no longer uses %s:\n%s" % (name, index, plan))
     cur.execute("RESET turbovec.candidates")
+    cur.execute("RESET enable_seqscan")
     if not a.keep_index:
         cur.execute("DROP INDEX %s" % index)
     return recs
@@ -311,10 +316,15 @@ def main(argv=None):
     ap.add_argument("--reuse", action="store_true",
                     help="keep an existing table with the right row count")
     ap.add_argument("--keep-index", action="store_true", help="don't drop the index at the end")
+    ap.add_argument("--no-seqscan", action="store_true",
+                    help="SET enable_seqscan = off for the index runs (when the "
+                         "planner prefers a sequential scan)")
     ap.add_argument("--table", help="table name (default: data set name[_slice])")
     ap.add_argument("--example", metavar="WORD",
                     help="glove100: print the 10 nearest words to WORD")
-    ap.add_argument("--storage-note", action="store_true", help="print the table size")
+    ap.add_argument("--storage", choices=("plain", "external", "extended", "main"),
+                    help="storage of the v column when loading (default: extended, "
+                         "PostgreSQL's default for real[]; pgvector's vector is external)")
     ap.add_argument("--host")
     ap.add_argument("--port")
     ap.add_argument("--dbname")

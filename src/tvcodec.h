@@ -58,7 +58,7 @@ typedef struct TvCodec
 	int			rounds;			/* rotation rounds */
 	float		levels[16];		/* codebook, ascending, N(0,1) scale */
 	float		thresholds[16];	/* decision boundaries between levels */
-	/* rotation sign bits, then rounds * dim permutation entries; see tvcodec.c */
+	/* rotation signs, then permutation swaps; see tvcodec.c */
 	char		tables[];
 } TvCodec;
 

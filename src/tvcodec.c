@@ -1,0 +1,926 @@
+/*
+ * tvcodec.c
+ *	  TurboQuant codec: the seeded rotation, the Lloyd-Max codebooks, row
+ *	  codes, query lookup tables and the 32-lane block layout.
+ *
+ * Invariants this file keeps:
+ *	- Everything that shapes a code is a pure function of (seed, dim, bits):
+ *	  a private PRNG (splitmix64 seeding xoshiro256**), codebook constants
+ *	  written out as literals (tools/lloyd_max.py derives them), and only
+ *	  IEEE-exact arithmetic (+, -, *, /, sqrt) in a fixed order.  No libm
+ *	  transcendental function and no FMA (the file is compiled with
+ *	  -ffp-contract=off) can move a value across a decision threshold on
+ *	  another machine.
+ *	- The rotation R is orthogonal and keeps exactly dim coordinates.  It is
+ *	  `rounds` repetitions of: a seeded permutation, random signs, a
+ *	  normalised Walsh-Hadamard transform on the first W coordinates, random
+ *	  signs, and the same transform on the last W coordinates, W being the
+ *	  largest power of two <= dim.  The two windows overlap, so every
+ *	  coordinate is mixed whatever dim is.  Each step is applied in place,
+ *	  so rotating needs no scratch memory.
+ *	- The block layout (docs/CODEC.md) is what tvkernels.c reads; the LUT a
+ *	  query gets is built here to match it, including padding.
+ */
+#include "tvcodec.h"
+
+#include <math.h>
+#include <string.h>
+
+/* Three rounds mix as well as a dense random rotation (docs/CODEC.md) */
+#define TV_ROTATION_ROUNDS	3
+
+/*
+ * Lloyd-Max levels for N(0, 1), from tools/lloyd_max.py.  MSE per unit
+ * variance: 0.117482 (2 bits), 0.034548 (3 bits), 0.009501 (4 bits).
+ */
+static const float levels2[4] = {
+	-1.510417608e+00f, -4.527800346e-01f, 4.527800346e-01f, 1.510417608e+00f,
+};
+
+static const float levels3[8] = {
+	-2.151945705e+00f, -1.343909279e+00f, -7.560052812e-01f, -2.450941789e-01f,
+	2.450941789e-01f, 7.560052812e-01f, 1.343909279e+00f, 2.151945705e+00f,
+};
+
+static const float levels4[16] = {
+	-2.732589571e+00f, -2.069017227e+00f, -1.618046386e+00f, -1.256231197e+00f,
+	-9.423404565e-01f, -6.567591185e-01f, -3.880482995e-01f, -1.283950299e-01f,
+	1.283950299e-01f, 3.880482995e-01f, 6.567591185e-01f, 9.423404565e-01f,
+	1.256231197e+00f, 1.618046386e+00f, 2.069017227e+00f, 2.732589571e+00f,
+};
+
+/* The tables area is read as floats, then uint16 entries */
+_Static_assert(offsetof(TvCodec, tables) % sizeof(float) == 0,
+			   "TvCodec.tables must be float-aligned");
+
+/* ----------------------------------------------------------------
+ * Private PRNG: splitmix64 expands (seed, dim) into xoshiro256** state
+ * ----------------------------------------------------------------
+ */
+typedef struct TvRng
+{
+	uint64_t	s[4];
+} TvRng;
+
+static uint64_t
+SplitMix64(uint64_t *state)
+{
+	uint64_t	z = (*state += UINT64_C(0x9E3779B97F4A7C15));
+
+	z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+	z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+	return z ^ (z >> 31);
+}
+
+static inline uint64_t
+Rotl64(uint64_t x, int k)
+{
+	return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t
+RngNext(TvRng *rng)
+{
+	uint64_t   *s = rng->s;
+	uint64_t	result = Rotl64(s[1] * 5, 7) * 9;
+	uint64_t	t = s[1] << 17;
+
+	s[2] ^= s[0];
+	s[3] ^= s[1];
+	s[1] ^= s[2];
+	s[0] ^= s[3];
+	s[2] ^= t;
+	s[3] = Rotl64(s[3], 45);
+	return result;
+}
+
+/* The dimension is mixed in so each dim gets an unrelated rotation */
+static void
+RngSeed(TvRng *rng, uint64_t seed, int dim)
+{
+	uint64_t	sm = seed ^ ((uint64_t) dim * UINT64_C(0xD1B54A32D192ED03));
+	int			i;
+
+	for (i = 0; i < 4; i++)
+		rng->s[i] = SplitMix64(&sm);
+}
+
+/* Uniform in [0, n), n <= 2^32, by multiply-shift (Lemire) */
+static inline uint32_t
+RngBelow(TvRng *rng, uint32_t n)
+{
+	return (uint32_t) (((RngNext(rng) >> 32) * (uint64_t) n) >> 32);
+}
+
+/* ----------------------------------------------------------------
+ * Codec tables
+ *
+ * tables holds, for each round r, the two sign vectors (dim floats each,
+ * +1.0f or -1.0f: a multiply vectorizes where a bit test would not), for
+ * all rounds first; then, per round, dim uint16 Fisher-Yates swap partners
+ * (entry i, 1 <= i < dim, is the j <= i swapped with i; entry 0 unused).
+ * ----------------------------------------------------------------
+ */
+static inline const float *
+CodecSigns(const TvCodec *codec, int round, int step)
+{
+	const float *signs = (const float *) codec->tables;
+
+	return signs + (size_t) (round * 2 + step) * codec->dim;
+}
+
+static inline const uint16_t *
+CodecSwaps(const TvCodec *codec, int round)
+{
+	const uint16_t *swaps;
+
+	swaps = (const uint16_t *) (codec->tables + sizeof(float) *
+								(size_t) codec->rounds * 2 * codec->dim);
+	return swaps + (size_t) round * codec->dim;
+}
+
+/*
+ * Bytes of a TvCodec for dim; a dim out of range is clamped so the answer is
+ * always a safe allocation size.
+ */
+size_t
+tv_codec_size(int dim)
+{
+	if (dim < TV_CODEC_MIN_DIM)
+		dim = TV_CODEC_MIN_DIM;
+	if (dim > TV_CODEC_MAX_DIM)
+		dim = TV_CODEC_MAX_DIM;
+	return offsetof(TvCodec, tables) +
+		(size_t) TV_ROTATION_ROUNDS * dim * (2 * sizeof(float) + sizeof(uint16_t));
+}
+
+/*
+ * Fill in the codec for (dim, bits, seed).  The caller checks the ranges
+ * (TV_CODEC_MIN_DIM..TV_CODEC_MAX_DIM, TV_CODEC_MIN_BITS..TV_CODEC_MAX_BITS);
+ * out-of-range values are clamped rather than trusted.
+ */
+void
+tv_codec_init(TvCodec *codec, int dim, int bits, uint64_t seed)
+{
+	const float *levels;
+	int			nlevels;
+	TvRng		rng;
+	float	   *signs;
+	uint16_t   *swaps;
+	int			r,
+				i;
+
+	if (dim < TV_CODEC_MIN_DIM)
+		dim = TV_CODEC_MIN_DIM;
+	if (dim > TV_CODEC_MAX_DIM)
+		dim = TV_CODEC_MAX_DIM;
+	if (bits < TV_CODEC_MIN_BITS)
+		bits = TV_CODEC_MIN_BITS;
+	if (bits > TV_CODEC_MAX_BITS)
+		bits = TV_CODEC_MAX_BITS;
+
+	/* Zero first, so padding bytes are deterministic too */
+	memset(codec, 0, tv_codec_size(dim));
+	codec->dim = dim;
+	codec->bits = bits;
+	codec->seed = seed;
+	codec->code_bytes = (dim * bits + 7) / 8;
+	switch (bits)
+	{
+		case 2:
+			codec->ngroups = (dim + 1) / 2;
+			codec->group_bytes = 16;
+			levels = levels2;
+			break;
+		case 3:
+			codec->ngroups = dim;
+			codec->group_bytes = 12;
+			levels = levels3;
+			break;
+		default:
+			codec->ngroups = dim;
+			codec->group_bytes = 16;
+			levels = levels4;
+			break;
+	}
+	codec->block_code_bytes = codec->ngroups * codec->group_bytes;
+	codec->window = 1;
+	while (codec->window * 2 <= dim)
+		codec->window *= 2;
+	codec->rounds = TV_ROTATION_ROUNDS;
+
+	nlevels = 1 << bits;
+	for (i = 0; i < nlevels; i++)
+		codec->levels[i] = levels[i];
+	/* Midpoints: the nearest level wins; IEEE makes this exact everywhere */
+	for (i = 0; i < nlevels - 1; i++)
+		codec->thresholds[i] = 0.5f * (levels[i] + levels[i + 1]);
+
+	/* The rotation depends on (seed, dim) only, not on bits */
+	RngSeed(&rng, seed, dim);
+	signs = (float *) codec->tables;
+	swaps = (uint16_t *) (codec->tables + sizeof(float) *
+						  (size_t) codec->rounds * 2 * dim);
+	for (r = 0; r < codec->rounds; r++)
+	{
+		uint16_t   *sw = swaps + (size_t) r * dim;
+		float	   *sg = signs + (size_t) r * 2 * dim;
+		uint64_t	word = 0;
+
+		for (i = dim - 1; i >= 1; i--)
+			sw[i] = (uint16_t) RngBelow(&rng, (uint32_t) i + 1);
+		for (i = 0; i < 2 * dim; i++)
+		{
+			if (i % 64 == 0)
+				word = RngNext(&rng);
+			sg[i] = (word >> (i % 64)) & 1 ? -1.0f : 1.0f;
+		}
+	}
+}
+
+/* One float per coordinate: rotation works in place, encode needs a copy */
+size_t
+tv_codec_work_floats(const TvCodec *codec)
+{
+	return (size_t) codec->dim;
+}
+
+/* ----------------------------------------------------------------
+ * Rotation
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Normalised in-place Walsh-Hadamard transform of n (a power of two)
+ * floats: a = H a / sqrt(n), which is orthogonal and its own inverse.
+ *
+ * Loops run over fixed chunks of 8 so that gcc's -O2 vectorizer (which
+ * refuses loops that need a remainder) turns them into SIMD code; that
+ * changes no result, since every butterfly is an independent add or
+ * subtract.
+ */
+/*
+ * x, y = x + y, x - y for 8 floats each.  All loads come before all stores,
+ * and x's stores before y's, so SLP vectorizes it without alias checks.
+ */
+static inline void
+Butterfly8(float *x, float *y)
+{
+	float		x0 = x[0],
+				x1 = x[1],
+				x2 = x[2],
+				x3 = x[3],
+				x4 = x[4],
+				x5 = x[5],
+				x6 = x[6],
+				x7 = x[7];
+	float		y0 = y[0],
+				y1 = y[1],
+				y2 = y[2],
+				y3 = y[3],
+				y4 = y[4],
+				y5 = y[5],
+				y6 = y[6],
+				y7 = y[7];
+
+	x[0] = x0 + y0;
+	x[1] = x1 + y1;
+	x[2] = x2 + y2;
+	x[3] = x3 + y3;
+	x[4] = x4 + y4;
+	x[5] = x5 + y5;
+	x[6] = x6 + y6;
+	x[7] = x7 + y7;
+	y[0] = x0 - y0;
+	y[1] = x1 - y1;
+	y[2] = x2 - y2;
+	y[3] = x3 - y3;
+	y[4] = x4 - y4;
+	y[5] = x5 - y5;
+	y[6] = x6 - y6;
+	y[7] = x7 - y7;
+}
+
+/*
+ * Two butterfly levels at once (strides h and 2h) on 8 floats at each of
+ * p, p + h, p + 2h, p + 3h: half the loads and stores of two radix-2
+ * passes.  Loads first, then stores pointer by pointer, as above.
+ */
+static inline void
+Butterfly4x8(float *p0, float *p1, float *p2, float *p3)
+{
+	float		a[8],
+				b[8],
+				c[8],
+				d[8];
+	int			k;
+
+	for (k = 0; k < 8; k++)
+	{
+		float		x0 = p0[k],
+					x1 = p1[k],
+					x2 = p2[k],
+					x3 = p3[k];
+
+		a[k] = (x0 + x1) + (x2 + x3);
+		b[k] = (x0 - x1) + (x2 - x3);
+		c[k] = (x0 + x1) - (x2 + x3);
+		d[k] = (x0 - x1) - (x2 - x3);
+	}
+	for (k = 0; k < 8; k++)
+		p0[k] = a[k];
+	for (k = 0; k < 8; k++)
+		p1[k] = b[k];
+	for (k = 0; k < 8; k++)
+		p2[k] = c[k];
+	for (k = 0; k < 8; k++)
+		p3[k] = d[k];
+}
+
+static void
+Fwht(float *restrict a, int n, float s)
+{
+	int			h,
+				i,
+				j;
+
+	if (n < 8)
+	{
+		for (i = 0; i < n; i++)
+			a[i] *= s;
+		for (h = 1; h < n; h <<= 1)
+			for (i = 0; i < n; i += 2 * h)
+				for (j = i; j < i + h; j++)
+				{
+					float		u = a[j];
+					float		v = a[j + h];
+
+					a[j] = u + v;
+					a[j + h] = u - v;
+				}
+		return;
+	}
+
+	/* Scale, then the h = 1, 2, 4 butterflies fused, 8 floats at a time */
+	for (i = 0; i < n; i += 8)
+	{
+		float	   *p = a + i;
+		float		x0 = p[0] * s,
+					x1 = p[1] * s,
+					x2 = p[2] * s,
+					x3 = p[3] * s,
+					x4 = p[4] * s,
+					x5 = p[5] * s,
+					x6 = p[6] * s,
+					x7 = p[7] * s;
+		float		y0 = x0 + x1,
+					y1 = x0 - x1,
+					y2 = x2 + x3,
+					y3 = x2 - x3,
+					y4 = x4 + x5,
+					y5 = x4 - x5,
+					y6 = x6 + x7,
+					y7 = x6 - x7;
+		float		z0 = y0 + y2,
+					z1 = y1 + y3,
+					z2 = y0 - y2,
+					z3 = y1 - y3,
+					z4 = y4 + y6,
+					z5 = y5 + y7,
+					z6 = y4 - y6,
+					z7 = y5 - y7;
+
+		p[0] = z0 + z4;
+		p[1] = z1 + z5;
+		p[2] = z2 + z6;
+		p[3] = z3 + z7;
+		p[4] = z0 - z4;
+		p[5] = z1 - z5;
+		p[6] = z2 - z6;
+		p[7] = z3 - z7;
+	}
+
+	for (h = 8; 4 * h <= n; h <<= 2)
+	{
+		for (i = 0; i < n; i += 4 * h)
+		{
+			for (j = i; j < i + h; j += 8)
+				Butterfly4x8(a + j, a + j + h, a + j + 2 * h, a + j + 3 * h);
+		}
+	}
+	if (h < n)
+	{
+		for (j = 0; j < h; j += 8)
+			Butterfly8(a + j, a + j + h);
+	}
+}
+
+/* a[i] *= signs[i], i < n */
+static void
+ApplySigns(float *restrict a, const float *restrict signs, int n)
+{
+	int			i,
+				k;
+
+	for (i = 0; i + 8 <= n; i += 8)
+		for (k = 0; k < 8; k++)
+			a[i + k] *= signs[i + k];
+	for (; i < n; i++)
+		a[i] *= signs[i];
+}
+
+/* 1/sqrt(W): exact for even log2(W), correctly rounded otherwise */
+static inline float
+WindowScale(const TvCodec *codec)
+{
+	return (float) (1.0 / sqrt((double) codec->window));
+}
+
+void
+tv_codec_rotate(const TvCodec *codec, const float *in, float *out)
+{
+	int			dim = codec->dim;
+	int			w = codec->window;
+	float		s = WindowScale(codec);
+	int			r,
+				i;
+
+	if (out != in)
+		memcpy(out, in, sizeof(float) * dim);
+
+	for (r = 0; r < codec->rounds; r++)
+	{
+		const uint16_t *sw = CodecSwaps(codec, r);
+
+		/* Permutation, as the Fisher-Yates swaps in generation order */
+		for (i = dim - 1; i >= 1; i--)
+		{
+			int			j = sw[i];
+			float		t = out[i];
+
+			out[i] = out[j];
+			out[j] = t;
+		}
+		ApplySigns(out, CodecSigns(codec, r, 0), dim);
+		Fwht(out, w, s);
+		ApplySigns(out, CodecSigns(codec, r, 1), dim);
+		Fwht(out + dim - w, w, s);
+	}
+}
+
+void
+tv_codec_unrotate(const TvCodec *codec, const float *in, float *out)
+{
+	int			dim = codec->dim;
+	int			w = codec->window;
+	float		s = WindowScale(codec);
+	int			r,
+				i;
+
+	if (out != in)
+		memcpy(out, in, sizeof(float) * dim);
+
+	/* The steps of rotate, inverted, in reverse order */
+	for (r = codec->rounds - 1; r >= 0; r--)
+	{
+		const uint16_t *sw = CodecSwaps(codec, r);
+
+		Fwht(out + dim - w, w, s);
+		ApplySigns(out, CodecSigns(codec, r, 1), dim);
+		Fwht(out, w, s);
+		ApplySigns(out, CodecSigns(codec, r, 0), dim);
+		for (i = 1; i < dim; i++)
+		{
+			int			j = sw[i];
+			float		t = out[i];
+
+			out[i] = out[j];
+			out[j] = t;
+		}
+	}
+}
+
+/* ----------------------------------------------------------------
+ * Row codes
+ * ----------------------------------------------------------------
+ */
+static inline int
+RowGet(const uint8_t *code, int i, int bits)
+{
+	int			pos = i * bits;
+	int			byte = pos >> 3;
+	int			shift = pos & 7;
+	unsigned	v = code[byte];
+
+	/* Read the next byte only when the field spills into it */
+	if (shift + bits > 8)
+		v |= (unsigned) code[byte + 1] << 8;
+	return (int) ((v >> shift) & ((1u << bits) - 1));
+}
+
+/* code must start zeroed */
+static inline void
+RowOr(uint8_t *code, int i, int bits, int c)
+{
+	int			pos = i * bits;
+	int			byte = pos >> 3;
+	int			shift = pos & 7;
+
+	code[byte] |= (uint8_t) (c << shift);
+	if (shift + bits > 8)
+		code[byte + 1] |= (uint8_t) (c >> (8 - shift));
+}
+
+/*
+ * Quantize y[0..dim) into a row code: a code is the number of thresholds
+ * below y, so a tie goes to the lower level.  Counting (rather than a
+ * binary search) has no branches and no dependent loads, and the chunks of
+ * 8 vectorize.  Replaces each y by its level and returns <y, levels[code]>.
+ */
+static inline double
+QuantizeAll(const TvCodec *codec, int bits, float *y, uint8_t *code)
+{
+	const float *t = codec->thresholds;
+	const float *l = codec->levels;
+	int			nthr = (1 << bits) - 1;
+	int			dim = codec->dim;
+	double		dot = 0.0;
+	uint64_t	acc = 0;
+	int			nacc = 0;
+	int			i,
+				k,
+				m;
+
+	for (i = 0; i < dim; i += 8)
+	{
+		int			n = dim - i < 8 ? dim - i : 8;
+		float		x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+		int			c[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+
+		for (m = 0; m < n; m++)
+			x[m] = y[i + m];
+		for (k = 0; k < nthr; k++)
+		{
+			float		tk = t[k];
+
+			for (m = 0; m < 8; m++)
+				c[m] += x[m] > tk;
+		}
+		for (m = 0; m < n; m++)
+		{
+			dot += (double) x[m] * l[c[m]];
+			y[i + m] = l[c[m]];
+			/* Pack LSB first, 32 bits at a time */
+			acc |= (uint64_t) c[m] << nacc;
+			nacc += bits;
+			if (nacc >= 32)
+			{
+				code[0] = (uint8_t) acc;
+				code[1] = (uint8_t) (acc >> 8);
+				code[2] = (uint8_t) (acc >> 16);
+				code[3] = (uint8_t) (acc >> 24);
+				code += 4;
+				acc >>= 32;
+				nacc -= 32;
+			}
+		}
+	}
+	for (; nacc > 0; nacc -= 8)
+	{
+		*code++ = (uint8_t) acc;
+		acc >>= 8;
+	}
+	return dot;
+}
+
+/* Sum of squares in double, in index order */
+static double
+SumSquares(const float *v, int n)
+{
+	double		s = 0.0;
+	int			i;
+
+	for (i = 0; i < n; i++)
+		s += (double) v[i] * (double) v[i];
+	return s;
+}
+
+bool
+tv_codec_encode(const TvCodec *codec, const float *v,
+				uint8_t *code, TvFactors *factors, float *work)
+{
+	int			dim = codec->dim;
+	double		norm2;
+	double		norm;
+	double		mult;
+	double		dot;
+	double		xdot;
+	int			i;
+
+	norm2 = SumSquares(v, dim);
+	/* Also catches NaN, though callers reject non-finite input */
+	if (!(norm2 > 0.0))
+	{
+		memset(code, 0, codec->code_bytes);
+		factors->norm = 0.0f;
+		factors->ipscale = 0.0f;
+		return false;
+	}
+	norm = sqrt(norm2);
+
+	/* y = R (v / ||v||) * sqrt(dim): about N(0, 1) per coordinate */
+	mult = sqrt((double) dim) / norm;
+	for (i = 0; i < dim; i++)
+		work[i] = (float) ((double) v[i] * mult);
+	tv_codec_rotate(codec, work, work);
+
+	switch (codec->bits)
+	{
+		case 2:
+			dot = QuantizeAll(codec, 2, work, code);
+			break;
+		case 3:
+			dot = QuantizeAll(codec, 3, work, code);
+			break;
+		default:
+			dot = QuantizeAll(codec, 4, work, code);
+			break;
+	}
+
+	/*
+	 * <x, xhat> = <y, levels[code]> / dim.  Each level has the sign of its
+	 * y, so this is positive; the fallback, ||v|| / ||xhat||^2 (the plain
+	 * projection estimate), only guards against the impossible.
+	 */
+	xdot = dot / dim;
+	factors->norm = (float) norm;
+	if (xdot > 0.0)
+		factors->ipscale = (float) (norm / xdot);
+	else
+		factors->ipscale = (float) (norm / (SumSquares(work, dim) / dim));
+	return true;
+}
+
+void
+tv_codec_decode(const TvCodec *codec, const uint8_t *code,
+				float scale, float *out, float *work)
+{
+	int			dim = codec->dim;
+	float		m = (float) ((double) scale / sqrt((double) dim));
+	int			i;
+
+	(void) work;
+	for (i = 0; i < dim; i++)
+		out[i] = codec->levels[RowGet(code, i, codec->bits)] * m;
+	tv_codec_unrotate(codec, out, out);
+}
+
+float
+tv_code_inner_product(const TvCodec *codec, const uint8_t *code,
+					  const float *q, float *work)
+{
+	int			dim = codec->dim;
+	double		sum = 0.0;
+	int			i;
+
+	/* <R^T l / sqrt(dim), q> = <l, R q> / sqrt(dim) */
+	tv_codec_rotate(codec, q, work);
+	for (i = 0; i < dim; i++)
+		sum += (double) codec->levels[RowGet(code, i, codec->bits)] * work[i];
+	return (float) (sum / sqrt((double) dim));
+}
+
+/* ----------------------------------------------------------------
+ * Query lookup tables
+ * ----------------------------------------------------------------
+ */
+size_t
+tv_query_lut_size(const TvCodec *codec)
+{
+	return offsetof(TvQueryLut, lut) + (size_t) codec->ngroups * 16;
+}
+
+/*
+ * The float contributions of group g's possible indexes, given the rotated
+ * query qr; returns how many indexes the layout can produce (the rest of f
+ * is not set).
+ */
+static int
+GroupEntries(const TvCodec *codec, const float *qr, int g, double inv,
+			 double *f)
+{
+	const float *l = codec->levels;
+	int			c;
+
+	switch (codec->bits)
+	{
+		case 2:
+			{
+				double		qa = (double) qr[2 * g] * inv;
+
+				/*
+				 * An odd dim's last group has no second coordinate: make the
+				 * entry ignore the padding bits, whatever they hold.
+				 */
+				double		qb = (2 * g + 1 < codec->dim) ?
+					(double) qr[2 * g + 1] * inv : 0.0;
+
+				for (c = 0; c < 16; c++)
+					f[c] = l[c & 3] * qa + l[c >> 2] * qb;
+				return 16;
+			}
+		case 3:
+			for (c = 0; c < 8; c++)
+				f[c] = l[c] * ((double) qr[g] * inv);
+			return 8;
+		default:
+			for (c = 0; c < 16; c++)
+				f[c] = l[c] * ((double) qr[g] * inv);
+			return 16;
+	}
+}
+
+/*
+ * Entries are quantized with a per-group bias (the group minimum) and one
+ * step for all groups, so the kernel only sums bytes.  Each entry is off by
+ * at most step / 2, so an estimate is within ngroups * step / 2.
+ */
+void
+tv_query_prepare(const TvCodec *codec, const float *q,
+				 TvQueryLut *lut, float *work)
+{
+	double		inv = 1.0 / sqrt((double) codec->dim);
+	double		f[16];
+	double		bias = 0.0;
+	double		range = 0.0;
+	float		step;
+	int			g,
+				c,
+				n;
+
+	tv_codec_rotate(codec, q, work);
+
+	/* Pass 1: biases and the widest group */
+	for (g = 0; g < codec->ngroups; g++)
+	{
+		double		lo,
+					hi;
+
+		n = GroupEntries(codec, work, g, inv, f);
+		lo = hi = f[0];
+		for (c = 1; c < n; c++)
+		{
+			if (f[c] < lo)
+				lo = f[c];
+			if (f[c] > hi)
+				hi = f[c];
+		}
+		bias += lo;
+		if (hi - lo > range)
+			range = hi - lo;
+	}
+	step = (float) (range / 255.0);
+
+	/* Pass 2: the same entries again, quantized with the float step */
+	memset(lut->lut, 0, (size_t) codec->ngroups * 16);
+	for (g = 0; g < codec->ngroups; g++)
+	{
+		uint8_t    *out = lut->lut + (size_t) g * 16;
+		double		lo;
+
+		n = GroupEntries(codec, work, g, inv, f);
+		if (!(step > 0.0f))
+			continue;
+		lo = f[0];
+		for (c = 1; c < n; c++)
+		{
+			if (f[c] < lo)
+				lo = f[c];
+		}
+		for (c = 0; c < n; c++)
+		{
+			double		x = (f[c] - lo) / (double) step + 0.5;
+			int			k = x >= 255.0 ? 255 : (int) x;
+
+			out[c] = (uint8_t) (k < 0 ? 0 : k);
+		}
+	}
+
+	lut->ngroups = codec->ngroups;
+	lut->bits = codec->bits;
+	lut->bias = (float) bias;
+	lut->scale = step > 0.0f ? step : 0.0f;
+}
+
+/* ----------------------------------------------------------------
+ * Block layout
+ *
+ * 4 bits: group g = coordinate g, 16 bytes; byte j holds lane j in its low
+ *		   nibble and lane j + 16 in its high nibble.
+ * 2 bits: group g = coordinates 2g and 2g + 1, nibble c0 | c1 << 2, placed
+ *		   as for 4 bits; an odd dim pads c1 with 0.
+ * 3 bits: group g = coordinate g, 12 bytes.  Bytes 0-7 hold the low two
+ *		   bits: lane L at byte L % 8, bits 2 * (L / 8).  Bytes 8-11 hold
+ *		   the high bit: lane L at byte 8 + L % 4, bit L / 4.  This is what
+ *		   lets the AVX2 kernel expand a group with one variable shift each.
+ * ----------------------------------------------------------------
+ */
+static inline void
+NibblePut(uint8_t *group, int lane, int nibble)
+{
+	uint8_t    *b = group + (lane & 15);
+
+	if (lane < 16)
+		*b = (uint8_t) ((*b & 0xF0) | nibble);
+	else
+		*b = (uint8_t) ((*b & 0x0F) | (nibble << 4));
+}
+
+static inline int
+NibbleGet(const uint8_t *group, int lane)
+{
+	uint8_t		b = group[lane & 15];
+
+	return lane < 16 ? (b & 0x0F) : (b >> 4);
+}
+
+static inline void
+Put3(uint8_t *group, int lane, int c)
+{
+	uint8_t    *lo = group + (lane & 7);
+	uint8_t    *hi = group + 8 + (lane & 3);
+	int			ls = 2 * (lane >> 3);
+	int			hs = lane >> 2;
+
+	*lo = (uint8_t) ((*lo & ~(3 << ls)) | ((c & 3) << ls));
+	*hi = (uint8_t) ((*hi & ~(1 << hs)) | (((c >> 2) & 1) << hs));
+}
+
+static inline int
+Get3(const uint8_t *group, int lane)
+{
+	int			lo = (group[lane & 7] >> (2 * (lane >> 3))) & 3;
+	int			hi = (group[8 + (lane & 3)] >> (lane >> 2)) & 1;
+
+	return lo | (hi << 2);
+}
+
+void
+tv_block_put_code(const TvCodec *codec, uint8_t *block_codes,
+				  int lane, const uint8_t *code)
+{
+	int			dim = codec->dim;
+	int			g;
+
+	switch (codec->bits)
+	{
+		case 2:
+			for (g = 0; g < codec->ngroups; g++)
+			{
+				int			c0 = RowGet(code, 2 * g, 2);
+				int			c1 = (2 * g + 1 < dim) ? RowGet(code, 2 * g + 1, 2) : 0;
+
+				NibblePut(block_codes + (size_t) g * 16, lane, c0 | (c1 << 2));
+			}
+			break;
+		case 3:
+			for (g = 0; g < dim; g++)
+				Put3(block_codes + (size_t) g * 12, lane, RowGet(code, g, 3));
+			break;
+		default:
+			for (g = 0; g < dim; g++)
+				NibblePut(block_codes + (size_t) g * 16, lane, RowGet(code, g, 4));
+			break;
+	}
+}
+
+void
+tv_block_get_code(const TvCodec *codec, const uint8_t *block_codes,
+				  int lane, uint8_t *code)
+{
+	int			dim = codec->dim;
+	int			g;
+
+	memset(code, 0, codec->code_bytes);
+	switch (codec->bits)
+	{
+		case 2:
+			for (g = 0; g < codec->ngroups; g++)
+			{
+				int			n = NibbleGet(block_codes + (size_t) g * 16, lane);
+
+				RowOr(code, 2 * g, 2, n & 3);
+				if (2 * g + 1 < dim)
+					RowOr(code, 2 * g + 1, 2, n >> 2);
+			}
+			break;
+		case 3:
+			for (g = 0; g < dim; g++)
+				RowOr(code, g, 3, Get3(block_codes + (size_t) g * 12, lane));
+			break;
+		default:
+			for (g = 0; g < dim; g++)
+				RowOr(code, g, 4, NibbleGet(block_codes + (size_t) g * 16, lane));
+			break;
+	}
+}

@@ -1,0 +1,337 @@
+/*
+ * tvkernels.c
+ *	  Block scoring kernels: a portable scalar reference, an AVX2 version,
+ *	  and the run-time choice between them.
+ *
+ * A kernel sums, for each of a block's 32 lanes, one quantized LUT byte per
+ * group, then writes bias + scale * (float) sum.  The sum is an exact
+ * integer, and both versions finish with the same two float operations
+ * (a multiply, then an add: keep -ffp-contract=off so neither becomes an
+ * FMA), so their results are bit-identical.
+ *
+ * Overflow: the AVX2 version adds bytes into 16-bit counters, each counter
+ * taking at most one byte per group it covers, and widens them into 32-bit
+ * sums every 256 bytes (256 * 255 < 65536).  With dim <= 16000 a 32-bit sum
+ * is at most 16000 * 255, which is also exact as a float.
+ *
+ * The AVX2 code is compiled with a target attribute, never -march, and is
+ * chosen only when cpuid and xgetbv say the CPU and the OS support it.
+ */
+#include "tvcodec.h"
+
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define TV_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
+/* Portable until tv_kernels_init says otherwise */
+TvScoreBlockFn tv_score_block = tv_score_block_scalar;
+
+/* Reference kernel; it reads the layout documented in tvcodec.c */
+void
+tv_score_block_scalar(const TvQueryLut *lut, const uint8_t *block_codes,
+					  float *out)
+{
+	uint32_t	sums[TV_LANES];
+	int			g,
+				j;
+
+	memset(sums, 0, sizeof(sums));
+	if (lut->bits == 3)
+	{
+		for (g = 0; g < lut->ngroups; g++)
+		{
+			const uint8_t *p = block_codes + (size_t) g * 12;
+			const uint8_t *t = lut->lut + (size_t) g * 16;
+
+			for (j = 0; j < TV_LANES; j++)
+			{
+				int			lo = (p[j & 7] >> (2 * (j >> 3))) & 3;
+				int			hi = (p[8 + (j & 3)] >> (j >> 2)) & 1;
+
+				sums[j] += t[lo | (hi << 2)];
+			}
+		}
+	}
+	else
+	{
+		/* 2 and 4 bits share the nibble layout */
+		for (g = 0; g < lut->ngroups; g++)
+		{
+			const uint8_t *p = block_codes + (size_t) g * 16;
+			const uint8_t *t = lut->lut + (size_t) g * 16;
+
+			for (j = 0; j < 16; j++)
+			{
+				sums[j] += t[p[j] & 0x0F];
+				sums[j + 16] += t[p[j] >> 4];
+			}
+		}
+	}
+
+	for (j = 0; j < TV_LANES; j++)
+		out[j] = lut->bias + lut->scale * (float) sums[j];
+}
+
+#ifdef TV_X86
+
+/*
+ * CPU supports AVX2 and the OS saves the YMM registers (OSXSAVE, then
+ * XCR0 bits 1 and 2).
+ */
+bool
+tv_kernels_have_avx2(void)
+{
+	unsigned int eax,
+				ebx,
+				ecx,
+				edx;
+	unsigned int xcr0_lo,
+				xcr0_hi;
+
+	if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx))
+		return false;
+	if ((ecx & bit_OSXSAVE) == 0 || (ecx & bit_AVX) == 0)
+		return false;
+	__asm__ __volatile__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+	(void) xcr0_hi;
+	if ((xcr0_lo & 0x6) != 0x6)
+		return false;
+	if (__get_cpuid_max(0, NULL) < 7)
+		return false;
+	__cpuid_count(7, 0, eax, ebx, ecx, edx);
+	return (ebx & bit_AVX2) != 0;
+}
+
+#define TV_AVX2 __attribute__((target("avx2")))
+
+/*
+ * 32 lanes of 32-bit sums, kept as even and odd lanes of each half-block:
+ * e[0] = lanes 0, 2, .., 14, o[0] = lanes 1, 3, .., 15, e[1] and o[1] the
+ * same for lanes 16..31.
+ */
+typedef struct TvSums
+{
+	__m256i		e[2];
+	__m256i		o[2];
+} TvSums;
+
+/*
+ * 16-bit counters are fed whole pshufb results: a counts even byte +
+ * 256 * odd byte, b the odd byte alone.  a - (b << 8) recovers the even sum
+ * exactly as long as it stays below 65536.
+ */
+static inline TV_AVX2 void
+Count(__m256i *a, __m256i *b, __m256i r)
+{
+	*a = _mm256_add_epi16(*a, r);
+	*b = _mm256_add_epi16(*b, _mm256_srli_epi16(r, 8));
+}
+
+/* Zero-extend the 8 16-bit words of the low / high 128-bit half */
+static inline TV_AVX2 __m256i
+WidenLo(__m256i x)
+{
+	return _mm256_cvtepu16_epi32(_mm256_castsi256_si128(x));
+}
+
+static inline TV_AVX2 __m256i
+WidenHi(__m256i x)
+{
+	return _mm256_cvtepu16_epi32(_mm256_extracti128_si256(x, 1));
+}
+
+/*
+ * Fold nibble-layout counters into the sums.  Both 128-bit halves of a
+ * counter cover the same 16 lanes (two groups side by side).
+ */
+static inline TV_AVX2 void
+FlushNibble(TvSums *s, __m256i a, __m256i b, int part)
+{
+	__m256i		even = _mm256_sub_epi16(a, _mm256_slli_epi16(b, 8));
+
+	s->e[part] = _mm256_add_epi32(s->e[part],
+								  _mm256_add_epi32(WidenLo(even), WidenHi(even)));
+	s->o[part] = _mm256_add_epi32(s->o[part],
+								  _mm256_add_epi32(WidenLo(b), WidenHi(b)));
+}
+
+/* Fold 3-bit counters: the low half covers lanes 0..15, the high 16..31 */
+static inline TV_AVX2 void
+Flush3(TvSums *s, __m256i a, __m256i b)
+{
+	__m256i		even = _mm256_sub_epi16(a, _mm256_slli_epi16(b, 8));
+
+	s->e[0] = _mm256_add_epi32(s->e[0], WidenLo(even));
+	s->e[1] = _mm256_add_epi32(s->e[1], WidenHi(even));
+	s->o[0] = _mm256_add_epi32(s->o[0], WidenLo(b));
+	s->o[1] = _mm256_add_epi32(s->o[1], WidenHi(b));
+}
+
+/* Pairs of nibble groups: lanes 0..15 from low nibbles, 16..31 from high */
+static inline TV_AVX2 void
+NibblePairs(TvSums *s, const uint8_t *codes, const uint8_t *lut, int npairs)
+{
+	const __m256i m4 = _mm256_set1_epi8(0x0F);
+	__m256i		a0 = _mm256_setzero_si256();
+	__m256i		b0 = _mm256_setzero_si256();
+	__m256i		a1 = _mm256_setzero_si256();
+	__m256i		b1 = _mm256_setzero_si256();
+	int			i;
+
+	for (i = 0; i < npairs; i++)
+	{
+		__m256i		v = _mm256_loadu_si256((const __m256i *) (codes + 32 * i));
+		__m256i		t = _mm256_loadu_si256((const __m256i *) (lut + 32 * i));
+		__m256i		lo = _mm256_and_si256(v, m4);
+		__m256i		hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+
+		Count(&a0, &b0, _mm256_shuffle_epi8(t, lo));
+		Count(&a1, &b1, _mm256_shuffle_epi8(t, hi));
+	}
+	FlushNibble(s, a0, b0, 0);
+	FlushNibble(s, a1, b1, 1);
+}
+
+/* An odd last group: the high half sees code 0 in a zero table, adding 0 */
+static inline TV_AVX2 void
+NibbleLast(TvSums *s, const uint8_t *codes, const uint8_t *lut)
+{
+	const __m256i m4 = _mm256_set1_epi8(0x0F);
+	__m256i		v = _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *) codes));
+	__m256i		t = _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *) lut));
+	__m256i		lo = _mm256_and_si256(v, m4);
+	__m256i		hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+	__m256i		a0 = _mm256_setzero_si256();
+	__m256i		b0 = _mm256_setzero_si256();
+	__m256i		a1 = _mm256_setzero_si256();
+	__m256i		b1 = _mm256_setzero_si256();
+
+	Count(&a0, &b0, _mm256_shuffle_epi8(t, lo));
+	Count(&a1, &b1, _mm256_shuffle_epi8(t, hi));
+	FlushNibble(s, a0, b0, 0);
+	FlushNibble(s, a1, b1, 1);
+}
+
+/*
+ * 3-bit groups.  One broadcast and one variable shift per part turn the
+ * packed bits into one index byte per lane, in lane order (see the layout
+ * comment in tvcodec.c).
+ */
+static inline TV_AVX2 void
+Groups3(TvSums *s, const uint8_t *codes, const uint8_t *lut, int ngroups)
+{
+	const __m256i sh64 = _mm256_setr_epi64x(0, 2, 4, 6);
+	const __m256i sh32 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+	const __m256i m3 = _mm256_set1_epi8(0x03);
+	const __m256i m1 = _mm256_set1_epi8(0x01);
+	__m256i		a = _mm256_setzero_si256();
+	__m256i		b = _mm256_setzero_si256();
+	int			g;
+
+	for (g = 0; g < ngroups; g++)
+	{
+		const uint8_t *p = codes + 12 * g;
+		int64_t		low;
+		int32_t		high;
+		__m256i		lo,
+					hi,
+					t;
+
+		memcpy(&low, p, 8);
+		memcpy(&high, p + 8, 4);
+		lo = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(low), sh64), m3);
+		hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(high), sh32), m1);
+		lo = _mm256_or_si256(lo, _mm256_slli_epi32(hi, 2));
+		t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) (lut + 16 * g)));
+		Count(&a, &b, _mm256_shuffle_epi8(t, lo));
+	}
+	Flush3(s, a, b);
+}
+
+/* Vector version of the scalar kernel; same integer sums, same rounding */
+TV_AVX2 void
+tv_score_block_avx2(const TvQueryLut *lut, const uint8_t *block_codes,
+					float *out)
+{
+	TvSums		s;
+	int			ngroups = lut->ngroups;
+	int			k,
+				n;
+	__m256i		lo,
+				hi;
+	__m256		scale = _mm256_set1_ps(lut->scale);
+	__m256		bias = _mm256_set1_ps(lut->bias);
+
+	s.e[0] = s.e[1] = s.o[0] = s.o[1] = _mm256_setzero_si256();
+
+	if (lut->bits == 3)
+	{
+		for (k = 0; k < ngroups; k += n)
+		{
+			n = ngroups - k < 256 ? ngroups - k : 256;
+			Groups3(&s, block_codes + (size_t) 12 * k, lut->lut + (size_t) 16 * k, n);
+		}
+	}
+	else
+	{
+		int			npairs = ngroups / 2;
+
+		/* Each 16-bit counter takes one byte per pair */
+		for (k = 0; k < npairs; k += n)
+		{
+			n = npairs - k < 256 ? npairs - k : 256;
+			NibblePairs(&s, block_codes + (size_t) 32 * k, lut->lut + (size_t) 32 * k, n);
+		}
+		if (ngroups & 1)
+			NibbleLast(&s, block_codes + (size_t) 16 * (ngroups - 1),
+					   lut->lut + (size_t) 16 * (ngroups - 1));
+	}
+
+	/* Back to lane order, then bias + scale * sum as in the scalar code */
+	for (k = 0; k < 2; k++)
+	{
+		lo = _mm256_unpacklo_epi32(s.e[k], s.o[k]);
+		hi = _mm256_unpackhi_epi32(s.e[k], s.o[k]);
+		_mm256_storeu_ps(out + 16 * k,
+						 _mm256_add_ps(bias, _mm256_mul_ps(scale,
+														   _mm256_cvtepi32_ps(_mm256_permute2x128_si256(lo, hi, 0x20)))));
+		_mm256_storeu_ps(out + 16 * k + 8,
+						 _mm256_add_ps(bias, _mm256_mul_ps(scale,
+														   _mm256_cvtepi32_ps(_mm256_permute2x128_si256(lo, hi, 0x31)))));
+	}
+}
+
+#else							/* !TV_X86 */
+
+bool
+tv_kernels_have_avx2(void)
+{
+	return false;
+}
+
+/* Never chosen here; kept so the symbol exists on every platform */
+void
+tv_score_block_avx2(const TvQueryLut *lut, const uint8_t *block_codes,
+					float *out)
+{
+	tv_score_block_scalar(lut, block_codes, out);
+}
+
+#endif							/* TV_X86 */
+
+void
+tv_kernels_init(void)
+{
+	tv_score_block = tv_kernels_have_avx2() ? tv_score_block_avx2
+		: tv_score_block_scalar;
+}
+
+const char *
+tv_kernels_name(void)
+{
+	return tv_score_block == tv_score_block_avx2 ? "avx2" : "scalar";
+}

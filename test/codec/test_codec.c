@@ -1,0 +1,998 @@
+/*
+ * test_codec.c
+ *	  Standalone tests for the codec (src/tvcodec.c) and the block kernels
+ *	  (src/tvkernels.c): rotation, determinism and golden codes, encoding
+ *	  error, inner-product estimates, block layout round trips, scalar vs
+ *	  AVX2 identity, accumulator overflow and the LUT quantization bound.
+ *
+ * Every check prints a line only when it fails; the last line is always
+ * "codec: N passed, N failed" and the exit status is non-zero on failure.
+ * `test_codec bench` prints kernel and encoder timings instead.
+ *
+ * Test inputs come from a private xorshift generator and Irwin-Hall
+ * normals (no libm), so the golden hashes hold on every machine.
+ */
+#include "tvcodec.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static int	npassed;
+static int	nfailed;
+
+static void
+Check(int ok, const char *fmt,...)
+{
+	va_list		ap;
+
+	if (ok)
+	{
+		npassed++;
+		return;
+	}
+	nfailed++;
+	printf("FAIL: ");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	printf("\n");
+}
+
+static void *
+Alloc(size_t n)
+{
+	void	   *p = calloc(1, n ? n : 1);
+
+	if (p == NULL)
+	{
+		fprintf(stderr, "out of memory\n");
+		exit(2);
+	}
+	return p;
+}
+
+/* ---------- deterministic test inputs ---------- */
+
+static uint64_t rng_state = UINT64_C(0x2545F4914F6CDD1D);
+
+static void
+TestSeed(uint64_t s)
+{
+	rng_state = s ? s : 1;
+}
+
+static uint64_t
+TestNext(void)
+{
+	uint64_t	x = rng_state;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	rng_state = x;
+	return x * UINT64_C(0x2545F4914F6CDD1D);
+}
+
+/* Uniform in [0, 1), exact from 24 random bits */
+static float
+TestUniform(void)
+{
+	return (float) (TestNext() >> 40) * (1.0f / 16777216.0f);
+}
+
+/* Approximately N(0, 1): Irwin-Hall sum of 12 uniforms, no libm */
+static float
+TestNormal(void)
+{
+	float		s = 0.0f;
+	int			i;
+
+	for (i = 0; i < 12; i++)
+		s += TestUniform();
+	return s - 6.0f;
+}
+
+static void
+FillNormal(float *v, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		v[i] = TestNormal();
+}
+
+static void
+FillBytes(uint8_t *p, size_t n)
+{
+	size_t		i;
+
+	for (i = 0; i < n; i++)
+		p[i] = (uint8_t) (TestNext() >> 56);
+}
+
+static double
+Dot(const float *a, const float *b, int n)
+{
+	double		s = 0.0;
+	int			i;
+
+	for (i = 0; i < n; i++)
+		s += (double) a[i] * b[i];
+	return s;
+}
+
+static TvCodec *
+MakeCodec(int dim, int bits)
+{
+	TvCodec    *c = Alloc(tv_codec_size(dim));
+
+	tv_codec_init(c, dim, bits, TV_CODEC_DEFAULT_SEED);
+	return c;
+}
+
+/* A random valid row code: unused high bits of the last byte stay zero */
+static void
+RandomRowCode(const TvCodec *c, uint8_t *code)
+{
+	int			used = c->dim * c->bits;
+
+	FillBytes(code, c->code_bytes);
+	if (used % 8)
+		code[c->code_bytes - 1] &= (uint8_t) ((1 << (used % 8)) - 1);
+}
+
+static uint64_t
+Fnv1a(uint64_t h, const void *data, size_t n)
+{
+	const uint8_t *p = data;
+	size_t		i;
+
+	for (i = 0; i < n; i++)
+	{
+		h ^= p[i];
+		h *= UINT64_C(0x100000001B3);
+	}
+	return h;
+}
+
+static const int bits_list[] = {2, 3, 4};
+
+/* ---------- rotation ---------- */
+
+static void
+TestRotation(void)
+{
+	static const int dims[] = {1, 2, 3, 5, 7, 8, 31, 64, 100, 127, 517, 784,
+	1000, 1536, 4097, 16000};
+	size_t		d;
+
+	for (d = 0; d < sizeof(dims) / sizeof(dims[0]); d++)
+	{
+		int			dim = dims[d];
+		TvCodec    *c = MakeCodec(dim, 4);
+		float	   *x = Alloc(sizeof(float) * dim);
+		float	   *y = Alloc(sizeof(float) * dim);
+		float	   *z = Alloc(sizeof(float) * dim);
+		double		nx,
+					ny,
+					err = 0.0,
+					peak = 0.0;
+		int			i;
+
+		FillNormal(x, dim);
+		tv_codec_rotate(c, x, y);
+		nx = sqrt(Dot(x, x, dim));
+		ny = sqrt(Dot(y, y, dim));
+		Check(fabs(nx - ny) <= 1e-5 * nx,
+			  "rotation norm dim %d: %.9g vs %.9g", dim, nx, ny);
+
+		tv_codec_unrotate(c, y, z);
+		for (i = 0; i < dim; i++)
+			if (fabs(z[i] - x[i]) > err)
+				err = fabs(z[i] - x[i]);
+		Check(err <= 2e-6 * nx, "unrotate(rotate(x)) dim %d: max error %g",
+			  dim, err);
+
+		/* in place must equal out of place */
+		memcpy(z, x, sizeof(float) * dim);
+		tv_codec_rotate(c, z, z);
+		Check(memcmp(z, y, sizeof(float) * dim) == 0,
+			  "in-place rotate differs, dim %d", dim);
+		tv_codec_unrotate(c, z, z);
+		tv_codec_unrotate(c, y, y);
+		Check(memcmp(z, y, sizeof(float) * dim) == 0,
+			  "in-place unrotate differs, dim %d", dim);
+
+		/* a basis vector must be spread out, not moved */
+		if (dim >= 8)
+		{
+			memset(x, 0, sizeof(float) * dim);
+			x[dim / 3] = 1.0f;
+			tv_codec_rotate(c, x, y);
+			for (i = 0; i < dim; i++)
+				if (fabs(y[i]) > peak)
+					peak = fabs(y[i]);
+			Check(peak < 0.75, "rotation barely mixes e_%d, dim %d: peak %g",
+				  dim / 3, dim, peak);
+		}
+		free(x);
+		free(y);
+		free(z);
+		free(c);
+	}
+}
+
+/* ---------- determinism and golden codes ---------- */
+
+/*
+ * Pinned FNV-1a hashes of codes + factors of the golden inputs (dim 100).
+ * A change here changes every stored code: bump the on-disk version.
+ */
+static const uint64_t golden[3] = {
+	UINT64_C(0xA08E1C5F89482A22),	/* 2 bits */
+	UINT64_C(0x298BF152783EE52F),	/* 3 bits */
+	UINT64_C(0x33B66102603EC5DE),	/* 4 bits */
+};
+
+#define GOLDEN_VECTORS 64
+
+static uint64_t
+GoldenHash(int bits)
+{
+	int			dim = 100;
+	TvCodec    *c = MakeCodec(dim, bits);
+	float	   *v = Alloc(sizeof(float) * dim);
+	float	   *work = Alloc(sizeof(float) * tv_codec_work_floats(c));
+	uint8_t    *code = Alloc(c->code_bytes);
+	uint64_t	h = UINT64_C(0xCBF29CE484222325);
+	uint32_t	lcg = 12345;
+	int			n,
+				i;
+
+	for (n = 0; n < GOLDEN_VECTORS; n++)
+	{
+		TvFactors	f;
+
+		/* uniform in [-1, 1) from a plain LCG: exact on any machine */
+		for (i = 0; i < dim; i++)
+		{
+			lcg = lcg * 1664525u + 1013904223u;
+			v[i] = (float) ((int32_t) (lcg >> 8) - (1 << 23)) / (float) (1 << 23);
+		}
+		tv_codec_encode(c, v, code, &f, work);
+		h = Fnv1a(h, code, c->code_bytes);
+		h = Fnv1a(h, &f.norm, sizeof(float));
+		h = Fnv1a(h, &f.ipscale, sizeof(float));
+	}
+	free(v);
+	free(work);
+	free(code);
+	free(c);
+	return h;
+}
+
+static void
+TestDeterminism(bool print_golden)
+{
+	static const int dims[] = {1, 3, 100, 517, 784};
+	size_t		d;
+	int			b;
+
+	for (d = 0; d < sizeof(dims) / sizeof(dims[0]); d++)
+	{
+		for (b = 0; b < 3; b++)
+		{
+			int			dim = dims[d];
+			int			bits = bits_list[b];
+			TvCodec    *c1 = MakeCodec(dim, bits);
+			TvCodec    *c2 = MakeCodec(dim, bits);
+			TvCodec    *c3 = Alloc(tv_codec_size(dim));
+			float	   *v = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * dim);
+			uint8_t    *k1 = Alloc(c1->code_bytes);
+			uint8_t    *k2 = Alloc(c1->code_bytes);
+			TvFactors	f1,
+						f2;
+			int			n,
+						same = 1;
+
+			Check(memcmp(c1, c2, tv_codec_size(dim)) == 0,
+				  "codec init not repeatable, dim %d bits %d", dim, bits);
+			tv_codec_init(c3, dim, bits, TV_CODEC_DEFAULT_SEED + 1);
+			if (dim > 1)
+				Check(memcmp(c1->tables, c3->tables,
+							 tv_codec_size(dim) - sizeof(TvCodec)) != 0,
+					  "seed does not change the rotation, dim %d", dim);
+
+			TestSeed(1000 + dim);
+			for (n = 0; n < 20; n++)
+			{
+				FillNormal(v, dim);
+				tv_codec_encode(c1, v, k1, &f1, work);
+				/* dirty the work area: results must not depend on it */
+				FillNormal(work, dim);
+				tv_codec_encode(c2, v, k2, &f2, work);
+				if (memcmp(k1, k2, c1->code_bytes) != 0 ||
+					memcmp(&f1, &f2, sizeof(f1)) != 0)
+					same = 0;
+			}
+			Check(same, "encoding not repeatable, dim %d bits %d", dim, bits);
+			free(c1);
+			free(c2);
+			free(c3);
+			free(v);
+			free(work);
+			free(k1);
+			free(k2);
+		}
+	}
+
+	for (b = 0; b < 3; b++)
+	{
+		uint64_t	h = GoldenHash(bits_list[b]);
+
+		if (print_golden)
+			printf("golden dim 100 bits %d: UINT64_C(0x%016llX)\n",
+				   bits_list[b], (unsigned long long) h);
+		Check(h == golden[b], "golden hash dim 100 bits %d: 0x%016llX, pinned 0x%016llX",
+			  bits_list[b], (unsigned long long) h,
+			  (unsigned long long) golden[b]);
+	}
+}
+
+/* ---------- encoding quality ---------- */
+
+static void
+TestZeroVector(void)
+{
+	int			b;
+
+	for (b = 0; b < 3; b++)
+	{
+		int			dim = 37;
+		TvCodec    *c = MakeCodec(dim, bits_list[b]);
+		float	   *v = Alloc(sizeof(float) * dim);
+		float	   *work = Alloc(sizeof(float) * dim);
+		uint8_t    *code = Alloc(c->code_bytes);
+		uint8_t    *zero = Alloc(c->code_bytes);
+		TvQueryLut *lut = Alloc(tv_query_lut_size(c));
+		uint8_t    *block = Alloc(c->block_code_bytes);
+		float		out[TV_LANES];
+		TvFactors	f = {1.0f, 1.0f};
+		bool		ok;
+		int			i,
+					finite = 1;
+
+		memset(code, 0xAB, c->code_bytes);
+		ok = tv_codec_encode(c, v, code, &f, work);
+		Check(!ok && f.norm == 0.0f && f.ipscale == 0.0f &&
+			  memcmp(code, zero, c->code_bytes) == 0,
+			  "zero vector not reported as zero, bits %d", bits_list[b]);
+
+		/* a zero query: degenerate LUT, finite scores */
+		tv_query_prepare(c, v, lut, work);
+		FillBytes(block, c->block_code_bytes);
+		tv_score_block_scalar(lut, block, out);
+		for (i = 0; i < TV_LANES; i++)
+			if (!(out[i] == 0.0f))
+				finite = 0;
+		Check(lut->scale == 0.0f && lut->bias == 0.0f && finite,
+			  "zero query LUT, bits %d: scale %g bias %g",
+			  bits_list[b], lut->scale, lut->bias);
+		free(c);
+		free(v);
+		free(work);
+		free(code);
+		free(zero);
+		free(lut);
+		free(block);
+	}
+}
+
+/*
+ * Mean relative reconstruction error ||v - decode|| / ||v|| over Gaussian
+ * vectors.  Bounds: Lloyd-Max distortion sqrt(0.1175, 0.0345, 0.0095) with
+ * margin.
+ */
+static void
+TestReconstruction(bool verbose)
+{
+	static const int dims[] = {16, 100, 784};
+	static const double bound[3] = {0.36, 0.195, 0.103};
+	size_t		d;
+	int			b;
+
+	for (d = 0; d < sizeof(dims) / sizeof(dims[0]); d++)
+	{
+		for (b = 0; b < 3; b++)
+		{
+			int			dim = dims[d];
+			TvCodec    *c = MakeCodec(dim, bits_list[b]);
+			float	   *v = Alloc(sizeof(float) * dim);
+			float	   *r = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * dim);
+			uint8_t    *code = Alloc(c->code_bytes);
+			double		total = 0.0;
+			int			n,
+						i,
+						count = 200;
+
+			TestSeed(77 + dim);
+			for (n = 0; n < count; n++)
+			{
+				TvFactors	f;
+				double		e = 0.0;
+
+				FillNormal(v, dim);
+				tv_codec_encode(c, v, code, &f, work);
+				tv_codec_decode(c, code, f.norm, r, work);
+				for (i = 0; i < dim; i++)
+					e += ((double) v[i] - r[i]) * ((double) v[i] - r[i]);
+				total += sqrt(e) / f.norm;
+			}
+			total /= count;
+			if (verbose)
+				printf("reconstruction dim %d bits %d: mean relative error %.4f\n",
+					   dim, bits_list[b], total);
+			Check(total < bound[b],
+				  "reconstruction dim %d bits %d: mean relative error %.4f >= %.4f",
+				  dim, bits_list[b], total, bound[b]);
+			free(c);
+			free(v);
+			free(r);
+			free(work);
+			free(code);
+		}
+	}
+}
+
+/*
+ * ipscale * <xhat, q> estimates <v, q>.  Errors are measured in units of
+ * ||v|| ||q|| / sqrt(dim), the spread of <v, q> itself for random vectors.
+ */
+static void
+TestInnerProduct(bool verbose)
+{
+	static const int dims[] = {100, 784};
+	static const double bound[3] = {0.25, 0.13, 0.07};
+	size_t		d;
+	int			b;
+
+	for (d = 0; d < sizeof(dims) / sizeof(dims[0]); d++)
+	{
+		for (b = 0; b < 3; b++)
+		{
+			int			dim = dims[d];
+			TvCodec    *c = MakeCodec(dim, bits_list[b]);
+			float	   *v = Alloc(sizeof(float) * dim);
+			float	   *q = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * dim);
+			uint8_t    *code = Alloc(c->code_bytes);
+			double		abserr = 0.0,
+						bias = 0.0;
+			int			n,
+						count = 400;
+
+			TestSeed(99 + dim);
+			for (n = 0; n < count; n++)
+			{
+				TvFactors	f;
+				double		truth,
+							est,
+							unit;
+
+				FillNormal(v, dim);
+				FillNormal(q, dim);
+				/* correlated pairs too, as neighbours are */
+				if (n % 2)
+				{
+					int			i;
+
+					for (i = 0; i < dim; i++)
+						q[i] = v[i] + 0.5f * q[i];
+				}
+				tv_codec_encode(c, v, code, &f, work);
+				truth = Dot(v, q, dim);
+				est = (double) f.ipscale * tv_code_inner_product(c, code, q, work);
+				unit = f.norm * sqrt(Dot(q, q, dim)) / sqrt((double) dim);
+				abserr += fabs(est - truth) / unit;
+				bias += (est - truth) / unit;
+			}
+			abserr /= count;
+			bias /= count;
+			if (verbose)
+				printf("inner product dim %d bits %d: mean abs error %.4f, mean error %.4f\n",
+					   dim, bits_list[b], abserr, bias);
+			Check(abserr < bound[b],
+				  "inner product dim %d bits %d: mean abs error %.4f >= %.4f",
+				  dim, bits_list[b], abserr, bound[b]);
+			Check(fabs(bias) < bound[b] / 4,
+				  "inner product dim %d bits %d: biased, mean error %.4f",
+				  dim, bits_list[b], bias);
+			free(c);
+			free(v);
+			free(q);
+			free(work);
+			free(code);
+		}
+	}
+}
+
+/* ---------- block layout ---------- */
+
+static void
+TestBlockRoundTrip(void)
+{
+	static const int extra[] = {100, 517, 784, 1001};
+	int			k,
+				b;
+
+	for (k = 0; k < 70 + 4; k++)
+	{
+		int			dim = k < 70 ? k + 1 : extra[k - 70];
+
+		for (b = 0; b < 3; b++)
+		{
+			TvCodec    *c = MakeCodec(dim, bits_list[b]);
+			uint8_t    *codes = Alloc((size_t) TV_LANES * c->code_bytes);
+			uint8_t    *back = Alloc(c->code_bytes);
+			uint8_t    *block = Alloc(c->block_code_bytes);
+			uint8_t    *zero = Alloc(c->code_bytes);
+			int			lane,
+						ok = 1,
+						zok = 1;
+
+			Check(c->block_code_bytes == c->ngroups * c->group_bytes,
+				  "block_code_bytes inconsistent, dim %d", dim);
+
+			/* a zero block reads back as zero codes */
+			for (lane = 0; lane < TV_LANES; lane++)
+			{
+				tv_block_get_code(c, block, lane, back);
+				if (memcmp(back, zero, c->code_bytes) != 0)
+					zok = 0;
+			}
+			Check(zok, "zero block gives non-zero codes, dim %d bits %d",
+				  dim, bits_list[b]);
+
+			/* start from garbage: put must overwrite, not OR */
+			FillBytes(block, c->block_code_bytes);
+			for (lane = 0; lane < TV_LANES; lane++)
+			{
+				RandomRowCode(c, codes + (size_t) lane * c->code_bytes);
+				tv_block_put_code(c, block, lane, codes + (size_t) lane * c->code_bytes);
+			}
+			for (lane = 0; lane < TV_LANES; lane++)
+			{
+				tv_block_get_code(c, block, lane, back);
+				if (memcmp(back, codes + (size_t) lane * c->code_bytes,
+						   c->code_bytes) != 0)
+					ok = 0;
+			}
+			Check(ok, "block put/get round trip, dim %d bits %d",
+				  dim, bits_list[b]);
+			free(c);
+			free(codes);
+			free(back);
+			free(block);
+			free(zero);
+		}
+	}
+}
+
+/* ---------- kernels ---------- */
+
+/* Integer sums straight from row codes and the LUT: the layout's meaning */
+static void
+ExpectedSums(const TvCodec *c, const TvQueryLut *lut, const uint8_t *block,
+			 uint64_t *sums)
+{
+	uint8_t    *code = Alloc(c->code_bytes);
+	int		   *k = Alloc(sizeof(int) * (c->dim + 1));
+	int			lane,
+				i,
+				g;
+
+	for (lane = 0; lane < TV_LANES; lane++)
+	{
+		uint64_t	s = 0;
+
+		tv_block_get_code(c, block, lane, code);
+		for (i = 0; i < c->dim; i++)
+		{
+			int			pos = i * c->bits;
+			int			v = code[pos / 8];
+
+			if (pos / 8 + 1 < c->code_bytes)
+				v |= code[pos / 8 + 1] << 8;
+			k[i] = (v >> (pos % 8)) & ((1 << c->bits) - 1);
+		}
+		k[c->dim] = 0;
+		for (g = 0; g < c->ngroups; g++)
+		{
+			/* 2 bits: a pair per group, the second code in the top bits */
+			int			idx = c->bits == 2 ? k[2 * g] | (k[2 * g + 1] << 2) : k[g];
+
+			s += lut->lut[(size_t) g * 16 + idx];
+		}
+		sums[lane] = s;
+	}
+	free(code);
+	free(k);
+}
+
+/* Rewrite every lane through get/put, which zeroes padding bits */
+static void
+NormalizeBlock(const TvCodec *c, uint8_t *block)
+{
+	uint8_t    *code = Alloc(c->code_bytes);
+	int			lane;
+
+	for (lane = 0; lane < TV_LANES; lane++)
+	{
+		tv_block_get_code(c, block, lane, code);
+		tv_block_put_code(c, block, lane, code);
+	}
+	free(code);
+}
+
+static void
+TestKernels(void)
+{
+	static const int extra[] = {63, 64, 65, 100, 255, 256, 257, 511, 512,
+	513, 516, 517, 784, 1000, 4096, 16000};
+	bool		avx2 = tv_kernels_have_avx2();
+	int			k,
+				b;
+
+	Check(strcmp(tv_kernels_name(), "scalar") == 0 &&
+		  tv_score_block == tv_score_block_scalar,
+		  "kernel before init is not scalar");
+	tv_kernels_init();
+	Check(strcmp(tv_kernels_name(), avx2 ? "avx2" : "scalar") == 0,
+		  "kernel after init is %s", tv_kernels_name());
+	if (!avx2)
+		printf("note: CPU lacks AVX2, scalar/AVX2 identity not tested\n");
+
+	for (k = 0; k < 40 + 16; k++)
+	{
+		int			dim = k < 40 ? k + 1 : extra[k - 40];
+
+		for (b = 0; b < 3; b++)
+		{
+			TvCodec    *c = MakeCodec(dim, bits_list[b]);
+			TvQueryLut *lut = Alloc(tv_query_lut_size(c));
+			uint8_t    *block = Alloc(c->block_code_bytes);
+			float	   *q = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * dim);
+			uint64_t	sums[TV_LANES];
+			float		s1[TV_LANES],
+						s2[TV_LANES];
+			int			trial,
+						lane,
+						same = 1,
+						exact = 1;
+
+			TestSeed(5 + dim * 7 + b);
+			for (trial = 0; trial < 4; trial++)
+			{
+				FillBytes(block, c->block_code_bytes);
+				if (trial < 2)
+				{
+					FillNormal(q, dim);
+					tv_query_prepare(c, q, lut, work);
+				}
+				else
+				{
+					/* random LUT bytes, biased high to stress the counters */
+					FillBytes(lut->lut, (size_t) c->ngroups * 16);
+					if (trial == 3)
+					{
+						size_t		i;
+
+						for (i = 0; i < (size_t) c->ngroups * 16; i++)
+							lut->lut[i] |= 0xF0;
+					}
+					lut->ngroups = c->ngroups;
+					lut->bits = c->bits;
+					lut->bias = TestNormal();
+					lut->scale = TestUniform() * 1e-3f;
+				}
+				/* identity on raw bytes, padding bits included */
+				tv_score_block_scalar(lut, block, s1);
+				if (avx2)
+				{
+					tv_score_block_avx2(lut, block, s2);
+					if (memcmp(s1, s2, sizeof(s1)) != 0)
+						same = 0;
+				}
+				/* meaning on a block whose padding is zero */
+				NormalizeBlock(c, block);
+				tv_score_block_scalar(lut, block, s1);
+				ExpectedSums(c, lut, block, sums);
+				for (lane = 0; lane < TV_LANES; lane++)
+					if (s1[lane] != lut->bias + lut->scale * (float) sums[lane])
+						exact = 0;
+				if (avx2)
+				{
+					tv_score_block_avx2(lut, block, s2);
+					if (memcmp(s1, s2, sizeof(s1)) != 0)
+						same = 0;
+				}
+			}
+			Check(exact, "scalar kernel disagrees with the row codes, dim %d bits %d",
+				  dim, bits_list[b]);
+			Check(same, "scalar and AVX2 differ, dim %d bits %d", dim, bits_list[b]);
+			free(c);
+			free(lut);
+			free(block);
+			free(q);
+			free(work);
+		}
+	}
+}
+
+/* All-255 LUT at the largest dim: sums must not wrap */
+static void
+TestOverflow(void)
+{
+	int			b;
+
+	for (b = 0; b < 3; b++)
+	{
+		TvCodec    *c = MakeCodec(TV_CODEC_MAX_DIM, bits_list[b]);
+		TvQueryLut *lut = Alloc(tv_query_lut_size(c));
+		uint8_t    *block = Alloc(c->block_code_bytes);
+		float		out[TV_LANES];
+		float		expect = 255.0f * c->ngroups;
+		int			lane,
+					ok1 = 1,
+					ok2 = 1;
+
+		memset(lut->lut, 255, (size_t) c->ngroups * 16);
+		lut->ngroups = c->ngroups;
+		lut->bits = c->bits;
+		lut->bias = 0.0f;
+		lut->scale = 1.0f;
+		FillBytes(block, c->block_code_bytes);
+
+		tv_score_block_scalar(lut, block, out);
+		for (lane = 0; lane < TV_LANES; lane++)
+			if (out[lane] != expect)
+				ok1 = 0;
+		Check(ok1, "scalar overflow, bits %d: %g != %g", bits_list[b],
+			  out[0], expect);
+		if (tv_kernels_have_avx2())
+		{
+			tv_score_block_avx2(lut, block, out);
+			for (lane = 0; lane < TV_LANES; lane++)
+				if (out[lane] != expect)
+					ok2 = 0;
+			Check(ok2, "AVX2 overflow, bits %d: %g != %g", bits_list[b],
+				  out[0], expect);
+		}
+		free(c);
+		free(lut);
+		free(block);
+	}
+}
+
+/*
+ * Quantized block scores against the exact tv_code_inner_product: each
+ * group's entry is off by at most scale / 2.  Also: padding bits in a
+ * block (odd dims at 2 bits) must not change a score.
+ */
+static void
+TestQuantization(void)
+{
+	static const int dims[] = {1, 2, 3, 7, 33, 100, 101, 517, 784, 1001};
+	size_t		d;
+	int			b;
+
+	for (d = 0; d < sizeof(dims) / sizeof(dims[0]); d++)
+	{
+		for (b = 0; b < 3; b++)
+		{
+			int			dim = dims[d];
+			TvCodec    *c = MakeCodec(dim, bits_list[b]);
+			TvQueryLut *lut = Alloc(tv_query_lut_size(c));
+			uint8_t    *block = Alloc(c->block_code_bytes);
+			uint8_t    *clean = Alloc(c->block_code_bytes);
+			uint8_t    *codes = Alloc((size_t) TV_LANES * c->code_bytes);
+			float	   *v = Alloc(sizeof(float) * dim);
+			float	   *q = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * dim);
+			float		out[TV_LANES],
+						out2[TV_LANES];
+			double		worst = 0.0,
+						allowed = 0.0;
+			int			lane,
+						trial,
+						ok = 1;
+
+			TestSeed(31 + dim + 1000 * b);
+			for (trial = 0; trial < 3; trial++)
+			{
+				for (lane = 0; lane < TV_LANES; lane++)
+				{
+					TvFactors	f;
+
+					FillNormal(v, dim);
+					tv_codec_encode(c, v, codes + (size_t) lane * c->code_bytes,
+									&f, work);
+					tv_block_put_code(c, block, lane, codes + (size_t) lane * c->code_bytes);
+				}
+				FillNormal(q, dim);
+				tv_query_prepare(c, q, lut, work);
+				tv_score_block(lut, block, out);
+				allowed = c->ngroups * (double) lut->scale / 2 +
+					1e-5 * sqrt(Dot(q, q, dim));
+				for (lane = 0; lane < TV_LANES; lane++)
+				{
+					double		ip = tv_code_inner_product(c, codes + (size_t) lane * c->code_bytes,
+														   q, work);
+					double		e = fabs(out[lane] - ip);
+
+					if (e > worst)
+						worst = e;
+					if (e > allowed)
+						ok = 0;
+				}
+			}
+			Check(ok, "quantized score off by %g > %g, dim %d bits %d",
+				  worst, allowed, dim, bits_list[b]);
+
+			/* garbage in padding bits must not matter */
+			FillBytes(block, c->block_code_bytes);
+			memset(clean, 0, c->block_code_bytes);
+			for (lane = 0; lane < TV_LANES; lane++)
+			{
+				tv_block_get_code(c, block, lane, codes);
+				tv_block_put_code(c, clean, lane, codes);
+			}
+			tv_score_block(lut, block, out);
+			tv_score_block(lut, clean, out2);
+			Check(memcmp(out, out2, sizeof(out)) == 0,
+				  "padding bits change scores, dim %d bits %d", dim, bits_list[b]);
+			free(c);
+			free(lut);
+			free(block);
+			free(clean);
+			free(codes);
+			free(v);
+			free(q);
+			free(work);
+		}
+	}
+}
+
+/* ---------- timings (bench mode only) ---------- */
+
+static double
+Now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void
+Bench(void)
+{
+	static const int dims[] = {100, 784};
+	static const int nvec[] = {341479, 60000};
+	size_t		d;
+	int			b;
+
+	printf("%-5s %-4s %-7s %10s %10s %10s\n", "dim", "bits", "kernel",
+		   "ns/vector", "ms/scan", "GB/s");
+	for (d = 0; d < 2; d++)
+	{
+		for (b = 0; b < 3; b++)
+		{
+			int			dim = dims[d];
+			TvCodec    *c = MakeCodec(dim, bits_list[b]);
+			int			nblocks = (nvec[d] + TV_LANES - 1) / TV_LANES;
+			size_t		bytes = (size_t) nblocks * c->block_code_bytes;
+			uint8_t    *blocks = Alloc(bytes);
+			TvQueryLut *lut = Alloc(tv_query_lut_size(c));
+			float	   *q = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * dim);
+			float	   *out = Alloc(sizeof(float) * TV_LANES * (size_t) nblocks);
+			int			kk;
+
+			FillBytes(blocks, bytes);
+			FillNormal(q, dim);
+			tv_query_prepare(c, q, lut, work);
+			for (kk = 0; kk < 2; kk++)
+			{
+				TvScoreBlockFn fn = kk ? tv_score_block_avx2 : tv_score_block_scalar;
+				double		best = 1e30;
+				int			rep,
+							i;
+
+				if (kk && !tv_kernels_have_avx2())
+					continue;
+				for (rep = 0; rep < (kk ? 20 : 3); rep++)
+				{
+					double		t0 = Now();
+
+					for (i = 0; i < nblocks; i++)
+						fn(lut, blocks + (size_t) i * c->block_code_bytes,
+						   out + (size_t) i * TV_LANES);
+					t0 = Now() - t0;
+					if (t0 < best)
+						best = t0;
+				}
+				printf("%-5d %-4d %-7s %10.3f %10.3f %10.2f\n", dim, bits_list[b],
+					   kk ? "avx2" : "scalar", best * 1e9 / ((double) nblocks * TV_LANES),
+					   best * 1e3, bytes / best / 1e9);
+			}
+			free(c);
+			free(blocks);
+			free(lut);
+			free(q);
+			free(work);
+			free(out);
+		}
+	}
+
+	/* encoder throughput: GloVe-100 and Fashion-MNIST sized sets */
+	for (d = 0; d < 2; d++)
+	{
+		int			dim = dims[d];
+		TvCodec    *c = MakeCodec(dim, 4);
+		float	   *v = Alloc(sizeof(float) * dim * 1024);
+		float	   *work = Alloc(sizeof(float) * dim);
+		uint8_t    *code = Alloc(c->code_bytes);
+		double		t0;
+		int			i;
+
+		FillNormal(v, dim * 1024);
+		t0 = Now();
+		for (i = 0; i < nvec[d]; i++)
+		{
+			TvFactors	f;
+
+			tv_codec_encode(c, v + (size_t) (i % 1024) * dim, code, &f, work);
+		}
+		t0 = Now() - t0;
+		printf("encode %d x %d-d, 4 bits: %.3f s (%.0f ns/vector)\n",
+			   nvec[d], dim, t0, t0 * 1e9 / nvec[d]);
+		free(c);
+		free(v);
+		free(work);
+		free(code);
+	}
+}
+
+int
+main(int argc, char **argv)
+{
+	bool		verbose = argc > 1 && strcmp(argv[1], "-v") == 0;
+
+	if (argc > 1 && strcmp(argv[1], "bench") == 0)
+	{
+		tv_kernels_init();
+		Bench();
+		return 0;
+	}
+
+	TestRotation();
+	TestDeterminism(verbose);
+	TestZeroVector();
+	TestReconstruction(verbose);
+	TestInnerProduct(verbose);
+	TestBlockRoundTrip();
+	TestKernels();
+	TestOverflow();
+	TestQuantization();
+
+	printf("codec: %d passed, %d failed\n", npassed, nfailed);
+	return nfailed ? 1 : 0;
+}

@@ -27,7 +27,7 @@ use Time::HiRes qw(usleep);
 srand(20240611);
 
 my $dim     = 16;
-my $ncycles = 4;
+my $ncycles = 6;
 my $nsample = 50;
 # Re-rank window covering the whole table: index answers must be exact.
 my $all_candidates = 100000;
@@ -46,6 +46,17 @@ max_wal_size = 1GB
 max_connections = 20
 });
 $node->start;
+
+# What turbo_verify says about an index: its problem rows, or the error it
+# raised.  A healthy index gives the empty string.
+sub verify_output
+{
+	my ($node, $idx) = @_;
+	my ($out, $err) = ('', '');
+	$node->psql('postgres', "SELECT * FROM turbo_verify('$idx')",
+		stdout => \$out, stderr => \$err);
+	return join("\n", grep { $_ ne '' } $out, $err);
+}
 
 # A random vector as a real[] literal, from perl's seeded generator.
 sub random_vector
@@ -69,7 +80,7 @@ INSERT INTO t (v)
 	SELECT CASE WHEN i % 50 = 0 THEN NULL
 		ELSE (SELECT array_agg((random() * 2 - 1)::real)
 			  FROM generate_series(1, $dim) WHERE i > 0) END
-	FROM generate_series(1, 1000) i;
+	FROM generate_series(1, 3000) i;
 CREATE INDEX t_l2 ON t USING turbo (v real_l2_ops);
 CREATE INDEX t_cos ON t USING turbo (v real_cosine_ops) WITH (bits = 2);
 CREATE INDEX t_ip ON t USING turbo (v real_ip_ops) WITH (bits = 3);
@@ -82,9 +93,9 @@ my $array   = 'ARRAY[' . join(', ', map { ":x$_" } 1 .. $dim) . ']::real[]';
 my %scripts = (
 	'insert.sql@8'      => "$sets" . "INSERT INTO t (v) VALUES ($array);\n",
 	'insert_null.sql@1' => "INSERT INTO t (v) VALUES (NULL);\n",
-	'update.sql@2'      => "$sets\\set id random(1, 1000)\n"
+	'update.sql@2'      => "$sets\\set id random(1, 3000)\n"
 	  . "UPDATE t SET v = $array WHERE id = :id;\n",
-	'delete.sql@1' => "\\set id random(1, 2000)\nDELETE FROM t WHERE id = :id;\n",);
+	'delete.sql@1' => "\\set id random(1, 6000)\nDELETE FROM t WHERE id = :id;\n",);
 my @script_args;
 foreach my $name (sort keys %scripts)
 {
@@ -100,7 +111,7 @@ sub check_indexes
 
 	foreach my $idx (@indexes)
 	{
-		is($node->safe_psql('postgres', "SELECT * FROM turbo_verify('$idx')"),
+		is(verify_output($node, $idx),
 			'', "$label: turbo_verify($idx) finds no problem");
 	}
 
@@ -207,46 +218,56 @@ for my $cycle (1 .. $ncycles)
 
 	my $before = $node->safe_psql('postgres', 'SELECT count(*) FROM t');
 	my ($out, $err) = ('', '');
-	my $pgbench = IPC::Run::start(
-		[
-			'pgbench', '-n', '-c', '2', '-j', '2', '-T', '60',
-			'-R', '400', "--random-seed=$cycle", @script_args,
-			'-h', $node->host, '-p', $node->port, 'postgres'
-		],
-		'>', \$out, '2>', \$err,
-		IPC::Run::timeout(120));
+	my $pgbench;
+	{
+		# PostgreSQL::Test::Utils names every client after the test file;
+		# give pgbench's sessions their own name so they can be found.
+		local $ENV{PGAPPNAME} = 'turbo_pgbench';
+		$pgbench = IPC::Run::start(
+			[
+				'pgbench', '-n', '-c', '2', '-j', '2', '-T', '60',
+				'-R', '600', "--random-seed=$cycle", @script_args,
+				'-h', $node->host, '-p', $node->port, 'postgres'
+			],
+			'>', \$out, '2>', \$err,
+			IPC::Run::timeout(120));
+	}
 
-	# Crash only once the clients are busy writing: at least 200 rows in.
+	# Crash only once the clients are busy writing: at least 500 rows in.
 	my $grown = 0;
 	for (1 .. 100)
 	{
 		usleep(100_000);
 		my $now = $node->safe_psql('postgres', 'SELECT count(*) FROM t');
-		if ($now >= $before + 200) { $grown = 1; last; }
+		if ($now >= $before + 500) { $grown = 1; last; }
 	}
-	ok($grown, "cycle $cycle: pgbench inserted rows before the crash")
-	  or diag("pgbench stderr: $err");
+	ok($grown, "cycle $cycle: pgbench inserted rows before the crash");
 
-	if ($cycle % 2 == 1)
+	my $pid = $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE application_name = 'turbo_pgbench' "
+		  . "AND backend_type = 'client backend' AND pid <> pg_backend_pid() LIMIT 1");
+	if ($cycle % 2 == 0 && $pid =~ /^\d+$/)
 	{
-		$node->stop('immediate');
-		$node->start;
+		# A backend dies in the middle of its work: the postmaster kills the
+		# others, resets shared memory and replays WAL.
+		my $offset = -s $node->logfile;
+		kill 'KILL', $pid;
+		$node->wait_for_log(qr/all server processes terminated; reinitializing/, $offset);
+		$node->wait_for_log(qr/database system is ready to accept connections/, $offset);
+		pass("cycle $cycle: crash by SIGKILL of backend $pid");
 	}
 	else
 	{
-		my $pid = $node->safe_psql('postgres',
-			"SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbench' "
-			  . "AND backend_type = 'client backend' LIMIT 1");
-		ok($pid =~ /^\d+$/, "cycle $cycle: found a pgbench backend to kill");
-		my $offset = -s $node->logfile;
-		kill 'KILL', $pid if $pid =~ /^\d+$/;
-		$node->wait_for_log(qr/all server processes terminated; reinitializing/, $offset);
-		$node->wait_for_log(qr/database system is ready to accept connections/, $offset);
+		# Odd cycles (or no backend to kill): an immediate shutdown.
+		fail("cycle $cycle: no pgbench backend to kill") if $cycle % 2 == 0;
+		$node->stop('immediate');
+		$node->start;
 	}
 
 	# The clients lose their connections; collect them.
 	eval { $pgbench->finish; };
 	$pgbench->kill_kill if $@;
+	diag("pgbench did not write: $err") unless $grown;
 
 	check_indexes("cycle $cycle after crash", 0);
 

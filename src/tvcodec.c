@@ -118,7 +118,10 @@ RngBelow(TvRng *rng, uint32_t n)
  * tables holds, for each round r, the two sign vectors (dim floats each,
  * +1.0f or -1.0f: a multiply vectorizes where a bit test would not), for
  * all rounds first; then, per round, dim uint16 Fisher-Yates swap partners
- * (entry i, 1 <= i < dim, is the j <= i swapped with i; entry 0 unused).
+ * (entry i, 1 <= i < dim, is the j <= i swapped with i; entry 0 unused);
+ * then, per round, the same permutation as a gather map (after the swaps,
+ * position i holds what was at map[i]).  The swaps permute in place, for
+ * callers without scratch space; the map is faster when there is some.
  * ----------------------------------------------------------------
  */
 static inline const float *
@@ -139,6 +142,12 @@ CodecSwaps(const TvCodec *codec, int round)
 	return swaps + (size_t) round * codec->dim;
 }
 
+static inline const uint16_t *
+CodecGather(const TvCodec *codec, int round)
+{
+	return CodecSwaps(codec, codec->rounds) + (size_t) round * codec->dim;
+}
+
 /*
  * Bytes of a TvCodec for dim; a dim out of range is clamped so the answer is
  * always a safe allocation size.
@@ -151,7 +160,7 @@ tv_codec_size(int dim)
 	if (dim > TV_CODEC_MAX_DIM)
 		dim = TV_CODEC_MAX_DIM;
 	return offsetof(TvCodec, tables) +
-		(size_t) TV_ROTATION_ROUNDS * dim * (2 * sizeof(float) + sizeof(uint16_t));
+		(size_t) TV_ROTATION_ROUNDS * dim * (2 * sizeof(float) + 2 * sizeof(uint16_t));
 }
 
 /*
@@ -167,6 +176,7 @@ tv_codec_init(TvCodec *codec, int dim, int bits, uint64_t seed)
 	TvRng		rng;
 	float	   *signs;
 	uint16_t   *swaps;
+	uint16_t   *gather;
 	int			r,
 				i;
 
@@ -221,14 +231,26 @@ tv_codec_init(TvCodec *codec, int dim, int bits, uint64_t seed)
 	signs = (float *) codec->tables;
 	swaps = (uint16_t *) (codec->tables + sizeof(float) *
 						  (size_t) codec->rounds * 2 * dim);
+	gather = swaps + (size_t) codec->rounds * dim;
 	for (r = 0; r < codec->rounds; r++)
 	{
 		uint16_t   *sw = swaps + (size_t) r * dim;
+		uint16_t   *map = gather + (size_t) r * dim;
 		float	   *sg = signs + (size_t) r * 2 * dim;
 		uint64_t	word = 0;
 
 		for (i = dim - 1; i >= 1; i--)
 			sw[i] = (uint16_t) RngBelow(&rng, (uint32_t) i + 1);
+		/* The gather map: the same swaps applied to the identity */
+		for (i = 0; i < dim; i++)
+			map[i] = (uint16_t) i;
+		for (i = dim - 1; i >= 1; i--)
+		{
+			uint16_t	t = map[i];
+
+			map[i] = map[sw[i]];
+			map[sw[i]] = t;
+		}
 		for (i = 0; i < 2 * dim; i++)
 		{
 			if (i % 64 == 0)
@@ -238,11 +260,11 @@ tv_codec_init(TvCodec *codec, int dim, int bits, uint64_t seed)
 	}
 }
 
-/* One float per coordinate: rotation works in place, encode needs a copy */
+/* Two floats per coordinate: the rotated vector and a gather buffer */
 size_t
 tv_codec_work_floats(const TvCodec *codec)
 {
-	return (size_t) codec->dim;
+	return (size_t) 2 * codec->dim;
 }
 
 /* ----------------------------------------------------------------
@@ -500,6 +522,41 @@ tv_codec_unrotate(const TvCodec *codec, const float *in, float *out)
 	}
 }
 
+/*
+ * a = R a, like tv_codec_rotate, using tmp (dim floats) to permute by a
+ * gather, fused with the first sign step, instead of by swaps.  Moving
+ * values changes none, so the result is bit-identical.
+ */
+static void
+RotateWork(const TvCodec *codec, float *a, float *tmp)
+{
+	int			dim = codec->dim;
+	int			w = codec->window;
+	float		s = WindowScale(codec);
+	float	   *src = a;
+	float	   *dst = tmp;
+	int			r,
+				i;
+
+	for (r = 0; r < codec->rounds; r++)
+	{
+		const uint16_t *map = CodecGather(codec, r);
+		const float *sg = CodecSigns(codec, r, 0);
+		float	   *t;
+
+		for (i = 0; i < dim; i++)
+			dst[i] = src[map[i]] * sg[i];
+		Fwht(dst, w, s);
+		ApplySigns(dst, CodecSigns(codec, r, 1), dim);
+		Fwht(dst + dim - w, w, s);
+		t = src;
+		src = dst;
+		dst = t;
+	}
+	if (src != a)
+		memcpy(a, src, sizeof(float) * dim);
+}
+
 /* ----------------------------------------------------------------
  * Row codes
  * ----------------------------------------------------------------
@@ -632,7 +689,7 @@ tv_codec_encode(const TvCodec *codec, const float *v,
 	mult = sqrt((double) dim) / norm;
 	for (i = 0; i < dim; i++)
 		work[i] = (float) ((double) v[i] * mult);
-	tv_codec_rotate(codec, work, work);
+	RotateWork(codec, work, work + dim);
 
 	switch (codec->bits)
 	{
@@ -684,7 +741,8 @@ tv_code_inner_product(const TvCodec *codec, const uint8_t *code,
 	int			i;
 
 	/* <R^T l / sqrt(dim), q> = <l, R q> / sqrt(dim) */
-	tv_codec_rotate(codec, q, work);
+	memcpy(work, q, sizeof(float) * dim);
+	RotateWork(codec, work, work + dim);
 	for (i = 0; i < dim; i++)
 		sum += (double) codec->levels[RowGet(code, i, codec->bits)] * work[i];
 	return (float) (sum / sqrt((double) dim));
@@ -758,7 +816,8 @@ tv_query_prepare(const TvCodec *codec, const float *q,
 				c,
 				n;
 
-	tv_codec_rotate(codec, q, work);
+	memcpy(work, q, sizeof(float) * codec->dim);
+	RotateWork(codec, work, work + codec->dim);
 
 	/* Pass 1: biases and the widest group */
 	for (g = 0; g < codec->ngroups; g++)

@@ -207,6 +207,32 @@ TestRotation(void)
 		Check(memcmp(z, y, sizeof(float) * dim) == 0,
 			  "in-place unrotate differs, dim %d", dim);
 
+		/*
+		 * The internal rotation (gather-based, used by the query and
+		 * encode paths) must match the public one bit for bit.
+		 */
+		{
+			uint8_t    *code = Alloc(c->code_bytes);
+			float	   *work = Alloc(sizeof(float) * tv_codec_work_floats(c));
+			double		sum = 0.0;
+
+			FillBytes(code, c->code_bytes);
+			FillNormal(x, dim);
+			tv_codec_rotate(c, x, y);
+			for (i = 0; i < dim; i++)
+			{
+				int			pos = i * 4;
+				int			k = (code[pos / 8] >> (pos % 8)) & 15;
+
+				sum += (double) c->levels[k] * y[i];
+			}
+			Check((float) (sum / sqrt((double) dim)) ==
+				  tv_code_inner_product(c, code, x, work),
+				  "inner product path rotates differently, dim %d", dim);
+			free(code);
+			free(work);
+		}
+
 		/* a basis vector must be spread out, not moved */
 		if (dim >= 8)
 		{
@@ -292,7 +318,7 @@ TestDeterminism(bool print_golden)
 			TvCodec    *c2 = MakeCodec(dim, bits);
 			TvCodec    *c3 = Alloc(tv_codec_size(dim));
 			float	   *v = Alloc(sizeof(float) * dim);
-			float	   *work = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * tv_codec_work_floats(c1));
 			uint8_t    *k1 = Alloc(c1->code_bytes);
 			uint8_t    *k2 = Alloc(c1->code_bytes);
 			TvFactors	f1,
@@ -314,7 +340,7 @@ TestDeterminism(bool print_golden)
 				FillNormal(v, dim);
 				tv_codec_encode(c1, v, k1, &f1, work);
 				/* dirty the work area: results must not depend on it */
-				FillNormal(work, dim);
+				FillNormal(work, (int) tv_codec_work_floats(c1));
 				tv_codec_encode(c2, v, k2, &f2, work);
 				if (memcmp(k1, k2, c1->code_bytes) != 0 ||
 					memcmp(&f1, &f2, sizeof(f1)) != 0)
@@ -356,7 +382,7 @@ TestZeroVector(void)
 		int			dim = 37;
 		TvCodec    *c = MakeCodec(dim, bits_list[b]);
 		float	   *v = Alloc(sizeof(float) * dim);
-		float	   *work = Alloc(sizeof(float) * dim);
+		float	   *work = Alloc(sizeof(float) * tv_codec_work_floats(c));
 		uint8_t    *code = Alloc(c->code_bytes);
 		uint8_t    *zero = Alloc(c->code_bytes);
 		TvQueryLut *lut = Alloc(tv_query_lut_size(c));
@@ -414,7 +440,7 @@ TestReconstruction(bool verbose)
 			TvCodec    *c = MakeCodec(dim, bits_list[b]);
 			float	   *v = Alloc(sizeof(float) * dim);
 			float	   *r = Alloc(sizeof(float) * dim);
-			float	   *work = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * tv_codec_work_floats(c));
 			uint8_t    *code = Alloc(c->code_bytes);
 			double		total = 0.0;
 			int			n,
@@ -470,7 +496,7 @@ TestInnerProduct(bool verbose)
 			TvCodec    *c = MakeCodec(dim, bits_list[b]);
 			float	   *v = Alloc(sizeof(float) * dim);
 			float	   *q = Alloc(sizeof(float) * dim);
-			float	   *work = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * tv_codec_work_floats(c));
 			uint8_t    *code = Alloc(c->code_bytes);
 			double		abserr = 0.0,
 						bias = 0.0;
@@ -668,7 +694,7 @@ TestKernels(void)
 			TvQueryLut *lut = Alloc(tv_query_lut_size(c));
 			uint8_t    *block = Alloc(c->block_code_bytes);
 			float	   *q = Alloc(sizeof(float) * dim);
-			float	   *work = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * tv_codec_work_floats(c));
 			uint64_t	sums[TV_LANES];
 			float		s1[TV_LANES],
 						s2[TV_LANES];
@@ -805,7 +831,7 @@ TestQuantization(void)
 			uint8_t    *codes = Alloc((size_t) TV_LANES * c->code_bytes);
 			float	   *v = Alloc(sizeof(float) * dim);
 			float	   *q = Alloc(sizeof(float) * dim);
-			float	   *work = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * tv_codec_work_floats(c));
 			float		out[TV_LANES],
 						out2[TV_LANES];
 			double		worst = 0.0,
@@ -902,7 +928,7 @@ Bench(void)
 			uint8_t    *blocks = Alloc(bytes);
 			TvQueryLut *lut = Alloc(tv_query_lut_size(c));
 			float	   *q = Alloc(sizeof(float) * dim);
-			float	   *work = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * tv_codec_work_floats(c));
 			float	   *out = Alloc(sizeof(float) * TV_LANES * (size_t) nblocks);
 			int			kk;
 
@@ -948,7 +974,7 @@ Bench(void)
 		int			dim = dims[d];
 		TvCodec    *c = MakeCodec(dim, 4);
 		float	   *v = Alloc(sizeof(float) * dim * 1024);
-		float	   *work = Alloc(sizeof(float) * dim);
+		float	   *work = Alloc(sizeof(float) * tv_codec_work_floats(c));
 		uint8_t    *code = Alloc(c->code_bytes);
 		double		t0;
 		int			i;

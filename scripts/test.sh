@@ -205,6 +205,7 @@ if as_pg "$PG_BIN/initdb" -D "$REGRESS_DATA" -U postgres -A trust --no-sync \
 	if [ "$regress_rc" -eq 0 ] && grep -q 'tests passed' "$regress_out"; then
 		RESULT[regress]=ok
 	else
+		[ "$regress_rc" -eq 124 ] && echo "regress timed out after ${REGRESS_TIMEOUT}s"
 		echo "regress FAILED (exit status $regress_rc)"
 		if [ -s regression.diffs ]; then
 			echo "----- regression.diffs -----"
@@ -252,11 +253,18 @@ else
 	if [ "$tap_rc" -eq 0 ] && grep -q '^Result: PASS' "$tap_out"; then
 		RESULT[tap]=ok
 	else
+		[ "$tap_rc" -eq 124 ] && echo "tap timed out after ${TAP_TIMEOUT}s"
 		echo "tap FAILED (exit status $tap_rc)"
-		for f in "$TAPDIR"/tmp_check/log/regress_log_*; do
+		# Logs of the failed files (prove's summary names them), else of all.
+		failed_tap=$(grep -oE '^t/[^ ]+\.pl \(Wstat' "$tap_out" | sed 's/ (Wstat//')
+		if [ -z "$failed_tap" ]; then
+			failed_tap=$(cd "$TAPDIR" && ls t/*.pl)
+		fi
+		for t in $failed_tap; do
+			f=$TAPDIR/tmp_check/log/regress_log_$(basename "$t" .pl)
 			[ -f "$f" ] || continue
 			echo "----- tail of $(basename "$f") -----"
-			tail -n 60 "$f"
+			tail -n 80 "$f"
 		done
 	fi
 fi

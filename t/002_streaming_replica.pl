@@ -18,7 +18,7 @@ use Test::More;
 
 srand(20240612);
 
-my $dim      = 16;
+my $dim      = 32;
 my $nqueries = 5;
 my %opclass  = (t_l2 => '<->', t_cos => '<=>');
 my @indexes  = sort keys %opclass;
@@ -114,7 +114,7 @@ sub compare_nodes
 	}
 }
 
-insert_rows(2000, 0.1);
+insert_rows(4000, 0.1);
 $primary->safe_psql(
 	'postgres', q{
 CREATE INDEX t_l2 ON t USING turbo (v real_l2_ops);
@@ -143,7 +143,7 @@ for my $cycle (1 .. 10)
 {
 	$primary->safe_psql('postgres',
 		"DELETE FROM t WHERE id % 10 = $cycle % 10; VACUUM t;");
-	insert_rows(200, $cycle / 100.0);
+	insert_rows(300, $cycle / 100.0);
 	wait_for_standby();
 
 	compare_nodes("cycle $cycle");

@@ -8,7 +8,8 @@
 # ORDER BY ... LIMIT queries as the primary, through the index, after the
 # initial load and after each of ten delete/VACUUM/insert cycles on the
 # primary; turbo_verify must be clean and turbo_index_info must agree on
-# both nodes.
+# both nodes.  Finally the standby is promoted and must take writes into
+# the indexes it replayed.
 use strict;
 use warnings;
 
@@ -160,6 +161,44 @@ for my $cycle (1 .. 10)
 	}
 }
 
-$standby->stop;
+# Promotion: the former standby takes writes into the replayed indexes.
 $primary->stop;
+$standby->promote;
+$standby->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()')
+  or die 'timed out waiting for the promotion';
+$standby->safe_psql(
+	'postgres', qq{
+SELECT setseed(0.9);
+INSERT INTO t (v)
+	SELECT (SELECT array_agg((random() * 2 - 1)::real)
+			FROM generate_series(1, $dim) WHERE i > 0)
+	FROM generate_series(1, 300) i;
+DELETE FROM t WHERE id % 7 = 0;
+VACUUM t;
+});
+my $count = $standby->safe_psql('postgres',
+	'SELECT count(*) FROM t WHERE v IS NOT NULL');
+foreach my $idx (@indexes)
+{
+	my $op = $opclass{$idx};
+	is(verify_output($standby, $idx), '',
+		"after promotion: turbo_verify($idx) finds no problem");
+	is( $standby->safe_psql('postgres',
+			"SELECT live_rows FROM turbo_index_info('$idx')"),
+		$count,
+		"after promotion: $idx live_rows equals the $count non-NULL rows");
+	for my $i (1 .. 3)
+	{
+		my $sql = "SELECT id FROM t ORDER BY v $op '" . random_vector() . "' LIMIT 10";
+		is( $standby->safe_psql(
+				'postgres',
+				'SET enable_seqscan = off; SET enable_bitmapscan = off; '
+				  . "SET turbovec.candidates = 100000; $sql"),
+			$standby->safe_psql('postgres',
+				"SET enable_indexscan = off; SET enable_bitmapscan = off; $sql"),
+			"after promotion: $idx top 10 equals a sequential scan (query $i)");
+	}
+}
+
+$standby->stop;
 done_testing();

@@ -39,36 +39,44 @@ tv_score_block_scalar(const TvQueryLut *lut, const uint8_t *block_codes,
 	int			g,
 				j;
 
-	memset(sums, 0, sizeof(sums));
+	/* Lane by lane, so each sum stays in a register */
 	if (lut->bits == 3)
 	{
-		for (g = 0; g < lut->ngroups; g++)
+		for (j = 0; j < TV_LANES; j++)
 		{
-			const uint8_t *p = block_codes + (size_t) g * 12;
-			const uint8_t *t = lut->lut + (size_t) g * 16;
+			const uint8_t *p = block_codes;
+			const uint8_t *t = lut->lut;
+			int			lshift = 2 * (j >> 3);
+			int			hshift = j >> 2;
+			uint32_t	sum = 0;
 
-			for (j = 0; j < TV_LANES; j++)
+			for (g = 0; g < lut->ngroups; g++, p += 12, t += 16)
 			{
-				int			lo = (p[j & 7] >> (2 * (j >> 3))) & 3;
-				int			hi = (p[8 + (j & 3)] >> (j >> 2)) & 1;
+				int			lo = (p[j & 7] >> lshift) & 3;
+				int			hi = (p[8 + (j & 3)] >> hshift) & 1;
 
-				sums[j] += t[lo | (hi << 2)];
+				sum += t[lo | (hi << 2)];
 			}
+			sums[j] = sum;
 		}
 	}
 	else
 	{
 		/* 2 and 4 bits share the nibble layout */
-		for (g = 0; g < lut->ngroups; g++)
+		for (j = 0; j < 16; j++)
 		{
-			const uint8_t *p = block_codes + (size_t) g * 16;
-			const uint8_t *t = lut->lut + (size_t) g * 16;
+			const uint8_t *p = block_codes + j;
+			const uint8_t *t = lut->lut;
+			uint32_t	lo = 0,
+						hi = 0;
 
-			for (j = 0; j < 16; j++)
+			for (g = 0; g < lut->ngroups; g++, p += 16, t += 16)
 			{
-				sums[j] += t[p[j] & 0x0F];
-				sums[j + 16] += t[p[j] >> 4];
+				lo += t[*p & 0x0F];
+				hi += t[*p >> 4];
 			}
+			sums[j] = lo;
+			sums[j + 16] = hi;
 		}
 	}
 

@@ -26,6 +26,15 @@
 #include <math.h>
 #include <string.h>
 
+/*
+ * No fused multiply-adds: the build passes -ffp-contract=off to gcc, but
+ * PGXS also compiles this file with clang for JIT inlining, and clang fuses
+ * a * b + c within an expression by default.
+ */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 #if defined(__SSE2__) && !defined(TV_CODEC_NO_SIMD)
 #include <immintrin.h>
 #endif

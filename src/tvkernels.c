@@ -21,6 +21,15 @@
 
 #include <string.h>
 
+/*
+ * No fused multiply-adds: the build passes -ffp-contract=off to gcc, but
+ * PGXS also compiles this file with clang for JIT inlining, and clang fuses
+ * a * b + c within an expression by default.
+ */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 #if defined(__x86_64__) || defined(__i386__)
 #define TV_X86 1
 #include <cpuid.h>

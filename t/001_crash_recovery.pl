@@ -5,7 +5,8 @@
 #
 # A table with three turbo indexes (l2 at 4 bits, cosine at 2 bits, inner
 # product at 3 bits) takes concurrent inserts, updates and deletes from two
-# pgbench clients; mid-stream the server crashes: odd cycles stop the
+# pgbench clients (and, in later cycles, a session running DELETE and
+# VACUUM in a loop); mid-stream the server crashes: odd cycles stop the
 # postmaster with an immediate shutdown (no checkpoint, shared buffers
 # lost), even cycles SIGKILL one inserting backend so that the postmaster
 # resets shared memory and replays WAL itself.  Checkpoints are rare, so
@@ -216,10 +217,26 @@ for my $cycle (1 .. $ncycles)
 		"DELETE FROM t WHERE id % 17 = $cycle; VACUUM t;");
 	$node->safe_psql('postgres', 'CHECKPOINT') if $cycle % 2 == 0;
 
-	my $before = $node->safe_psql('postgres', 'SELECT count(*) FROM t');
+	my $before = $node->safe_psql('postgres', 'SELECT coalesce(max(id), 0) FROM t');
 	my ($out, $err) = ('', '');
+	my ($vacuum, $vout, $verr) = (undef, '', '');
 	my $pgbench;
 	{
+		# From cycle 4 on, a third session deletes and vacuums while pgbench
+		# writes, so the crash can also cut a VACUUM of the indexes short.
+		if ($cycle >= 4)
+		{
+			local $ENV{PGAPPNAME} = 'turbo_vacuum';
+			my $sql = join('',
+				map { "DELETE FROM t WHERE id % 1999 = $_; VACUUM t;\n" } 1 .. 200);
+			$vacuum = IPC::Run::start(
+				[
+					'psql', '-XAtq', '-h', $node->host, '-p', $node->port,
+					'-d', 'postgres'
+				],
+				'<', \$sql, '>', \$vout, '2>', \$verr,
+				IPC::Run::timeout(120));
+		}
 		# PostgreSQL::Test::Utils names every client after the test file;
 		# give pgbench's sessions their own name so they can be found.
 		local $ENV{PGAPPNAME} = 'turbo_pgbench';
@@ -238,10 +255,19 @@ for my $cycle (1 .. $ncycles)
 	for (1 .. 100)
 	{
 		usleep(100_000);
-		my $now = $node->safe_psql('postgres', 'SELECT count(*) FROM t');
+		my $now = $node->safe_psql('postgres', 'SELECT coalesce(max(id), 0) FROM t');
 		if ($now >= $before + 500) { $grown = 1; last; }
 	}
 	ok($grown, "cycle $cycle: pgbench inserted rows before the crash");
+
+	if ($vacuum)
+	{
+		is( $node->safe_psql(
+				'postgres',
+				"SELECT count(*) FROM pg_stat_activity WHERE application_name = 'turbo_vacuum'"),
+			1,
+			"cycle $cycle: the DELETE/VACUUM session is still at work");
+	}
 
 	my $pid = $node->safe_psql('postgres',
 		"SELECT pid FROM pg_stat_activity WHERE application_name = 'turbo_pgbench' "
@@ -265,8 +291,11 @@ for my $cycle (1 .. $ncycles)
 	}
 
 	# The clients lose their connections; collect them.
-	eval { $pgbench->finish; };
-	$pgbench->kill_kill if $@;
+	foreach my $h (grep { defined } $pgbench, $vacuum)
+	{
+		eval { $h->finish; };
+		$h->kill_kill if $@;
+	}
 	diag("pgbench did not write: $err") unless $grown;
 
 	check_indexes("cycle $cycle after crash", 0);

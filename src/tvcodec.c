@@ -8,21 +8,23 @@
  *	  a private PRNG (splitmix64 seeding xoshiro256**), codebook constants
  *	  written out as literals (tools/lloyd_max.py derives them), and only
  *	  IEEE-exact arithmetic (+, -, *, /, sqrt) in a fixed order.  No libm
- *	  transcendental function and no FMA (the file is compiled with
- *	  -ffp-contract=off) can move a value across a decision threshold on
- *	  another machine.
+ *	  transcendental function and no FMA (-ffp-contract=off, and a pragma
+ *	  for clang) can move a value across a decision threshold on another
+ *	  machine.  SIMD paths do the scalar code's operations exactly.
  *	- The rotation R is orthogonal and keeps exactly dim coordinates.  It is
  *	  `rounds` repetitions of: a seeded permutation, random signs, a
  *	  normalised Walsh-Hadamard transform on the first W coordinates, random
  *	  signs, and the same transform on the last W coordinates, W being the
  *	  largest power of two <= dim.  The two windows overlap, so every
- *	  coordinate is mixed whatever dim is.  Each step is applied in place,
- *	  so rotating needs no scratch memory.
+ *	  coordinate is mixed whatever dim is.  tv_codec_rotate applies each
+ *	  step in place, needing no scratch; the encoder and the query path,
+ *	  which have scratch, permute by a faster gather with the same result.
  *	- The block layout (docs/CODEC.md) is what tvkernels.c reads; the LUT a
  *	  query gets is built here to match it, including padding.
  */
 #include "tvcodec.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -286,15 +288,6 @@ tv_codec_work_floats(const TvCodec *codec)
  */
 
 /*
- * Normalised in-place Walsh-Hadamard transform of n (a power of two)
- * floats: a = H a / sqrt(n), which is orthogonal and its own inverse.
- *
- * Loops run over fixed chunks of 8 so that gcc's -O2 vectorizer (which
- * refuses loops that need a remainder) turns them into SIMD code; that
- * changes no result, since every butterfly is an independent add or
- * subtract.
- */
-/*
  * x, y = x + y, x - y for 8 floats each.  All loads come before all stores,
  * and x's stores before y's, so SLP vectorizes it without alias checks.
  */
@@ -447,6 +440,15 @@ Radix8(float *p, float s)
 
 #endif
 
+/*
+ * Normalised in-place Walsh-Hadamard transform of n (a power of two)
+ * floats: a = H a / sqrt(n), which is orthogonal and its own inverse.
+ *
+ * Loops run over fixed chunks of 8 so that gcc's -O2 vectorizer (which
+ * refuses loops that need a remainder) turns them into SIMD code; that
+ * changes no result, since every butterfly is an independent add or
+ * subtract.
+ */
 static void
 Fwht(float *restrict a, int n, float s)
 {
@@ -893,8 +895,22 @@ tv_query_prepare(const TvCodec *codec, const float *q,
 	}
 	step = (float) (range / 255.0);
 
-	/* Pass 2: the same entries again, quantized with the float step */
+	lut->ngroups = codec->ngroups;
+	lut->bits = codec->bits;
 	memset(lut->lut, 0, (size_t) codec->ngroups * 16);
+
+	/*
+	 * Callers pass finite floats, but values near FLT_MAX can overflow the
+	 * rotation; scores that are all equal beat scores that are NaN.
+	 */
+	if (!(fabs(bias) <= FLT_MAX) || !(step <= FLT_MAX))
+	{
+		lut->bias = 0.0f;
+		lut->scale = 0.0f;
+		return;
+	}
+
+	/* Pass 2: the same entries again, quantized with the float step */
 	for (g = 0; g < codec->ngroups; g++)
 	{
 		uint8_t    *out = lut->lut + (size_t) g * 16;
@@ -912,14 +928,15 @@ tv_query_prepare(const TvCodec *codec, const float *q,
 		for (c = 0; c < n; c++)
 		{
 			double		x = (f[c] - lo) / (double) step + 0.5;
-			int			k = x >= 255.0 ? 255 : (int) x;
 
-			out[c] = (uint8_t) (k < 0 ? 0 : k);
+			/* Written so that a NaN gives 0 rather than undefined behaviour */
+			if (x >= 255.0)
+				out[c] = 255;
+			else if (x >= 1.0)
+				out[c] = (uint8_t) x;
 		}
 	}
 
-	lut->ngroups = codec->ngroups;
-	lut->bits = codec->bits;
 	lut->bias = (float) bias;
 	lut->scale = step > 0.0f ? step : 0.0f;
 }

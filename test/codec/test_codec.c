@@ -14,6 +14,7 @@
  */
 #include "tvcodec.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -414,6 +415,25 @@ TestZeroVector(void)
 		Check(lut->scale == 0.0f && lut->bias == 0.0f && finite,
 			  "zero query LUT, bits %d: scale %g bias %g",
 			  bits_list[b], lut->scale, lut->bias);
+
+		/* queries that overflow the rotation, or hold NaN: finite scores */
+		for (i = 0; i < dim; i++)
+			v[i] = 3e38f;
+		tv_query_prepare(c, v, lut, work);
+		tv_score_block_scalar(lut, block, out);
+		finite = 1;
+		for (i = 0; i < TV_LANES; i++)
+			if (!(fabsf(out[i]) <= FLT_MAX))
+				finite = 0;
+		v[3] = NAN;
+		tv_query_prepare(c, v, lut, work);
+		tv_score_block_scalar(lut, block, out);
+		for (i = 0; i < TV_LANES; i++)
+			if (!(fabsf(out[i]) <= FLT_MAX))
+				finite = 0;
+		Check(finite, "huge or NaN query gives non-finite scores, bits %d",
+			  bits_list[b]);
+		memset(v, 0, sizeof(float) * dim);
 		free(c);
 		free(v);
 		free(work);

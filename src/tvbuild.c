@@ -201,6 +201,10 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 	LockBuffer(metabuf, BUFFER_LOCK_UNLOCK);
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, TV_PHASE_ENCODE);
+	/* the planner's row estimate: the best total known before the scan */
+	if (heap->rd_rel->reltuples > 0)
+		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_TOTAL,
+									 (int64) heap->rd_rel->reltuples);
 	bs.reltuples = table_index_build_scan(heap, index, indexInfo, true, true,
 										  BuildCallback, &bs, NULL);
 

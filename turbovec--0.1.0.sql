@@ -2,22 +2,25 @@
 
 \echo Use "CREATE EXTENSION turbovec" to load this file. \quit
 
--- distances on real[] (pgvector's names and meanings)
+-- distances on real[] (pgvector's names and meanings).  COST 25: a distance
+-- over hundreds of elements costs far more than an ordinary operator, and a
+-- planner that thinks otherwise sorts a sequential scan instead of using the
+-- index.
 
 CREATE FUNCTION l2_distance(real[], real[]) RETURNS float8
-	AS 'MODULE_PATHNAME', 'turbo_l2_distance' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+	AS 'MODULE_PATHNAME', 'turbo_l2_distance' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE COST 25;
 
 CREATE FUNCTION inner_product(real[], real[]) RETURNS float8
-	AS 'MODULE_PATHNAME', 'turbo_inner_product' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+	AS 'MODULE_PATHNAME', 'turbo_inner_product' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE COST 25;
 
 CREATE FUNCTION negative_inner_product(real[], real[]) RETURNS float8
-	AS 'MODULE_PATHNAME', 'turbo_negative_inner_product' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+	AS 'MODULE_PATHNAME', 'turbo_negative_inner_product' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE COST 25;
 
 CREATE FUNCTION cosine_distance(real[], real[]) RETURNS float8
-	AS 'MODULE_PATHNAME', 'turbo_cosine_distance' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+	AS 'MODULE_PATHNAME', 'turbo_cosine_distance' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE COST 25;
 
 CREATE FUNCTION vector_norm(real[]) RETURNS float8
-	AS 'MODULE_PATHNAME', 'turbo_vector_norm' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+	AS 'MODULE_PATHNAME', 'turbo_vector_norm' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE COST 25;
 
 CREATE OPERATOR <-> (
 	LEFTARG = real[], RIGHTARG = real[], PROCEDURE = l2_distance,

@@ -13,6 +13,7 @@ OBJS = \
 	src/tvcodec.o \
 	src/tvfuncs.o \
 	src/tvinsert.o \
+	src/tvivf.o \
 	src/tvkernels.o \
 	src/tvpage.o \
 	src/tvscan.o \

@@ -41,7 +41,9 @@ DROP TABLE toolong;
 CREATE INDEX ON e USING turbo (v real_l2_ops) WITH (bits = 1);
 CREATE INDEX ON e USING turbo (v real_l2_ops) WITH (bits = 5);
 CREATE INDEX ON e USING turbo (v real_l2_ops) WITH (bits = 'four');
-CREATE INDEX ON e USING turbo (v real_l2_ops) WITH (lists = 4);
+CREATE INDEX ON e USING turbo (v real_l2_ops) WITH (lists = -1);
+CREATE INDEX ON e USING turbo (v real_l2_ops) WITH (lists = 32769);
+CREATE INDEX ON e USING turbo (v real_l2_ops) WITH (probes = 4);
 CREATE INDEX e_b3 ON e USING turbo (v real_l2_ops) WITH (bits = 3);
 SELECT bits FROM turbo_index_info('e_b3');
 ALTER INDEX e_b3 SET (bits = 9);
@@ -55,6 +57,11 @@ SET turbovec.candidates = 'many';
 SET turbovec.candidates = 1;
 SHOW turbovec.candidates;
 RESET turbovec.candidates;
+SHOW turbovec.probes;
+SET turbovec.probes = 0;
+SET turbovec.probes = 32769;
+SET turbovec.probes = 32768;
+RESET turbovec.probes;
 SET turbovec.no_such_setting = 1;
 
 -- unsupported shapes

@@ -9,6 +9,7 @@
 
 #include "access/amapi.h"
 #include "access/htup_details.h"
+#include "access/genam.h"
 #include "access/reloptions.h"
 #include "catalog/pg_amop.h"
 #include "catalog/pg_amproc.h"
@@ -31,17 +32,23 @@
 PG_MODULE_MAGIC;
 
 int			tv_candidates = TV_DEFAULT_CANDIDATES;
+int			tv_probes = TV_DEFAULT_PROBES;
 relopt_kind tv_relopt_kind;
 
 void
 _PG_init(void)
 {
 	tv_kernels_init();
+	TvIvfInit();
 
 	tv_relopt_kind = add_reloption_kind();
 	add_int_reloption(tv_relopt_kind, "bits",
 					  "Bits per coordinate of the TurboQuant code",
 					  TV_DEFAULT_BITS, TV_MIN_BITS, TV_MAX_BITS,
+					  AccessExclusiveLock);
+	add_int_reloption(tv_relopt_kind, "lists",
+					  "Number of IVF lists (0 for the flat layout)",
+					  TV_DEFAULT_LISTS, TV_MIN_LISTS, TV_MAX_LISTS,
 					  AccessExclusiveLock);
 
 	DefineCustomIntVariable("turbovec.candidates",
@@ -49,6 +56,13 @@ _PG_init(void)
 							"Higher values give better recall and slower queries.",
 							&tv_candidates,
 							TV_DEFAULT_CANDIDATES, TV_MIN_CANDIDATES, TV_MAX_CANDIDATES,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("turbovec.probes",
+							"Number of IVF lists a scan probes first.",
+							"A scan that needs more rows goes on to further lists.",
+							&tv_probes,
+							TV_DEFAULT_PROBES, TV_MIN_PROBES, TV_MAX_PROBES,
 							PGC_USERSET, 0, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("turbovec");
@@ -59,6 +73,7 @@ tvoptions(Datum reloptions, bool validate)
 {
 	static const relopt_parse_elt tab[] = {
 		{"bits", RELOPT_TYPE_INT, offsetof(TvOptions, bits)},
+		{"lists", RELOPT_TYPE_INT, offsetof(TvOptions, lists)},
 	};
 
 	return (bytea *) build_reloptions(reloptions, validate, tv_relopt_kind,
@@ -81,6 +96,7 @@ tvcostestimate(PlannerInfo *root, IndexPath *path, double loop_count,
 	double		spc_seq_page_cost;
 	double		spc_random_page_cost;
 	double		rerank;
+	double		scanned = 1.0;
 
 	if (path->indexorderbys == NIL)
 	{
@@ -100,9 +116,19 @@ tvcostestimate(PlannerInfo *root, IndexPath *path, double loop_count,
 
 	rerank = Min((double) tv_candidates, Max(path->indexinfo->tuples, 1.0));
 
+	/* an IVF scan reads the probed lists only */
+	{
+		Relation	index = index_open(path->indexinfo->indexoid, NoLock);
+		int			lists = TvGetLists(index);
+
+		index_close(index, NoLock);
+		if (lists > 0)
+			scanned = Min(1.0, (double) tv_probes / lists);
+	}
+
 	/* codes are scored in 32-lane blocks, far cheaper than one operator call each */
-	*indexStartupCost = path->indexinfo->pages * spc_seq_page_cost +
-		path->indexinfo->tuples * cpu_operator_cost * 0.1 +
+	*indexStartupCost = path->indexinfo->pages * scanned * spc_seq_page_cost +
+		path->indexinfo->tuples * scanned * cpu_operator_cost * 0.1 +
 		rerank * (spc_random_page_cost + cpu_operator_cost * 10);
 	*indexTotalCost = *indexStartupCost + costs.numIndexTuples * cpu_index_tuple_cost;
 	*indexSelectivity = 1.0;
@@ -119,6 +145,10 @@ tvbuildphasename(int64 phasenum)
 			return "initializing";
 		case TV_PHASE_ENCODE:
 			return "encoding vectors";
+		case TV_PHASE_SAMPLE:
+			return "sampling vectors";
+		case TV_PHASE_KMEANS:
+			return "training lists";
 		default:
 			return NULL;
 	}

@@ -3,11 +3,14 @@
  *	  Shared declarations of the turbo index access method.
  *
  * On disk a turbo index is a metapage (block 0) followed by data pages that
- * carry one contiguous byte stream: fixed-size 32-lane blocks laid end to
- * end, so no page space is wasted whatever the dimension.  A block may start
- * on one page and end on a later one.  Each block is
+ * carry one contiguous byte stream: the IVF list area (empty in the flat
+ * layout), then fixed-size 32-lane blocks laid end to end, so no page space
+ * is wasted whatever the dimension.  A block may start on one page and end
+ * on a later one.  Each block is
  *
  *		uint32	live		bit l set: lane l holds a live heap TID
+ *		uint32	prev		IVF: previous block of the same list, plus one (0: none)
+ *		uint32	list		IVF: the list the block belongs to
  *		uint32	reserved
  *		ItemPointerData tids[32]
  *		float	norm[32]	||v||
@@ -15,8 +18,9 @@
  *		codes				TvCodec.block_code_bytes, see tvcodec.h
  *
  * Slots (block * 32 + lane) below TvMetaPageData.nslots have been handed out;
- * a slot whose live bit is clear is free for reuse.  docs/FORMAT.md has the
- * full format and the WAL rules.
+ * a slot whose live bit is clear is free for reuse.  In the IVF layout every
+ * block belongs to one list and all its 32 slots are handed out with it.
+ * docs/FORMAT.md has the full format and the WAL rules.
  */
 #ifndef TURBOVEC_H
 #define TURBOVEC_H
@@ -41,6 +45,12 @@
 #define TV_MIN_CANDIDATES		1
 #define TV_DEFAULT_CANDIDATES	100
 #define TV_MAX_CANDIDATES		100000
+#define TV_MIN_LISTS			0	/* 0: flat layout */
+#define TV_DEFAULT_LISTS		0
+#define TV_MAX_LISTS			32768
+#define TV_MIN_PROBES			1
+#define TV_DEFAULT_PROBES		16
+#define TV_MAX_PROBES			TV_MAX_LISTS
 
 /* Support functions */
 #define TV_DISTANCE_PROC		1	/* exact distance, used to re-rank */
@@ -57,6 +67,8 @@ typedef enum TvMetric
 
 /* Build phases for pg_stat_progress_create_index (1 is "initializing") */
 #define TV_PHASE_ENCODE			2
+#define TV_PHASE_SAMPLE			3
+#define TV_PHASE_KMEANS			4
 
 /* Page identity */
 #define TV_MAGIC_NUMBER			0x54555242	/* "TURB" */
@@ -100,6 +112,8 @@ typedef struct TvMetaPageData
 	uint64		free_hint;		/* no free slot lives in an earlier block */
 	uint64		change_count;	/* bumped by every modification */
 	uint32		ndatapages;		/* data pages that carry the stream */
+	uint32		lists;			/* IVF lists; 0 for the flat layout */
+	uint32		list_area;		/* stream bytes before the first block */
 } TvMetaPageData;
 
 typedef TvMetaPageData *TvMetaPage;
@@ -108,16 +122,44 @@ typedef TvMetaPageData *TvMetaPage;
 
 /* Block header layout inside the stream */
 #define TV_BLOCK_LIVE_OFFSET	0
-#define TV_BLOCK_TIDS_OFFSET	8
+#define TV_BLOCK_PREV_OFFSET	4
+#define TV_BLOCK_LIST_OFFSET	8
+#define TV_BLOCK_TIDS_OFFSET	16
 #define TV_BLOCK_NORM_OFFSET	(TV_BLOCK_TIDS_OFFSET + TV_LANES * sizeof(ItemPointerData))
 #define TV_BLOCK_IPSCALE_OFFSET (TV_BLOCK_NORM_OFFSET + TV_LANES * sizeof(float))
 #define TV_BLOCK_CODES_OFFSET	(TV_BLOCK_IPSCALE_OFFSET + TV_LANES * sizeof(float))
+
+/* Where block b starts in the stream */
+#define TvBlockOffset(meta, b) \
+	((uint64) (meta)->list_area + (uint64) (b) * (meta)->block_bytes)
+#define TvBlockCount(meta)		(((meta)->nslots + TV_LANES - 1) / TV_LANES)
+/* Data pages needed to carry blocks [0, nblocks) */
+#define TvStreamPages(meta, nblocks) \
+	((TvBlockOffset(meta, nblocks) + TV_PAGE_PAYLOAD - 1) / TV_PAGE_PAYLOAD)
+
+/*
+ * The IVF list area at the start of the stream: lists directory entries,
+ * then lists centroids of dim floats.  Sizes are multiples of 8.
+ */
+typedef struct TvListEntry
+{
+	uint32		tail;			/* last block of the list, plus one (0: empty) */
+	uint32		nblocks;		/* blocks in the list */
+	uint32		free_hint;		/* a block VACUUM freed lanes in, plus one */
+	uint32		reserved;
+} TvListEntry;
+
+#define TvListAreaBytes(lists, dim) \
+	((uint32) TYPEALIGN(8, (Size) (lists) * sizeof(TvListEntry) + \
+						(Size) (lists) * (dim) * sizeof(float)))
+#define TvCentroidsOffset(lists)	((uint64) (lists) * sizeof(TvListEntry))
 
 /* Reloptions */
 typedef struct TvOptions
 {
 	int32		vl_len_;		/* varlena header (do not touch directly!) */
 	int			bits;
+	int			lists;
 } TvOptions;
 
 /* What every operation needs to know about an index, cached in rd_amcache */
@@ -128,10 +170,12 @@ typedef struct TvIndexState
 	FmgrInfo	distance;		/* exact distance support function */
 	Oid			collation;
 	TvCodec    *codec;			/* NULL while meta.dim == 0 */
+	float	   *centroids;		/* IVF, read on first use by inserts */
 } TvIndexState;
 
 /* GUCs */
 extern int	tv_candidates;
+extern int	tv_probes;
 
 /* turbovec.c */
 extern void _PG_init(void);
@@ -152,6 +196,7 @@ extern void TvCheckMetaPage(Relation index, Page page);
 extern int	TvBlockBytes(const TvCodec *codec);
 extern TvCodec *TvCreateCodec(int dim, int bits, uint64 seed, MemoryContext cxt);
 extern int	TvGetBits(Relation index);
+extern int	TvGetLists(Relation index);
 extern TvMetric TvGetMetric(Relation index);
 extern Buffer TvNewDataBuffer(Relation index, ForkNumber forknum);
 extern void TvCommitBuffer(Buffer buf, GenericXLogState *state);
@@ -159,6 +204,25 @@ extern void TvReadStream(Relation index, uint64 offset, Size len, char *out,
 						 BufferAccessStrategy strategy);
 extern bool TvPrepareVector(TvIndexState *state, float *x, uint8 *code,
 							TvFactors *factors, float *work);
+
+/* tvivf.c */
+typedef struct TvKmeansInput
+{
+	int			dim;
+	int			nsamples;
+	float	   *samples;		/* nsamples * dim */
+	TvMetric	metric;
+	uint64		seed;
+} TvKmeansInput;
+
+extern float *TvKmeans(const TvKmeansInput *in, int lists, int iterations);
+extern int	TvNearestList(const float *centroids, int lists, int dim, TvMetric metric,
+						  const float *x);
+extern void TvListDistances(const float *centroids, int lists, int dim, TvMetric metric,
+							const float *q, float *dist);
+extern float *TvReadCentroids(Relation index, const TvMetaPageData *meta,
+							  TvListEntry **entries, MemoryContext cxt);
+extern void TvIvfInit(void);
 
 /* tvbuild.c */
 extern IndexBuildResult *tvbuild(Relation heap, Relation index, IndexInfo *indexInfo);

@@ -3,11 +3,17 @@
  *	  CREATE INDEX for turbo indexes: encode every row and lay the blocks
  *	  end to end in the page stream.
  *
- * The build fills 32-lane blocks in heap order and copies them into data
- * pages that it writes through shared buffers, only marking them dirty.
- * The whole relation is WAL-logged once at the end (log_newpage_range),
- * which is far cheaper than a record per page; the metapage is written last,
- * so a build that errors out leaves nothing that claims to be valid.
+ * Flat layout: one pass fills 32-lane blocks in heap order.  IVF layout
+ * (lists > 0): a first pass samples vectors, k-means trains the centroids
+ * (tvivf.c), and a second pass sends each vector to the block being filled
+ * for its nearest list; a full block is appended to the stream and linked
+ * to the previous block of its list.  The list area (directory and
+ * centroids) is reserved at the start of the stream and written last.
+ *
+ * Pages are written through shared buffers, only marked dirty, and the
+ * whole relation is WAL-logged once at the end (log_newpage_range), which
+ * is far cheaper than a record per page; the metapage is written last, so a
+ * build that errors out leaves nothing that claims to be valid.
  */
 #include "postgres.h"
 
@@ -24,6 +30,17 @@
 
 #include "turbovec.h"
 
+/* k-means: samples per list, and Lloyd iterations */
+#define TV_SAMPLES_PER_LIST		64
+#define TV_KMEANS_ITERATIONS	10
+
+/* A block being filled */
+typedef struct FillBlock
+{
+	char	   *bytes;
+	int			lanes;
+} FillBlock;
+
 typedef struct TvBuildState
 {
 	Relation	index;
@@ -38,12 +55,24 @@ typedef struct TvBuildState
 	uint8	   *code;
 	float	   *work;
 
-	/* the block being filled and the page being filled */
-	char	   *block;
-	int			lanes;
+	/* IVF: centroids, directory and one block being filled per list */
+	int			lists;
+	float	   *centroids;
+	TvListEntry *entries;
+	FillBlock  *fill;			/* lists entries, or one for the flat layout */
+
+	/* the page being filled */
 	PGAlignedBlock page;
 	Size		page_fill;
 	BlockNumber ndatapages;
+	uint64		nblocks;		/* blocks appended */
+
+	/* IVF sampling */
+	float	   *samples;
+	int			nsamples;
+	int			maxsamples;
+	uint64		seen;
+	uint64		rng;
 
 	uint64		nslots;
 	double		reltuples;
@@ -70,38 +99,135 @@ FlushPage(TvBuildState *bs)
 	bs->page_fill = 0;
 }
 
-/* Append the current block to the stream */
+/* Append bytes to the stream */
 static void
-FlushBlock(TvBuildState *bs)
+StreamWrite(TvBuildState *bs, const char *src, Size len)
 {
-	const char *src = bs->block;
-	Size		left = bs->block_bytes;
-
-	while (left > 0)
+	while (len > 0)
 	{
-		Size		n = Min(left, TV_PAGE_PAYLOAD - bs->page_fill);
+		Size		n = Min(len, TV_PAGE_PAYLOAD - bs->page_fill);
 
-		memcpy(TvPagePayload(bs->page.data) + bs->page_fill, src, n);
+		if (src)
+			memcpy(TvPagePayload(bs->page.data) + bs->page_fill, src, n);
 		bs->page_fill += n;
-		src += n;
-		left -= n;
+		if (src)
+			src += n;
+		len -= n;
 		if (bs->page_fill == TV_PAGE_PAYLOAD)
 			FlushPage(bs);
 	}
-	memset(bs->block, 0, bs->block_bytes);
-	bs->lanes = 0;
+}
+
+/* Append a block to the stream and start it afresh; returns its number */
+static uint64
+FlushBlock(TvBuildState *bs, FillBlock *fb)
+{
+	uint64		blkno = bs->nblocks++;
+
+	StreamWrite(bs, fb->bytes, bs->block_bytes);
+	memset(fb->bytes, 0, bs->block_bytes);
+	fb->lanes = 0;
+	return blkno;
+}
+
+/* Append the block of list j, linked after the list's previous block */
+static void
+FlushListBlock(TvBuildState *bs, int j)
+{
+	FillBlock  *fb = &bs->fill[j];
+	uint32		prev = bs->entries[j].tail;
+	uint32		list = (uint32) j;
+	uint64		blkno;
+
+	memcpy(fb->bytes + TV_BLOCK_PREV_OFFSET, &prev, sizeof(uint32));
+	memcpy(fb->bytes + TV_BLOCK_LIST_OFFSET, &list, sizeof(uint32));
+	blkno = FlushBlock(bs, fb);
+	bs->entries[j].tail = (uint32) (blkno + 1);
+	bs->entries[j].nblocks++;
 }
 
 /* The first vector fixes the dimension of the index */
 static void
 StartCodec(TvBuildState *bs, int dim)
 {
+	int			nfill = Max(bs->lists, 1);
+
 	bs->dim = dim;
 	bs->codec = TvCreateCodec(dim, bs->bits, bs->seed, CurrentMemoryContext);
 	bs->block_bytes = TvBlockBytes(bs->codec);
-	bs->block = palloc0(bs->block_bytes);
+	if ((double) nfill * bs->block_bytes > (double) maintenance_work_mem * 1024)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("turbo index build needs %.0f kB for its %d lists of %d dimensions",
+						(double) nfill * bs->block_bytes / 1024, nfill, dim),
+				 errhint("Increase maintenance_work_mem or use fewer lists.")));
+	bs->fill = palloc0(sizeof(FillBlock) * nfill);
+	for (int j = 0; j < nfill; j++)
+		bs->fill[j].bytes = palloc0(bs->block_bytes);
 	bs->code = palloc0(bs->codec->code_bytes);
 	bs->work = palloc(sizeof(float) * tv_codec_work_floats(bs->codec));
+}
+
+/* Read and check one vector of the build scan; NULL when not indexed */
+static float *
+BuildVector(TvBuildState *bs, Relation index, Datum value, int *dim)
+{
+	float	   *x;
+	MemoryContext oldCtx = MemoryContextSwitchTo(bs->tmpCtx);
+
+	x = TvArrayGetFloats(DatumGetArrayTypeP(value), dim);
+	MemoryContextSwitchTo(oldCtx);
+	if (bs->dim == 0)
+		bs->dim = *dim;
+	else
+		TvCheckDimensions(index, bs->dim, *dim);
+	/* zero vectors have no direction to index under cosine */
+	if (bs->metric == TV_METRIC_COSINE && TvNorm(x, *dim) == 0)
+		return NULL;
+	return x;
+}
+
+/* First IVF pass: reservoir-sample the vectors k-means trains on */
+static void
+SampleCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
+			   bool tupleIsAlive, void *state)
+{
+	TvBuildState *bs = (TvBuildState *) state;
+	float	   *x;
+	int			dim;
+	int64		slot;
+
+	if (isnull[0])
+		return;
+	x = BuildVector(bs, index, values[0], &dim);
+	if (x != NULL)
+	{
+		if (bs->samples == NULL)
+		{
+			/* memory for the sample is bounded by maintenance_work_mem */
+			double		fit = (double) maintenance_work_mem * 1024 / 2 / (sizeof(float) * dim);
+
+			bs->maxsamples = (int) Min((double) bs->lists * TV_SAMPLES_PER_LIST, fit);
+			bs->maxsamples = Max(bs->maxsamples, 1);
+			bs->samples = palloc_extended((Size) bs->maxsamples * dim * sizeof(float),
+										  MCXT_ALLOC_HUGE);
+		}
+		bs->seen++;
+		if (bs->nsamples < bs->maxsamples)
+			slot = bs->nsamples++;
+		else
+		{
+			/* splitmix64 step, so the sample depends on the seed alone */
+			uint64		z = (bs->rng += UINT64CONST(0x9E3779B97F4A7C15));
+
+			z = (z ^ (z >> 30)) * UINT64CONST(0xBF58476D1CE4E5B9);
+			z = (z ^ (z >> 27)) * UINT64CONST(0x94D049BB133111EB);
+			slot = (int64) ((z ^ (z >> 31)) % bs->seen);
+		}
+		if (slot < bs->maxsamples)
+			memcpy(bs->samples + (Size) slot * dim, x, sizeof(float) * dim);
+	}
+	MemoryContextReset(bs->tmpCtx);
 }
 
 static void
@@ -109,51 +235,118 @@ BuildCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 			  bool tupleIsAlive, void *state)
 {
 	TvBuildState *bs = (TvBuildState *) state;
-	MemoryContext oldCtx;
 	float	   *x;
 	int			dim;
 	TvFactors	factors;
-	bool		index_it;
 
 	bs->reltuples++;
 	if (isnull[0])
 		return;
 
-	oldCtx = MemoryContextSwitchTo(bs->tmpCtx);
-	x = TvArrayGetFloats(DatumGetArrayTypeP(values[0]), &dim);
-	MemoryContextSwitchTo(oldCtx);
-
-	if (bs->codec == NULL)
-		StartCodec(bs, dim);
-	else
-		TvCheckDimensions(index, bs->dim, dim);
-
-	index_it = tv_codec_encode(bs->codec, x, bs->code, &factors, bs->work) ||
-		bs->metric != TV_METRIC_COSINE;
-	if (index_it)
+	x = BuildVector(bs, index, values[0], &dim);
+	if (x != NULL)
 	{
-		int			lane = bs->lanes;
+		int			j = 0;
+		FillBlock  *fb;
+		int			lane;
 
-		tv_block_put_code(bs->codec, (uint8 *) bs->block + TV_BLOCK_CODES_OFFSET,
+		if (bs->codec == NULL)
+			StartCodec(bs, dim);
+		if (bs->lists > 0)
+			j = TvNearestList(bs->centroids, bs->lists, bs->dim, bs->metric, x);
+		fb = &bs->fill[j];
+		lane = fb->lanes;
+
+		tv_codec_encode(bs->codec, x, bs->code, &factors, bs->work);
+		tv_block_put_code(bs->codec, (uint8 *) fb->bytes + TV_BLOCK_CODES_OFFSET,
 						  lane, bs->code);
-		memcpy(bs->block + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
+		memcpy(fb->bytes + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
 			   tid, sizeof(ItemPointerData));
-		memcpy(bs->block + TV_BLOCK_NORM_OFFSET + lane * sizeof(float),
+		memcpy(fb->bytes + TV_BLOCK_NORM_OFFSET + lane * sizeof(float),
 			   &factors.norm, sizeof(float));
-		memcpy(bs->block + TV_BLOCK_IPSCALE_OFFSET + lane * sizeof(float),
+		memcpy(fb->bytes + TV_BLOCK_IPSCALE_OFFSET + lane * sizeof(float),
 			   &factors.ipscale, sizeof(float));
-		((uint32 *) bs->block)[0] |= (uint32) 1 << lane;
+		((uint32 *) fb->bytes)[0] |= (uint32) 1 << lane;
 
-		bs->lanes++;
-		bs->nslots++;
+		fb->lanes++;
 		bs->indtuples++;
-		if (bs->lanes == TV_LANES)
-			FlushBlock(bs);
+		if (bs->lists == 0)
+			bs->nslots++;
+		if (fb->lanes == TV_LANES)
+		{
+			if (bs->lists > 0)
+				FlushListBlock(bs, j);
+			else
+				FlushBlock(bs, fb);
+		}
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
 									 (int64) bs->indtuples);
 	}
 
 	MemoryContextReset(bs->tmpCtx);
+}
+
+/* Train the lists; afterwards bs->lists is what the index will have */
+static void
+TrainLists(TvBuildState *bs, Relation heap, Relation index, IndexInfo *indexInfo)
+{
+	TvKmeansInput in;
+
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, TV_PHASE_SAMPLE);
+	bs->rng = bs->seed;
+	table_index_build_scan(heap, index, indexInfo, true, true, SampleCallback, bs, NULL);
+
+	if (bs->nsamples < bs->lists)
+	{
+		ereport(NOTICE,
+				(errmsg("turbo index \"%s\" has %d lists instead of %d",
+						RelationGetRelationName(index), bs->nsamples, bs->lists),
+				 errdetail("The table has only %d vectors to train lists on.", bs->nsamples),
+				 errhint("REINDEX the index once the table holds its data.")));
+		bs->lists = bs->nsamples;
+	}
+	if (bs->lists == 0)
+		return;
+
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, TV_PHASE_KMEANS);
+	in.dim = bs->dim;
+	in.nsamples = bs->nsamples;
+	in.samples = bs->samples;
+	in.metric = bs->metric;
+	in.seed = bs->seed;
+	bs->centroids = TvKmeans(&in, bs->lists, TV_KMEANS_ITERATIONS);
+	pfree(bs->samples);
+	bs->samples = NULL;
+
+	bs->entries = palloc0(sizeof(TvListEntry) * bs->lists);
+	/* the list area comes first; it is filled in at the end */
+	StreamWrite(bs, NULL, TvListAreaBytes(bs->lists, bs->dim));
+}
+
+/* Write the IVF list area into the pages that already hold its bytes */
+static void
+WriteListArea(TvBuildState *bs)
+{
+	Size		len = TvListAreaBytes(bs->lists, bs->dim);
+	char	   *area = palloc0(len);
+	Size		done = 0;
+
+	memcpy(area, bs->entries, sizeof(TvListEntry) * bs->lists);
+	memcpy(area + TvCentroidsOffset(bs->lists), bs->centroids,
+		   sizeof(float) * bs->lists * bs->dim);
+	while (done < len)
+	{
+		BlockNumber blkno = TV_FIRST_DATA_BLKNO + done / TV_PAGE_PAYLOAD;
+		Size		n = Min(len - done, TV_PAGE_PAYLOAD);
+		Buffer		buf = ReadBuffer(bs->index, blkno);
+
+		LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
+		memcpy(TvPagePayload(BufferGetPage(buf)), area + done, n);
+		MarkBufferDirty(buf);
+		UnlockReleaseBuffer(buf);
+		done += n;
+	}
+	pfree(area);
 }
 
 /* Write the metapage into an already allocated, locked buffer */
@@ -165,12 +358,15 @@ WriteMetaPage(Buffer metabuf, TvBuildState *bs)
 
 	TvInitMetaPage(page, bs->bits, bs->metric, bs->seed);
 	meta = TvPageGetMeta(page);
-	meta->dim = bs->dim;
+	/* rows that were all NULL or zero under cosine fixed no dimension */
+	meta->dim = bs->codec ? bs->dim : 0;
 	meta->block_bytes = bs->block_bytes;
 	meta->nslots = bs->nslots;
 	meta->free_hint = bs->nslots / TV_LANES;
 	meta->change_count = 1;
 	meta->ndatapages = bs->ndatapages;
+	meta->lists = bs->lists;
+	meta->list_area = bs->lists > 0 ? TvListAreaBytes(bs->lists, bs->dim) : 0;
 	MarkBufferDirty(metabuf);
 }
 
@@ -188,6 +384,7 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 	MemSet(&bs, 0, sizeof(bs));
 	bs.index = index;
 	bs.bits = TvGetBits(index);
+	bs.lists = TvGetLists(index);
 	bs.metric = TvGetMetric(index);
 	bs.seed = TV_CODEC_DEFAULT_SEED;
 	bs.tmpCtx = AllocSetContextCreate(CurrentMemoryContext,
@@ -200,6 +397,9 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 	Assert(BufferGetBlockNumber(metabuf) == TV_METAPAGE_BLKNO);
 	LockBuffer(metabuf, BUFFER_LOCK_UNLOCK);
 
+	if (bs.lists > 0)
+		TrainLists(&bs, heap, index, indexInfo);
+
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, TV_PHASE_ENCODE);
 	/* the planner's row estimate: the best total known before the scan */
 	if (heap->rd_rel->reltuples > 0)
@@ -208,10 +408,19 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 	bs.reltuples = table_index_build_scan(heap, index, indexInfo, true, true,
 										  BuildCallback, &bs, NULL);
 
-	if (bs.lanes > 0)
-		FlushBlock(&bs);
+	if (bs.lists > 0)
+	{
+		for (int j = 0; j < bs.lists; j++)
+			if (bs.fill[j].lanes > 0)
+				FlushListBlock(&bs, j);
+		bs.nslots = bs.nblocks * TV_LANES;
+	}
+	else if (bs.fill && bs.fill[0].lanes > 0)
+		FlushBlock(&bs, &bs.fill[0]);
 	if (bs.page_fill > 0)
 		FlushPage(&bs);
+	if (bs.lists > 0)
+		WriteListArea(&bs);
 
 	LockBuffer(metabuf, BUFFER_LOCK_EXCLUSIVE);
 	WriteMetaPage(metabuf, &bs);
@@ -229,7 +438,10 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 	return result;
 }
 
-/* The init fork of an unlogged index: a metapage with no vectors */
+/*
+ * The init fork of an unlogged index: a metapage with no vectors.  An IVF
+ * index starts flat: there is nothing to train lists on.
+ */
 void
 tvbuildempty(Relation index)
 {

@@ -149,8 +149,8 @@ turbo_index_info(PG_FUNCTION_ARGS)
 	Relation	index;
 	TupleDesc	tupdesc;
 	TvMetaPageData meta;
-	Datum		values[9];
-	bool		nulls[9] = {false};
+	Datum		values[10];
+	bool		nulls[10] = {false};
 	uint64		live;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -174,6 +174,7 @@ turbo_index_info(PG_FUNCTION_ARGS)
 	values[6] = Int64GetDatum((int64) RelationGetNumberOfBlocks(index));
 	values[7] = Int64GetDatum((int64) meta.change_count);
 	values[8] = Int64GetDatum((int64) meta.seed);
+	values[9] = Int32GetDatum((int32) meta.lists);
 
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);
@@ -318,8 +319,17 @@ VerifyMeta(VerifyState *vs, Relation index, TvMetaPageData *meta, BlockNumber nb
 					meta->block_bytes, TvBlockBytes(codec), meta->dim, meta->bits);
 			return false;
 		}
-		needed = ((meta->nslots + TV_LANES - 1) / TV_LANES * meta->block_bytes +
-				  TV_PAGE_PAYLOAD - 1) / TV_PAGE_PAYLOAD;
+		if (meta->lists > TV_MAX_LISTS ||
+			(meta->lists > 0 && meta->list_area != TvListAreaBytes(meta->lists, meta->dim)) ||
+			(meta->lists == 0 && meta->list_area != 0))
+		{
+			Problem(vs, "metapage has %u lists with a list area of %u bytes", meta->lists,
+					meta->list_area);
+			return false;
+		}
+		if (meta->lists > 0 && meta->nslots % TV_LANES != 0)
+			Problem(vs, "IVF metapage has " UINT64_FORMAT " slots, not whole blocks", meta->nslots);
+		needed = TvStreamPages(meta, TvBlockCount(meta));
 		if (needed > meta->ndatapages)
 		{
 			Problem(vs, "metapage has " UINT64_FORMAT " slots, which need " UINT64_FORMAT " data pages, but only %u are recorded",
@@ -389,7 +399,7 @@ VerifyBlock(VerifyState *vs, Relation index, const TvMetaPageData *meta, uint64 
 		memcpy(&ipscale, blk + TV_BLOCK_IPSCALE_OFFSET + lane * sizeof(float), sizeof(float));
 		why = CheckHeapTid(vs, &tid);
 		if (why && RecoveryInProgress() &&
-			!StillBad(vs, index, b * meta->block_bytes, lane, &tid))
+			!StillBad(vs, index, TvBlockOffset(meta, b), lane, &tid))
 			why = NULL;
 		if (why)
 			Problem(vs, "block " UINT64_FORMAT " lane %d: heap TID (%u,%u) %s",
@@ -399,6 +409,63 @@ VerifyBlock(VerifyState *vs, Relation index, const TvMetaPageData *meta, uint64 
 			Problem(vs, "block " UINT64_FORMAT " lane %d: impossible factors (norm %g, ipscale %g)",
 					b, lane, norm, ipscale);
 	}
+}
+
+/*
+ * IVF: every list's chain stays in range, has no cycle, holds only blocks
+ * that name the list, and has the length its directory entry records; and
+ * every block is on exactly one chain.
+ */
+static void
+VerifyLists(VerifyState *vs, Relation index, const TvMetaPageData *meta)
+{
+	uint64		nblocks = TvBlockCount(meta);
+	TvListEntry *entries = palloc(sizeof(TvListEntry) * meta->lists);
+	uint8	   *owned = palloc0(Max(nblocks, 1));
+	uint64		onchains = 0;
+	char		header[TV_BLOCK_TIDS_OFFSET];
+
+	TvReadStream(index, 0, sizeof(TvListEntry) * meta->lists, (char *) entries, NULL);
+	for (uint32 j = 0; j < meta->lists; j++)
+	{
+		uint32		next = entries[j].tail;
+		uint32		count = 0;
+
+		if (entries[j].free_hint > nblocks)
+			Problem(vs, "list %u has free hint %u past the last block", j, entries[j].free_hint);
+		while (next != 0)
+		{
+			uint32		list;
+
+			if (next > nblocks)
+			{
+				Problem(vs, "list %u links to block %u past the last block", j, next - 1);
+				break;
+			}
+			if (owned[next - 1])
+			{
+				Problem(vs, "list %u reaches block %u a second time", j, next - 1);
+				break;
+			}
+			owned[next - 1] = 1;
+			onchains++;
+			count++;
+			TvReadStream(index, TvBlockOffset(meta, next - 1), sizeof(header), header, NULL);
+			memcpy(&list, header + TV_BLOCK_LIST_OFFSET, sizeof(uint32));
+			if (list != j)
+				Problem(vs, "block %u on the chain of list %u names list %u", next - 1, j, list);
+			memcpy(&next, header + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
+			CHECK_FOR_INTERRUPTS();
+		}
+		if (count != entries[j].nblocks)
+			Problem(vs, "list %u has %u blocks on its chain, its directory says %u",
+					j, count, entries[j].nblocks);
+	}
+	if (onchains != nblocks)
+		Problem(vs, UINT64_FORMAT " of " UINT64_FORMAT " blocks are on no list", nblocks - onchains,
+				nblocks);
+	pfree(entries);
+	pfree(owned);
 }
 
 /*
@@ -471,9 +538,11 @@ turbo_verify(PG_FUNCTION_ARGS)
 			CHECK_FOR_INTERRUPTS();
 		}
 
+		if (meta.lists > 0)
+			VerifyLists(vs, index, &meta);
 		for (uint64 b = 0; b < nblk; b++)
 		{
-			TvReadStream(index, b * meta.block_bytes, meta.block_bytes, blk, NULL);
+			TvReadStream(index, TvBlockOffset(&meta, b), meta.block_bytes, blk, NULL);
 			VerifyBlock(vs, index, &meta, b, blk);
 			CHECK_FOR_INTERRUPTS();
 		}

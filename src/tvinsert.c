@@ -19,6 +19,7 @@
 
 #include "access/generic_xlog.h"
 #include "miscadmin.h"
+#include "port/pg_bitutils.h"
 #include "storage/bufmgr.h"
 #include "utils/array.h"
 #include "utils/memutils.h"
@@ -74,7 +75,7 @@ FindFreeSlot(Relation index, const TvMetaPageData *meta, uint64 *slot, uint64 *h
 		uint32		allocated;
 		uint64		lanes = Min(meta->nslots - b * TV_LANES, (uint64) TV_LANES);
 
-		TvReadStream(index, b * meta->block_bytes + TV_BLOCK_LIVE_OFFSET,
+		TvReadStream(index, TvBlockOffset(meta, b) + TV_BLOCK_LIVE_OFFSET,
 					 sizeof(uint32), (char *) &live, NULL);
 		allocated = (lanes == TV_LANES) ? ~(uint32) 0 : (((uint32) 1 << lanes) - 1);
 		if (allocated & ~live)
@@ -138,15 +139,47 @@ CopyBack(Page page, uint64 page_start, uint64 off, Size len, const char *image)
 	return true;
 }
 
+/* Does block b have a free lane?  Sets *slot to the first one. */
+static bool
+BlockFreeLane(Relation index, const TvMetaPageData *meta, uint64 b, uint64 *slot)
+{
+	uint32		live;
+
+	TvReadStream(index, TvBlockOffset(meta, b) + TV_BLOCK_LIVE_OFFSET,
+				 sizeof(uint32), (char *) &live, NULL);
+	if (live == ~(uint32) 0)
+		return false;
+	*slot = b * TV_LANES + pg_rightmost_one_pos32(~live);
+	return true;
+}
+
+/*
+ * Where an IVF insert goes: a free lane in the block VACUUM last freed lanes
+ * in, else in the list's tail block, else a new block linked after the
+ * tail.  Updates *entry for the final WAL record.
+ */
+static bool
+ChooseListSlot(Relation index, const TvMetaPageData *meta, TvListEntry *entry,
+			   uint64 *slot)
+{
+	if (entry->free_hint != 0 &&
+		BlockFreeLane(index, meta, entry->free_hint - 1, slot))
+		return true;
+	entry->free_hint = 0;
+	if (entry->tail != 0 && BlockFreeLane(index, meta, entry->tail - 1, slot))
+		return true;
+	return false;
+}
+
 /* Put one encoded vector into a slot and make it live */
 static void
-InsertVector(Relation index, TvIndexState *state, const uint8 *code,
+InsertVector(Relation index, TvIndexState *state, const float *x, const uint8 *code,
 			 const TvFactors *factors, ItemPointer tid)
 {
 	Buffer		metabuf;
 	TvMetaPageData meta;
 	uint64		slot;
-	uint64		hint;
+	uint64		hint = 0;
 	bool		reuse;
 	uint64		block;
 	int			lane;
@@ -161,24 +194,56 @@ InsertVector(Relation index, TvIndexState *state, const uint8 *code,
 	GenericXLogState *xlog;
 	int			nreg;
 	TvMetaPage	newmeta;
+	int			list = -1;
+	TvListEntry entry;
+	uint64		entry_off = 0;
+	Buffer		dirbuf = InvalidBuffer;
+	BlockNumber dirblk = InvalidBlockNumber;
+
+	if (state->meta.lists > 0 && state->centroids == NULL)
+		state->centroids = TvReadCentroids(index, &state->meta, NULL, index->rd_indexcxt);
 
 	metabuf = ReadBuffer(index, TV_METAPAGE_BLKNO);
 	LockBuffer(metabuf, BUFFER_LOCK_EXCLUSIVE);
 	TvCheckMetaPage(index, BufferGetPage(metabuf));
 	memcpy(&meta, TvPageGetMeta(BufferGetPage(metabuf)), sizeof(meta));
 
-	reuse = FindFreeSlot(index, &meta, &slot, &hint);
-	if (!reuse)
-		slot = meta.nslots;
+	if (meta.lists > 0)
+	{
+		/* the directory only changes under the metapage lock we hold */
+		list = TvNearestList(state->centroids, meta.lists, meta.dim, state->metric, x);
+		entry_off = (uint64) list * sizeof(TvListEntry);
+		TvReadStream(index, entry_off, sizeof(entry), (char *) &entry, NULL);
+		reuse = ChooseListSlot(index, &meta, &entry, &slot);
+		if (!reuse)
+		{
+			/* IVF blocks are handed out whole */
+			slot = meta.nslots;
+		}
+		dirblk = TV_FIRST_DATA_BLKNO + entry_off / TV_PAGE_PAYLOAD;
+	}
+	else
+	{
+		reuse = FindFreeSlot(index, &meta, &slot, &hint);
+		if (!reuse)
+			slot = meta.nslots;
+	}
 
 	S = meta.block_bytes;
 	block = slot / TV_LANES;
 	lane = slot % TV_LANES;
-	off = block * S;
+	off = TvBlockOffset(&meta, block);
 	first = TV_FIRST_DATA_BLKNO + off / TV_PAGE_PAYLOAD;
 	last = TV_FIRST_DATA_BLKNO + (off + S - 1) / TV_PAGE_PAYLOAD;
 	hdr_last = TV_FIRST_DATA_BLKNO + (off + TV_BLOCK_CODES_OFFSET - 1) / TV_PAGE_PAYLOAD;
 	nbufs = last - first + 1;
+
+	/* the directory page precedes every block page: lock it first */
+	if (meta.lists > 0 && dirblk < first)
+	{
+		dirbuf = ReadBuffer(index, dirblk);
+		LockBuffer(dirbuf, BUFFER_LOCK_EXCLUSIVE);
+	}
 
 	/* lock every page of the block, ascending, and assemble its image */
 	bufs = palloc(sizeof(Buffer) * nbufs);
@@ -190,8 +255,26 @@ InsertVector(Relation index, TvIndexState *state, const uint8 *code,
 		uint64		hi = Min(page_start + TV_PAGE_PAYLOAD, off + S);
 
 		bufs[i] = GetDataPage(index, first + i, meta.ndatapages);
+		if (first + i == dirblk)
+			dirbuf = bufs[i];
 		memcpy(image + (lo - off),
 			   TvPagePayload(BufferGetPage(bufs[i])) + (lo - page_start), hi - lo);
+	}
+
+	if (slot % TV_LANES == 0 && slot == meta.nslots)
+	{
+		/* a new block: whatever a crashed insert left there is not ours */
+		memset(image, 0, S);
+	}
+	if (meta.lists > 0 && !reuse)
+	{
+		uint32		prev = entry.tail;
+		uint32		l = (uint32) list;
+
+		memcpy(image + TV_BLOCK_PREV_OFFSET, &prev, sizeof(uint32));
+		memcpy(image + TV_BLOCK_LIST_OFFSET, &l, sizeof(uint32));
+		entry.tail = (uint32) (block + 1);
+		entry.nblocks++;
 	}
 
 	if (((uint32 *) image)[0] & ((uint32) 1 << lane))
@@ -229,7 +312,10 @@ InsertVector(Relation index, TvIndexState *state, const uint8 *code,
 	if (xlog != NULL)
 		GenericXLogFinish(xlog);
 
-	/* then the live bit, the header and the metapage, atomically */
+	/*
+	 * Then the live bit, the header, the list's directory entry and the
+	 * metapage, atomically: at most 4 pages.
+	 */
 	((uint32 *) image)[0] |= (uint32) 1 << lane;
 	xlog = GenericXLogStart(index);
 	newmeta = TvPageGetMeta(GenericXLogRegisterBuffer(xlog, metabuf, 0));
@@ -240,15 +326,29 @@ InsertVector(Relation index, TvIndexState *state, const uint8 *code,
 
 		CopyBack(page, page_start, off, S, image);
 	}
-	if (!reuse)
-		newmeta->nslots = meta.nslots + 1;
-	newmeta->free_hint = hint;
+	if (meta.lists > 0)
+	{
+		/* registering a buffer twice hands back the same page copy */
+		Page		page = GenericXLogRegisterBuffer(xlog, dirbuf, 0);
+
+		memcpy(TvPagePayload(page) + entry_off % TV_PAGE_PAYLOAD, &entry, sizeof(entry));
+		if (!reuse)
+			newmeta->nslots = meta.nslots + TV_LANES;
+	}
+	else
+	{
+		if (!reuse)
+			newmeta->nslots = meta.nslots + 1;
+		newmeta->free_hint = hint;
+	}
 	newmeta->ndatapages = Max(meta.ndatapages, last - TV_FIRST_DATA_BLKNO + 1);
 	newmeta->change_count++;
 	GenericXLogFinish(xlog);
 
 	for (int i = 0; i < nbufs; i++)
 		UnlockReleaseBuffer(bufs[i]);
+	if (BufferIsValid(dirbuf) && dirblk < first)
+		UnlockReleaseBuffer(dirbuf);
 	UnlockReleaseBuffer(metabuf);
 }
 
@@ -290,7 +390,7 @@ tvinsert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid,
 	code = palloc0(state->codec->code_bytes);
 	work = palloc(sizeof(float) * tv_codec_work_floats(state->codec));
 	if (TvPrepareVector(state, x, code, &factors, work))
-		InsertVector(index, state, code, &factors, heap_tid);
+		InsertVector(index, state, x, code, &factors, heap_tid);
 
 	MemoryContextSwitchTo(oldCtx);
 	MemoryContextDelete(insertCtx);

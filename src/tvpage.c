@@ -46,6 +46,15 @@ TvGetBits(Relation index)
 	return opts ? opts->bits : TV_DEFAULT_BITS;
 }
 
+/* The lists reloption of an index (0, the flat layout, when unset) */
+int
+TvGetLists(Relation index)
+{
+	TvOptions  *opts = (TvOptions *) index->rd_options;
+
+	return opts ? opts->lists : TV_DEFAULT_LISTS;
+}
+
 /* Ask the opclass which metric its distance is */
 TvMetric
 TvGetMetric(Relation index)
@@ -197,6 +206,7 @@ TvCopyIndexState(const TvIndexState *src, MemoryContext cxt)
 	TvIndexState *dst = MemoryContextAlloc(cxt, sizeof(TvIndexState));
 
 	memcpy(dst, src, sizeof(TvIndexState));
+	dst->centroids = NULL;
 	fmgr_info_copy(&dst->distance, unconstify(FmgrInfo *, &src->distance), cxt);
 	if (src->codec)
 	{

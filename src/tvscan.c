@@ -8,9 +8,14 @@
  * the scan's snapshot, their exact distances computed with the opclass's
  * distance function, and returned in exact order.  If the executor asks for
  * more (a WHERE clause filtered rows out, or LIMIT exceeds the window), the
- * next window takes the lanes ranked just after the previous window, twice
- * as many, until the index is exhausted.  Rows are thus in exact distance
+ * next window takes the best lanes not seen in an earlier window, twice as
+ * many, until the index is exhausted.  Rows are thus in exact distance
  * order within each window; windows follow each other in estimated order.
+ *
+ * In the IVF layout a window scores only the turbovec.probes lists whose
+ * centroids are nearest the query.  When those lists run out of unseen
+ * lanes the scan probes twice as many lists, so a filtered query keeps
+ * finding rows.
  *
  * Candidates are remembered as (estimate, TID) and no buffer pin is held
  * between calls.  That is safe only under an MVCC snapshot: a TID that
@@ -32,6 +37,7 @@
 #include "utils/float.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/hsearch.h"
 #include "utils/snapmgr.h"
 
 #include "turbovec.h"
@@ -63,10 +69,14 @@ typedef struct TvScanOpaqueData
 	TvQueryLut *lut;
 	float		qnorm2;			/* ||q||^2, for L2 */
 
-	/* windows: everything at or before the bound was already returned */
+	/* windows: TIDs taken into an earlier window are not taken again */
 	int			window;
-	bool		have_bound;
-	TvCandidate bound;
+	HTAB	   *seen;
+
+	/* IVF: lists in probing order, and how many are probed */
+	float	   *centroids;
+	int		   *list_order;
+	int			nprobe;
 
 	/* the current window, re-ranked */
 	TvResult   *results;
@@ -211,11 +221,51 @@ ScoreBlock(TvScanOpaque so, const char *blk, CandidateHeap *heap)
 		c.est = est[lane];
 		memcpy(&c.tid, blk + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
 			   sizeof(ItemPointerData));
-		if (so->have_bound && CandidateCmp(&c, &so->bound) <= 0)
+		if (so->seen && hash_search(so->seen, &c.tid, HASH_FIND, NULL) != NULL)
 			continue;
 		HeapOffer(heap, &c);
 		limit = (heap->n < heap->cap) ? get_float4_infinity() : heap->items[0].est;
 	}
+}
+
+/*
+ * IVF: score the blocks of the probed lists, following each list's chain
+ * from its tail.  The directory is read afresh, so blocks appended since
+ * the last window are seen.
+ */
+static void
+CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateHeap *heap)
+{
+	TvScanOpaque so = (TvScanOpaque) scan->opaque;
+	Relation	index = scan->indexRelation;
+	uint64		nblocks = TvBlockCount(meta);
+	TvListEntry *entries = palloc(sizeof(TvListEntry) * meta->lists);
+	char	   *blk = palloc(meta->block_bytes);
+
+	TvReadStream(index, 0, sizeof(TvListEntry) * meta->lists, (char *) entries, NULL);
+	for (int k = 0; k < so->nprobe; k++)
+	{
+		int			list = so->list_order[k];
+		uint32		next = entries[list].tail;
+		uint64		steps = 0;
+
+		while (next != 0)
+		{
+			if (next > nblocks || ++steps > nblocks)
+				ereport(ERROR,
+						(errcode(ERRCODE_INDEX_CORRUPTED),
+						 errmsg("turbo index \"%s\" has a broken chain in list %d",
+								RelationGetRelationName(index), list),
+						 errhint("REINDEX the index.")));
+			TvReadStream(index, TvBlockOffset(meta, next - 1), meta->block_bytes, blk, so->bas);
+			ScoreBlock(so, blk, heap);
+			memcpy(&next, blk + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
+		}
+		/* no buffer lock held here */
+		CHECK_FOR_INTERRUPTS();
+	}
+	pfree(entries);
+	pfree(blk);
 }
 
 /*
@@ -238,10 +288,15 @@ CollectCandidates(IndexScanDesc scan, CandidateHeap *heap)
 
 	TvReadMeta(index, &meta);
 	S = meta.block_bytes;
-	nblocks = (meta.nslots + TV_LANES - 1) / TV_LANES;
+	nblocks = TvBlockCount(&meta);
 	if (nblocks == 0)
 		return;
-	npages = (nblocks * S + TV_PAGE_PAYLOAD - 1) / TV_PAGE_PAYLOAD;
+	if (meta.lists > 0)
+	{
+		CollectListCandidates(scan, &meta, heap);
+		return;
+	}
+	npages = TvStreamPages(&meta, nblocks);
 	if (npages > meta.ndatapages ||
 		TV_FIRST_DATA_BLKNO + npages > RelationGetNumberOfBlocks(index))
 		ereport(ERROR,
@@ -365,7 +420,23 @@ NextWindow(IndexScanDesc scan)
 	CollectCandidates(scan, &heap);
 
 	if (heap.n < heap.cap)
-		so->exhausted = true;
+	{
+		/* what was probed is used up: probe more lists, or stop */
+		if (so->list_order != NULL && so->nprobe < so->state->meta.lists)
+			so->nprobe = Min((int64) so->nprobe * 2, (int64) so->state->meta.lists);
+		else
+			so->exhausted = true;
+	}
+	if (!so->exhausted && so->seen == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(ItemPointerData);
+		ctl.entrysize = sizeof(ItemPointerData);
+		ctl.hcxt = so->queryCtx;
+		so->seen = hash_create("turbovec seen TIDs", Max(heap.n, 16), &ctl,
+							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
 	so->results = palloc(sizeof(TvResult) * Max(heap.n, 1));
 	so->nresults = 0;
 	so->next = 0;
@@ -374,12 +445,8 @@ NextWindow(IndexScanDesc scan)
 		TvCandidate *c = &heap.items[i];
 		double		dist;
 
-		if (!so->have_bound || CandidateCmp(c, &so->bound) > 0)
-		{
-			/* the worst candidate of this window bounds the next one */
-			so->bound = *c;
-			so->have_bound = true;
-		}
+		if (so->seen)
+			hash_search(so->seen, &c->tid, HASH_ENTER, NULL);
 		if (ExactDistance(scan, &c->tid, &dist))
 		{
 			so->results[so->nresults].dist = dist;
@@ -394,6 +461,50 @@ NextWindow(IndexScanDesc scan)
 	/* double the window, without overflowing */
 	so->window = (so->window > INT_MAX / 4) ? so->window : so->window * 2;
 	MemoryContextSwitchTo(oldCtx);
+}
+
+static int
+ListDistCmp(const void *a, const void *b, void *arg)
+{
+	const float *dist = arg;
+	int			la = *(const int *) a;
+	int			lb = *(const int *) b;
+
+	if (dist[la] < dist[lb])
+		return -1;
+	if (dist[la] > dist[lb])
+		return 1;
+	return (la > lb) - (la < lb);
+}
+
+/*
+ * IVF: order the lists by their centroid's distance to the query (no query:
+ * every list, in list order) and start with turbovec.probes of them.
+ */
+static void
+OrderLists(IndexScanDesc scan, const float *q)
+{
+	TvScanOpaque so = (TvScanOpaque) scan->opaque;
+	const TvMetaPageData *meta = &so->state->meta;
+	int			lists = meta->lists;
+
+	so->list_order = palloc(sizeof(int) * lists);
+	for (int j = 0; j < lists; j++)
+		so->list_order[j] = j;
+	if (q == NULL)
+	{
+		so->nprobe = lists;
+		return;
+	}
+	{
+		float	   *dist = palloc(sizeof(float) * lists);
+
+		so->centroids = TvReadCentroids(scan->indexRelation, meta, NULL, so->queryCtx);
+		TvListDistances(so->centroids, lists, meta->dim, so->state->metric, q, dist);
+		qsort_arg(so->list_order, lists, sizeof(int), ListDistCmp, dist);
+		pfree(dist);
+	}
+	so->nprobe = Min(tv_probes, lists);
 }
 
 /* Validate the query and prepare its lookup tables */
@@ -413,6 +524,8 @@ PrepareQuery(IndexScanDesc scan)
 	if (key->sk_flags & SK_ISNULL)
 	{
 		so->nullquery = true;
+		if (so->state->meta.lists > 0)
+			OrderLists(scan, NULL);
 		MemoryContextSwitchTo(oldCtx);
 		return;
 	}
@@ -451,6 +564,9 @@ PrepareQuery(IndexScanDesc scan)
 	tv_query_prepare(so->state->codec, q, so->lut, work);
 	pfree(work);
 
+	if (so->state->meta.lists > 0)
+		OrderLists(scan, q);
+
 	MemoryContextSwitchTo(oldCtx);
 }
 
@@ -487,7 +603,9 @@ tvrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int nord
 	so->started = false;
 	so->exhausted = false;
 	so->nullquery = false;
-	so->have_bound = false;
+	so->seen = NULL;
+	so->centroids = NULL;
+	so->list_order = NULL;
 	so->results = NULL;
 	so->nresults = 0;
 	so->next = 0;

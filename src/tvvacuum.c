@@ -53,9 +53,52 @@ ClearLanes(Relation index, uint64 offset, uint32 dead, BufferAccessStrategy stra
 	return cleared;
 }
 
-/* Record vacuum's changes in the metapage */
+/*
+ * IVF: point each list that lost lanes at a block with free lanes, so its
+ * next insert looks there first.  Called with the metapage locked, which
+ * keeps inserters (the other writers of the directory) out.
+ */
 static void
-UpdateMeta(Relation index, uint64 first_freed)
+UpdateListHints(Relation index, uint32 lists, const uint32 *freed)
+{
+	uint32		j = 0;
+
+	while (j < lists)
+	{
+		uint64		off = (uint64) j * sizeof(TvListEntry);
+		BlockNumber blkno = TV_FIRST_DATA_BLKNO + off / TV_PAGE_PAYLOAD;
+		uint32		per_page = TV_PAGE_PAYLOAD / sizeof(TvListEntry);
+		uint32		end = Min(lists, (j / per_page + 1) * per_page);
+		bool		any = false;
+
+		for (uint32 k = j; k < end; k++)
+			any |= (freed[k] != 0);
+		if (any)
+		{
+			Buffer		buf = ReadBuffer(index, blkno);
+			GenericXLogState *xlog;
+			Page		page;
+
+			LockBuffer(buf, BUFFER_LOCK_EXCLUSIVE);
+			xlog = GenericXLogStart(index);
+			page = GenericXLogRegisterBuffer(xlog, buf, 0);
+			for (uint32 k = j; k < end; k++)
+			{
+				TvListEntry *e = (TvListEntry *)
+					(TvPagePayload(page) + ((uint64) k * sizeof(TvListEntry)) % TV_PAGE_PAYLOAD);
+
+				if (freed[k] != 0)
+					e->free_hint = freed[k];
+			}
+			TvCommitBuffer(buf, xlog);
+		}
+		j = end;
+	}
+}
+
+/* Record vacuum's changes in the metapage (and the IVF directory) */
+static void
+UpdateMeta(Relation index, uint64 first_freed, const uint32 *list_freed)
 {
 	Buffer		metabuf = ReadBuffer(index, TV_METAPAGE_BLKNO);
 	GenericXLogState *xlog;
@@ -63,6 +106,8 @@ UpdateMeta(Relation index, uint64 first_freed)
 
 	LockBuffer(metabuf, BUFFER_LOCK_EXCLUSIVE);
 	TvCheckMetaPage(index, BufferGetPage(metabuf));
+	if (list_freed)
+		UpdateListHints(index, TvPageGetMeta(BufferGetPage(metabuf))->lists, list_freed);
 	xlog = GenericXLogStart(index);
 	meta = TvPageGetMeta(GenericXLogRegisterBuffer(xlog, metabuf, 0));
 	meta->free_hint = Min(meta->free_hint, first_freed);
@@ -79,16 +124,19 @@ tvbulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 	uint64		nblocks;
 	uint64		first_freed = PG_UINT64_MAX;
 	char		header[TV_BLOCK_NORM_OFFSET];
+	uint32	   *list_freed = NULL;
 
 	if (stats == NULL)
 		stats = (IndexBulkDeleteResult *) palloc0(sizeof(IndexBulkDeleteResult));
 
 	TvReadMeta(index, &meta);
-	nblocks = (meta.nslots + TV_LANES - 1) / TV_LANES;
+	nblocks = TvBlockCount(&meta);
+	if (meta.lists > 0)
+		list_freed = palloc0(sizeof(uint32) * meta.lists);
 
 	for (uint64 b = 0; b < nblocks; b++)
 	{
-		uint64		offset = b * meta.block_bytes;
+		uint64		offset = TvBlockOffset(&meta, b);
 		uint32		live;
 		uint32		dead = 0;
 
@@ -113,12 +161,19 @@ tvbulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 
 			stats->tuples_removed += pg_popcount32(cleared);
 			if (cleared)
+			{
+				uint32		list;
+
 				first_freed = Min(first_freed, b);
+				memcpy(&list, header + TV_BLOCK_LIST_OFFSET, sizeof(uint32));
+				if (list_freed && list < meta.lists && list_freed[list] == 0)
+					list_freed[list] = (uint32) (b + 1);
+			}
 		}
 	}
 
 	if (first_freed != PG_UINT64_MAX)
-		UpdateMeta(index, first_freed);
+		UpdateMeta(index, first_freed, list_freed);
 	return stats;
 }
 
@@ -131,12 +186,12 @@ TvCountLive(Relation index, BufferAccessStrategy strategy)
 	uint64		count = 0;
 
 	TvReadMeta(index, &meta);
-	nblocks = (meta.nslots + TV_LANES - 1) / TV_LANES;
+	nblocks = TvBlockCount(&meta);
 	for (uint64 b = 0; b < nblocks; b++)
 	{
 		uint32		live;
 
-		TvReadStream(index, b * meta.block_bytes + TV_BLOCK_LIVE_OFFSET,
+		TvReadStream(index, TvBlockOffset(&meta, b) + TV_BLOCK_LIVE_OFFSET,
 					 sizeof(uint32), (char *) &live, strategy);
 		count += pg_popcount32(live);
 		if ((b & 1023) == 1023)

@@ -1,0 +1,100 @@
+-- IVF layout: WITH (lists = N) trains N centroids and scans the
+-- turbovec.probes nearest lists; answers match a sequential scan when the
+-- probes cover the neighbours, and a scan that needs more rows probes more
+
+CREATE TABLE iv (id int PRIMARY KEY, v real[], tag int);
+-- eight well separated clusters of 200 points in 16 dimensions
+INSERT INTO iv
+	SELECT i, array_agg(((i % 8) * 10 + sin(i * 7.1 + j) * 0.5)::real ORDER BY j), i % 10
+	FROM generate_series(1, 1600) i, generate_series(1, 16) j GROUP BY i;
+INSERT INTO iv VALUES (0, NULL, 0);
+
+CREATE FUNCTION ivids(q real[], k int, via_index bool) RETURNS int[] LANGUAGE plpgsql AS $$
+DECLARE r int[];
+BEGIN
+	PERFORM set_config('enable_seqscan', CASE WHEN via_index THEN 'off' ELSE 'on' END, true);
+	PERFORM set_config('enable_indexscan', CASE WHEN via_index THEN 'on' ELSE 'off' END, true);
+	SELECT array_agg(id) INTO r FROM (SELECT id FROM iv ORDER BY v <-> q LIMIT k) s;
+	RETURN r;
+END $$;
+
+CREATE INDEX iv_l2 ON iv USING turbo (v real_l2_ops) WITH (lists = 8);
+SELECT dim, lists, live_rows, slots % 32 AS partial_slots FROM turbo_index_info('iv_l2');
+SELECT * FROM turbo_verify('iv_l2');
+
+SET enable_seqscan = off;
+EXPLAIN (COSTS OFF) SELECT id FROM iv ORDER BY v <-> array_fill(30::real, ARRAY[16]) LIMIT 10;
+RESET enable_seqscan;
+
+-- one probe finds the cluster a query sits in: with every lane of the
+-- probed list re-ranked, the answer is exact exactly when routing is right
+SET turbovec.probes = 1;
+SET turbovec.candidates = 1000;
+SELECT ivids(array_fill(30::real, ARRAY[16]), 10, true) = ivids(array_fill(30::real, ARRAY[16]), 10, false) AS same_one_probe;
+SELECT ivids(array_fill(70::real, ARRAY[16]), 10, true) = ivids(array_fill(70::real, ARRAY[16]), 10, false) AS same_one_probe;
+-- asking for more rows than the probed lists hold goes on to more lists
+SET enable_seqscan = off;
+SELECT count(*), count(DISTINCT id) FROM (SELECT id FROM iv ORDER BY v <-> array_fill(30::real, ARRAY[16]) LIMIT 500) s;
+-- a filter that keeps one row in ten still gets its rows
+SELECT count(*) FROM (SELECT id FROM iv WHERE tag = 3 ORDER BY v <-> array_fill(30::real, ARRAY[16]) LIMIT 50) s;
+-- every indexed row exactly once, the NULL never
+SELECT count(*), count(DISTINCT id), bool_and(id <> 0) AS no_null FROM (SELECT id FROM iv ORDER BY v <-> array_fill(0::real, ARRAY[16])) s;
+SELECT count(*) FROM (SELECT id FROM iv ORDER BY v <-> NULL) s;
+RESET enable_seqscan;
+RESET turbovec.probes;
+RESET turbovec.candidates;
+
+-- inserts go to their nearest list; VACUUM frees lanes that inserts reuse
+INSERT INTO iv
+	SELECT i, array_agg(((i % 8) * 10 + cos(i * 3.3 + j) * 0.5)::real ORDER BY j), i % 10
+	FROM generate_series(1601, 1700) i, generate_series(1, 16) j GROUP BY i;
+SELECT live_rows FROM turbo_index_info('iv_l2');
+SELECT * FROM turbo_verify('iv_l2');
+DELETE FROM iv WHERE id % 4 = 0;
+VACUUM iv;
+SELECT live_rows, slots AS slots_before FROM turbo_index_info('iv_l2');
+INSERT INTO iv
+	SELECT i, array_agg(((i % 8) * 10 + sin(i * 1.7 + j) * 0.5)::real ORDER BY j), i % 10
+	FROM generate_series(2001, 2200) i, generate_series(1, 16) j GROUP BY i;
+SELECT live_rows, slots AS slots_after FROM turbo_index_info('iv_l2');
+SELECT * FROM turbo_verify('iv_l2');
+SET turbovec.probes = 2;
+SET turbovec.candidates = 1000;
+SELECT ivids(array_fill(50::real, ARRAY[16]), 10, true) = ivids(array_fill(50::real, ARRAY[16]), 10, false) AS same_after_churn;
+RESET turbovec.probes;
+RESET turbovec.candidates;
+
+-- cosine and inner product lists
+CREATE INDEX iv_cos ON iv USING turbo (v real_cosine_ops) WITH (lists = 4, bits = 2);
+CREATE INDEX iv_ip ON iv USING turbo (v real_ip_ops) WITH (lists = 4, bits = 3);
+SELECT metric, lists, bits FROM turbo_index_info('iv_cos');
+SELECT metric, lists, bits FROM turbo_index_info('iv_ip');
+SELECT * FROM turbo_verify('iv_cos');
+SELECT * FROM turbo_verify('iv_ip');
+SET turbovec.probes = 4;
+SET enable_seqscan = off;
+SELECT count(*) FROM (SELECT id FROM iv ORDER BY v <=> array_fill(1::real, ARRAY[16]) LIMIT 20) s;
+SELECT count(*) FROM (SELECT id FROM iv ORDER BY v <#> array_fill(1::real, ARRAY[16]) LIMIT 20) s;
+RESET enable_seqscan;
+RESET turbovec.probes;
+DROP INDEX iv_cos, iv_ip;
+
+-- too few rows for the lists asked: fewer lists, and a NOTICE
+CREATE TABLE few (v real[]);
+INSERT INTO few VALUES ('{1,2}'), ('{2,1}'), ('{5,5}');
+CREATE INDEX few_idx ON few USING turbo (v real_l2_ops) WITH (lists = 10);
+SELECT lists, live_rows FROM turbo_index_info('few_idx');
+-- an empty table gets the flat layout
+TRUNCATE few;
+SELECT lists, dim FROM turbo_index_info('few_idx');
+INSERT INTO few VALUES ('{1,2}');
+SELECT lists, dim, live_rows FROM turbo_index_info('few_idx');
+DROP TABLE few;
+
+-- REINDEX retrains
+REINDEX INDEX iv_l2;
+SELECT lists, live_rows, slots % 32 AS partial_slots FROM turbo_index_info('iv_l2');
+SELECT * FROM turbo_verify('iv_l2');
+
+DROP TABLE iv;
+DROP FUNCTION ivids(real[], int, bool);

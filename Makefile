@@ -22,7 +22,9 @@ OBJS = \
 
 HEADERS = src/turbovec.h src/tvcodec.h
 
-DATA = $(EXTENSION)--$(EXTVERSION).sql
+# turbovec_pgvector: operator classes for pgvector's vector type, a second
+# extension so that turbovec itself never requires pgvector
+DATA = $(EXTENSION)--$(EXTVERSION).sql turbovec_pgvector--$(EXTVERSION).sql turbovec_pgvector.control
 
 TESTS = $(sort $(wildcard sql/*.sql))
 REGRESS = $(patsubst sql/%.sql,%,$(TESTS))
@@ -40,3 +42,6 @@ PG_CFLAGS += -Werror
 endif
 
 include $(PGXS)
+
+# PGXS tracks no header dependencies
+$(OBJS): src/turbovec.h src/tvcodec.h

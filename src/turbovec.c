@@ -156,7 +156,8 @@ tvbuildphasename(int64 phasenum)
 
 /*
  * Check an opclass: it needs the distance function (1), the metric function
- * (2) and one ordering operator (strategy 1).
+ * (2) and one ordering operator (strategy 1); a conversion to real[] (3)
+ * is needed only for column types other than real[].
  */
 static bool
 tvvalidate(Oid opclassoid)
@@ -193,7 +194,8 @@ tvvalidate(Oid opclassoid)
 	}
 	ReleaseCatCacheList(proclist);
 
-	for (int i = 1; i <= TV_NPROCS; i++)
+	/* the conversion to real[] is optional */
+	for (int i = 1; i <= TV_METRIC_PROC; i++)
 		if (!have[i])
 		{
 			ereport(INFO,

@@ -55,7 +55,8 @@
 /* Support functions */
 #define TV_DISTANCE_PROC		1	/* exact distance, used to re-rank */
 #define TV_METRIC_PROC			2	/* returns the TvMetric of the opclass */
-#define TV_NPROCS				2
+#define TV_TOARRAY_PROC			3	/* optional: column type to real[] */
+#define TV_NPROCS				3
 
 /* Metrics, as stored in the metapage */
 typedef enum TvMetric
@@ -168,6 +169,7 @@ typedef struct TvIndexState
 	TvMetaPageData meta;		/* as last read */
 	TvMetric	metric;
 	FmgrInfo	distance;		/* exact distance support function */
+	FmgrInfo   *toarray;		/* column type to real[], NULL for real[] */
 	Oid			collation;
 	TvCodec    *codec;			/* NULL while meta.dim == 0 */
 	float	   *centroids;		/* IVF, read on first use by inserts */
@@ -183,6 +185,8 @@ extern relopt_kind tv_relopt_kind;
 
 /* tvvector.c */
 extern float *TvArrayGetFloats(ArrayType *array, int *dim);
+extern float *TvDatumGetFloats(FmgrInfo *toarray, Datum value, int *dim);
+extern FmgrInfo *TvGetToArrayProc(Relation index, MemoryContext cxt);
 extern void TvCheckDimensions(Relation index, int expected, int actual);
 extern double TvNorm(const float *x, int dim);
 

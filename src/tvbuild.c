@@ -47,6 +47,7 @@ typedef struct TvBuildState
 	int			bits;
 	TvMetric	metric;
 	uint64		seed;
+	FmgrInfo   *toarray;		/* column type to real[], NULL for real[] */
 
 	/* set by the first vector */
 	int			dim;
@@ -175,7 +176,7 @@ BuildVector(TvBuildState *bs, Relation index, Datum value, int *dim)
 	float	   *x;
 	MemoryContext oldCtx = MemoryContextSwitchTo(bs->tmpCtx);
 
-	x = TvArrayGetFloats(DatumGetArrayTypeP(value), dim);
+	x = TvDatumGetFloats(bs->toarray, value, dim);
 	MemoryContextSwitchTo(oldCtx);
 	if (bs->dim == 0)
 		bs->dim = *dim;
@@ -387,6 +388,7 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 	bs.lists = TvGetLists(index);
 	bs.metric = TvGetMetric(index);
 	bs.seed = TV_CODEC_DEFAULT_SEED;
+	bs.toarray = TvGetToArrayProc(index, CurrentMemoryContext);
 	bs.tmpCtx = AllocSetContextCreate(CurrentMemoryContext,
 									  "turbovec build temporary context",
 									  ALLOCSET_DEFAULT_SIZES);

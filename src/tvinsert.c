@@ -378,8 +378,8 @@ tvinsert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid,
 									  ALLOCSET_DEFAULT_SIZES);
 	oldCtx = MemoryContextSwitchTo(insertCtx);
 
-	x = TvArrayGetFloats(DatumGetArrayTypeP(values[0]), &dim);
 	state = TvGetIndexState(index);
+	x = TvDatumGetFloats(state->toarray, values[0], &dim);
 	if (state->meta.dim == 0)
 	{
 		SetDimension(index, dim);

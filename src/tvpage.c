@@ -177,6 +177,7 @@ TvGetIndexState(Relation index)
 						   index_getprocinfo(index, 1, TV_DISTANCE_PROC),
 						   index->rd_indexcxt);
 			state->collation = index->rd_indcollation[0];
+			state->toarray = TvGetToArrayProc(index, index->rd_indexcxt);
 			index->rd_amcache = state;
 		}
 		state->meta = meta;
@@ -208,6 +209,11 @@ TvCopyIndexState(const TvIndexState *src, MemoryContext cxt)
 	memcpy(dst, src, sizeof(TvIndexState));
 	dst->centroids = NULL;
 	fmgr_info_copy(&dst->distance, unconstify(FmgrInfo *, &src->distance), cxt);
+	if (src->toarray)
+	{
+		dst->toarray = MemoryContextAlloc(cxt, sizeof(FmgrInfo));
+		fmgr_info_copy(dst->toarray, src->toarray, cxt);
+	}
 	if (src->codec)
 	{
 		Size		size = tv_codec_size(src->codec->dim);

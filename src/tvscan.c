@@ -514,7 +514,6 @@ PrepareQuery(IndexScanDesc scan)
 	TvScanOpaque so = (TvScanOpaque) scan->opaque;
 	ScanKey		key = &scan->orderByData[0];
 	MemoryContext oldCtx = MemoryContextSwitchTo(so->queryCtx);
-	ArrayType  *array;
 	float	   *q;
 	int			dim;
 	float	   *work;
@@ -530,9 +529,9 @@ PrepareQuery(IndexScanDesc scan)
 		return;
 	}
 
-	array = DatumGetArrayTypePCopy(key->sk_argument);
-	so->query = PointerGetDatum(array);
-	q = TvArrayGetFloats(array, &dim);
+	/* the distance function gets the query as the column's type */
+	so->query = PointerGetDatum(PG_DETOAST_DATUM_COPY(key->sk_argument));
+	q = TvDatumGetFloats(so->state->toarray, so->query, &dim);
 
 	if (so->state->meta.dim == 0)
 	{

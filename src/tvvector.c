@@ -15,6 +15,7 @@
 #include <math.h>
 
 #include "catalog/pg_type.h"
+#include "access/genam.h"
 #include "fmgr.h"
 #include "utils/array.h"
 #include "utils/float.h"
@@ -71,6 +72,32 @@ TvArrayGetFloats(ArrayType *array, int *dim)
 
 	*dim = n;
 	return x;
+}
+
+/*
+ * The floats of an indexed value or query.  Columns of another type (such
+ * as pgvector's vector) have a support function that turns them into a
+ * real[], which is then checked like any other.
+ */
+float *
+TvDatumGetFloats(FmgrInfo *toarray, Datum value, int *dim)
+{
+	if (toarray != NULL)
+		value = FunctionCall3(toarray, value, Int32GetDatum(-1), BoolGetDatum(false));
+	return TvArrayGetFloats(DatumGetArrayTypeP(value), dim);
+}
+
+/* The opclass's optional conversion function, copied into cxt */
+FmgrInfo *
+TvGetToArrayProc(Relation index, MemoryContext cxt)
+{
+	FmgrInfo   *finfo;
+
+	if (!OidIsValid(index_getprocid(index, 1, TV_TOARRAY_PROC)))
+		return NULL;
+	finfo = MemoryContextAlloc(cxt, sizeof(FmgrInfo));
+	fmgr_info_copy(finfo, index_getprocinfo(index, 1, TV_TOARRAY_PROC), cxt);
+	return finfo;
 }
 
 /* A vector of an index must have the index's dimension */

@@ -16,6 +16,15 @@
 # exactly the live rows) and exact (with the re-rank window covering the
 # table, LIMIT 10 equals a sequential scan), and after VACUUM its live-row
 # count must match the table.
+#
+# A second table, iv, carries two IVF indexes (l2 at 32 lists and 4 bits,
+# cosine at 8 lists and 2 bits) and takes its own share of the same
+# writes, deletes and VACUUMs, so the crashes also cut list-routed inserts,
+# lane reuse through the per-list free hints and new blocks linked to a
+# list.  With turbovec.probes covering every list they must pass the same
+# checks, and turbo_verify also walks their list chains; an unlimited
+# ordered scan probing fewer lists (the default 16 of 32, or 1 of 8) must
+# go on to the other lists and still return every live row.
 use strict;
 use warnings;
 
@@ -33,8 +42,16 @@ my $nsample = 50;
 # Re-rank window covering the whole table: index answers must be exact.
 my $all_candidates = 100000;
 
-my %opclass = (t_l2 => '<->', t_cos => '<=>', t_ip => '<#>');
+my %opclass = (
+	t_l2   => '<->',
+	t_cos  => '<=>',
+	t_ip   => '<#>',
+	iv_l2  => '<->',
+	iv_cos => '<=>');
 my @indexes = sort keys %opclass;
+# The table each index is on, and the lists of the IVF ones.
+my %table = map { $_ => (/^iv_/ ? 'iv' : 't') } @indexes;
+my %lists = (iv_l2 => 32, iv_cos => 8);
 
 my $node = PostgreSQL::Test::Cluster->new('crash');
 $node->init;
@@ -65,11 +82,26 @@ sub random_vector
 	return '{' . join(',', map { sprintf('%.6f', rand(2) - 1) } 1 .. $dim) . '}';
 }
 
-# Ids of the rows an ordered index scan must return.
+# Ids of the rows an ordered index scan of $table must return.
 sub live_ids
 {
+	my ($table) = @_;
 	return $node->safe_psql('postgres',
-		'SELECT id FROM t WHERE v IS NOT NULL ORDER BY id');
+		"SELECT id FROM $table WHERE v IS NOT NULL ORDER BY id");
+}
+
+# Settings for a scan through $idx: no sequential or bitmap scan, the given
+# re-rank window (default when undef) and, for an IVF index, $probes lists
+# probed first ('default': the GUC's default; undef: every list).
+sub scan_settings
+{
+	my ($idx, $cand, $probes) = @_;
+	my $set = 'SET enable_seqscan = off; SET enable_bitmapscan = off; ';
+	$set .= "SET turbovec.candidates = $cand; " if defined $cand;
+	$probes //= $lists{$idx};
+	$set .= "SET turbovec.probes = $probes; "
+	  if $lists{$idx} && $probes ne 'default';
+	return $set;
 }
 
 $node->safe_psql(
@@ -85,6 +117,16 @@ INSERT INTO t (v)
 CREATE INDEX t_l2 ON t USING turbo (v real_l2_ops);
 CREATE INDEX t_cos ON t USING turbo (v real_cosine_ops) WITH (bits = 2);
 CREATE INDEX t_ip ON t USING turbo (v real_ip_ops) WITH (bits = 3);
+CREATE TABLE iv (id serial PRIMARY KEY, v real[]);
+SELECT setseed(0.75);
+INSERT INTO iv (v)
+	SELECT CASE WHEN i % 50 = 0 THEN NULL
+		ELSE (SELECT array_agg((random() * 2 - 1)::real)
+			  FROM generate_series(1, $dim) WHERE i > 0) END
+	FROM generate_series(1, 2000) i;
+CREATE INDEX iv_l2 ON iv USING turbo (v real_l2_ops) WITH (lists = $lists{iv_l2});
+CREATE INDEX iv_cos ON iv USING turbo (v real_cosine_ops)
+	WITH (lists = $lists{iv_cos}, bits = 2);
 });
 
 # pgbench scripts: random vectors come from pgbench's seeded generator.
@@ -96,7 +138,12 @@ my %scripts = (
 	'insert_null.sql@1' => "INSERT INTO t (v) VALUES (NULL);\n",
 	'update.sql@2'      => "$sets\\set id random(1, 3000)\n"
 	  . "UPDATE t SET v = $array WHERE id = :id;\n",
-	'delete.sql@1' => "\\set id random(1, 6000)\nDELETE FROM t WHERE id = :id;\n",);
+	'delete.sql@1' => "\\set id random(1, 6000)\nDELETE FROM t WHERE id = :id;\n",
+	'iv_insert.sql@6'      => "$sets" . "INSERT INTO iv (v) VALUES ($array);\n",
+	'iv_insert_null.sql@1' => "INSERT INTO iv (v) VALUES (NULL);\n",
+	'iv_update.sql@2'      => "$sets\\set id random(1, 2000)\n"
+	  . "UPDATE iv SET v = $array WHERE id = :id;\n",
+	'iv_delete.sql@1' => "\\set id random(1, 5000)\nDELETE FROM iv WHERE id = :id;\n",);
 my @script_args;
 foreach my $name (sort keys %scripts)
 {
@@ -116,25 +163,39 @@ sub check_indexes
 			'', "$label: turbo_verify($idx) finds no problem");
 	}
 
-	my @live = split /\n/, live_ids();
-	my %live = map { $_ => 1 } @live;
-	my $settings =
-	  "SET enable_seqscan = off; SET enable_bitmapscan = off; "
-	  . "SET turbovec.candidates = $all_candidates;";
+	# The IVF indexes keep the lists they were built with.
+	foreach my $idx (grep { $lists{$_} } @indexes)
+	{
+		is( $node->safe_psql('postgres',
+				"SELECT lists FROM turbo_index_info('$idx')"),
+			$lists{$idx},
+			"$label: turbo_index_info($idx).lists is $lists{$idx}");
+	}
+
+	my (%live_list, %live);
+	foreach my $table ('t', 'iv')
+	{
+		$live_list{$table} = [ split /\n/, live_ids($table) ];
+		$live{$table} = { map { $_ => 1 } @{ $live_list{$table} } };
+	}
 
 	# Every sampled live row finds itself (distance 0) through the l2 and
 	# cosine indexes.  Vectors are random, so no two rows are equal.
-	my @sample = (sort { $a <=> $b } map { $live[ int(rand(@live)) ] } 1 .. $nsample);
-	my %seen;
-	@sample = grep { !$seen{$_}++ } @sample;
-	my $in = join(',', @sample);
-	foreach my $idx ('t_l2', 't_cos')
+	foreach my $idx (grep { $opclass{$_} ne '<#>' } @indexes)
 	{
-		my $op  = $opclass{$idx};
-		my $sql = "SELECT s.id, (SELECT u.id FROM t u ORDER BY u.v $op s.v LIMIT 1) "
-		  . "FROM t s WHERE s.id IN ($in) ORDER BY s.id";
+		my $table    = $table{$idx};
+		my @live     = @{ $live_list{$table} };
+		my @sample   = (sort { $a <=> $b } map { $live[ int(rand(@live)) ] } 1 .. $nsample);
+		my %seen;
+		@sample = grep { !$seen{$_}++ } @sample;
+		my $in       = join(',', @sample);
+		my $op       = $opclass{$idx};
+		my $settings = scan_settings($idx, $all_candidates);
+		my $sql =
+		    "SELECT s.id, (SELECT u.id FROM $table u ORDER BY u.v $op s.v LIMIT 1) "
+		  . "FROM $table s WHERE s.id IN ($in) ORDER BY s.id";
 		my $plan = $node->safe_psql('postgres', "$settings EXPLAIN (COSTS OFF) $sql");
-		like($plan, qr/Index Scan using $idx/, "$label: self lookups use $idx");
+		like($plan, qr/Index Scan using $idx /, "$label: self lookups use $idx");
 		my @wrong;
 		foreach my $line (split /\n/, $node->safe_psql('postgres', "$settings $sql"))
 		{
@@ -147,29 +208,36 @@ sub check_indexes
 	}
 
 	# Full ordered scans return exactly the live rows, at a covering re-rank
-	# window and (l2) at the default one.
+	# window (every list probed) and, at the default window, through t_l2
+	# and through IVF indexes probing fewer lists than they have: those
+	# scans must go on to the other lists.
 	my $q = random_vector();
 	foreach my $case (
 		(map { [ $_, $all_candidates ] } @indexes),
-		[ 't_l2', undef ])
+		[ 't_l2',   undef ],
+		[ 'iv_l2',  undef, 'default' ],
+		[ 'iv_cos', undef, 1 ])
 	{
-		my ($idx, $cand) = @$case;
-		my $op  = $opclass{$idx};
-		my $set = "SET enable_seqscan = off; SET enable_bitmapscan = off; "
-		  . (defined $cand ? "SET turbovec.candidates = $cand;" : '');
-		my $what = "$idx, candidates " . ($cand // 'default');
-		my $sql  = "SELECT id FROM t ORDER BY v $op '$q'";
+		my ($idx, $cand, $probes) = @$case;
+		my $table = $table{$idx};
+		my $op    = $opclass{$idx};
+		my $set   = scan_settings($idx, $cand, $probes);
+		my $what  = "$idx, candidates " . ($cand // 'default');
+		$what .= ', probes ' . ($probes // $lists{$idx}) if $lists{$idx};
+		my $sql = "SELECT id FROM $table ORDER BY v $op '$q'";
 		like(
 			$node->safe_psql('postgres', "$set EXPLAIN (COSTS OFF) $sql"),
-			qr/Index Scan using $idx/,
+			qr/Index Scan using $idx /,
 			"$label: full scan uses $what");
 		my @got = split /\n/, $node->safe_psql('postgres', "$set $sql");
 		my %got;
 		my @dups    = grep { $got{$_}++ } @got;
-		my @extra   = grep { !$live{$_} } keys %got;
-		my @missing = grep { !$got{$_} } @live;
+		my @extra   = grep { !$live{$table}{$_} } keys %got;
+		my @missing = grep { !$got{$_} } @{ $live_list{$table} };
 		ok(!@dups && !@extra && !@missing,
-			"$label: full scan on $what returns the " . scalar(@live) . " live rows")
+			"$label: full scan on $what returns the "
+			  . scalar(@{ $live_list{$table} })
+			  . " live rows")
 		  or diag(sprintf(
 			"got %d rows; %d duplicated (%s), %d not live (%s), %d missing (%s)",
 			scalar(@got), scalar(@dups), join(',', @dups[0 .. ($#dups < 9 ? $#dups : 9)]),
@@ -177,14 +245,17 @@ sub check_indexes
 			scalar(@missing), join(',', @missing[0 .. ($#missing < 9 ? $#missing : 9)])));
 	}
 
-	# With a covering re-rank window the top 10 equal a sequential scan's.
+	# With a covering re-rank window (and every list probed) the top 10
+	# equal a sequential scan's.
 	foreach my $idx (@indexes)
 	{
-		my $op = $opclass{$idx};
+		my $table    = $table{$idx};
+		my $op       = $opclass{$idx};
+		my $settings = scan_settings($idx, $all_candidates);
 		for my $i (1 .. 2)
 		{
 			my $qv  = random_vector();
-			my $sql = "SELECT id FROM t ORDER BY v $op '$qv' LIMIT 10";
+			my $sql = "SELECT id FROM $table ORDER BY v $op '$qv' LIMIT 10";
 			my $exact = $node->safe_psql('postgres',
 				"SET enable_indexscan = off; SET enable_bitmapscan = off; $sql");
 			my $got = $node->safe_psql('postgres', "$settings $sql");
@@ -194,10 +265,13 @@ sub check_indexes
 
 	if ($after_vacuum)
 	{
-		my $count = $node->safe_psql('postgres',
-			'SELECT count(*) FROM t WHERE v IS NOT NULL');
+		my %count = map {
+			$_ => $node->safe_psql('postgres',
+				"SELECT count(*) FROM $_ WHERE v IS NOT NULL")
+		} ('t', 'iv');
 		foreach my $idx (@indexes)
 		{
+			my $count = $count{ $table{$idx} };
 			is( $node->safe_psql('postgres',
 					"SELECT live_rows FROM turbo_index_info('$idx')"),
 				$count,
@@ -214,10 +288,13 @@ for my $cycle (1 .. $ncycles)
 	# and, every other cycle, a checkpoint so some pages come back from full
 	# page images and some from the records alone.
 	$node->safe_psql('postgres',
-		"DELETE FROM t WHERE id % 17 = $cycle; VACUUM t;");
+		"DELETE FROM t WHERE id % 17 = $cycle; VACUUM t; "
+		  . "DELETE FROM iv WHERE id % 13 = $cycle; VACUUM iv;");
 	$node->safe_psql('postgres', 'CHECKPOINT') if $cycle % 2 == 0;
 
-	my $before = $node->safe_psql('postgres', 'SELECT coalesce(max(id), 0) FROM t');
+	my $max_ids =
+	  'SELECT coalesce(max(id), 0) FROM t UNION ALL SELECT coalesce(max(id), 0) FROM iv';
+	my ($before, $iv_before) = split /\n/, $node->safe_psql('postgres', $max_ids);
 	my ($out, $err) = ('', '');
 	my ($vacuum, $vout, $verr) = (undef, '', '');
 	my $pgbench;
@@ -228,7 +305,8 @@ for my $cycle (1 .. $ncycles)
 		{
 			local $ENV{PGAPPNAME} = 'turbo_vacuum';
 			my $sql = join('',
-				map { "DELETE FROM t WHERE id % 1999 = $_; VACUUM t;\n" } 1 .. 200);
+				map { "DELETE FROM t WHERE id % 1999 = $_; VACUUM t;\n"
+					  . "DELETE FROM iv WHERE id % 997 = $_; VACUUM iv;\n" } 1 .. 200);
 			$vacuum = IPC::Run::start(
 				[
 					'psql', '-XAtq', '-h', $node->host, '-p', $node->port,
@@ -243,20 +321,21 @@ for my $cycle (1 .. $ncycles)
 		$pgbench = IPC::Run::start(
 			[
 				'pgbench', '-n', '-c', '2', '-j', '2', '-T', '60',
-				'-R', '600', "--random-seed=$cycle", @script_args,
+				'-R', '1000', "--random-seed=$cycle", @script_args,
 				'-h', $node->host, '-p', $node->port, 'postgres'
 			],
 			'>', \$out, '2>', \$err,
 			IPC::Run::timeout(120));
 	}
 
-	# Crash only once the clients are busy writing: at least 500 rows in.
+	# Crash only once the clients are busy writing: at least 500 rows in t
+	# and 300 in iv.
 	my $grown = 0;
 	for (1 .. 100)
 	{
 		usleep(100_000);
-		my $now = $node->safe_psql('postgres', 'SELECT coalesce(max(id), 0) FROM t');
-		if ($now >= $before + 500) { $grown = 1; last; }
+		my ($now, $iv_now) = split /\n/, $node->safe_psql('postgres', $max_ids);
+		if ($now >= $before + 500 && $iv_now >= $iv_before + 300) { $grown = 1; last; }
 	}
 	ok($grown, "cycle $cycle: pgbench inserted rows before the crash");
 
@@ -300,7 +379,7 @@ for my $cycle (1 .. $ncycles)
 
 	check_indexes("cycle $cycle after crash", 0);
 
-	$node->safe_psql('postgres', 'VACUUM t');
+	$node->safe_psql('postgres', 'VACUUM t; VACUUM iv;');
 	check_indexes("cycle $cycle after vacuum", 1);
 }
 

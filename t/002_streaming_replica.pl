@@ -10,6 +10,12 @@
 # primary; turbo_verify must be clean and turbo_index_info must agree on
 # both nodes.  Finally the standby is promoted and must take writes into
 # the indexes it replayed.
+#
+# A second table, iv, carries IVF indexes (l2 at 16 lists, inner product at
+# 8 lists and 3 bits): the same cycles route its inserts to lists, reuse
+# lanes VACUUM freed and link new blocks to lists, and with turbovec.probes
+# fixed below the number of lists the standby must still give the
+# primary's answers.
 use strict;
 use warnings;
 
@@ -21,8 +27,13 @@ srand(20240612);
 
 my $dim      = 32;
 my $nqueries = 5;
-my %opclass  = (t_l2 => '<->', t_cos => '<=>');
+my %opclass  = (t_l2 => '<->', t_cos => '<=>', iv_l2 => '<->', iv_ip => '<#>');
 my @indexes  = sort keys %opclass;
+# The table each index is on, and the lists of the IVF ones.
+my %table = map { $_ => (/^iv_/ ? 'iv' : 't') } @indexes;
+my %lists = (iv_l2 => 16, iv_ip => 8);
+# Lists an IVF scan reads first when the nodes are compared.
+my $probes = 4;
 
 my $primary = PostgreSQL::Test::Cluster->new('primary');
 $primary->init(allows_streaming => 1);
@@ -33,6 +44,7 @@ $primary->safe_psql(
 	'postgres', qq{
 CREATE EXTENSION turbovec;
 CREATE TABLE t (id serial PRIMARY KEY, v real[]);
+CREATE TABLE iv (id serial PRIMARY KEY, v real[]);
 });
 
 my $backup_name = 'turbo_backup';
@@ -53,14 +65,15 @@ sub verify_output
 	return join("\n", grep { $_ ne '' } $out, $err);
 }
 
-# Insert $n random vectors (one in 40 NULL), seeded so runs repeat.
+# Insert $n random vectors (one in 40 NULL) into $table, seeded so runs
+# repeat.
 sub insert_rows
 {
-	my ($n, $seed) = @_;
+	my ($table, $n, $seed) = @_;
 	$primary->safe_psql(
 		'postgres', qq{
 SELECT setseed($seed);
-INSERT INTO t (v)
+INSERT INTO $table (v)
 	SELECT CASE WHEN i % 40 = 0 THEN NULL
 		ELSE (SELECT array_agg((random() * 2 - 1)::real)
 			  FROM generate_series(1, $dim) WHERE i > 0) END
@@ -83,15 +96,16 @@ sub wait_for_standby
 sub compare_nodes
 {
 	my ($label) = @_;
-	my $settings = 'SET enable_seqscan = off; SET enable_bitmapscan = off;';
 
 	foreach my $idx (@indexes)
 	{
-		my $op = $opclass{$idx};
+		my $op       = $opclass{$idx};
+		my $settings = 'SET enable_seqscan = off; SET enable_bitmapscan = off;';
+		$settings .= " SET turbovec.probes = $probes;" if $lists{$idx};
 		for my $i (1 .. $nqueries)
 		{
 			my $q   = random_vector();
-			my $sql = "SELECT id FROM t ORDER BY v $op '$q' LIMIT 10";
+			my $sql = "SELECT id FROM $table{$idx} ORDER BY v $op '$q' LIMIT 10";
 			my $on_primary = $primary->safe_psql('postgres', "$settings $sql");
 			my $on_standby = $standby->safe_psql('postgres', "$settings $sql");
 			my @rows = split /\n/, $on_primary;
@@ -115,13 +129,22 @@ sub compare_nodes
 	}
 }
 
-insert_rows(4000, 0.1);
+insert_rows('t',  4000, 0.1);
+insert_rows('iv', 4000, 0.2);
 $primary->safe_psql(
-	'postgres', q{
+	'postgres', qq{
 CREATE INDEX t_l2 ON t USING turbo (v real_l2_ops);
 CREATE INDEX t_cos ON t USING turbo (v real_cosine_ops) WITH (bits = 3);
+CREATE INDEX iv_l2 ON iv USING turbo (v real_l2_ops) WITH (lists = $lists{iv_l2});
+CREATE INDEX iv_ip ON iv USING turbo (v real_ip_ops) WITH (lists = $lists{iv_ip}, bits = 3);
 });
 wait_for_standby();
+
+foreach my $idx (grep { $lists{$_} } @indexes)
+{
+	is($standby->safe_psql('postgres', "SELECT lists FROM turbo_index_info('$idx')"),
+		$lists{$idx}, "$idx has $lists{$idx} lists on the standby");
+}
 
 # The standby plans the index too.
 foreach my $idx (@indexes)
@@ -131,8 +154,8 @@ foreach my $idx (@indexes)
 		$standby->safe_psql(
 			'postgres',
 			"SET enable_seqscan = off; EXPLAIN (COSTS OFF) "
-			  . "SELECT id FROM t ORDER BY v $opclass{$idx} '$q' LIMIT 10"),
-		qr/Index Scan using $idx/,
+			  . "SELECT id FROM $table{$idx} ORDER BY v $opclass{$idx} '$q' LIMIT 10"),
+		qr/Index Scan using $idx /,
 		"standby plans an index scan on $idx");
 }
 is($standby->safe_psql('postgres', 'SELECT pg_is_in_recovery()'),
@@ -143,17 +166,22 @@ compare_nodes('after build');
 for my $cycle (1 .. 10)
 {
 	$primary->safe_psql('postgres',
-		"DELETE FROM t WHERE id % 10 = $cycle % 10; VACUUM t;");
-	insert_rows(300, $cycle / 100.0);
+		"DELETE FROM t WHERE id % 10 = $cycle % 10; VACUUM t; "
+		  . "DELETE FROM iv WHERE id % 10 = ($cycle + 5) % 10; VACUUM iv;");
+	insert_rows('t',  300, $cycle / 100.0);
+	insert_rows('iv', 300, 0.5 + $cycle / 100.0);
 	wait_for_standby();
 
 	compare_nodes("cycle $cycle");
 
-	my $count = $primary->safe_psql('postgres',
-		'SELECT count(*) FROM t WHERE v IS NOT NULL');
+	my %count = map {
+		$_ => $primary->safe_psql('postgres',
+			"SELECT count(*) FROM $_ WHERE v IS NOT NULL")
+	} ('t', 'iv');
 	# VACUUM ran before the inserts, so no dead entry is left to count.
 	foreach my $idx (@indexes)
 	{
+		my $count = $count{ $table{$idx} };
 		is( $standby->safe_psql('postgres',
 				"SELECT live_rows FROM turbo_index_info('$idx')"),
 			$count,
@@ -166,21 +194,29 @@ $primary->stop;
 $standby->promote;
 $standby->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()')
   or die 'timed out waiting for the promotion';
-$standby->safe_psql(
-	'postgres', qq{
+foreach my $table ('t', 'iv')
+{
+	$standby->safe_psql(
+		'postgres', qq{
 SELECT setseed(0.9);
-INSERT INTO t (v)
+INSERT INTO $table (v)
 	SELECT (SELECT array_agg((random() * 2 - 1)::real)
 			FROM generate_series(1, $dim) WHERE i > 0)
 	FROM generate_series(1, 300) i;
-DELETE FROM t WHERE id % 7 = 0;
-VACUUM t;
+DELETE FROM $table WHERE id % 7 = 0;
+VACUUM $table;
 });
-my $count = $standby->safe_psql('postgres',
-	'SELECT count(*) FROM t WHERE v IS NOT NULL');
+}
+my %count = map {
+	$_ => $standby->safe_psql('postgres',
+		"SELECT count(*) FROM $_ WHERE v IS NOT NULL")
+} ('t', 'iv');
 foreach my $idx (@indexes)
 {
-	my $op = $opclass{$idx};
+	my $op    = $opclass{$idx};
+	my $count = $count{ $table{$idx} };
+	# Every list probed: with a covering re-rank window the answer is exact.
+	my $probe_all = $lists{$idx} ? "SET turbovec.probes = $lists{$idx}; " : '';
 	is(verify_output($standby, $idx), '',
 		"after promotion: turbo_verify($idx) finds no problem");
 	is( $standby->safe_psql('postgres',
@@ -189,11 +225,12 @@ foreach my $idx (@indexes)
 		"after promotion: $idx live_rows equals the $count non-NULL rows");
 	for my $i (1 .. 3)
 	{
-		my $sql = "SELECT id FROM t ORDER BY v $op '" . random_vector() . "' LIMIT 10";
+		my $sql =
+		  "SELECT id FROM $table{$idx} ORDER BY v $op '" . random_vector() . "' LIMIT 10";
 		is( $standby->safe_psql(
 				'postgres',
 				'SET enable_seqscan = off; SET enable_bitmapscan = off; '
-				  . "SET turbovec.candidates = 100000; $sql"),
+				  . "SET turbovec.candidates = 100000; $probe_all$sql"),
 			$standby->safe_psql('postgres',
 				"SET enable_indexscan = off; SET enable_bitmapscan = off; $sql"),
 			"after promotion: $idx top 10 equals a sequential scan (query $i)");

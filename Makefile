@@ -16,9 +16,13 @@ OBJS = \
 	src/tvivf.o \
 	src/tvkernels.o \
 	src/tvpage.o \
+	src/tvresident.o \
 	src/tvscan.o \
+	src/tvsnapshot.o \
+	src/tvsnapshotio.o \
 	src/tvvacuum.o \
-	src/tvvector.o
+	src/tvvector.o \
+	src/tvworker.o
 
 HEADERS = src/turbovec.h src/tvcodec.h
 
@@ -44,4 +48,4 @@ endif
 include $(PGXS)
 
 # PGXS tracks no header dependencies
-$(OBJS): src/turbovec.h src/tvcodec.h
+$(OBJS): src/turbovec.h src/tvcodec.h src/tvresident.h src/tvsnapshot.h

@@ -99,3 +99,75 @@ CREATE FUNCTION turbo_index_info(index regclass,
 CREATE FUNCTION turbo_verify(index regclass) RETURNS SETOF text
 	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;
 
+
+-- the resident index (needs shared_preload_libraries = 'turbovec')
+
+CREATE FUNCTION turbo_preloaded() RETURNS boolean
+	AS 'MODULE_PATHNAME' LANGUAGE C STABLE PARALLEL SAFE;
+
+CREATE FUNCTION turbo_wait_ready(index regclass, timeout_ms int DEFAULT 10000)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;
+
+CREATE FUNCTION turbo_rebuild(index regclass) RETURNS boolean
+	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;
+
+CREATE FUNCTION turbo_snapshot_now(index regclass) RETURNS bigint
+	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;
+
+CREATE FUNCTION turbo_resident_status(
+	OUT indexrelid oid, OUT state text, OUT rows_done bigint, OUT rows_total bigint,
+	OUT resident_bytes bigint, OUT ready_since timestamptz, OUT change_count bigint,
+	OUT from_snapshot boolean, OUT snapshot_lsn pg_lsn, OUT snapshot_time timestamptz,
+	OUT snapshot_bytes bigint)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;
+
+CREATE FUNCTION turbo_index_layout(index regclass,
+	OUT dim int, OUT bits int, OUT metric text, OUT layout text, OUT lists int)
+	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;
+
+-- The persisted shadow of the live state, written by the background worker
+-- (never on a standby).  The live state in shared memory is authoritative.
+CREATE TABLE turbovec_index_state (
+	indexrelid oid PRIMARY KEY,
+	ready boolean NOT NULL,
+	ready_since timestamptz,
+	rows bigint,
+	resident_bytes bigint,
+	snapshot_lsn pg_lsn,
+	snapshot_time timestamptz,
+	snapshot_bytes bigint,
+	snapshot_path text,
+	updated timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE VIEW turbo_indexes AS
+	SELECT c.oid::regclass AS index,
+		   i.indrelid::regclass AS "table",
+		   'turbo'::text AS kind,
+		   CASE WHEN NOT turbo_preloaded() OR c.relpersistence = 't' THEN true
+				ELSE coalesce(r.state = 'ready', false) END AS ready,
+		   CASE WHEN NOT turbo_preloaded() OR c.relpersistence = 't' THEN 'extent'
+				ELSE coalesce(r.state, 'not loaded') END AS resident_state,
+		   r.rows_done, r.rows_total,
+		   c.reltuples::bigint AS rows,
+		   l.bits, l.dim, l.metric, l.layout, l.lists,
+		   coalesce(r.resident_bytes, 0) AS resident_bytes,
+		   r.from_snapshot,
+		   r.snapshot_time, r.snapshot_lsn, r.snapshot_bytes,
+		   s.ready AS persisted_ready, s.ready_since AS persisted_ready_since,
+		   s.snapshot_time AS persisted_snapshot_time, s.snapshot_lsn AS persisted_snapshot_lsn,
+		   s.snapshot_bytes AS persisted_snapshot_bytes, s.snapshot_path AS persisted_snapshot_path
+	FROM pg_class c
+	JOIN pg_index i ON i.indexrelid = c.oid
+	JOIN pg_am a ON a.oid = c.relam AND a.amname = 'turbo'
+	CROSS JOIN LATERAL turbo_index_layout(c.oid) l
+	LEFT JOIN turbo_resident_status() r ON r.indexrelid = c.oid
+	LEFT JOIN turbovec_index_state s ON s.indexrelid = c.oid
+	WHERE c.relkind = 'i' AND i.indisvalid
+	  AND (c.relpersistence <> 't' OR c.relnamespace = pg_my_temp_schema());
+
+REVOKE ALL ON turbovec_index_state FROM PUBLIC;
+GRANT SELECT ON turbovec_index_state TO PUBLIC;
+GRANT SELECT ON turbo_indexes TO PUBLIC;

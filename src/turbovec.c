@@ -17,6 +17,7 @@
 #include "commands/progress.h"
 #include "commands/vacuum.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "optimizer/cost.h"
 #include "optimizer/optimizer.h"
 #include "optimizer/paths.h"
@@ -28,11 +29,25 @@
 #include "utils/syscache.h"
 
 #include "turbovec.h"
+#include "tvresident.h"
 
 PG_MODULE_MAGIC;
 
 int			tv_candidates = TV_DEFAULT_CANDIDATES;
 int			tv_probes = TV_DEFAULT_PROBES;
+int			tv_resident_memory_mb = 512;
+int			tv_ready_timeout_ms = 500;
+int			tv_not_ready = TV_NOT_READY_EXTENT;
+bool		tv_snapshots = true;
+int			tv_worker_naptime_ms = 1000;
+int			tv_test_build_delay_ms = 0;
+bool		tv_use_resident = true;
+
+static const struct config_enum_entry not_ready_options[] = {
+	{"extent", TV_NOT_READY_EXTENT, false},
+	{"error", TV_NOT_READY_ERROR, false},
+	{NULL, 0, false}
+};
 relopt_kind tv_relopt_kind;
 
 void
@@ -64,6 +79,52 @@ _PG_init(void)
 							&tv_probes,
 							TV_DEFAULT_PROBES, TV_MIN_PROBES, TV_MAX_PROBES,
 							PGC_USERSET, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("turbovec.ready_timeout",
+							"How long a scan waits for a turbo index that is not ready.",
+							"Then turbovec.not_ready decides.",
+							&tv_ready_timeout_ms,
+							500, 0, 3600 * 1000,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomEnumVariable("turbovec.not_ready",
+							 "What a scan does when its index is still not ready after turbovec.ready_timeout.",
+							 "extent reads the index pages; error raises SQLSTATE 55000.",
+							 &tv_not_ready, TV_NOT_READY_EXTENT, not_ready_options,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("turbovec.snapshots",
+							 "Dump a .tv snapshot of each changed resident copy after each checkpoint.",
+							 "Off: no snapshot files at all; start-up rebuilds from the indexes.",
+							 &tv_snapshots, true,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("turbovec.worker_naptime",
+							"How often the turbovec worker looks for indexes whose copy is behind.",
+							NULL,
+							&tv_worker_naptime_ms,
+							1000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomBoolVariable("turbovec.use_resident",
+							 "Let scans use resident copies of turbo indexes.",
+							 "Off reads the index pages, for comparison and diagnosis.",
+							 &tv_use_resident, true,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("turbovec.test_build_delay",
+							"Testing only: sleep this long after every 1024 rows of a resident rebuild.",
+							NULL,
+							&tv_test_build_delay_ms,
+							0, 0, 60 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS | GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
+
+	if (process_shared_preload_libraries_in_progress)
+	{
+		DefineCustomIntVariable("turbovec.resident_memory",
+								"Shared memory for resident copies of turbo indexes.",
+								"An index whose copy does not fit is served from its pages.",
+								&tv_resident_memory_mb,
+								512, 16, INT_MAX / 2,
+								PGC_POSTMASTER, GUC_UNIT_MB, NULL, NULL, NULL);
+		TvResidentInit();
+		TvWorkerInit();
+	}
 
 	MarkGUCPrefixReserved("turbovec");
 }

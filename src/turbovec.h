@@ -189,6 +189,7 @@ extern float *TvDatumGetFloats(FmgrInfo *toarray, Datum value, int *dim);
 extern FmgrInfo *TvGetToArrayProc(Relation index, MemoryContext cxt);
 extern void TvCheckDimensions(Relation index, int expected, int actual);
 extern double TvNorm(const float *x, int dim);
+extern double TvExactDistance(TvMetric metric, const float *a, const float *b, int dim);
 
 /* tvpage.c */
 extern TvIndexState *TvGetIndexState(Relation index);

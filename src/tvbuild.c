@@ -29,6 +29,7 @@
 #include "utils/rel.h"
 
 #include "turbovec.h"
+#include "tvresident.h"
 
 /* k-means: samples per list, and Lloyd iterations */
 #define TV_SAMPLES_PER_LIST		64
@@ -433,6 +434,9 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 						  RelationGetNumberOfBlocks(index), true);
 
 	MemoryContextDelete(bs.tmpCtx);
+
+	/* the worker makes the resident copy once this index is committed */
+	TvResidentWakeWorker(MyDatabaseId);
 
 	result = (IndexBuildResult *) palloc(sizeof(IndexBuildResult));
 	result->heap_tuples = bs.reltuples;

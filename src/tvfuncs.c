@@ -15,18 +15,23 @@
 #include "access/table.h"
 #include "access/xlog.h"
 #include "catalog/index.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "port/pg_bitutils.h"
 #include "storage/bufmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/pg_lsn.h"
 #include "utils/rel.h"
+#include "utils/timestamp.h"
 
 #include "turbovec.h"
+#include "tvresident.h"
 
 #if PG_VERSION_NUM >= 160000
 #define TvOwnerCheck(relid)	object_ownercheck(RelationRelationId, (relid), GetUserId())
@@ -551,4 +556,211 @@ turbo_verify(PG_FUNCTION_ARGS)
 	index_close(index, AccessShareLock);
 	table_close(heap, lockmode);
 	return (Datum) 0;
+}
+
+/*
+ * Resident index functions.  Without shared_preload_libraries there is no
+ * resident index: every turbo index is served from its pages and is ready.
+ */
+
+static const char *const state_names[] = {
+	"free", "not loaded", "building", "ready", "behind", "too big", "failed"
+};
+
+/* Open an index the caller owns (or superuser), for the functions that act on it */
+static Relation
+OpenOwnedTurboIndex(Oid indexoid, Relation *heap)
+{
+	if (!TvOwnerCheck(indexoid) && !superuser())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of index %s", get_rel_name(indexoid))));
+	return OpenTurboIndex(indexoid, AccessShareLock, heap);
+}
+
+/* turbo_preloaded(): is turbovec in shared_preload_libraries? */
+PG_FUNCTION_INFO_V1(turbo_preloaded);
+Datum
+turbo_preloaded(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(tv_shared != NULL);
+}
+
+/*
+ * turbo_wait_ready(index regclass, timeout_ms int): wait until the index's
+ * resident copy is ready; false on timeout.  True at once when not preloaded.
+ */
+PG_FUNCTION_INFO_V1(turbo_wait_ready);
+Datum
+turbo_wait_ready(PG_FUNCTION_ARGS)
+{
+	Oid			indexoid = PG_GETARG_OID(0);
+	int			timeout = PG_GETARG_INT32(1);
+	Relation	heap;
+	Relation	index;
+	TimestampTz deadline;
+	bool		ready = false;
+
+	if (timeout < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout must not be negative, not %d", timeout)));
+	index = OpenTurboIndex(indexoid, AccessShareLock, &heap);
+	if (tv_shared == NULL || index->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
+		ready = true;
+	else
+	{
+		TvResidentWakeWorker(MyDatabaseId);
+		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout);
+		for (;;)
+		{
+			TvResidentEntry *e = TvResidentLookup(MyDatabaseId, indexoid, false);
+			long		left;
+
+			if (e != NULL && e->state == TV_RES_READY)
+			{
+				ready = true;
+				break;
+			}
+			left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+			if (left <= 0)
+				break;
+			if (e != NULL)
+				ConditionVariableTimedSleep(&e->cv, Min(left, 100), PG_WAIT_EXTENSION);
+			else
+				pg_usleep(Min(left, 10) * 1000L);
+			CHECK_FOR_INTERRUPTS();
+		}
+		ConditionVariableCancelSleep();
+	}
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+	PG_RETURN_BOOL(ready);
+}
+
+/* turbo_rebuild(index regclass): rebuild the resident copy now, in this backend */
+PG_FUNCTION_INFO_V1(turbo_rebuild);
+Datum
+turbo_rebuild(PG_FUNCTION_ARGS)
+{
+	Oid			indexoid = PG_GETARG_OID(0);
+	Relation	heap;
+	Relation	index;
+	TvResidentEntry *e;
+	bool		done;
+
+	index = OpenOwnedTurboIndex(indexoid, &heap);
+	if (tv_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("turbovec is not in shared_preload_libraries"),
+				 errdetail("Without it there is no resident index to rebuild."),
+				 errhint("Add turbovec to shared_preload_libraries and restart the server.")));
+	if (index->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("temporary turbo indexes have no resident copy")));
+	e = TvResidentLookup(MyDatabaseId, indexoid, true);
+	if (e == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg("no room for another resident turbo index (at most %d)", TV_MAX_RESIDENT)));
+	done = TvResidentRebuild(heap, index, e, false);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+	PG_RETURN_BOOL(done);
+}
+
+/* turbo_snapshot_now(index regclass): dump the resident copy now; file bytes */
+PG_FUNCTION_INFO_V1(turbo_snapshot_now);
+Datum
+turbo_snapshot_now(PG_FUNCTION_ARGS)
+{
+	Oid			indexoid = PG_GETARG_OID(0);
+	Relation	heap;
+	Relation	index;
+	TvResidentEntry *e;
+
+	index = OpenOwnedTurboIndex(indexoid, &heap);
+	e = tv_shared ? TvResidentLookup(MyDatabaseId, indexoid, false) : NULL;
+	if (e == NULL || e->state != TV_RES_READY)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("turbo index \"%s\" has no ready resident copy to dump",
+						RelationGetRelationName(index)),
+				 errhint("Snapshots need turbovec in shared_preload_libraries and a ready index (turbo_wait_ready()).")));
+	TvResidentDump(e);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+	PG_RETURN_INT64(e->snap_bytes);
+}
+
+/* turbo_resident_status(): the live state of this database's resident copies */
+PG_FUNCTION_INFO_V1(turbo_resident_status);
+Datum
+turbo_resident_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (tv_shared == NULL)
+		return (Datum) 0;
+	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	{
+		TvResidentEntry *e = &tv_shared->entries[i];
+		Datum		values[11];
+		bool		nulls[11] = {false};
+
+		LWLockAcquire(tv_shared->registry_lock, LW_SHARED);
+		if (e->state == TV_RES_FREE || e->dbid != MyDatabaseId)
+		{
+			LWLockRelease(tv_shared->registry_lock);
+			continue;
+		}
+		values[0] = ObjectIdGetDatum(e->indexid);
+		values[1] = CStringGetTextDatum(state_names[e->state]);
+		values[2] = Int64GetDatum((int64) e->rows_done);
+		values[3] = Int64GetDatum((int64) e->rows_total);
+		values[4] = Int64GetDatum((int64) e->bytes);
+		values[5] = TimestampTzGetDatum(e->ready_since);
+		nulls[5] = (e->state != TV_RES_READY);
+		values[6] = Int64GetDatum((int64) e->change_count);
+		values[7] = BoolGetDatum(e->from_snapshot);
+		values[8] = LSNGetDatum(e->snap_lsn);
+		nulls[8] = (e->snap_bytes == 0);
+		values[9] = TimestampTzGetDatum(e->snap_time);
+		nulls[9] = (e->snap_time == 0);
+		values[10] = Int64GetDatum(e->snap_bytes);
+		nulls[10] = (e->snap_bytes == 0);
+		LWLockRelease(tv_shared->registry_lock);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* turbo_index_layout(index regclass): the metapage's shape, without counting rows */
+PG_FUNCTION_INFO_V1(turbo_index_layout);
+Datum
+turbo_index_layout(PG_FUNCTION_ARGS)
+{
+	Oid			indexoid = PG_GETARG_OID(0);
+	Relation	heap;
+	Relation	index;
+	TupleDesc	tupdesc;
+	TvMetaPageData meta;
+	Datum		values[5];
+	bool		nulls[5] = {false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	index = OpenTurboIndex(indexoid, AccessShareLock, &heap);
+	TvReadMeta(index, &meta);
+	values[0] = Int32GetDatum(meta.dim);
+	values[1] = Int32GetDatum(meta.bits);
+	values[2] = CStringGetTextDatum(metric_names[meta.metric]);
+	values[3] = CStringGetTextDatum(meta.lists > 0 ? "ivf" : "flat");
+	values[4] = Int32GetDatum((int32) meta.lists);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

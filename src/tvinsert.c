@@ -26,6 +26,7 @@
 #include "utils/rel.h"
 
 #include "turbovec.h"
+#include "tvresident.h"
 
 /* Fix the dimension of an empty index from its first vector */
 static void
@@ -194,6 +195,7 @@ InsertVector(Relation index, TvIndexState *state, const float *x, const uint8 *c
 	GenericXLogState *xlog;
 	int			nreg;
 	TvMetaPage	newmeta;
+	TvMetaPageData after;
 	int			list = -1;
 	TvListEntry entry;
 	uint64		entry_off = 0;
@@ -343,7 +345,12 @@ InsertVector(Relation index, TvIndexState *state, const float *x, const uint8 *c
 	}
 	newmeta->ndatapages = Max(meta.ndatapages, last - TV_FIRST_DATA_BLKNO + 1);
 	newmeta->change_count++;
+	after = *newmeta;
 	GenericXLogFinish(xlog);
+
+	/* the resident copy follows while the metapage is still ours */
+	TvResidentApplyInsert(index, &after, meta.change_count, slot, image, x,
+						  entry_off, meta.lists > 0 ? &entry : NULL);
 
 	for (int i = 0; i < nbufs; i++)
 		UnlockReleaseBuffer(bufs[i]);

@@ -27,6 +27,7 @@
 #include <float.h>
 
 #include "access/relscan.h"
+#include "catalog/pg_class.h"
 #include "access/tableam.h"
 #include "catalog/index.h"
 #include "executor/executor.h"
@@ -39,13 +40,19 @@
 #include "utils/rel.h"
 #include "utils/hsearch.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "turbovec.h"
+#include "tvresident.h"
+
+/* How far ahead the resident scan prefetches */
+#define TV_PREFETCH_BLOCKS		4
 
 typedef struct TvCandidate
 {
 	float		est;
 	ItemPointerData tid;
+	uint64		slot;			/* block * 32 + lane */
 } TvCandidate;
 
 typedef struct TvResult
@@ -68,6 +75,7 @@ typedef struct TvScanOpaqueData
 	Datum		query;
 	TvQueryLut *lut;
 	float		qnorm2;			/* ||q||^2, for L2 */
+	float	   *qfloats;		/* the query as given, for exact distances */
 
 	/* windows: TIDs taken into an earlier window are not taken again */
 	int			window;
@@ -82,6 +90,9 @@ typedef struct TvScanOpaqueData
 	TvResult   *results;
 	int			nresults;
 	int			next;
+
+	/* the resident copy, when preloaded and ready (tvresident.c) */
+	TvResidentEntry *resident;
 
 	/* fetching table rows to re-rank */
 	IndexFetchTableData *fetch;
@@ -169,7 +180,7 @@ HeapOffer(CandidateHeap *h, const TvCandidate *c)
  * block's factor arrays; only lanes that can enter the heap go further.
  */
 static void
-ScoreBlock(TvScanOpaque so, const char *blk, CandidateHeap *heap)
+ScoreBlock(TvScanOpaque so, const char *blk, uint64 block, CandidateHeap *heap)
 {
 	uint32		live;
 	float		scores[TV_LANES];
@@ -219,6 +230,7 @@ ScoreBlock(TvScanOpaque so, const char *blk, CandidateHeap *heap)
 		if (est[lane] > limit)
 			continue;
 		c.est = est[lane];
+		c.slot = block * TV_LANES + lane;
 		memcpy(&c.tid, blk + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
 			   sizeof(ItemPointerData));
 		if (so->seen && hash_search(so->seen, &c.tid, HASH_FIND, NULL) != NULL)
@@ -258,7 +270,7 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 								RelationGetRelationName(index), list),
 						 errhint("REINDEX the index.")));
 			TvReadStream(index, TvBlockOffset(meta, next - 1), meta->block_bytes, blk, so->bas);
-			ScoreBlock(so, blk, heap);
+			ScoreBlock(so, blk, next - 1, heap);
 			memcpy(&next, blk + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
 		}
 		/* no buffer lock held here */
@@ -321,7 +333,7 @@ CollectCandidates(IndexScanDesc scan, CandidateHeap *heap)
 		{
 			if (have == 0 && pos + S <= TV_PAGE_PAYLOAD)
 			{
-				ScoreBlock(so, payload + pos, heap);
+				ScoreBlock(so, payload + pos, block, heap);
 				pos += S;
 				block++;
 			}
@@ -334,7 +346,7 @@ CollectCandidates(IndexScanDesc scan, CandidateHeap *heap)
 				pos += n;
 				if (have == S)
 				{
-					ScoreBlock(so, assembly, heap);
+					ScoreBlock(so, assembly, block, heap);
 					have = 0;
 					block++;
 				}
@@ -403,6 +415,87 @@ ExactDistance(IndexScanDesc scan, ItemPointer tid, double *dist)
 	return true;
 }
 
+/*
+ * Collect a window from the resident copy, re-ranked on its vectors for
+ * real[] columns (with the same arithmetic as the SQL distance functions)
+ * and on the table rows otherwise.  False when the copy is not current:
+ * the caller reads the extent instead.
+ */
+static bool
+ResidentWindow(IndexScanDesc scan, CandidateHeap *heap, bool *ranked)
+{
+	TvScanOpaque so = (TvScanOpaque) scan->opaque;
+	TvResidentEntry *e = so->resident;
+	TvMetaPageData meta;
+	TvResidentCopy *copy;
+	char	   *stream;
+	uint64		nblocks;
+	bool		vectors = (so->state->toarray == NULL && !so->nullquery);
+
+	TvReadMeta(scan->indexRelation, &meta);
+	LWLockAcquire(e->lock, LW_SHARED);
+	copy = TvResidentGetCopy(e);
+	if (e->state != TV_RES_READY || copy == NULL || e->change_count != meta.change_count ||
+		e->relfilenode != TvRelFileNumber(scan->indexRelation))
+	{
+		LWLockRelease(e->lock);
+		TvResidentWakeWorker(MyDatabaseId);
+		return false;
+	}
+
+	stream = TvResidentStream(copy);
+	nblocks = TvBlockCount(&meta);
+	if (meta.lists == 0)
+	{
+		for (uint64 b = 0; b < nblocks; b++)
+		{
+			/* pull a block a few ahead into the caches while this one is scored */
+			if (b + TV_PREFETCH_BLOCKS < nblocks)
+			{
+				const char *ahead = stream + TvBlockOffset(&meta, b + TV_PREFETCH_BLOCKS);
+
+				for (uint32 off = 0; off < meta.block_bytes; off += 64)
+					__builtin_prefetch(ahead + off);
+			}
+			ScoreBlock(so, stream + TvBlockOffset(&meta, b), b, heap);
+		}
+	}
+	else
+	{
+		const TvListEntry *entries = (const TvListEntry *) stream;
+
+		for (int k = 0; k < so->nprobe; k++)
+		{
+			uint32		next = entries[so->list_order[k]].tail;
+			uint64		steps = 0;
+
+			while (next != 0 && next <= nblocks && ++steps <= nblocks)
+			{
+				const char *blk = stream + TvBlockOffset(&meta, next - 1);
+
+				ScoreBlock(so, blk, next - 1, heap);
+				memcpy(&next, blk + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
+			}
+		}
+	}
+
+	*ranked = vectors;
+	so->results = palloc(sizeof(TvResult) * Max(heap->n, 1));
+	so->nresults = 0;
+	for (int i = 0; i < heap->n && vectors; i++)
+	{
+		TvCandidate *c = &heap->items[i];
+
+		so->results[so->nresults].dist =
+			TvExactDistance(so->state->metric, TvResidentVectors(copy) + c->slot * copy->dim,
+							so->qfloats, copy->dim);
+		so->results[so->nresults].tid = c->tid;
+		so->nresults++;
+	}
+	LWLockRelease(e->lock);
+	return true;
+}
+
 /* Collect, re-rank and sort the next window */
 static void
 NextWindow(IndexScanDesc scan)
@@ -410,6 +503,7 @@ NextWindow(IndexScanDesc scan)
 	TvScanOpaque so = (TvScanOpaque) scan->opaque;
 	MemoryContext oldCtx;
 	CandidateHeap heap;
+	bool		ranked = false;
 
 	MemoryContextReset(so->windowCtx);
 	oldCtx = MemoryContextSwitchTo(so->windowCtx);
@@ -417,7 +511,12 @@ NextWindow(IndexScanDesc scan)
 	heap.cap = so->window;
 	heap.n = 0;
 	heap.items = palloc(sizeof(TvCandidate) * heap.cap);
-	CollectCandidates(scan, &heap);
+	if (so->resident == NULL || !ResidentWindow(scan, &heap, &ranked))
+	{
+		heap.n = 0;
+		ranked = false;
+		CollectCandidates(scan, &heap);
+	}
 
 	if (heap.n < heap.cap)
 	{
@@ -437,9 +536,12 @@ NextWindow(IndexScanDesc scan)
 		so->seen = hash_create("turbovec seen TIDs", Max(heap.n, 16), &ctl,
 							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
-	so->results = palloc(sizeof(TvResult) * Max(heap.n, 1));
-	so->nresults = 0;
 	so->next = 0;
+	if (!ranked)
+	{
+		so->results = palloc(sizeof(TvResult) * Max(heap.n, 1));
+		so->nresults = 0;
+	}
 	for (int i = 0; i < heap.n; i++)
 	{
 		TvCandidate *c = &heap.items[i];
@@ -447,7 +549,7 @@ NextWindow(IndexScanDesc scan)
 
 		if (so->seen)
 			hash_search(so->seen, &c->tid, HASH_ENTER, NULL);
-		if (ExactDistance(scan, &c->tid, &dist))
+		if (!ranked && ExactDistance(scan, &c->tid, &dist))
 		{
 			so->results[so->nresults].dist = dist;
 			so->results[so->nresults].tid = c->tid;
@@ -541,6 +643,7 @@ PrepareQuery(IndexScanDesc scan)
 		return;
 	}
 	TvCheckDimensions(scan->indexRelation, so->state->meta.dim, dim);
+	so->qfloats = q;
 
 	so->qnorm2 = (float) (TvNorm(q, dim) * TvNorm(q, dim));
 	if (so->state->metric == TV_METRIC_COSINE)
@@ -614,6 +717,64 @@ tvrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int nord
 	MemoryContextReset(so->queryCtx);
 }
 
+/*
+ * With the resident index: wait up to turbovec.ready_timeout for the copy of
+ * a not-ready index, then raise "not ready" or read the extent, as
+ * turbovec.not_ready says.  Returns the entry when the copy is ready.  A copy
+ * that is ready but behind the extent is not waited for: its windows fall
+ * back to the extent while the worker catches up.
+ */
+static TvResidentEntry *
+WaitResident(Relation index)
+{
+	TvResidentEntry *e;
+	TimestampTz deadline;
+
+	if (tv_shared == NULL || !tv_use_resident ||
+		index->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
+		return NULL;
+	e = TvResidentLookup(MyDatabaseId, RelationGetRelid(index), false);
+	if (e != NULL && e->state == TV_RES_READY)
+		return e;
+	if (e != NULL && e->state == TV_RES_TOO_BIG)
+		return NULL;			/* served from its pages, and reported so */
+
+	TvResidentWakeWorker(MyDatabaseId);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), tv_ready_timeout_ms);
+	for (;;)
+	{
+		long		left;
+
+		if (e == NULL)
+			e = TvResidentLookup(MyDatabaseId, RelationGetRelid(index), false);
+		if (e != NULL && e->state == TV_RES_READY)
+		{
+			ConditionVariableCancelSleep();
+			return e;
+		}
+		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (left <= 0)
+			break;
+		if (e != NULL)
+			ConditionVariableTimedSleep(&e->cv, Min(left, 50), PG_WAIT_EXTENSION);
+		else
+			pg_usleep(Min(left, 10) * 1000L);	/* the worker has not seen it yet */
+		CHECK_FOR_INTERRUPTS();
+	}
+	ConditionVariableCancelSleep();
+
+	if (tv_not_ready == TV_NOT_READY_ERROR)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("turbo index \"%s\" is not ready", RelationGetRelationName(index)),
+				 e && e->state == TV_RES_BUILDING ?
+				 errdetail("Its resident copy is being built: " UINT64_FORMAT " of " UINT64_FORMAT " rows done.",
+						   e->rows_done, e->rows_total) :
+				 errdetail("Its resident copy has not been started yet."),
+				 errhint("Retry, wait with turbo_wait_ready(), or SET turbovec.not_ready = 'extent' to read the index pages meanwhile.")));
+	return NULL;
+}
+
 /* Things the first call of a scan sets up */
 static void
 StartScan(IndexScanDesc scan)
@@ -633,6 +794,7 @@ StartScan(IndexScanDesc scan)
 
 	pgstat_count_index_scan(scan->indexRelation);
 	PrepareQuery(scan);
+	so->resident = WaitResident(scan->indexRelation);
 	so->window = tv_candidates;
 
 	if (so->fetch == NULL)

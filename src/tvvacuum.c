@@ -24,32 +24,54 @@
 #include "utils/rel.h"
 
 #include "turbovec.h"
+#include "tvresident.h"
 
-/* Clear the given lanes of a block's live word */
+/*
+ * Clear the given lanes of block b's live word.  The metapage's counter
+ * moves in the same record, under its exclusive lock, so a resident copy or
+ * a rebuild in progress never misses a cleared lane.
+ */
 static uint32
-ClearLanes(Relation index, uint64 offset, uint32 dead, BufferAccessStrategy strategy)
+ClearLanes(Relation index, uint64 b, uint32 dead, BufferAccessStrategy strategy)
 {
-	BlockNumber blkno = TV_FIRST_DATA_BLKNO + offset / TV_PAGE_PAYLOAD;
-	Size		pos = offset % TV_PAGE_PAYLOAD;
+	Buffer		metabuf = ReadBuffer(index, TV_METAPAGE_BLKNO);
+	TvMetaPageData meta;
+	uint64		offset;
 	Buffer		buf;
 	GenericXLogState *xlog;
 	Page		page;
+	TvMetaPage	newmeta;
 	uint32		live;
 	uint32		cleared;
 
-	buf = ReadBufferExtended(index, MAIN_FORKNUM, blkno, RBM_NORMAL, strategy);
+	LockBuffer(metabuf, BUFFER_LOCK_EXCLUSIVE);
+	TvCheckMetaPage(index, BufferGetPage(metabuf));
+	memcpy(&meta, TvPageGetMeta(BufferGetPage(metabuf)), sizeof(meta));
+	offset = TvBlockOffset(&meta, b);
+	buf = ReadBufferExtended(index, MAIN_FORKNUM,
+							 TV_FIRST_DATA_BLKNO + offset / TV_PAGE_PAYLOAD,
+							 RBM_NORMAL, strategy);
 	LockBufferForCleanup(buf);
 	xlog = GenericXLogStart(index);
+	newmeta = TvPageGetMeta(GenericXLogRegisterBuffer(xlog, metabuf, 0));
 	page = GenericXLogRegisterBuffer(xlog, buf, 0);
-	memcpy(&live, TvPagePayload(page) + pos, sizeof(uint32));
+	memcpy(&live, TvPagePayload(page) + offset % TV_PAGE_PAYLOAD, sizeof(uint32));
 	cleared = live & dead;
 	live &= ~dead;
-	memcpy(TvPagePayload(page) + pos, &live, sizeof(uint32));
+	memcpy(TvPagePayload(page) + offset % TV_PAGE_PAYLOAD, &live, sizeof(uint32));
 	if (cleared)
+	{
+		TvMetaPageData after;
+
+		newmeta->change_count++;
+		after = *newmeta;
 		GenericXLogFinish(xlog);
+		TvResidentApplyClear(index, &after, meta.change_count, b, cleared);
+	}
 	else
 		GenericXLogAbort(xlog);
 	UnlockReleaseBuffer(buf);
+	UnlockReleaseBuffer(metabuf);
 	return cleared;
 }
 
@@ -103,6 +125,7 @@ UpdateMeta(Relation index, uint64 first_freed, const uint32 *list_freed)
 	Buffer		metabuf = ReadBuffer(index, TV_METAPAGE_BLKNO);
 	GenericXLogState *xlog;
 	TvMetaPage	meta;
+	TvMetaPageData after;
 
 	LockBuffer(metabuf, BUFFER_LOCK_EXCLUSIVE);
 	TvCheckMetaPage(index, BufferGetPage(metabuf));
@@ -112,7 +135,11 @@ UpdateMeta(Relation index, uint64 first_freed, const uint32 *list_freed)
 	meta = TvPageGetMeta(GenericXLogRegisterBuffer(xlog, metabuf, 0));
 	meta->free_hint = Min(meta->free_hint, first_freed);
 	meta->change_count++;
-	TvCommitBuffer(metabuf, xlog);
+	after = *meta;
+	GenericXLogFinish(xlog);
+	/* only hints changed: the copy keeps up by taking the new counter */
+	TvResidentApplyClear(index, &after, after.change_count - 1, 0, 0);
+	UnlockReleaseBuffer(metabuf);
 }
 
 IndexBulkDeleteResult *
@@ -157,7 +184,7 @@ tvbulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 		}
 		if (dead != 0)
 		{
-			uint32		cleared = ClearLanes(index, offset, dead, info->strategy);
+			uint32		cleared = ClearLanes(index, b, dead, info->strategy);
 
 			stats->tuples_removed += pg_popcount32(cleared);
 			if (cleared)

@@ -148,13 +148,9 @@ Dot(const float *a, const float *b, int dim)
 	return s;
 }
 
-PG_FUNCTION_INFO_V1(turbo_l2_distance);
-Datum
-turbo_l2_distance(PG_FUNCTION_ARGS)
+static double
+L2Distance(const float *a, const float *b, int dim)
 {
-	float	   *a;
-	float	   *b;
-	int			dim = GetTwoVectors(fcinfo, &a, &b);
 	double		s = 0.0;
 
 	for (int i = 0; i < dim; i++)
@@ -163,7 +159,55 @@ turbo_l2_distance(PG_FUNCTION_ARGS)
 
 		s += d * d;
 	}
-	PG_RETURN_FLOAT8(sqrt(s));
+	return sqrt(s);
+}
+
+static double
+CosineDistance(const float *a, const float *b, int dim)
+{
+	double		na = TvNorm(a, dim);
+	double		nb = TvNorm(b, dim);
+	double		sim;
+
+	if (na == 0.0 || nb == 0.0)
+		return get_float8_nan();
+	sim = Dot(a, b, dim) / (na * nb);
+	/* rounding can push |sim| past 1 */
+	if (sim > 1.0)
+		sim = 1.0;
+	else if (sim < -1.0)
+		sim = -1.0;
+	return 1.0 - sim;
+}
+
+/*
+ * The distance the metric's SQL function returns, for the resident path:
+ * the same arithmetic, so both paths order rows alike.
+ */
+double
+TvExactDistance(TvMetric metric, const float *a, const float *b, int dim)
+{
+	switch (metric)
+	{
+		case TV_METRIC_L2:
+			return L2Distance(a, b, dim);
+		case TV_METRIC_IP:
+			return -Dot(a, b, dim);
+		case TV_METRIC_COSINE:
+			return CosineDistance(a, b, dim);
+	}
+	return 0;
+}
+
+PG_FUNCTION_INFO_V1(turbo_l2_distance);
+Datum
+turbo_l2_distance(PG_FUNCTION_ARGS)
+{
+	float	   *a;
+	float	   *b;
+	int			dim = GetTwoVectors(fcinfo, &a, &b);
+
+	PG_RETURN_FLOAT8(L2Distance(a, b, dim));
 }
 
 PG_FUNCTION_INFO_V1(turbo_inner_product);
@@ -199,19 +243,8 @@ turbo_cosine_distance(PG_FUNCTION_ARGS)
 	float	   *a;
 	float	   *b;
 	int			dim = GetTwoVectors(fcinfo, &a, &b);
-	double		na = TvNorm(a, dim);
-	double		nb = TvNorm(b, dim);
-	double		sim;
 
-	if (na == 0.0 || nb == 0.0)
-		PG_RETURN_FLOAT8(get_float8_nan());
-	sim = Dot(a, b, dim) / (na * nb);
-	/* rounding can push |sim| past 1 */
-	if (sim > 1.0)
-		sim = 1.0;
-	else if (sim < -1.0)
-		sim = -1.0;
-	PG_RETURN_FLOAT8(1.0 - sim);
+	PG_RETURN_FLOAT8(CosineDistance(a, b, dim));
 }
 
 PG_FUNCTION_INFO_V1(turbo_vector_norm);

@@ -1,0 +1,346 @@
+/*
+ * tvresident.c
+ *	  The resident index: a shared-memory copy of each turbo index's stream
+ *	  (list area and 32-lane blocks, page boundaries removed) plus one float
+ *	  vector per slot for exact re-ranking, and the readiness of each copy.
+ *
+ * Exists only with shared_preload_libraries = 'turbovec'.  Copies live in a
+ * dynamic shared area created in place in the fixed shared memory
+ * (turbovec.resident_memory), so the budget is fixed at start-up and every
+ * backend reaches a copy through a dsa_pointer, never a raw address.
+ *
+ * A copy is current when its change_count equals the metapage's.  Every
+ * writer of the extent holds the metapage's exclusive lock while it bumps
+ * the counter, and mirrors its change into a READY copy under the entry's
+ * LWLock before releasing the metapage, so a scan that reads the metapage
+ * counter and then finds the same counter in the copy sees the extent's
+ * state.  Anything else (a standby's WAL redo, a full copy, a writer that
+ * found the copy behind) leaves the counters apart, and scans read the
+ * extent until the worker (tvworker.c) rebuilds the copy.
+ *
+ * Lock order: metapage buffer, data page buffers, entry LWLock, registry
+ * LWLock.  The registry lock guards entry identity and state; the entry
+ * lock guards the copy's bytes.
+ */
+#include "postgres.h"
+
+#include "access/xlog.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/condition_variable.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/dsa.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "turbovec.h"
+#include "tvresident.h"
+
+TvShared   *tv_shared = NULL;
+static dsa_area *tv_area = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static Size
+SharedSize(void)
+{
+	return MAXALIGN(offsetof(TvShared, dsa_place)) +
+		(Size) tv_resident_memory_mb * 1024 * 1024;
+}
+
+static void
+TvShmemRequest(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(SharedSize());
+	RequestNamedLWLockTranche("turbovec", TV_MAX_RESIDENT + 1);
+}
+
+static void
+TvShmemStartup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	tv_shared = ShmemInitStruct("turbovec", SharedSize(), &found);
+	if (!found)
+	{
+		LWLockPadded *locks = GetNamedLWLockTranche("turbovec");
+		Size		place_size = (Size) tv_resident_memory_mb * 1024 * 1024;
+		dsa_area   *area;
+
+		MemSet(tv_shared, 0, offsetof(TvShared, dsa_place));
+		tv_shared->registry_lock = &locks[0].lock;
+		for (int i = 0; i < TV_MAX_RESIDENT; i++)
+		{
+			tv_shared->entries[i].lock = &locks[i + 1].lock;
+			ConditionVariableInit(&tv_shared->entries[i].cv);
+		}
+		tv_shared->dsa_tranche = LWLockNewTrancheId();
+		area = dsa_create_in_place(tv_shared->dsa_place, place_size,
+								   tv_shared->dsa_tranche, NULL);
+		/* the budget is the place: never grow into extra segments */
+		dsa_set_size_limit(area, place_size);
+		dsa_pin(area);
+		dsa_detach(area);
+	}
+	LWLockRelease(AddinShmemInitLock);
+	LWLockRegisterTranche(tv_shared->dsa_tranche, "turbovec_dsa");
+}
+
+/* From _PG_init, only while shared_preload_libraries is processed */
+void
+TvResidentInit(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = TvShmemRequest;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = TvShmemStartup;
+}
+
+/* This backend's view of the area, attached on first use */
+dsa_area *
+TvResidentArea(void)
+{
+	if (tv_area == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		tv_area = dsa_attach_in_place(tv_shared->dsa_place, NULL);
+		on_shmem_exit(dsa_on_shmem_exit_release_in_place,
+					  PointerGetDatum(tv_shared->dsa_place));
+		MemoryContextSwitchTo(old);
+	}
+	return tv_area;
+}
+
+/*
+ * The entry of an index, or NULL.  With create, a free entry is claimed
+ * (state EMPTY); NULL when the registry is full.  Caller holds nothing.
+ */
+TvResidentEntry *
+TvResidentLookup(Oid dbid, Oid indexid, bool create)
+{
+	TvResidentEntry *found = NULL;
+	TvResidentEntry *free = NULL;
+
+	if (tv_shared == NULL)
+		return NULL;
+	LWLockAcquire(tv_shared->registry_lock, create ? LW_EXCLUSIVE : LW_SHARED);
+	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	{
+		TvResidentEntry *e = &tv_shared->entries[i];
+
+		if (e->state == TV_RES_FREE)
+		{
+			if (free == NULL)
+				free = e;
+			continue;
+		}
+		if (e->dbid == dbid && e->indexid == indexid)
+		{
+			found = e;
+			break;
+		}
+	}
+	if (found == NULL && create && free != NULL)
+	{
+		free->dbid = dbid;
+		free->indexid = indexid;
+		free->relfilenode = InvalidOid;
+		free->state = TV_RES_EMPTY;
+		free->data = InvalidDsaPointer;
+		free->bytes = 0;
+		free->change_count = 0;
+		free->rows_done = free->rows_total = 0;
+		free->ready_since = 0;
+		free->from_snapshot = false;
+		free->tried_relfilenode = InvalidOid;
+		free->snap_change_count = 0;
+		free->snap_lsn = InvalidXLogRecPtr;
+		free->snap_time = 0;
+		free->snap_bytes = 0;
+		found = free;
+	}
+	LWLockRelease(tv_shared->registry_lock);
+	return found;
+}
+
+/* Give an entry back, freeing its copy */
+void
+TvResidentRelease(TvResidentEntry *e)
+{
+	dsa_pointer old;
+
+	LWLockAcquire(e->lock, LW_EXCLUSIVE);
+	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
+	old = e->data;
+	e->data = InvalidDsaPointer;
+	e->bytes = 0;
+	e->state = TV_RES_FREE;
+	e->dbid = InvalidOid;
+	e->indexid = InvalidOid;
+	LWLockRelease(tv_shared->registry_lock);
+	LWLockRelease(e->lock);
+	if (DsaPointerIsValid(old))
+		dsa_free(TvResidentArea(), old);
+	ConditionVariableBroadcast(&e->cv);
+}
+
+/* Change an entry's state; wakes waiters */
+void
+TvResidentSetState(TvResidentEntry *e, TvResidentState state)
+{
+	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
+	e->state = state;
+	if (state == TV_RES_READY)
+		e->ready_since = GetCurrentTimestamp();
+	LWLockRelease(tv_shared->registry_lock);
+	ConditionVariableBroadcast(&e->cv);
+}
+
+/* Ask the worker of our database to look at its indexes now */
+void
+TvResidentWakeWorker(Oid dbid)
+{
+	if (tv_shared == NULL)
+		return;
+	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
+	for (int i = 0; i < TV_MAX_DATABASES; i++)
+	{
+		TvWorkerSlot *slot = &tv_shared->dbs[i];
+
+		if (slot->dbid == dbid)
+		{
+			slot->poke = true;
+			if (slot->pid != 0 && slot->latch)
+				SetLatch(slot->latch);
+			else
+			{
+				/* its worker exited: the launcher starts another */
+				slot->wanted = true;
+				if (tv_shared->launcher_latch)
+					SetLatch(tv_shared->launcher_latch);
+			}
+			LWLockRelease(tv_shared->registry_lock);
+			return;
+		}
+	}
+	/* no worker yet: ask the launcher for one */
+	for (int i = 0; i < TV_MAX_DATABASES; i++)
+	{
+		if (tv_shared->dbs[i].dbid == InvalidOid)
+		{
+			tv_shared->dbs[i].dbid = dbid;
+			tv_shared->dbs[i].wanted = true;
+			break;
+		}
+	}
+	if (tv_shared->launcher_latch)
+		SetLatch(tv_shared->launcher_latch);
+	LWLockRelease(tv_shared->registry_lock);
+}
+
+/* Address of a copy; caller holds the entry lock */
+TvResidentCopy *
+TvResidentGetCopy(TvResidentEntry *e)
+{
+	if (!DsaPointerIsValid(e->data))
+		return NULL;
+	return (TvResidentCopy *) dsa_get_address(TvResidentArea(), e->data);
+}
+
+/*
+ * An insert has written slot `slot` of block image `image` (block_bytes
+ * bytes) and, for IVF, directory entry bytes at entry_off; the metapage went
+ * from old_count to meta->change_count.  Mirror it into a current copy, or
+ * mark the copy behind.  Called with the metapage exclusively locked.
+ */
+void
+TvResidentApplyInsert(Relation index, const TvMetaPageData *meta, uint64 old_count,
+					  uint64 slot, const char *image, const float *x,
+					  uint64 entry_off, const TvListEntry *entry)
+{
+	TvResidentEntry *e = TvResidentLookup(MyDatabaseId, RelationGetRelid(index), false);
+	TvResidentCopy *copy;
+	bool		behind = false;
+
+	if (e == NULL)
+		return;
+	LWLockAcquire(e->lock, LW_EXCLUSIVE);
+	copy = TvResidentGetCopy(e);
+	if (e->state != TV_RES_READY || copy == NULL || e->change_count != old_count ||
+		e->relfilenode != TvRelFileNumber(index))
+	{
+		if (e->state == TV_RES_READY)
+			behind = true;
+	}
+	else if (slot >= copy->capacity_slots)
+		behind = true;			/* full: the worker makes a bigger copy */
+	else
+	{
+		uint64		block = slot / TV_LANES;
+		char	   *stream = TvResidentStream(copy);
+
+		memcpy(stream + TvBlockOffset(meta, block), image, meta->block_bytes);
+		if (entry != NULL)
+			memcpy(stream + entry_off, entry, sizeof(TvListEntry));
+		memcpy(TvResidentVectors(copy) + (Size) slot * copy->dim, x,
+			   sizeof(float) * copy->dim);
+		copy->nslots = meta->nslots;
+		e->change_count = meta->change_count;
+		e->lsn = GetXLogInsertRecPtr();
+	}
+	LWLockRelease(e->lock);
+	if (behind)
+	{
+		TvResidentSetState(e, TV_RES_STALE);
+		TvResidentWakeWorker(MyDatabaseId);
+	}
+}
+
+/*
+ * VACUUM cleared `cleared` lanes of block `block`, or only bumped the
+ * counter (cleared = 0).  Called with the metapage exclusively locked.
+ */
+void
+TvResidentApplyClear(Relation index, const TvMetaPageData *meta, uint64 old_count,
+					 uint64 block, uint32 cleared)
+{
+	TvResidentEntry *e = TvResidentLookup(MyDatabaseId, RelationGetRelid(index), false);
+	TvResidentCopy *copy;
+	bool		behind = false;
+
+	if (e == NULL)
+		return;
+	LWLockAcquire(e->lock, LW_EXCLUSIVE);
+	copy = TvResidentGetCopy(e);
+	if (e->state == TV_RES_READY && copy != NULL && e->change_count == old_count &&
+		e->relfilenode == TvRelFileNumber(index))
+	{
+		if (cleared)
+		{
+			uint32	   *live = (uint32 *) (TvResidentStream(copy) + TvBlockOffset(meta, block));
+
+			*live &= ~cleared;
+		}
+		e->change_count = meta->change_count;
+		e->lsn = GetXLogInsertRecPtr();
+	}
+	else if (e->state == TV_RES_READY)
+		behind = true;
+	LWLockRelease(e->lock);
+	if (behind)
+	{
+		TvResidentSetState(e, TV_RES_STALE);
+		TvResidentWakeWorker(MyDatabaseId);
+	}
+}

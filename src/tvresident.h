@@ -1,0 +1,144 @@
+/*
+ * tvresident.h
+ *	  Shared state of the resident index, the readiness of each turbo
+ *	  index, and the background worker (tvresident.c, tvworker.c).
+ */
+#ifndef TVRESIDENT_H
+#define TVRESIDENT_H
+
+#include "access/xlogdefs.h"
+#include "storage/condition_variable.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "utils/dsa.h"
+#include "utils/relcache.h"
+
+#include "turbovec.h"
+
+#define TV_MAX_RESIDENT		256		/* turbo indexes with a resident copy */
+#define TV_MAX_DATABASES	64		/* databases with a worker */
+
+#if PG_VERSION_NUM >= 160000
+#define TvRelFileNumber(rel)	((rel)->rd_locator.relNumber)
+#else
+#define TvRelFileNumber(rel)	((rel)->rd_node.relNode)
+#endif
+
+typedef enum TvResidentState
+{
+	TV_RES_FREE = 0,			/* entry unused */
+	TV_RES_EMPTY,				/* known, no copy yet */
+	TV_RES_BUILDING,			/* the worker is making the copy */
+	TV_RES_READY,				/* the copy is complete; current if counters match */
+	TV_RES_STALE,				/* a writer found the copy behind */
+	TV_RES_TOO_BIG,				/* does not fit turbovec.resident_memory */
+	TV_RES_FAILED				/* the rebuild raised an error; retried after REINDEX */
+} TvResidentState;
+
+/* A resident copy, at the start of its dsa allocation */
+typedef struct TvResidentCopy
+{
+	uint32		dim;
+	uint32		bits;
+	uint32		metric;
+	uint32		lists;
+	uint32		list_area;
+	uint32		block_bytes;
+	uint64		nslots;			/* slots in use, as in the metapage */
+	uint64		capacity_slots; /* slots the allocation has room for */
+	uint64		stream_capacity;	/* bytes reserved for the stream */
+	/* stream (list area + blocks), then capacity_slots vectors of dim floats */
+} TvResidentCopy;
+
+#define TvResidentStream(copy) \
+	((char *) (copy) + MAXALIGN(sizeof(TvResidentCopy)))
+#define TvResidentVectors(copy) \
+	((float *) (TvResidentStream(copy) + (copy)->stream_capacity))
+
+typedef struct TvResidentEntry
+{
+	/* identity and state: registry lock */
+	Oid			dbid;
+	Oid			indexid;
+	Oid			relfilenode;
+	TvResidentState state;
+	uint64		rows_done;		/* rebuild progress */
+	uint64		rows_total;
+	TimestampTz ready_since;
+	bool		from_snapshot;	/* the current copy came from a .tv file */
+	Oid			tried_relfilenode;	/* relfilenode of the last rebuild attempt */
+
+	/* the copy: entry lock */
+	LWLock	   *lock;
+	dsa_pointer data;
+	Size		bytes;
+	uint64		change_count;	/* metapage counter the copy reflects */
+	XLogRecPtr	lsn;
+
+	/* last snapshot: written by the worker only */
+	uint64		snap_change_count;
+	XLogRecPtr	snap_lsn;
+	TimestampTz snap_time;
+	int64		snap_bytes;
+
+	ConditionVariable cv;		/* broadcast on every state change */
+} TvResidentEntry;
+
+typedef struct TvWorkerSlot
+{
+	Oid			dbid;			/* InvalidOid: free */
+	bool		wanted;			/* the launcher should start a worker */
+	bool		poke;			/* look at the indexes now */
+	int			pid;
+	Latch	   *latch;
+} TvWorkerSlot;
+
+typedef struct TvShared
+{
+	LWLock	   *registry_lock;
+	int			dsa_tranche;
+	int			launcher_pid;
+	Latch	   *launcher_latch;
+	TvWorkerSlot dbs[TV_MAX_DATABASES];
+	TvResidentEntry entries[TV_MAX_RESIDENT];
+	char		dsa_place[FLEXIBLE_ARRAY_MEMBER];
+} TvShared;
+
+extern TvShared *tv_shared;
+
+/* GUCs */
+extern int	tv_resident_memory_mb;
+extern int	tv_ready_timeout_ms;
+extern int	tv_not_ready;
+extern bool tv_snapshots;
+extern int	tv_worker_naptime_ms;
+extern int	tv_test_build_delay_ms;
+extern bool tv_use_resident;
+
+#define TV_NOT_READY_EXTENT	0
+#define TV_NOT_READY_ERROR	1
+
+/* tvresident.c */
+extern void TvResidentInit(void);
+extern dsa_area *TvResidentArea(void);
+extern TvResidentEntry *TvResidentLookup(Oid dbid, Oid indexid, bool create);
+extern void TvResidentRelease(TvResidentEntry *e);
+extern void TvResidentSetState(TvResidentEntry *e, TvResidentState state);
+extern void TvResidentWakeWorker(Oid dbid);
+extern TvResidentCopy *TvResidentGetCopy(TvResidentEntry *e);
+extern void TvResidentApplyInsert(Relation index, const TvMetaPageData *meta,
+								  uint64 old_count, uint64 slot, const char *image,
+								  const float *x, uint64 entry_off,
+								  const TvListEntry *entry);
+extern void TvResidentApplyClear(Relation index, const TvMetaPageData *meta,
+								 uint64 old_count, uint64 block, uint32 cleared);
+
+/* tvworker.c */
+extern void TvWorkerInit(void);
+extern bool TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e,
+							  bool try_snapshot);
+extern void TvResidentDump(TvResidentEntry *e);
+extern PGDLLEXPORT void tv_launcher_main(Datum arg);
+extern PGDLLEXPORT void tv_database_main(Datum arg);
+
+#endif							/* TVRESIDENT_H */

@@ -1,0 +1,1078 @@
+/*
+ * tvworker.c
+ *	  The turbovec background workers: a launcher with no database, and one
+ *	  worker per database that builds and refreshes the resident copies of
+ *	  that database's turbo indexes and dumps their snapshots.
+ *
+ * The launcher starts a database worker for every connectable database at
+ * start-up and whenever a backend asks for one (CREATE INDEX, a scan that
+ * found no current copy).  A database worker with no turbo index exits.
+ * Both run on hot standbys too (BgWorkerStart_ConsistentState), where WAL
+ * redo changes the extent behind the copies: the worker sees the metapage
+ * counter move and rebuilds.
+ *
+ * A rebuild copies the stream under the metapage's share lock (inserters
+ * wait for that copy, a few milliseconds per 20 MB), then fetches each live
+ * lane's vector from the table without any index lock, then publishes the
+ * copy only if the metapage counter has not moved; otherwise it starts
+ * again, and the last attempt keeps the share lock throughout, so a rebuild
+ * always finishes and no insert is ever missing from a published copy.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/index.h"
+#include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/bufmgr.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lmgr.h"
+#include "storage/procsignal.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "turbovec.h"
+#include "tvresident.h"
+#include "tvsnapshot.h"
+
+#define TV_REBUILD_ATTEMPTS		4
+#define TV_WORKER_LINGER_MS		2000	/* idle time before a database worker exits */
+#define TV_LAUNCHER_CLEANUP_ROUNDS 30	/* launcher rounds between dropped-database sweeps */
+
+static bool SyncIndexGuarded(Oid indexoid, bool boot);
+
+/* Register the launcher; from _PG_init under shared_preload_libraries */
+void
+TvWorkerInit(void)
+{
+	BackgroundWorker worker;
+
+	MemSet(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
+	worker.bgw_restart_time = 10;
+	strlcpy(worker.bgw_library_name, "turbovec", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "tv_launcher_main", BGW_MAXLEN);
+	strlcpy(worker.bgw_name, "turbovec launcher", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "turbovec launcher", BGW_MAXLEN);
+	RegisterBackgroundWorker(&worker);
+}
+
+/* The value an index holds for a heap tuple, as floats of dim; false if none */
+static bool
+FetchVector(Relation heap, Relation index, TvIndexState *state, IndexFetchTableData *fetch,
+			TupleTableSlot *slot, IndexInfo *indexInfo, EState *estate,
+			ItemPointer tid, float *out)
+{
+	ItemPointerData fetchtid = *tid;
+	bool		call_again = false;
+	bool		all_dead = false;
+	Datum		values[INDEX_MAX_KEYS];
+	bool		isnull[INDEX_MAX_KEYS];
+	float	   *x;
+	int			dim;
+
+	/* any version of the chain holds the indexed value */
+	if (!table_index_fetch_tuple(fetch, &fetchtid, SnapshotAny, slot, &call_again, &all_dead))
+		return false;
+	if (indexInfo->ii_Expressions != NIL)
+	{
+		ExprContext *econtext = GetPerTupleExprContext(estate);
+
+		ResetExprContext(econtext);
+		econtext->ecxt_scantuple = slot;
+		FormIndexDatum(indexInfo, slot, estate, values, isnull);
+	}
+	else
+		values[0] = slot_getattr(slot, indexInfo->ii_IndexAttrNumbers[0], &isnull[0]);
+	if (isnull[0])
+		return false;
+	x = TvDatumGetFloats(state->toarray, values[0], &dim);
+	if (dim != (int) state->meta.dim)
+		return false;
+	memcpy(out, x, sizeof(float) * dim);
+	return true;
+}
+
+/*
+ * Copy the stream into a new allocation sized for the metapage plus room to
+ * grow.  Returns InvalidDsaPointer when it does not fit.  Caller holds the
+ * metapage share lock.
+ */
+static dsa_pointer
+CopyStream(Relation index, const TvMetaPageData *meta)
+{
+	dsa_area   *area = TvResidentArea();
+	uint64		nblocks = TvBlockCount(meta);
+	uint64		cap_blocks = nblocks + Max(nblocks / 4, 16);
+	uint64		cap_slots = cap_blocks * TV_LANES;
+	uint64		stream_cap = TvBlockOffset(meta, cap_blocks);
+	uint64		used = TvBlockOffset(meta, nblocks);
+	Size		bytes = MAXALIGN(sizeof(TvResidentCopy)) + stream_cap +
+		cap_slots * meta->dim * sizeof(float);
+	dsa_pointer dp;
+	TvResidentCopy *copy;
+	char	   *stream;
+
+	dp = dsa_allocate_extended(area, bytes, DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
+	if (!DsaPointerIsValid(dp))
+		return InvalidDsaPointer;
+	copy = dsa_get_address(area, dp);
+	copy->dim = meta->dim;
+	copy->bits = meta->bits;
+	copy->metric = meta->metric;
+	copy->lists = meta->lists;
+	copy->list_area = meta->list_area;
+	copy->block_bytes = meta->block_bytes;
+	copy->nslots = meta->nslots;
+	copy->capacity_slots = cap_slots;
+	copy->stream_capacity = stream_cap;
+	stream = TvResidentStream(copy);
+	memset(stream + used, 0, stream_cap - used);
+	for (uint64 off = 0; off < used; off += TV_PAGE_PAYLOAD)
+	{
+		Buffer		buf = ReadBufferExtended(index, MAIN_FORKNUM,
+											 TV_FIRST_DATA_BLKNO + off / TV_PAGE_PAYLOAD,
+											 RBM_NORMAL, NULL);
+
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		memcpy(stream + off, TvPagePayload(BufferGetPage(buf)),
+			   Min((uint64) TV_PAGE_PAYLOAD, used - off));
+		UnlockReleaseBuffer(buf);
+	}
+	return dp;
+}
+
+/* Fill the vectors of every live lane; lanes whose row is gone are cleared */
+static void
+FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry *e,
+			TvResidentCopy *copy)
+{
+	IndexFetchTableData *fetch = table_index_fetch_begin(heap);
+	TupleTableSlot *slot = table_slot_create(heap, NULL);
+	IndexInfo  *indexInfo = BuildIndexInfo(index);
+	EState	   *estate = CreateExecutorState();
+	MemoryContext tmp = AllocSetContextCreate(CurrentMemoryContext,
+											  "turbovec rebuild temporary context",
+											  ALLOCSET_DEFAULT_SIZES);
+	TvMetaPageData meta = state->meta;
+	char	   *stream = TvResidentStream(copy);
+	uint64		nblocks;
+
+	meta.list_area = copy->list_area;
+	meta.block_bytes = copy->block_bytes;
+	meta.nslots = copy->nslots;
+	nblocks = TvBlockCount(&meta);
+	e->rows_total = copy->nslots;
+	e->rows_done = 0;
+
+	for (uint64 b = 0; b < nblocks; b++)
+	{
+		char	   *blk = stream + TvBlockOffset(&meta, b);
+		uint32		live;
+		uint32		gone = 0;
+		uint32		l;
+
+		memcpy(&live, blk + TV_BLOCK_LIVE_OFFSET, sizeof(uint32));
+		l = live;
+		while (l != 0)
+		{
+			int			lane = pg_rightmost_one_pos32(l);
+			ItemPointerData tid;
+			MemoryContext old = MemoryContextSwitchTo(tmp);
+
+			l &= l - 1;
+			memcpy(&tid, blk + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
+				   sizeof(tid));
+			if (!FetchVector(heap, index, state, fetch, slot, indexInfo, estate, &tid,
+							 TvResidentVectors(copy) + (b * TV_LANES + lane) * copy->dim))
+				gone |= (uint32) 1 << lane;
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(tmp);
+		}
+		/* a row that no longer exists is dead to every snapshot */
+		live &= ~gone;
+		memcpy(blk + TV_BLOCK_LIVE_OFFSET, &live, sizeof(uint32));
+
+		e->rows_done = Min((b + 1) * TV_LANES, copy->nslots);
+		if ((b & 31) == 31)
+		{
+			if (tv_test_build_delay_ms > 0)
+				pg_usleep(tv_test_build_delay_ms * 1000L);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_index_fetch_end(fetch);
+	FreeExecutorState(estate);
+	MemoryContextDelete(tmp);
+}
+
+/* Swap a finished copy in; caller holds the metapage share lock */
+static void
+Publish(Relation index, TvResidentEntry *e, dsa_pointer dp, Size bytes,
+		const TvMetaPageData *meta, XLogRecPtr lsn, bool from_snapshot)
+{
+	dsa_pointer old;
+
+	LWLockAcquire(e->lock, LW_EXCLUSIVE);
+	old = e->data;
+	e->data = dp;
+	e->bytes = bytes;
+	e->change_count = meta->change_count;
+	e->lsn = lsn;
+	e->relfilenode = TvRelFileNumber(index);
+	LWLockRelease(e->lock);
+	e->from_snapshot = from_snapshot;
+	TvResidentSetState(e, TV_RES_READY);
+	if (DsaPointerIsValid(old))
+		dsa_free(TvResidentArea(), old);
+}
+
+/* Read the metapage and its LSN under a share lock the caller keeps */
+static Buffer
+LockMeta(Relation index, TvMetaPageData *meta, XLogRecPtr *lsn)
+{
+	Buffer		metabuf = ReadBuffer(index, TV_METAPAGE_BLKNO);
+	Page		page;
+
+	LockBuffer(metabuf, BUFFER_LOCK_SHARE);
+	page = BufferGetPage(metabuf);
+	TvCheckMetaPage(index, page);
+	memcpy(meta, TvPageGetMeta(page), sizeof(TvMetaPageData));
+	*lsn = PageGetLSN(page);
+	return metabuf;
+}
+
+/* Try the index's snapshot; true if it was whole and current and is now published */
+static bool
+LoadSnapshot(Relation index, TvResidentEntry *e)
+{
+	TvSnapshotExpect expect;
+	TvSnapshotHeader hdr;
+	char	   *stream;
+	float	   *vectors;
+	const char *why = NULL;
+	TvMetaPageData meta;
+	XLogRecPtr	lsn;
+	Buffer		metabuf;
+	dsa_pointer dp;
+	TvResidentCopy *copy;
+	char		path[MAXPGPATH];
+
+	metabuf = LockMeta(index, &meta, &lsn);
+	UnlockReleaseBuffer(metabuf);
+	if (meta.dim == 0)
+		return false;
+
+	MemSet(&expect, 0, sizeof(expect));
+	expect.dboid = MyDatabaseId;
+	expect.indexoid = RelationGetRelid(index);
+	expect.relfilenode = TvRelFileNumber(index);
+	expect.dim = meta.dim;
+	expect.bits = meta.bits;
+	expect.metric = meta.metric;
+	expect.seed = meta.seed;
+	expect.change_count = meta.change_count;
+	expect.min_lsn = 0;
+	if (!TvSnapshotRead(&expect, &hdr, &stream, &vectors, &why))
+	{
+		if (why != NULL)
+		{
+			TvSnapshotPath(MyDatabaseId, RelationGetRelid(index), path);
+			ereport(WARNING,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("turbovec snapshot \"%s\" not used: %s", path, why),
+					 errdetail("The resident copy of index \"%s\" is rebuilt from the index and its table.",
+							   RelationGetRelationName(index))));
+		}
+		return false;
+	}
+	if (hdr.lists != meta.lists || hdr.list_area != meta.list_area ||
+		hdr.block_bytes != meta.block_bytes || hdr.nslots != meta.nslots)
+	{
+		TvSnapshotPath(MyDatabaseId, RelationGetRelid(index), path);
+		ereport(WARNING,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("turbovec snapshot \"%s\" not used: its layout differs from the index's",
+						path)));
+		return false;
+	}
+
+	metabuf = LockMeta(index, &meta, &lsn);
+	if (meta.change_count != hdr.change_count)
+	{
+		/* the index moved while we read the file: rebuild instead */
+		UnlockReleaseBuffer(metabuf);
+		return false;
+	}
+	dp = CopyStream(index, &meta);
+	if (!DsaPointerIsValid(dp))
+	{
+		UnlockReleaseBuffer(metabuf);
+		TvResidentSetState(e, TV_RES_TOO_BIG);
+		return true;			/* nothing more to try */
+	}
+	copy = dsa_get_address(TvResidentArea(), dp);
+	/* the file's stream is the extent's at this counter; use its vectors */
+	memcpy(TvResidentStream(copy), stream, hdr.stream_bytes);
+	memcpy(TvResidentVectors(copy), vectors, hdr.vector_bytes);
+	Publish(index, e, dp, MAXALIGN(sizeof(TvResidentCopy)) + copy->stream_capacity +
+			copy->capacity_slots * copy->dim * sizeof(float), &meta, lsn, true);
+	e->snap_change_count = hdr.change_count;
+	e->snap_lsn = hdr.lsn;
+	UnlockReleaseBuffer(metabuf);
+	TvSnapshotPath(MyDatabaseId, RelationGetRelid(index), path);
+	ereport(LOG,
+			(errmsg("turbovec loaded snapshot \"%s\" for index \"%s\" (" UINT64_FORMAT " slots)",
+					path, RelationGetRelationName(index), hdr.nslots)));
+	pfree(stream);
+	pfree(vectors);
+	return true;
+}
+
+/*
+ * Make a fresh resident copy of an index (or load its snapshot).  Returns
+ * true when a copy was published.
+ */
+bool
+TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot)
+{
+	TvIndexState *state = TvGetIndexState(index);
+
+	TvResidentSetState(e, TV_RES_BUILDING);
+	if (try_snapshot && tv_snapshots && LoadSnapshot(index, e))
+		return e->state == TV_RES_READY;
+
+	for (int attempt = 1; attempt <= TV_REBUILD_ATTEMPTS; attempt++)
+	{
+		TvMetaPageData meta;
+		XLogRecPtr	lsn;
+		Buffer		metabuf = LockMeta(index, &meta, &lsn);
+		bool		last = (attempt == TV_REBUILD_ATTEMPTS);
+		dsa_pointer dp;
+		TvResidentCopy *copy;
+
+		dp = CopyStream(index, &meta);
+		if (!DsaPointerIsValid(dp))
+		{
+			UnlockReleaseBuffer(metabuf);
+			TvResidentSetState(e, TV_RES_TOO_BIG);
+			ereport(LOG,
+					(errmsg("turbovec: index \"%s\" does not fit turbovec.resident_memory; it is served from its pages",
+							RelationGetRelationName(index))));
+			return false;
+		}
+		copy = dsa_get_address(TvResidentArea(), dp);
+		/* the last attempt keeps inserters out until it is done */
+		if (!last)
+			LockBuffer(metabuf, BUFFER_LOCK_UNLOCK);
+		if (meta.dim > 0)
+		{
+			state = TvGetIndexState(index);
+			FillVectors(heap, index, state, e, copy);
+		}
+		if (!last)
+		{
+			TvMetaPageData now;
+
+			LockBuffer(metabuf, BUFFER_LOCK_SHARE);
+			memcpy(&now, TvPageGetMeta(BufferGetPage(metabuf)), sizeof(now));
+			if (now.change_count != meta.change_count)
+			{
+				UnlockReleaseBuffer(metabuf);
+				dsa_free(TvResidentArea(), dp);
+				continue;
+			}
+		}
+		Publish(index, e, dp, MAXALIGN(sizeof(TvResidentCopy)) + copy->stream_capacity +
+				copy->capacity_slots * copy->dim * sizeof(float), &meta, lsn, false);
+		UnlockReleaseBuffer(metabuf);
+		return true;
+	}
+	return false;
+}
+
+/* Dump the copy of an entry to its snapshot file */
+void
+TvResidentDump(TvResidentEntry *e)
+{
+	TvSnapshotHeader hdr;
+	TvResidentCopy *copy;
+	char	   *stream;
+	float	   *vectors;
+	Size		size;
+	uint64		stream_bytes;
+	uint64		vector_bytes;
+	TvMetaPageData meta;
+
+	LWLockAcquire(e->lock, LW_SHARED);
+	copy = TvResidentGetCopy(e);
+	if (copy == NULL || e->state != TV_RES_READY)
+	{
+		LWLockRelease(e->lock);
+		return;
+	}
+	MemSet(&meta, 0, sizeof(meta));
+	meta.list_area = copy->list_area;
+	meta.block_bytes = copy->block_bytes;
+	meta.nslots = copy->nslots;
+	stream_bytes = TvBlockOffset(&meta, TvBlockCount(&meta));
+	vector_bytes = copy->nslots * copy->dim * sizeof(float);
+	MemSet(&hdr, 0, sizeof(hdr));
+	hdr.dboid = e->dbid;
+	hdr.indexoid = e->indexid;
+	hdr.relfilenode = e->relfilenode;
+	hdr.dim = copy->dim;
+	hdr.bits = copy->bits;
+	hdr.metric = copy->metric;
+	hdr.lists = copy->lists;
+	hdr.list_area = copy->list_area;
+	hdr.block_bytes = copy->block_bytes;
+	hdr.seed = TV_CODEC_DEFAULT_SEED;
+	hdr.lsn = e->lsn;
+	hdr.change_count = e->change_count;
+	hdr.nslots = copy->nslots;
+	stream = palloc_extended(Max(stream_bytes, 1), MCXT_ALLOC_HUGE);
+	vectors = palloc_extended(Max(vector_bytes, 1), MCXT_ALLOC_HUGE);
+	memcpy(stream, TvResidentStream(copy), stream_bytes);
+	memcpy(vectors, TvResidentVectors(copy), vector_bytes);
+	LWLockRelease(e->lock);
+
+	/* no lock held while writing: the copy we write is our own */
+	{
+		TvMetaPageData m;
+		uint64		live = 0;
+
+		m = meta;
+		for (uint64 b = 0; b < TvBlockCount(&m); b++)
+		{
+			uint32		w;
+
+			memcpy(&w, stream + TvBlockOffset(&m, b), sizeof(uint32));
+			live += pg_popcount32(w);
+		}
+		hdr.live = live;
+	}
+	if (TvSnapshotWrite(&hdr, stream, vectors, &size))
+	{
+		e->snap_change_count = hdr.change_count;
+		e->snap_lsn = hdr.lsn;
+		e->snap_time = GetCurrentTimestamp();
+		e->snap_bytes = (int64) size;
+	}
+	pfree(stream);
+	pfree(vectors);
+}
+
+/* The turbo indexes of this database, as OIDs */
+static List *
+TurboIndexes(void)
+{
+	List	   *result = NIL;
+	int			ret;
+
+	ret = SPI_execute("SELECT c.oid FROM pg_catalog.pg_class c "
+					  "JOIN pg_catalog.pg_am a ON a.oid = c.relam "
+					  "JOIN pg_catalog.pg_index i ON i.indexrelid = c.oid "
+					  "WHERE a.amname = 'turbo' AND c.relkind = 'i' "
+					  "AND i.indisvalid AND i.indisready "
+					  "AND c.relpersistence <> 't'", true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "turbovec: listing turbo indexes failed: %d", ret);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+
+		result = lappend_oid(result, DatumGetObjectId(d));
+	}
+	return result;
+}
+
+/* A timestamptz as SQL, independent of DateStyle */
+static char *
+SqlTimestamp(TimestampTz t)
+{
+	return psprintf("to_timestamp(%.6f)",
+					(double) t / USECS_PER_SEC +
+					(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * (double) SECS_PER_DAY);
+}
+
+/*
+ * Write the live state of this database's copies into the persisted shadow
+ * table, and forget rows of indexes that are gone.  At boot every row first
+ * says not ready, so the shadow never claims more than the live state.
+ */
+static void
+UpdateShadow(List *indexes, bool boot)
+{
+	const char *nsp;
+	StringInfoData sql;
+
+	if (RecoveryInProgress())
+		return;
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	/* no shadow table: the extension is not (or not yet) in this database */
+	if (SPI_execute("SELECT n.nspname FROM pg_catalog.pg_extension e "
+					"JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
+					"JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid "
+					"AND c.relname = 'turbovec_index_state' "
+					"WHERE e.extname = 'turbovec'", true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		goto done;
+	nsp = quote_identifier(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	initStringInfo(&sql);
+	if (boot)
+	{
+		appendStringInfo(&sql, "UPDATE %s.turbovec_index_state SET ready = false, updated = now()", nsp);
+		SPI_execute(sql.data, false, 0);
+		resetStringInfo(&sql);
+	}
+	appendStringInfo(&sql, "DELETE FROM %s.turbovec_index_state WHERE NOT indexrelid = ANY ('{", nsp);
+	{
+		ListCell   *lc;
+		bool		first = true;
+
+		foreach(lc, indexes)
+		{
+			appendStringInfo(&sql, "%s%u", first ? "" : ",", lfirst_oid(lc));
+			first = false;
+		}
+	}
+	appendStringInfoString(&sql, "}'::oid[])");
+	SPI_execute(sql.data, false, 0);
+
+	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	{
+		TvResidentEntry *e = &tv_shared->entries[i];
+		char		path[MAXPGPATH];
+		bool		ready;
+
+		if (e->state == TV_RES_FREE || e->dbid != MyDatabaseId)
+			continue;
+		ready = (e->state == TV_RES_READY);
+		TvSnapshotPath(MyDatabaseId, e->indexid, path);
+		resetStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "INSERT INTO %s.turbovec_index_state AS s (indexrelid, ready, ready_since, rows, "
+						 "resident_bytes, snapshot_lsn, snapshot_time, snapshot_bytes, snapshot_path) "
+						 "VALUES (%u, %s, %s, " INT64_FORMAT ", " INT64_FORMAT ", %s, %s, %s, %s) "
+						 "ON CONFLICT (indexrelid) DO UPDATE SET ready = EXCLUDED.ready, "
+						 "ready_since = EXCLUDED.ready_since, rows = EXCLUDED.rows, "
+						 "resident_bytes = EXCLUDED.resident_bytes, "
+						 "snapshot_lsn = coalesce(EXCLUDED.snapshot_lsn, s.snapshot_lsn), "
+						 "snapshot_time = coalesce(EXCLUDED.snapshot_time, s.snapshot_time), "
+						 "snapshot_bytes = coalesce(EXCLUDED.snapshot_bytes, s.snapshot_bytes), "
+						 "snapshot_path = coalesce(EXCLUDED.snapshot_path, s.snapshot_path), "
+						 "updated = now() "
+						 "WHERE (s.ready, s.rows, s.resident_bytes, s.snapshot_lsn) IS DISTINCT FROM "
+						 "(EXCLUDED.ready, EXCLUDED.rows, EXCLUDED.resident_bytes, "
+						 "coalesce(EXCLUDED.snapshot_lsn, s.snapshot_lsn))",
+						 nsp, e->indexid, ready ? "true" : "false",
+						 ready ? SqlTimestamp(e->ready_since) : "NULL",
+						 (int64) e->rows_total, (int64) e->bytes,
+						 e->snap_bytes > 0 ? psprintf("'%X/%X'::pg_lsn", LSN_FORMAT_ARGS(e->snap_lsn)) : "NULL",
+						 e->snap_time > 0 ? SqlTimestamp(e->snap_time) : "NULL",
+						 e->snap_bytes > 0 ? psprintf(INT64_FORMAT, e->snap_bytes) : "NULL",
+						 e->snap_bytes > 0 ? quote_literal_cstr(path) : "NULL");
+		SPI_execute(sql.data, false, 0);
+	}
+done:
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+}
+
+/*
+ * Bring the copy of one index up to date; in its own transaction.  An error
+ * (a damaged index, say) is logged and marks the copy failed until the
+ * index is rebuilt, instead of taking the worker down.
+ */
+static bool
+SyncIndex(Oid indexoid, bool boot)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	bool		worked = false;
+
+	PG_TRY();
+	{
+		worked = SyncIndexGuarded(indexoid, boot);
+	}
+	PG_CATCH();
+	{
+		TvResidentEntry *e;
+
+		MemoryContextSwitchTo(cxt);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		e = TvResidentLookup(MyDatabaseId, indexoid, false);
+		if (e != NULL)
+			TvResidentSetState(e, TV_RES_FAILED);
+	}
+	PG_END_TRY();
+	return worked;
+}
+
+/* Returns true if it rebuilt something */
+static bool
+SyncIndexGuarded(Oid indexoid, bool boot)
+{
+	bool		worked = false;
+
+	Relation	index;
+	Relation	heap;
+	Oid			heapoid;
+	TvResidentEntry *e;
+	TvMetaPageData meta;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	heapoid = IndexGetRelation(indexoid, true);
+	if (!OidIsValid(heapoid) ||
+		!ConditionalLockRelationOid(heapoid, AccessShareLock))
+		goto done;
+	heap = try_relation_open(heapoid, NoLock);
+	if (heap == NULL)
+		goto done;
+	index = try_relation_open(indexoid, AccessShareLock);
+	if (index == NULL)
+	{
+		relation_close(heap, AccessShareLock);
+		goto done;
+	}
+
+	e = TvResidentLookup(MyDatabaseId, indexoid, true);
+	/* a copy left BUILDING by a worker that died is redone at boot */
+	if (e != NULL && (e->state != TV_RES_BUILDING || boot))
+	{
+		TvReadMeta(index, &meta);
+		if (e->state != TV_RES_READY || e->change_count != meta.change_count ||
+			e->relfilenode != TvRelFileNumber(index))
+		{
+			/* a copy that failed or did not fit is retried once the index changes */
+			bool		retry = boot || e->tried_relfilenode != TvRelFileNumber(index) ||
+				(e->state != TV_RES_TOO_BIG && e->state != TV_RES_FAILED);
+
+			e->tried_relfilenode = TvRelFileNumber(index);
+			if (retry)
+			{
+				/* a fresh entry (server start, new index) may have a snapshot */
+				TvResidentRebuild(heap, index, e, boot && e->state == TV_RES_EMPTY);
+				worked = true;
+			}
+		}
+	}
+	relation_close(index, AccessShareLock);
+	relation_close(heap, AccessShareLock);
+done:
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return worked;
+}
+
+/* Free the entries of this database whose index is gone */
+static void
+ForgetDropped(List *live)
+{
+	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	{
+		TvResidentEntry *e = &tv_shared->entries[i];
+
+		if (e->state != TV_RES_FREE && e->dbid == MyDatabaseId &&
+			!list_member_oid(live, e->indexid))
+		{
+			TvResidentRelease(e);
+			TvSnapshotRemove(MyDatabaseId, e->indexid);
+		}
+	}
+}
+
+static TvWorkerSlot *
+MySlot(void)
+{
+	for (int i = 0; i < TV_MAX_DATABASES; i++)
+		if (tv_shared->dbs[i].dbid == MyDatabaseId)
+			return &tv_shared->dbs[i];
+	return NULL;
+}
+
+static void
+DatabaseWorkerExit(int code, Datum arg)
+{
+	TvWorkerSlot *slot;
+
+	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
+	slot = MySlot();
+	if (slot != NULL)
+	{
+		slot->pid = 0;
+		slot->latch = NULL;
+		if (!slot->wanted)
+			slot->dbid = InvalidOid;
+	}
+	LWLockRelease(tv_shared->registry_lock);
+}
+
+/* Dump the copies of this database that changed since their last dump */
+static bool
+DumpChanged(void)
+{
+	bool		any = false;
+
+	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	{
+		TvResidentEntry *e = &tv_shared->entries[i];
+
+		if (e->dbid == MyDatabaseId && e->state == TV_RES_READY &&
+			(e->snap_change_count != e->change_count || e->snap_bytes == 0))
+		{
+			TvResidentDump(e);
+			any = true;
+		}
+	}
+	return any;
+}
+
+/* Is a copy of this database not ready, or has a backend asked us to look? */
+static bool
+WorkPending(void)
+{
+	TvWorkerSlot *slot;
+	bool		pending;
+
+	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
+	slot = MySlot();
+	pending = slot && slot->poke;
+	if (slot)
+		slot->poke = false;
+	LWLockRelease(tv_shared->registry_lock);
+	return pending;
+}
+
+/*
+ * A database worker: sync every turbo index of its database, dump the
+ * snapshots a checkpoint asked for, and exit once it has been idle for
+ * TV_WORKER_LINGER_MS, so it never holds up DROP DATABASE for long (which
+ * waits 5 seconds for other sessions).  The launcher starts it again when
+ * there is work.
+ */
+void
+tv_database_main(Datum arg)
+{
+	Oid			dbid = DatumGetObjectId(arg);
+	bool		boot = true;
+	int			idle_ms = 0;
+
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	/* take part in ProcSignalBarriers, or DROP DATABASE waits for us forever */
+	pqsignal(SIGUSR1, procsignal_sigusr1_handler);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+
+	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
+	{
+		TvWorkerSlot *slot = MySlot();
+
+		if (slot == NULL || (slot->pid != 0 && slot->pid != MyProcPid))
+		{
+			LWLockRelease(tv_shared->registry_lock);
+			proc_exit(0);		/* another worker serves this database */
+		}
+		slot->pid = MyProcPid;
+		slot->latch = MyLatch;
+		slot->wanted = false;
+		slot->poke = false;
+	}
+	LWLockRelease(tv_shared->registry_lock);
+	before_shmem_exit(DatabaseWorkerExit, (Datum) 0);
+	pgstat_report_appname("turbovec worker");
+
+	while (!ShutdownRequestPending)
+	{
+		List	   *indexes;
+		ListCell   *lc;
+		bool		worked = false;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		indexes = TurboIndexes();
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			indexes = list_copy(indexes);
+			MemoryContextSwitchTo(old);
+		}
+		PopActiveSnapshot();
+		SPI_finish();
+		CommitTransactionCommand();
+
+		ForgetDropped(indexes);
+		foreach(lc, indexes)
+		{
+			worked |= SyncIndex(lfirst_oid(lc), boot);
+			if (ShutdownRequestPending)
+				break;
+		}
+
+		/* the launcher woke us after a checkpoint: dump what changed */
+		if (tv_snapshots)
+			worked |= DumpChanged();
+		UpdateShadow(indexes, boot);
+		boot = false;
+
+		if (indexes == NIL)
+		{
+			list_free(indexes);
+			break;
+		}
+		list_free(indexes);
+
+		if (WorkPending())
+			worked = true;
+		idle_ms = worked ? 0 : idle_ms + tv_worker_naptime_ms;
+		if (idle_ms >= TV_WORKER_LINGER_MS)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Min(tv_worker_naptime_ms, TV_WORKER_LINGER_MS), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+
+	/* a shutdown lets the dump in flight finish, and dumps what changed */
+	if (tv_snapshots)
+		DumpChanged();
+	proc_exit(0);
+}
+
+/* Start the worker of one database; false if no slot is free */
+static bool
+StartDatabaseWorker(Oid dbid)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+
+	MemSet(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(worker.bgw_library_name, "turbovec", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "tv_database_main", BGW_MAXLEN);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "turbovec worker for database %u", dbid);
+	strlcpy(worker.bgw_type, "turbovec worker", BGW_MAXLEN);
+	worker.bgw_main_arg = ObjectIdGetDatum(dbid);
+	worker.bgw_notify_pid = MyProcPid;
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	{
+		ereport(LOG,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg("turbovec could not start a worker for database %u", dbid),
+				 errhint("Consider raising max_worker_processes.")));
+		return false;
+	}
+	return true;
+}
+
+/* The connectable databases, as a list of OIDs in TopMemoryContext */
+static List *
+ListDatabases(void)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	List	   *dbs = NIL;
+
+	StartTransactionCommand();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (db->datallowconn && !db->datistemplate)
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			dbs = lappend_oid(dbs, db->oid);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return dbs;
+}
+
+/* Ask for a worker in every connectable database */
+static void
+WantAllDatabases(void)
+{
+	List	   *dbs = ListDatabases();
+	ListCell   *lc;
+
+	foreach(lc, dbs)
+		TvResidentWakeWorker(lfirst_oid(lc));
+	list_free(dbs);
+}
+
+/* Free the copies and worker slots of databases that were dropped */
+static void
+ForgetDroppedDatabases(void)
+{
+	List	   *dbs = ListDatabases();
+
+	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	{
+		TvResidentEntry *e = &tv_shared->entries[i];
+		Oid			dbid = e->dbid;
+
+		if (e->state != TV_RES_FREE && !list_member_oid(dbs, dbid))
+		{
+			Oid			indexid = e->indexid;
+
+			TvResidentRelease(e);
+			TvSnapshotRemove(dbid, indexid);
+		}
+	}
+	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
+	for (int i = 0; i < TV_MAX_DATABASES; i++)
+	{
+		TvWorkerSlot *slot = &tv_shared->dbs[i];
+
+		if (slot->dbid != InvalidOid && slot->pid == 0 && !list_member_oid(dbs, slot->dbid))
+		{
+			slot->dbid = InvalidOid;
+			slot->wanted = false;
+		}
+	}
+	LWLockRelease(tv_shared->registry_lock);
+	list_free(dbs);
+}
+
+static void
+LauncherExit(int code, Datum arg)
+{
+	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
+	tv_shared->launcher_pid = 0;
+	tv_shared->launcher_latch = NULL;
+	LWLockRelease(tv_shared->registry_lock);
+}
+
+void
+tv_launcher_main(Datum arg)
+{
+	XLogRecPtr	last_redo;
+	uint64		rounds = 0;
+
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGUSR1, procsignal_sigusr1_handler);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(InvalidOid, InvalidOid, 0);
+
+	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
+	if (tv_shared->launcher_pid != 0)
+	{
+		LWLockRelease(tv_shared->registry_lock);
+		proc_exit(0);
+	}
+	tv_shared->launcher_pid = MyProcPid;
+	tv_shared->launcher_latch = MyLatch;
+	/* workers of a previous launcher are gone after a crash restart */
+	for (int i = 0; i < TV_MAX_DATABASES; i++)
+		if (tv_shared->dbs[i].pid == 0)
+			tv_shared->dbs[i].wanted = tv_shared->dbs[i].dbid != InvalidOid;
+	LWLockRelease(tv_shared->registry_lock);
+	before_shmem_exit(LauncherExit, (Datum) 0);
+
+	WantAllDatabases();
+	last_redo = GetRedoRecPtr();
+
+	while (!ShutdownRequestPending)
+	{
+		Oid			start[TV_MAX_DATABASES];
+		int			nstart = 0;
+		XLogRecPtr	redo;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		/* a checkpoint happened: wake the databases with copies to dump */
+		redo = GetRedoRecPtr();
+		if (redo != last_redo)
+		{
+			last_redo = redo;
+			if (tv_snapshots)
+				for (int i = 0; i < TV_MAX_RESIDENT; i++)
+				{
+					TvResidentEntry *e = &tv_shared->entries[i];
+
+					if (e->state == TV_RES_READY &&
+						(e->snap_change_count != e->change_count || e->snap_bytes == 0))
+						TvResidentWakeWorker(e->dbid);
+				}
+		}
+
+		LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
+		for (int i = 0; i < TV_MAX_DATABASES; i++)
+		{
+			TvWorkerSlot *slot = &tv_shared->dbs[i];
+
+			if (slot->dbid != InvalidOid && slot->wanted && slot->pid == 0)
+			{
+				start[nstart++] = slot->dbid;
+				slot->wanted = false;
+			}
+		}
+		LWLockRelease(tv_shared->registry_lock);
+
+		for (int i = 0; i < nstart; i++)
+			if (!StartDatabaseWorker(start[i]))
+			{
+				/* try again on the next round */
+				TvResidentWakeWorker(start[i]);
+			}
+
+		if (++rounds % TV_LAUNCHER_CLEANUP_ROUNDS == 0)
+			ForgetDroppedDatabases();
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Max(tv_worker_naptime_ms, 1000), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	proc_exit(0);
+}

@@ -164,6 +164,7 @@ TvResidentLookup(Oid dbid, Oid indexid, bool create)
 		free->ready_since = 0;
 		free->from_snapshot = false;
 		free->tried_relfilenode = InvalidOid;
+		free->dumping = false;
 		free->snap_change_count = 0;
 		free->snap_lsn = InvalidXLogRecPtr;
 		free->snap_time = 0;

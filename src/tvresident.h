@@ -67,6 +67,7 @@ typedef struct TvResidentEntry
 	TimestampTz ready_since;
 	bool		from_snapshot;	/* the current copy came from a .tv file */
 	Oid			tried_relfilenode;	/* relfilenode of the last rebuild attempt */
+	bool		dumping;		/* a snapshot dump is in flight */
 
 	/* the copy: entry lock */
 	LWLock	   *lock;

@@ -163,6 +163,7 @@ extern bool TvSnapshotWrite(const TvSnapshotHeader *hdr, const char *stream,
 extern bool TvSnapshotRead(const TvSnapshotExpect *expect, TvSnapshotHeader *hdr,
 						   char **stream, float **vectors, const char **why);
 extern void TvSnapshotRemove(uint32 dboid, uint32 indexoid);
+extern void TvSnapshotSweep(uint32 dboid, const List *keep, bool keep_listed);
 #endif
 
 #endif							/* TVSNAPSHOT_H */

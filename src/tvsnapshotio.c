@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "nodes/pg_list.h"
 #include "port/pg_crc32c.h"
 #include "storage/fd.h"
 #include "utils/memutils.h"
@@ -391,4 +392,49 @@ TvSnapshotRemove(uint32 dboid, uint32 indexoid)
 		ereport(WARNING,
 				(errcode_for_file_access(),
 				 errmsg("could not remove file \"%s\": %m", tmppath)));
+}
+
+/*
+ * Remove snapshot files nobody will load: with dboid valid, the files of
+ * that database whose index is not in keep (all of them when keep_listed is
+ * false); with dboid invalid, the files of databases not in keep.  Files
+ * we did not name (no "<dboid>_<indexoid>.tv" shape) are left alone.
+ */
+void
+TvSnapshotSweep(uint32 dboid, const List *keep, bool keep_listed)
+{
+	DIR		   *dir;
+	struct dirent *de;
+
+	dir = AllocateDir(TV_SNAPSHOT_DIR);
+	if (dir == NULL)
+		return;					/* no directory: nothing to sweep */
+	while ((de = ReadDirExtended(dir, TV_SNAPSHOT_DIR, LOG)) != NULL)
+	{
+		unsigned int fdb;
+		unsigned int fidx;
+		char		tail[8];
+		bool		drop;
+
+		if (sscanf(de->d_name, "%u_%u%7s", &fdb, &fidx, tail) != 3)
+			continue;
+		if (strcmp(tail, ".tv") != 0 && strcmp(tail, ".tv.tmp") != 0)
+			continue;
+		if (OidIsValid(dboid))
+			drop = (fdb == dboid) &&
+				(!keep_listed || !list_member_oid(keep, fidx) || strcmp(tail, ".tv.tmp") == 0);
+		else
+			drop = !list_member_oid(keep, fdb);
+		if (drop)
+		{
+			char		path[MAXPGPATH];
+
+			snprintf(path, sizeof(path), "%s/%s", TV_SNAPSHOT_DIR, de->d_name);
+			if (unlink(path) != 0 && errno != ENOENT)
+				ereport(LOG,
+						(errcode_for_file_access(),
+						 errmsg("could not remove turbovec snapshot \"%s\": %m", path)));
+		}
+	}
+	FreeDir(dir);
 }

@@ -412,9 +412,9 @@ TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_sn
 	return false;
 }
 
-/* Dump the copy of an entry to its snapshot file */
-void
-TvResidentDump(TvResidentEntry *e)
+/* Write the copy of an entry to its snapshot file; the caller owns the dump */
+static void
+DumpCopy(TvResidentEntry *e)
 {
 	TvSnapshotHeader hdr;
 	TvResidentCopy *copy;
@@ -482,6 +482,38 @@ TvResidentDump(TvResidentEntry *e)
 	}
 	pfree(stream);
 	pfree(vectors);
+}
+
+/*
+ * Dump the copy of an entry to its snapshot file.  At most one dump per
+ * index is in flight: a second caller waits for the first, then returns.
+ */
+void
+TvResidentDump(TvResidentEntry *e)
+{
+	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
+	if (e->dumping)
+	{
+		LWLockRelease(tv_shared->registry_lock);
+		/* the other dump writes the same state or a newer one */
+		while (e->dumping)
+			ConditionVariableTimedSleep(&e->cv, 100, PG_WAIT_EXTENSION);
+		ConditionVariableCancelSleep();
+		return;
+	}
+	e->dumping = true;
+	LWLockRelease(tv_shared->registry_lock);
+
+	PG_TRY();
+	{
+		DumpCopy(e);
+	}
+	PG_FINALLY();
+	{
+		e->dumping = false;
+		ConditionVariableBroadcast(&e->cv);
+	}
+	PG_END_TRY();
 }
 
 /* The turbo indexes of this database, as OIDs */
@@ -839,6 +871,9 @@ tv_database_main(Datum arg)
 		CommitTransactionCommand();
 
 		ForgetDropped(indexes);
+		/* files of dropped indexes, of a crashed dump, or all of them when off */
+		if (boot)
+			TvSnapshotSweep(MyDatabaseId, indexes, tv_snapshots);
 		foreach(lc, indexes)
 		{
 			worked |= SyncIndex(lfirst_oid(lc), boot);
@@ -950,6 +985,8 @@ static void
 ForgetDroppedDatabases(void)
 {
 	List	   *dbs = ListDatabases();
+
+	TvSnapshotSweep(InvalidOid, dbs, true);
 
 	for (int i = 0; i < TV_MAX_RESIDENT; i++)
 	{

@@ -5,7 +5,8 @@
  *
  * Only the 4-byte live word of a block changes.  Blocks start on 8-byte
  * stream offsets and pages carry a multiple of 8 bytes, so the word never
- * straddles a page and each change is one small generic WAL record.  The
+ * straddles a page and each change is one small generic WAL record, with
+ * the metapage, whose change counter moves with every clear.  The
  * TIDs are read first under share locks; only live bits are cleared, and
  * only inserters set them (a lane whose bit is set is never handed out), so
  * nothing can change under our decision.  The page is taken with a cleanup

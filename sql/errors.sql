@@ -14,6 +14,11 @@ INSERT INTO e VALUES (6, '{{1,2,3},{4,5,6}}');
 INSERT INTO e VALUES (7, '{NaN,1,2}');
 INSERT INTO e VALUES (8, '{1,Infinity,2}');
 INSERT INTO e VALUES (9, '{1,-Infinity,2}');
+-- elements near the float4 limit: the norm would overflow the codes' factors
+INSERT INTO e VALUES (11, '{3e38,1,1}');
+SET enable_seqscan = off;
+SELECT id FROM e ORDER BY v <-> '{3e38,3e38,1}' LIMIT 1;
+RESET enable_seqscan;
 -- NULL vectors are fine: not indexed
 INSERT INTO e VALUES (10, NULL);
 SELECT count(*) AS rows, (SELECT live_rows FROM turbo_index_info('e_idx')) AS indexed FROM e;
@@ -98,6 +103,7 @@ SELECT stmt, sqlstate_of(stmt) FROM (VALUES
 	($$INSERT INTO e VALUES (6, '{{1,2,3},{4,5,6}}')$$),
 	($$INSERT INTO e VALUES (7, '{NaN,1,2}')$$),
 	($$INSERT INTO e VALUES (8, '{1,Infinity,2}')$$),
+	($$INSERT INTO e VALUES (11, '{3e38,1,1}')$$),
 	($$SELECT vector_norm(array_fill(1::real, ARRAY[16001]))$$),
 	($$SELECT l2_distance('{1,2}', '{1,2,3}')$$),
 	($$SELECT turbo_encode('{1,2}', 7)$$),

@@ -51,6 +51,7 @@
 #define TV_MIN_PROBES			1
 #define TV_DEFAULT_PROBES		16
 #define TV_MAX_PROBES			TV_MAX_LISTS
+#define TV_MAX_NORM				1e18	/* its square stays finite in float4 */
 
 /* Support functions */
 #define TV_DISTANCE_PROC		1	/* exact distance, used to re-rank */
@@ -188,6 +189,7 @@ extern float *TvArrayGetFloats(ArrayType *array, int *dim);
 extern float *TvDatumGetFloats(FmgrInfo *toarray, Datum value, int *dim);
 extern FmgrInfo *TvGetToArrayProc(Relation index, MemoryContext cxt);
 extern void TvCheckDimensions(Relation index, int expected, int actual);
+extern void TvCheckNorm(Relation index, const float *x, int dim);
 extern double TvNorm(const float *x, int dim);
 extern double TvExactDistance(TvMetric metric, const float *a, const float *b, int dim);
 

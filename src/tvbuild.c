@@ -183,6 +183,7 @@ BuildVector(TvBuildState *bs, Relation index, Datum value, int *dim)
 		bs->dim = *dim;
 	else
 		TvCheckDimensions(index, bs->dim, *dim);
+	TvCheckNorm(index, x, *dim);
 	/* zero vectors have no direction to index under cosine */
 	if (bs->metric == TV_METRIC_COSINE && TvNorm(x, *dim) == 0)
 		return NULL;

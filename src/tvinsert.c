@@ -393,6 +393,7 @@ tvinsert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid,
 		state = TvGetIndexState(index);
 	}
 	TvCheckDimensions(index, state->meta.dim, dim);
+	TvCheckNorm(index, x, dim);
 
 	code = palloc0(state->codec->code_bytes);
 	work = palloc(sizeof(float) * tv_codec_work_floats(state->codec));

@@ -643,6 +643,7 @@ PrepareQuery(IndexScanDesc scan)
 		return;
 	}
 	TvCheckDimensions(scan->indexRelation, so->state->meta.dim, dim);
+	TvCheckNorm(scan->indexRelation, q, dim);
 	so->qfloats = q;
 
 	so->qnorm2 = (float) (TvNorm(q, dim) * TvNorm(q, dim));

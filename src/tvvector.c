@@ -100,6 +100,25 @@ TvGetToArrayProc(Relation index, MemoryContext cxt)
 	return finfo;
 }
 
+/*
+ * Codes keep the norm and scale factors as float4, and estimates square the
+ * norm: past TV_MAX_NORM they overflow to infinity and ordering breaks.
+ * Such vectors (elements near the float4 limit) cannot go into, or be
+ * searched in, a turbo index.
+ */
+void
+TvCheckNorm(Relation index, const float *x, int dim)
+{
+	double		norm = TvNorm(x, dim);
+
+	if (norm > TV_MAX_NORM)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("vector norm %.3g is too large for turbo index \"%s\"",
+						norm, RelationGetRelationName(index)),
+				 errdetail("A turbo index holds vectors whose norm is at most %.0e.", TV_MAX_NORM)));
+}
+
 /* A vector of an index must have the index's dimension */
 void
 TvCheckDimensions(Relation index, int expected, int actual)

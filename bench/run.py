@@ -6,9 +6,11 @@ server (PG* env or --host/--port/--dbname/--user; bench/server.sh starts one):
 
   1. load the table `(id int PRIMARY KEY, v real[])` with COPY, VACUUM ANALYZE
   2. time CREATE INDEX ... USING turbo (v real_<metric>_ops) WITH (bits = B)
+     (plus `lists = N` with --lists N > 0: the IVF layout)
   3. read the index size (pg_relation_size)
-  4. for each turbovec.candidates value: run the 1,000 held-out queries, one
-     client, one prepared statement
+  4. for each turbovec.probes value (--probes; default: the GUC default only)
+     and, inside it, each turbovec.candidates value: run the 1,000 held-out
+     queries, one client, one prepared statement
        PREPARE q(real[]) AS SELECT id FROM t ORDER BY v <op> $1 LIMIT 10
      after a short untimed warm-up, and measure recall@10 against the exact
      float64 ground truth, QPS (queries / wall time) and p50/p99 latency
@@ -16,8 +18,12 @@ server (PG* env or --host/--port/--dbname/--user; bench/server.sh starts one):
 
 One JSON line per measurement on stdout:
   {"dataset","index":"turbo","bits","build_s","index_mb","knob","value",
-   "recall","qps","p50_ms","p99_ms","rows","dim"}
-Progress and human-readable notes go to stderr.
+   "recall","qps","p50_ms","p99_ms","rows","dim","lists","probes"}
+("value" is turbovec.candidates; "lists" is 0 for the flat layout; "probes" is
+the turbovec.probes value in effect.)  Progress and human-readable notes go to
+stderr, ending with the recall/QPS frontier: for recall 0.90/0.95/0.99 the
+fastest (probes, candidates) reaching it.  `run.py --summarize FILE...` prints
+that frontier for saved JSON lines.
 
 --exact measures the plain sequential scan instead (no index; a few queries;
 recall should be 1.0).  --no-extension (with --exact) computes the distance
@@ -48,6 +54,7 @@ SQL_DIST = {
 }
 
 DEFAULT_CANDIDATES = "10,20,40,80,160,320,640"
+FRONTIER_RECALLS = (0.90, 0.95, 0.99)
 
 
 def note(msg):
@@ -127,7 +134,8 @@ def recall_at(results, gt, k=10):
     return hits / (k * len(results))
 
 
-def measurement(ds, index, bits, build_s, index_mb, knob, value, results, lat, wall, gt):
+def measurement(ds, index, bits, build_s, index_mb, knob, value, results, lat, wall, gt,
+                lists=None, probes=None):
     return {
         "dataset": ds.name, "index": index, "bits": bits,
         "build_s": None if build_s is None else round(build_s, 2),
@@ -138,14 +146,69 @@ def measurement(ds, index, bits, build_s, index_mb, knob, value, results, lat, w
         "p50_ms": round(float(np.percentile(lat, 50)) * 1000, 3),
         "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 3),
         "rows": ds.rows, "dim": ds.dim,
+        "lists": lists, "probes": probes,
     }
 
 
 def emit(rec):
     print(json.dumps(rec), flush=True)
-    note("%-8s %-5s knob %s=%s  recall@10 %.4f  %.1f QPS  p50 %.3f ms  p99 %.3f ms"
-         % (rec["dataset"], rec["index"], rec["knob"], rec["value"], rec["recall"],
+    ivf = "" if rec.get("probes") is None else " lists %s probes %s" % (rec.get("lists"),
+                                                                      rec["probes"])
+    note("%-8s %-5s%s knob %s=%s  recall@10 %.4f  %.1f QPS  p50 %.3f ms  p99 %.3f ms"
+         % (rec["dataset"], rec["index"], ivf, rec["knob"], rec["value"], rec["recall"],
             rec["qps"], rec["p50_ms"], rec["p99_ms"]))
+
+
+def frontier_lines(recs):
+    """Human-readable frontier: per (dataset, index, bits, lists) and recall
+    threshold, the highest-QPS measurement reaching it."""
+    groups = {}
+    for r in recs:
+        if r.get("recall") is None or r.get("qps") is None:
+            continue
+        key = (r.get("dataset"), r.get("index"), r.get("bits"), r.get("lists"))
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (dsname, index, bits, lists), rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        head = "%s %s bits %s lists %s (%d measurements, best recall %.4f)" % (
+            dsname, index, bits, lists, len(rs), max(r["recall"] for r in rs))
+        out.append(head)
+        for thr in FRONTIER_RECALLS:
+            ok = [r for r in rs if r["recall"] >= thr]
+            if not ok:
+                out.append("  recall >= %.2f: not reached" % thr)
+                continue
+            b = max(ok, key=lambda r: r["qps"])
+            out.append("  recall >= %.2f: probes %s, candidates %s -> recall %.4f, %.1f QPS,"
+                       " p50 %.3f ms, p99 %.3f ms" % (thr, b.get("probes"), b.get("value"),
+                                                      b["recall"], b["qps"], b["p50_ms"],
+                                                      b["p99_ms"]))
+    return out
+
+
+def print_frontier(recs, title="frontier"):
+    lines = frontier_lines(recs)
+    if not lines:
+        return
+    print("\n[run] %s (fastest (probes, candidates) per recall@10 threshold):" % title,
+          file=sys.stderr)
+    for line in lines:
+        print("  " + line, file=sys.stderr)
+    sys.stderr.flush()
+
+
+def summarize(paths):
+    """--summarize: the frontier of JSON lines saved from earlier runs ('-' = stdin)."""
+    recs = []
+    for p in paths:
+        f = sys.stdin if p == "-" else open(p)
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                recs.append(json.loads(line))
+        if f is not sys.stdin:
+            f.close()
+    print_frontier(recs, "frontier of %d measurements" % len(recs))
 
 
 def parse_candidates(spec):
@@ -158,6 +221,16 @@ def parse_candidates(spec):
             vals.append(tok)
         else:
             vals.append(int(tok))
+    return vals
+
+
+def parse_probes(spec):
+    vals = []
+    for tok in spec.split(","):
+        tok = tok.strip()
+        if not tok:
+            continue
+        vals.append("default" if tok == "default" else int(tok))
     return vals
 
 
@@ -235,11 +308,14 @@ def bench_dataset(conn, name, a):
     index = "%s_turbo_idx" % table
     cur.execute("DROP INDEX IF EXISTS %s" % index)
     cur.execute("CHECKPOINT")
-    note("%s: CREATE INDEX %s ON %s USING turbo (v %s) WITH (bits = %d)"
-         % (name, index, table, opclass, a.bits))
+    with_clause = "bits = %d" % a.bits
+    if a.lists:
+        with_clause += ", lists = %d" % a.lists
+    create = "CREATE INDEX %s ON %s USING turbo (v %s) WITH (%s)" % (
+        index, table, opclass, with_clause)
+    note("%s: %s" % (name, create))
     t0 = time.perf_counter()
-    cur.execute("CREATE INDEX %s ON %s USING turbo (v %s) WITH (bits = %d)"
-                % (index, table, opclass, a.bits))
+    cur.execute(create)
     build_s = time.perf_counter() - t0
     index_mb = scalar(cur, "SELECT pg_relation_size(%s)", (index,)) / (1 << 20)
     note("%s: built in %.2f s, index %.1f MB (table %s)" % (
@@ -247,13 +323,21 @@ def bench_dataset(conn, name, a):
         scalar(cur, "SELECT pg_size_pretty(pg_total_relation_size(%s))", (table,))))
     try:
         cur.execute("SELECT row_to_json(i) FROM turbo_index_info(%s::regclass) i", (index,))
-        note("%s: turbo_index_info %s" % (name, json.dumps(cur.fetchone()[0])))
+        info = cur.fetchone()[0]
+        note("%s: turbo_index_info %s" % (name, json.dumps(info)))
+        if "lists" in info and (info["lists"] or 0) != a.lists:
+            note("%s: WARNING: turbo_index_info says lists = %s, asked for %d"
+                 % (name, info["lists"], a.lists))
     except Exception as e:  # informational only
         note("%s: turbo_index_info failed: %s" % (name, str(e).strip()))
     cur.execute("ANALYZE %s" % table)
 
     default_cand = scalar(cur, "SHOW turbovec.candidates")
-    note("%s: turbovec.candidates default = %s" % (name, default_cand))
+    default_probes = scalar(cur, "SELECT current_setting('turbovec.probes', true)")
+    note("%s: turbovec.candidates default = %s, turbovec.probes default = %s"
+         % (name, default_cand, default_probes))
+    if a.probes and default_probes is None:
+        sys.exit("FATAL: --probes given but the server has no turbovec.probes setting")
     if a.example:
         show_example(cur, ds, table, op, a.example)
 
@@ -269,24 +353,35 @@ def bench_dataset(conn, name, a):
     note("%s: plan: %s" % (name, " / ".join(l.strip() for l in plan.splitlines())))
 
     recs = []
-    for val in parse_candidates(a.candidates):
-        if val == "default":
-            cur.execute("RESET turbovec.candidates")
-        elif isinstance(val, str):  # "x4" = 4 x default
-            cur.execute("SET turbovec.candidates = %d" % (int(default_cand) * int(val[1:])))
+    for pval in (parse_probes(a.probes) if a.probes else [None]):
+        if pval is None or pval == "default":
+            if default_probes is not None:
+                cur.execute("RESET turbovec.probes")
         else:
-            cur.execute("SET turbovec.candidates = %d" % val)
-        value = int(scalar(cur, "SHOW turbovec.candidates"))
-        results, lat, wall = run_queries(conn, cur, literals, min(a.warmup, nq), a.ready_wait)
-        rec = measurement(ds, "turbo", a.bits, build_s, index_mb, "turbovec.candidates",
-                          value, results, lat, wall, gt)
-        emit(rec)
-        recs.append(rec)
-        # the plan cache may have switched to a generic plan: it must use the index too
-        uses, plan = explain_uses(cur, explain_stmt, index)
-        if not uses:
-            sys.exit("FATAL: %s: the (generic) plan no longer uses %s:\n%s" % (name, index, plan))
+            cur.execute("SET turbovec.probes = %d" % pval)
+        probes = scalar(cur, "SELECT current_setting('turbovec.probes', true)")
+        probes = None if probes is None else int(probes)
+        for val in parse_candidates(a.candidates):
+            if val == "default":
+                cur.execute("RESET turbovec.candidates")
+            elif isinstance(val, str):  # "x4" = 4 x default
+                cur.execute("SET turbovec.candidates = %d" % (int(default_cand) * int(val[1:])))
+            else:
+                cur.execute("SET turbovec.candidates = %d" % val)
+            value = int(scalar(cur, "SHOW turbovec.candidates"))
+            results, lat, wall = run_queries(conn, cur, literals, min(a.warmup, nq), a.ready_wait)
+            rec = measurement(ds, "turbo", a.bits, build_s, index_mb, "turbovec.candidates",
+                              value, results, lat, wall, gt, lists=a.lists, probes=probes)
+            emit(rec)
+            recs.append(rec)
+            # the plan cache may have switched to a generic plan: it must use the index too
+            uses, plan = explain_uses(cur, explain_stmt, index)
+            if not uses:
+                sys.exit("FATAL: %s: the (generic) plan no longer uses %s:\n%s"
+                         % (name, index, plan))
     cur.execute("RESET turbovec.candidates")
+    if default_probes is not None:
+        cur.execute("RESET turbovec.probes")
     cur.execute("RESET enable_seqscan")
     if not a.keep_index:
         cur.execute("DROP INDEX %s" % index)
@@ -302,6 +397,16 @@ def main(argv=None):
                     help="comma list of turbovec.candidates values; 'default' = the "
                          "GUC's default, 'xN' = N times the default (default %s)"
                          % DEFAULT_CANDIDATES)
+    ap.add_argument("--lists", type=int, default=0,
+                    help="IVF lists in the CREATE INDEX WITH clause (default 0 = flat "
+                         "layout, no lists option)")
+    ap.add_argument("--probes",
+                    help="comma list of turbovec.probes values swept around the "
+                         "candidates sweep; 'default' = the GUC's default (default: "
+                         "not set, i.e. the GUC default only)")
+    ap.add_argument("--summarize", nargs="+", metavar="FILE",
+                    help="print the recall/QPS frontier of saved JSON lines and exit "
+                         "('-' = stdin)")
     ap.add_argument("--slice", type=int, help="use only the first N base rows")
     ap.add_argument("--queries", type=int, help="use only the first N queries")
     ap.add_argument("--warmup", type=int, default=50,
@@ -330,6 +435,11 @@ def main(argv=None):
     ap.add_argument("--dbname")
     ap.add_argument("--user")
     a = ap.parse_args(argv)
+    if a.summarize:
+        summarize(a.summarize)
+        return
+    if a.lists < 0:
+        ap.error("--lists must be >= 0")
     for d in a.datasets:
         if d not in datasets.DATASETS:
             ap.error("unknown data set %r" % d)
@@ -346,9 +456,12 @@ def main(argv=None):
         scalar(cur, "SHOW server_version"), scalar(cur, "SHOW shared_buffers"),
         scalar(cur, "SHOW maintenance_work_mem"),
         scalar(cur, "SHOW shared_preload_libraries")))
+    recs = []
     for name in a.datasets:
-        bench_dataset(conn, name, a)
+        recs += bench_dataset(conn, name, a)
     conn.close()
+    if not a.exact:
+        print_frontier(recs)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,13 @@
 # Steps, in order:
 #   0. install missing Debian packages (only when something is missing)
 #   1. build with -Werror (`make TV_WERROR=1`) and install the extension
-#   2. codec   -- standalone codec unit test (`make -C test/codec check`)
-#   3. regress -- pg_regress (`make installcheck`) against a throwaway server
-#   4. tap     -- TAP tests in t/ (prove, through PGXS) as the postgres user
+#   2. codec    -- standalone codec unit test (`make -C test/codec check`)
+#   3. snapshot -- .tv snapshot parser unit test (`make -C test/fuzz check`)
+#   4. fuzz     -- bounded libFuzzer run of the snapshot parser
+#                  (`make -C test/fuzz fuzz FUZZ_TIME=...`); skipped, and
+#                  reported as such, when clang or libFuzzer is missing
+#   5. regress  -- pg_regress (`make installcheck`) against a throwaway server
+#   6. tap      -- TAP tests in t/ (prove, through PGXS) as the postgres user
 #
 # PostgreSQL refuses to run as root, so when this script runs as root (as in
 # CI) every server runs as the `postgres` OS user, in a temporary data
@@ -20,6 +24,7 @@
 #   TV_KEEP_TMP=1  keep the temporary directory (data dirs, logs) for a post-mortem
 #   PROVE_FLAGS    extra flags for prove (default --timer)
 #   PROVE_TESTS    run only these TAP files, e.g. "t/001_crash_recovery.pl"
+#   TV_FUZZ_TIME   seconds of fuzzing (default 20)
 
 set -uo pipefail
 
@@ -36,6 +41,9 @@ PG_OS_USER=postgres
 # Upper bounds per step, so that a hung server cannot stall CI for hours.
 BUILD_TIMEOUT=900
 CODEC_TIMEOUT=300
+SNAPSHOT_TIMEOUT=300
+FUZZ_TIME=${TV_FUZZ_TIME:-20}
+FUZZ_TIMEOUT=$((FUZZ_TIME + 300))
 REGRESS_TIMEOUT=480
 TAP_TIMEOUT=1080
 
@@ -46,7 +54,7 @@ TMP=
 REGRESS_DATA=
 declare -A RESULT=()
 declare -A ELAPSED=()
-STEPS=(codec regress tap)
+STEPS=(codec snapshot fuzz regress tap)
 
 log() { printf '\n=== %s ===\n' "$*"; }
 
@@ -96,16 +104,22 @@ trap 'exit 143' TERM
 finish() {
 	local passed=0 failed=0 s
 	log "summary"
+	local skipped=0
 	for s in "${STEPS[@]}"; do
 		printf '%-8s %-5s %s\n' "$s" "${RESULT[$s]:-FAIL}" \
 			"${ELAPSED[$s]:+(${ELAPSED[$s]}s)}"
-		if [ "${RESULT[$s]:-FAIL}" = ok ]; then
-			passed=$((passed + 1))
-		else
-			failed=$((failed + 1))
-		fi
+		case "${RESULT[$s]:-FAIL}" in
+		ok) passed=$((passed + 1)) ;;
+		skip) skipped=$((skipped + 1)) ;;
+		*) failed=$((failed + 1)) ;;
+		esac
 	done
-	echo "suite: $passed passed, $failed failed"
+	# A skipped step (fuzz without clang/libFuzzer) neither passes nor fails.
+	if [ "$skipped" -gt 0 ]; then
+		echo "suite: $passed passed, $failed failed, $skipped skipped"
+	else
+		echo "suite: $passed passed, $failed failed"
+	fi
 	[ "$failed" -eq 0 ]
 	exit $?
 }
@@ -134,6 +148,23 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q || exit 2
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 		--no-install-recommends "${missing[@]}" || exit 2
+fi
+# The libFuzzer run needs clang and its runtime: installed when missing, but
+# optional (the fuzz step is skipped, and says so, if they cannot be had).
+FUZZ_PACKAGES=(clang-14 libclang-rt-14-dev)
+missing=()
+for p in "${FUZZ_PACKAGES[@]}"; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+		missing+=("$p")
+	fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+	log "installing packages for the fuzz step: ${missing[*]}"
+	if ! { as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends "${missing[@]}"; }; then
+		echo "could not install ${missing[*]}: the fuzz step will be skipped"
+	fi
 fi
 if ! id "$PG_OS_USER" >/dev/null 2>&1 && [ "$IS_ROOT" -eq 1 ]; then
 	echo "no $PG_OS_USER OS user (is postgresql-$PG_MAJOR installed?)" >&2
@@ -182,7 +213,48 @@ fi
 ELAPSED[codec]=$((SECONDS - t0))
 
 # ---------------------------------------------------------------------------
-# 3. pg_regress against a throwaway server
+# 3. snapshot parser unit test
+# ---------------------------------------------------------------------------
+log "snapshot: make -C test/fuzz check"
+t0=$SECONDS
+snapshot_out=$TMP/snapshot.out
+timeout "$SNAPSHOT_TIMEOUT" make -C test/fuzz check 2>&1 | tee "$snapshot_out"
+snapshot_rc=${PIPESTATUS[0]}
+snapshot_line=$(grep -E '^snapshot: [0-9]+ passed, [0-9]+ failed' "$snapshot_out" | tail -n 1)
+if [ "$snapshot_rc" -eq 0 ] && [ -n "$snapshot_line" ] &&
+	[[ "$snapshot_line" =~ ^snapshot:\ ([0-9]+)\ passed,\ 0\ failed ]] &&
+	[ "${BASH_REMATCH[1]}" -gt 0 ]; then
+	RESULT[snapshot]=ok
+else
+	RESULT[snapshot]=FAIL
+	[ "$snapshot_rc" -eq 124 ] && echo "snapshot timed out after ${SNAPSHOT_TIMEOUT}s"
+	echo "snapshot FAILED (exit status $snapshot_rc, summary: ${snapshot_line:-none})"
+fi
+ELAPSED[snapshot]=$((SECONDS - t0))
+
+# ---------------------------------------------------------------------------
+# 4. bounded libFuzzer run of the snapshot parser
+# ---------------------------------------------------------------------------
+log "fuzz: make -C test/fuzz fuzz FUZZ_TIME=$FUZZ_TIME"
+t0=$SECONDS
+fuzz_out=$TMP/fuzz.out
+timeout "$FUZZ_TIMEOUT" make -C test/fuzz fuzz FUZZ_TIME="$FUZZ_TIME" 2>&1 | tee "$fuzz_out"
+fuzz_rc=${PIPESTATUS[0]}
+if [ "$fuzz_rc" -eq 0 ] && grep -q '^fuzz: skipped' "$fuzz_out"; then
+	RESULT[fuzz]=skip
+	echo "fuzz SKIPPED: $(grep '^fuzz: skipped' "$fuzz_out" | head -n 1)"
+elif [ "$fuzz_rc" -eq 0 ] && grep -qE '^Done [0-9]+ runs' "$fuzz_out"; then
+	RESULT[fuzz]=ok
+else
+	RESULT[fuzz]=FAIL
+	[ "$fuzz_rc" -eq 124 ] && echo "fuzz timed out after ${FUZZ_TIMEOUT}s"
+	echo "fuzz FAILED (exit status $fuzz_rc)"
+	ls test/fuzz/crash-* test/fuzz/leak-* test/fuzz/timeout-* test/fuzz/oom-* 2>/dev/null
+fi
+ELAPSED[fuzz]=$((SECONDS - t0))
+
+# ---------------------------------------------------------------------------
+# 5. pg_regress against a throwaway server
 # ---------------------------------------------------------------------------
 log "regress: make installcheck (pg_regress) on a throwaway server, port $PORT"
 t0=$SECONDS
@@ -224,7 +296,7 @@ fi
 ELAPSED[regress]=$((SECONDS - t0))
 
 # ---------------------------------------------------------------------------
-# 4. TAP tests, as the postgres user, on a copy of the tree
+# 6. TAP tests, as the postgres user, on a copy of the tree
 # ---------------------------------------------------------------------------
 log "tap: prove t/*.pl as $PG_OS_USER"
 t0=$SECONDS
@@ -233,7 +305,7 @@ TAPDIR=$TMP/tap
 mkdir -p "$TAPDIR"
 # Copy without .git and build products; prove only needs the Makefile and t/.
 tar -C "$REPO" --exclude=.git --exclude='*.o' --exclude='*.bc' --exclude='*.so' \
-	--exclude=results --exclude=tmp_check -cf - . | tar -C "$TAPDIR" -xf - || true
+	--exclude=results --exclude=tmp_check --exclude=test/fuzz -cf - . | tar -C "$TAPDIR" -xf - || true
 [ "$IS_ROOT" -eq 1 ] && chown -R "$PG_OS_USER": "$TAPDIR"
 if ! ls "$TAPDIR"/t/*.pl >/dev/null 2>&1; then
 	echo "tap FAILED: no t/*.pl found"

@@ -1,0 +1,393 @@
+
+# Copyright (c) turbovec authors
+
+# Damaged .tv snapshots are refused, never loaded.
+#
+# A snapshot is only a cache: whatever is wrong with a file, the worker logs
+# one WARNING naming the file and the reason (SQLSTATE XX001), ignores it and
+# rebuilds the copy from the index and the table.  One small node (3000
+# rows of 16 dimensions, a flat l2 and a flat cosine index on the same
+# table); for each defect the server is stopped, d_l2's file is replaced by
+# a damaged copy of a good dump, and the server started again:
+#
+#   bad magic; a wrong version and a wrong dimension, seed and change
+#   counter, each with both CRCs re-sealed so that only that check can trip;
+#   a header byte flipped (header CRC); a body byte flipped (body CRC); a
+#   truncated file; a trailing byte; the other index's snapshot copied in
+#   its place; an empty file; and what a crash mid-dump could leave behind
+#   (a stray .tv.tmp next to a truncated .tv).
+#
+# Each start must log exactly one WARNING for the file, with the expected
+# reason, no "loaded snapshot" line for it; the copy must become ready with
+# from_snapshot = false and answer like the extent and a sequential scan,
+# while d_cos keeps loading its own, good, file.  Then a turbovec worker is
+# killed with SIGKILL right after a checkpoint asked it to dump (it may or
+# may not be mid-dump): after the crash restart the copy is either loaded
+# from a whole file or refused with a WARNING, and the answers are correct.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+
+srand(20250303);
+
+my $dim      = 16;
+my %opclass  = (d_l2 => '<->', d_cos => '<=>');
+my @indexes  = sort keys %opclass;
+my $force    = 'SET enable_seqscan = off; SET enable_bitmapscan = off;';
+my $covering = 'SET turbovec.candidates = 100000;';
+
+my $node = PostgreSQL::Test::Cluster->new('defects');
+$node->init;
+$node->append_conf(
+	'postgresql.conf', qq{
+shared_preload_libraries = 'turbovec'
+turbovec.worker_naptime = 200ms
+restart_after_crash = on
+log_statement = none
+});
+$node->start;
+
+# CRC-32C (Castagnoli): reflected polynomial 0x82F63B78, initial value and
+# final XOR 0xFFFFFFFF, as docs/SNAPSHOT.md specifies.
+my @crc_table;
+for my $n (0 .. 255)
+{
+	my $c = $n;
+	$c = ($c & 1) ? (($c >> 1) ^ 0x82F63B78) : ($c >> 1) for 1 .. 8;
+	$crc_table[$n] = $c;
+}
+
+sub crc32c
+{
+	my $crc = 0xFFFFFFFF;
+	foreach my $data (@_)
+	{
+		$crc = $crc_table[ ($crc ^ $_) & 0xFF ] ^ ($crc >> 8) for unpack('C*', $data);
+	}
+	return $crc ^ 0xFFFFFFFF;
+}
+is(crc32c('123456789'), 0xE3069283, 'CRC-32C check value');
+
+# The 120-byte header: magic, 12 uint32 (version .. reserved), 7 uint64
+# (seed .. vector_bytes), body_crc, header_crc; all little-endian.
+my @fields = qw(magic version header_bytes dboid indexoid relfilenode dim bits
+  metric lists list_area block_bytes reserved seed lsn change_count nslots
+  live stream_bytes vector_bytes body_crc header_crc);
+my $layout = 'a8 V12 Q<7 V2';
+
+sub split_file
+{
+	my ($bytes) = @_;
+	my %h;
+	@h{@fields} = unpack($layout, substr($bytes, 0, 120));
+	my $stream  = substr($bytes, 120, $h{stream_bytes});
+	my $vectors = substr($bytes, 120 + $h{stream_bytes});
+	return (\%h, $stream, $vectors);
+}
+
+# Header and body with sizes and both CRCs made consistent again.
+sub seal
+{
+	my ($h, $stream, $vectors) = @_;
+	$h->{stream_bytes} = length($stream);
+	$h->{vector_bytes} = length($vectors);
+	$h->{body_crc}     = crc32c($stream, $vectors);
+	$h->{header_crc}   = 0;
+	$h->{header_crc}   = crc32c(pack($layout, @{$h}{@fields}));
+	return pack($layout, @{$h}{@fields}) . $stream . $vectors;
+}
+
+sub read_bytes
+{
+	my ($path) = @_;
+	open(my $fh, '<', $path) or die "open $path: $!";
+	binmode $fh;
+	local $/;
+	my $bytes = <$fh>;
+	close $fh;
+	return $bytes;
+}
+
+sub write_bytes
+{
+	my ($path, $bytes) = @_;
+	open(my $fh, '>', $path) or die "open $path: $!";
+	binmode $fh;
+	print $fh $bytes;
+	close $fh or die "close $path: $!";
+}
+
+sub random_vector
+{
+	return '{' . join(',', map { sprintf('%.6f', rand(2) - 1) } 1 .. $dim) . '}';
+}
+
+# Poll the server log from $offset for $re, at most $secs seconds.
+sub log_has
+{
+	my ($re, $offset, $secs) = @_;
+	for (1 .. ($secs // 30) * 10)
+	{
+		return 1 if slurp_file($node->logfile, $offset) =~ $re;
+		usleep(100_000);
+	}
+	return 0;
+}
+
+$node->safe_psql(
+	'postgres', qq{
+CREATE EXTENSION turbovec;
+CREATE TABLE d (id serial PRIMARY KEY, v real[]);
+SELECT setseed(0.17);
+INSERT INTO d (v)
+	SELECT (SELECT array_agg((random() * 2 - 1)::real)
+			FROM generate_series(1, $dim) WHERE i > 0)
+	FROM generate_series(1, 3000) i;
+CREATE INDEX d_l2 ON d USING turbo (v real_l2_ops);
+CREATE INDEX d_cos ON d USING turbo (v real_cosine_ops);
+});
+
+my $dboid = $node->safe_psql('postgres',
+	"SELECT oid FROM pg_database WHERE datname = 'postgres'");
+my %rel = map {
+	$_ => "pgsql_tmp_turbovec/${dboid}_"
+	  . $node->safe_psql('postgres', "SELECT '$_'::regclass::oid") . '.tv'
+} @indexes;
+my %file = map { $_ => $node->data_dir . "/$rel{$_}" } @indexes;
+
+# Fixed queries; their default-window answers through the copy must never
+# change (the table does not change until the last part).
+my @queries = map { random_vector() } 1 .. 3;
+
+sub answers
+{
+	my ($idx, $settings) = @_;
+	return join(
+		' ',
+		map {
+			$node->safe_psql('postgres',
+				"$settings SELECT string_agg(id::text, ',') FROM (SELECT id FROM d "
+				  . "ORDER BY v $opclass{$idx} '$_' LIMIT 10) q")
+		} @queries);
+}
+
+sub check_answers
+{
+	my ($label, $baseline) = @_;
+	foreach my $idx (@indexes)
+	{
+		is(answers($idx, $force), $baseline->{$idx},
+			"$label: $idx answers as before, at the default window");
+		is( answers($idx, "$force $covering"),
+			answers($idx, 'SET enable_indexscan = off; SET enable_bitmapscan = off;'),
+			"$label: $idx equals a sequential scan at a covering window");
+	}
+}
+
+foreach my $idx (@indexes)
+{
+	is($node->safe_psql('postgres', "SELECT turbo_wait_ready('$idx', 60000)"),
+		't', "$idx is ready after the build");
+}
+my %baseline = map { $_ => answers($_, $force) } @indexes;
+foreach my $idx (@indexes)
+{
+	is($baseline{$idx}, answers($_, "$force SET turbovec.use_resident = off;"),
+		"$idx: copy and extent agree") for ($idx);
+}
+
+# Good dumps of both indexes, taken while the server is down.
+$node->safe_psql('postgres', 'CHECKPOINT');
+ok( $node->poll_query_until(
+		'postgres',
+		'SELECT count(*) = 2 FROM turbo_indexes WHERE snapshot_time IS NOT NULL'),
+	'both indexes have a snapshot');
+$node->stop;
+my %good = map { $_ => read_bytes($file{$_}) } @indexes;
+my ($gh, $gstream, $gvectors) = split_file($good{d_l2});
+is($gh->{header_crc}, do { my %h = %$gh; $h{header_crc} = 0; crc32c(pack($layout, @h{@fields})) },
+	'the dumped header CRC is CRC-32C of the header with that field zeroed');
+is($gh->{body_crc}, crc32c($gstream, $gvectors),
+	'the dumped body CRC is CRC-32C of stream then vectors');
+is(length($good{d_l2}), 120 + $gh->{stream_bytes} + $gh->{vector_bytes},
+	'the file is header, stream and vectors');
+is("$gh->{dim} $gh->{nslots} $gh->{vector_bytes}", "$dim 3000 " . (3000 * $dim * 4),
+	'header dimension, slots and vector bytes');
+is(seal({%$gh}, $gstream, $gvectors), $good{d_l2}, 're-sealing a good file changes nothing');
+
+# A clean start loads both.
+my $offset = -s $node->logfile;
+$node->start;
+foreach my $idx (@indexes)
+{
+	ok(log_has(qr/turbovec loaded snapshot "\Q$rel{$idx}\E" for index "$idx"/, $offset),
+		"clean start: $idx loaded from its snapshot");
+}
+
+# A re-sealed header with one field changed.
+sub resealed
+{
+	my (%change) = @_;
+	my ($h, $stream, $vectors) = split_file($good{d_l2});
+	$h->{$_} = $change{$_} for keys %change;
+	if ($change{dim})
+	{
+		# a consistent file of that dimension: vectors cut to match
+		$vectors = substr($vectors, 0, $h->{nslots} * $change{dim} * 4);
+	}
+	return seal($h, $stream, $vectors);
+}
+
+sub flip
+{
+	my ($bytes, $at) = @_;
+	substr($bytes, $at, 1) = chr(ord(substr($bytes, $at, 1)) ^ 0x5A);
+	return $bytes;
+}
+
+my $cc   = $gh->{change_count};
+my $len  = length($good{d_l2});
+my @cases = (
+	[ 'bad magic', 'X' . substr($good{d_l2}, 1), qr/bad magic/ ],
+	[ 'wrong version (re-sealed)', resealed(version => 2), qr/unsupported version 2/ ],
+	[ 'header byte flipped', flip($good{d_l2}, 88), qr/header CRC mismatch/ ],
+	[ 'body byte flipped', flip($good{d_l2}, $len - 7), qr/body CRC mismatch/ ],
+	[ 'stream byte flipped', flip($good{d_l2}, 120 + 500), qr/body CRC mismatch/ ],
+	[ 'truncated', substr($good{d_l2}, 0, $len - 64), qr/truncated/ ],
+	[ 'truncated inside the header', substr($good{d_l2}, 0, 60), qr/truncated/ ],
+	[ 'trailing byte', $good{d_l2} . "\0", qr/trailing bytes/ ],
+	[ 'wrong dimension (re-sealed)', resealed(dim => 8), qr/dimension 8, expected $dim/ ],
+	[ 'wrong seed (re-sealed)', resealed(seed => $gh->{seed} + 1), qr/seed differs/ ],
+	[
+		'stale change counter (re-sealed)', resealed(change_count => $cc + 3),
+		qr/stale: change counter @{[$cc + 3]}, expected $cc/
+	],
+	[
+		'older change counter (re-sealed)', resealed(change_count => $cc - 1),
+		qr/stale: change counter @{[$cc - 1]}, expected $cc/
+	],
+	[ "the other index's snapshot", $good{d_cos}, qr/belongs to another index/ ],
+	[ 'empty file', '', qr/empty file/ ],
+	[ 'crash leftovers: .tv.tmp and a truncated .tv',
+		substr($good{d_l2}, 0, int($len / 2)), qr/truncated/, 1 ],);
+
+foreach my $case (@cases)
+{
+	my ($label, $bytes, $reason, $leftover) = @$case;
+
+	$node->stop;
+	write_bytes($file{d_l2}, $bytes);
+	# the good d_cos file stays (it may have been dumped again meanwhile)
+	write_bytes("$file{d_l2}.tmp", substr($good{d_l2}, 0, int($len / 3))) if $leftover;
+	$offset = -s $node->logfile;
+	$node->start;
+
+	my $warning = qr/WARNING:  turbovec snapshot "\Q$rel{d_l2}\E" not used: $reason/;
+	ok(log_has($warning, $offset), "$label: WARNING names the file and the reason")
+	  or diag(join("\n", grep { /turbovec/ } split /\n/, slurp_file($node->logfile, $offset)));
+	is($node->safe_psql('postgres', "SELECT turbo_wait_ready('d_l2', 60000)"),
+		't', "$label: d_l2 becomes ready");
+	is( $node->safe_psql(
+			'postgres',
+			"SELECT ready, resident_state, from_snapshot FROM turbo_indexes "
+			  . "WHERE index = 'd_l2'::regclass"),
+		't|ready|f',
+		"$label: d_l2 is ready, rebuilt (not from the snapshot)");
+	is($node->safe_psql('postgres', "SELECT turbo_wait_ready('d_cos', 60000)"),
+		't', "$label: d_cos becomes ready");
+	ok(log_has(qr/turbovec loaded snapshot "\Q$rel{d_cos}\E" for index "d_cos"/, $offset),
+		"$label: d_cos still loads its own snapshot");
+	check_answers($label, \%baseline);
+
+	my $log   = slurp_file($node->logfile, $offset);
+	my @warns = $log =~ /(WARNING:  turbovec snapshot "\Q$rel{d_l2}\E[^\n]*)/g;
+	is(scalar(@warns), 1, "$label: exactly one WARNING for the file")
+	  or diag(join("\n", @warns));
+	unlike($log, qr/loaded snapshot "\Q$rel{d_l2}\E"/, "$label: the file was not loaded");
+	like($log, qr/WARNING:  XX001: |WARNING:  turbovec snapshot/, "$label: logged as a WARNING");
+
+	if ($leftover)
+	{
+		unlike($log, qr/\.tv\.tmp/, "$label: nothing reads or complains about the .tmp file");
+		# the next dump of the rebuilt copy replaces both
+		ok( $node->poll_query_until(
+				'postgres',
+				"SELECT snapshot_time IS NOT NULL FROM turbo_indexes WHERE index = 'd_l2'::regclass"),
+			"$label: the rebuilt copy is dumped again");
+		ok(!-e "$file{d_l2}.tmp", "$label: the dump left no .tmp file");
+		my ($h) = split_file(read_bytes($file{d_l2}));
+		is("$h->{change_count} $h->{nslots}", "$cc 3000", "$label: the new dump is whole");
+	}
+}
+
+# SQLSTATE of the WARNING: with verbose error fields in the log.
+$node->append_conf('postgresql.conf', 'log_error_verbosity = verbose');
+$node->stop;
+write_bytes($file{d_l2}, 'TURBOTV');
+$offset = -s $node->logfile;
+$node->start;
+ok( log_has(
+		qr/WARNING:  XX001: turbovec snapshot "\Q$rel{d_l2}\E" not used: (truncated|bad magic)/,
+		$offset),
+	'the WARNING has SQLSTATE XX001');
+is($node->safe_psql('postgres', "SELECT turbo_wait_ready('d_l2', 60000)"),
+	't', 'd_l2 ready after a 7-byte file');
+
+# SIGKILL of the worker right after a checkpoint asked it to dump changed
+# copies.  Dumps do not honour turbovec.test_build_delay and take about a
+# millisecond here, so the kill may land before, during or after the dump:
+# whatever the file is left as, it must be loaded whole or refused.
+$node->safe_psql(
+	'postgres', qq{
+SELECT setseed(0.5);
+INSERT INTO d (v)
+	SELECT (SELECT array_agg((random() * 2 - 1)::real)
+			FROM generate_series(1, $dim) WHERE i > 0)
+	FROM generate_series(1, 500) i;
+DELETE FROM d WHERE id % 9 = 0;
+VACUUM d;
+CHECKPOINT;
+});
+my $pid = '';
+for (1 .. 100)
+{
+	$pid = $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'turbovec worker' LIMIT 1");
+	last if $pid =~ /^\d+$/;
+	usleep(50_000);
+}
+like($pid, qr/^\d+$/, 'found the turbovec worker');
+$offset = -s $node->logfile;
+kill 'KILL', $pid if $pid =~ /^\d+$/;
+ok(log_has(qr/database system is ready to accept connections/, $offset, 60),
+	'crash restart after the SIGKILL of the worker');
+is($node->safe_psql('postgres', "SELECT turbo_wait_ready('d_l2', 60000)"),
+	't', 'after the crash: d_l2 is ready');
+my $log = slurp_file($node->logfile, $offset);
+my $loaded  = () = $log =~ /loaded snapshot "\Q$rel{d_l2}\E"/g;
+my $refused = () = $log =~ /turbovec snapshot "\Q$rel{d_l2}\E" not used/g;
+is($loaded + $refused, 1, "after the crash: d_l2's file was loaded or refused, once")
+  or diag("loaded $loaded, refused $refused");
+is( $node->safe_psql(
+		'postgres', "SELECT from_snapshot FROM turbo_indexes WHERE index = 'd_l2'::regclass"),
+	$loaded ? 't' : 'f',
+	'after the crash: from_snapshot says which');
+my $info = $node->safe_psql('postgres',
+	"SELECT change_count FROM turbo_resident_status() WHERE indexrelid = 'd_l2'::regclass");
+is($info, $node->safe_psql('postgres', "SELECT change_count FROM turbo_index_info('d_l2')"),
+	"after the crash: the copy's counter is the metapage's");
+foreach my $idx (@indexes)
+{
+	is( answers($idx, "$force $covering"),
+		answers($idx, 'SET enable_indexscan = off; SET enable_bitmapscan = off;'),
+		"after the crash: $idx equals a sequential scan");
+	is(answers($idx, $force), answers($idx, "$force SET turbovec.use_resident = off;"),
+		"after the crash: $idx copy and extent agree");
+}
+
+$node->stop;
+done_testing();

@@ -63,7 +63,7 @@ SET turbovec.candidates = 1;
 SHOW turbovec.candidates;
 RESET turbovec.candidates;
 SHOW turbovec.probes;
-SET turbovec.probes = 0;
+SET turbovec.probes = -1;
 SET turbovec.probes = 32769;
 SET turbovec.probes = 32768;
 RESET turbovec.probes;

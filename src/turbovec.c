@@ -74,7 +74,7 @@ _PG_init(void)
 							PGC_USERSET, 0, NULL, NULL, NULL);
 
 	DefineCustomIntVariable("turbovec.probes",
-							"Number of IVF lists a scan probes first.",
+							"Number of IVF lists a scan probes first; 0 picks one list in 16, at least 16.",
 							"A scan that needs more rows goes on to further lists.",
 							&tv_probes,
 							TV_DEFAULT_PROBES, TV_MIN_PROBES, TV_MAX_PROBES,
@@ -184,7 +184,7 @@ tvcostestimate(PlannerInfo *root, IndexPath *path, double loop_count,
 
 		index_close(index, NoLock);
 		if (lists > 0)
-			scanned = Min(1.0, (double) tv_probes / lists);
+			scanned = (double) TvProbes(lists) / lists;
 	}
 
 	/* codes are scored in 32-lane blocks, far cheaper than one operator call each */

@@ -48,8 +48,8 @@
 #define TV_MIN_LISTS			0	/* 0: flat layout */
 #define TV_DEFAULT_LISTS		0
 #define TV_MAX_LISTS			32768
-#define TV_MIN_PROBES			1
-#define TV_DEFAULT_PROBES		16
+#define TV_MIN_PROBES			0	/* 0: automatic, TvProbes() */
+#define TV_DEFAULT_PROBES		0
 #define TV_MAX_PROBES			TV_MAX_LISTS
 #define TV_MAX_NORM				1e18	/* its square stays finite in float4 */
 
@@ -179,6 +179,18 @@ typedef struct TvIndexState
 /* GUCs */
 extern int	tv_candidates;
 extern int	tv_probes;
+
+/*
+ * Lists a scan probes first: the setting, or when it is 0 one list in 16
+ * and at least 16 (GloVe-100 with 580 lists: 37 probes, recall@10 0.96).
+ */
+static inline int
+TvProbes(int lists)
+{
+	int			probes = tv_probes > 0 ? tv_probes : Max(16, (lists + 15) / 16);
+
+	return Min(probes, lists);
+}
 
 /* turbovec.c */
 extern void _PG_init(void);

@@ -32,7 +32,7 @@
 #include "tvresident.h"
 
 /* k-means: samples per list, and Lloyd iterations */
-#define TV_SAMPLES_PER_LIST		64
+#define TV_SAMPLES_PER_LIST		32
 #define TV_KMEANS_ITERATIONS	10
 
 /* A block being filled */

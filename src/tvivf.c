@@ -288,7 +288,7 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 
 	for (int it = 0; it < iterations; it++)
 	{
-		bool		changed = false;
+		int			changed = 0;
 
 		for (int i = 0; i < n; i++)
 		{
@@ -296,12 +296,13 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 										  in->samples + (Size) i * dim);
 
 			if (it == 0 || j != assign[i])
-				changed = true;
+				changed++;
 			assign[i] = j;
 			if ((i & 255) == 0)
 				CHECK_FOR_INTERRUPTS();
 		}
-		if (!changed)
+		/* settled: another round would move fewer than 1 sample in 200 */
+		if (it > 0 && changed * 200 < n)
 			break;
 
 		memset(sums, 0, (Size) lists * dim * sizeof(double));

@@ -606,7 +606,7 @@ OrderLists(IndexScanDesc scan, const float *q)
 		qsort_arg(so->list_order, lists, sizeof(int), ListDistCmp, dist);
 		pfree(dist);
 	}
-	so->nprobe = Min(tv_probes, lists);
+	so->nprobe = TvProbes(lists);
 }
 
 /* Validate the query and prepare its lookup tables */

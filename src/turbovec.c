@@ -11,9 +11,12 @@
 #include "access/htup_details.h"
 #include "access/genam.h"
 #include "access/reloptions.h"
+#include "catalog/objectaccess.h"
 #include "catalog/pg_amop.h"
 #include "catalog/pg_amproc.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_opclass.h"
+#include "commands/defrem.h"
 #include "commands/progress.h"
 #include "commands/vacuum.h"
 #include "fmgr.h"
@@ -30,6 +33,7 @@
 
 #include "turbovec.h"
 #include "tvresident.h"
+#include "tvsnapshot.h"
 
 PG_MODULE_MAGIC;
 
@@ -42,6 +46,10 @@ bool		tv_snapshots = true;
 int			tv_worker_naptime_ms = 1000;
 int			tv_test_build_delay_ms = 0;
 bool		tv_use_resident = true;
+
+static object_access_hook_type prev_object_access_hook = NULL;
+static void TvObjectAccess(ObjectAccessType access, Oid classId, Oid objectId,
+						   int subId, void *arg);
 
 static const struct config_enum_entry not_ready_options[] = {
 	{"extent", TV_NOT_READY_EXTENT, false},
@@ -126,7 +134,40 @@ _PG_init(void)
 		TvWorkerInit();
 	}
 
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = TvObjectAccess;
+
 	MarkGUCPrefixReserved("turbovec");
+}
+
+/*
+ * DROP INDEX of a turbo index removes its snapshot file at once, rather
+ * than when the database's worker next runs.  If the drop rolls back, the
+ * next checkpoint dumps the copy again: a snapshot is only a cache.
+ */
+static void
+TvObjectAccess(ObjectAccessType access, Oid classId, Oid objectId, int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+	if (access == OAT_DROP && classId == RelationRelationId && subId == 0)
+	{
+		HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(objectId));
+
+		if (HeapTupleIsValid(tup))
+		{
+			Form_pg_class rel = (Form_pg_class) GETSTRUCT(tup);
+			bool		turbo = rel->relkind == RELKIND_INDEX &&
+				rel->relam == get_index_am_oid("turbo", true);
+
+			ReleaseSysCache(tup);
+			if (turbo)
+			{
+				TvSnapshotRemove(MyDatabaseId, objectId);
+				TvResidentWakeWorker(MyDatabaseId);
+			}
+		}
+	}
 }
 
 static bytea *

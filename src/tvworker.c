@@ -243,6 +243,12 @@ Publish(Relation index, TvResidentEntry *e, dsa_pointer dp, Size bytes,
 	e->relfilenode = TvRelFileNumber(index);
 	LWLockRelease(e->lock);
 	e->from_snapshot = from_snapshot;
+	if (!from_snapshot)
+	{
+		/* a new copy (after REINDEX, say) needs its own dump */
+		e->snap_change_count = 0;
+		e->snap_bytes = 0;
+	}
 	TvResidentSetState(e, TV_RES_READY);
 	if (DsaPointerIsValid(old))
 		dsa_free(TvResidentArea(), old);

@@ -32,7 +32,7 @@ srand(20250304);
 
 my $dim      = 16;
 my $nrows    = 10000;
-my $delay_ms = 300;
+my $delay_ms = 400;
 my $force    = 'SET enable_seqscan = off; SET enable_bitmapscan = off;';
 my $covering = 'SET turbovec.candidates = 100000;';
 my $seq      = 'SET enable_indexscan = off; SET enable_bitmapscan = off;';

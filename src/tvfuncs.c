@@ -598,8 +598,7 @@ turbo_wait_ready(PG_FUNCTION_ARGS)
 	int			timeout = PG_GETARG_INT32(1);
 	Relation	heap;
 	Relation	index;
-	TimestampTz deadline;
-	bool		ready = false;
+	bool		ready;
 
 	if (timeout < 0)
 		ereport(ERROR,
@@ -609,30 +608,7 @@ turbo_wait_ready(PG_FUNCTION_ARGS)
 	if (tv_shared == NULL || index->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
 		ready = true;
 	else
-	{
-		TvResidentWakeWorker(MyDatabaseId);
-		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout);
-		for (;;)
-		{
-			TvResidentEntry *e = TvResidentLookup(MyDatabaseId, indexoid, false);
-			long		left;
-
-			if (e != NULL && e->state == TV_RES_READY)
-			{
-				ready = true;
-				break;
-			}
-			left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-			if (left <= 0)
-				break;
-			if (e != NULL)
-				ConditionVariableTimedSleep(&e->cv, Min(left, 100), PG_WAIT_EXTENSION);
-			else
-				pg_usleep(Min(left, 10) * 1000L);
-			CHECK_FOR_INTERRUPTS();
-		}
-		ConditionVariableCancelSleep();
-	}
+		ready = TvResidentWaitReady(indexoid, timeout, NULL) != NULL;
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);
 	PG_RETURN_BOOL(ready);

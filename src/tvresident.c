@@ -345,3 +345,41 @@ TvResidentApplyClear(Relation index, const TvMetaPageData *meta, uint64 old_coun
 		TvResidentWakeWorker(MyDatabaseId);
 	}
 }
+
+/*
+ * Wait, without spinning, up to timeout_ms for the copy of an index to be
+ * ready.  Returns its entry when ready, else NULL (*entry gets what is
+ * known, for progress reports).  Wakes the worker first.
+ */
+TvResidentEntry *
+TvResidentWaitReady(Oid indexid, int timeout_ms, TvResidentEntry **entry)
+{
+	TvResidentEntry *e = TvResidentLookup(MyDatabaseId, indexid, false);
+	TimestampTz deadline;
+
+	if (e != NULL && e->state == TV_RES_READY)
+		return e;
+	TvResidentWakeWorker(MyDatabaseId);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	for (;;)
+	{
+		long		left;
+
+		if (e == NULL)
+			e = TvResidentLookup(MyDatabaseId, indexid, false);
+		if (e != NULL && e->state == TV_RES_READY)
+			break;
+		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (left <= 0)
+			break;
+		if (e != NULL)
+			ConditionVariableTimedSleep(&e->cv, Min(left, 100), PG_WAIT_EXTENSION);
+		else
+			pg_usleep(Min(left, 10) * 1000L);	/* the worker has not seen it yet */
+		CHECK_FOR_INTERRUPTS();
+	}
+	ConditionVariableCancelSleep();
+	if (entry)
+		*entry = e;
+	return (e != NULL && e->state == TV_RES_READY) ? e : NULL;
+}

@@ -126,6 +126,8 @@ extern TvResidentEntry *TvResidentLookup(Oid dbid, Oid indexid, bool create);
 extern void TvResidentRelease(TvResidentEntry *e);
 extern void TvResidentSetState(TvResidentEntry *e, TvResidentState state);
 extern void TvResidentWakeWorker(Oid dbid);
+extern TvResidentEntry *TvResidentWaitReady(Oid indexid, int timeout_ms,
+											TvResidentEntry **entry);
 extern TvResidentCopy *TvResidentGetCopy(TvResidentEntry *e);
 extern void TvResidentApplyInsert(Relation index, const TvMetaPageData *meta,
 								  uint64 old_count, uint64 slot, const char *image,

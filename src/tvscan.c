@@ -729,41 +729,18 @@ static TvResidentEntry *
 WaitResident(Relation index)
 {
 	TvResidentEntry *e;
-	TimestampTz deadline;
+	TvResidentEntry *ready;
 
 	if (tv_shared == NULL || !tv_use_resident ||
 		index->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
 		return NULL;
 	e = TvResidentLookup(MyDatabaseId, RelationGetRelid(index), false);
-	if (e != NULL && e->state == TV_RES_READY)
-		return e;
 	if (e != NULL && e->state == TV_RES_TOO_BIG)
 		return NULL;			/* served from its pages, and reported so */
 
-	TvResidentWakeWorker(MyDatabaseId);
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), tv_ready_timeout_ms);
-	for (;;)
-	{
-		long		left;
-
-		if (e == NULL)
-			e = TvResidentLookup(MyDatabaseId, RelationGetRelid(index), false);
-		if (e != NULL && e->state == TV_RES_READY)
-		{
-			ConditionVariableCancelSleep();
-			return e;
-		}
-		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-		if (left <= 0)
-			break;
-		if (e != NULL)
-			ConditionVariableTimedSleep(&e->cv, Min(left, 50), PG_WAIT_EXTENSION);
-		else
-			pg_usleep(Min(left, 10) * 1000L);	/* the worker has not seen it yet */
-		CHECK_FOR_INTERRUPTS();
-	}
-	ConditionVariableCancelSleep();
-
+	ready = TvResidentWaitReady(RelationGetRelid(index), tv_ready_timeout_ms, &e);
+	if (ready != NULL)
+		return ready;
 	if (tv_not_ready == TV_NOT_READY_ERROR)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -608,7 +608,7 @@ turbo_wait_ready(PG_FUNCTION_ARGS)
 	if (tv_shared == NULL || index->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
 		ready = true;
 	else
-		ready = TvResidentWaitReady(indexoid, timeout, NULL) != NULL;
+		ready = TvResidentWaitReady(index, timeout, NULL) != NULL;
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);
 	PG_RETURN_BOOL(ready);

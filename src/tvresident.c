@@ -208,6 +208,19 @@ TvResidentSetState(TvResidentEntry *e, TvResidentState state)
 	ConditionVariableBroadcast(&e->cv);
 }
 
+/* Ask the worker of a database to dump its changed copies (a checkpoint) */
+void
+TvResidentRequestDump(Oid dbid)
+{
+	/* wake first: that gives the database a worker slot if it had none */
+	TvResidentWakeWorker(dbid);
+	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
+	for (int i = 0; i < TV_MAX_DATABASES; i++)
+		if (tv_shared->dbs[i].dbid == dbid)
+			tv_shared->dbs[i].dump = true;
+	LWLockRelease(tv_shared->registry_lock);
+}
+
 /* Ask the worker of our database to look at its indexes now */
 void
 TvResidentWakeWorker(Oid dbid)
@@ -352,12 +365,17 @@ TvResidentApplyClear(Relation index, const TvMetaPageData *meta, uint64 old_coun
  * known, for progress reports).  Wakes the worker first.
  */
 TvResidentEntry *
-TvResidentWaitReady(Oid indexid, int timeout_ms, TvResidentEntry **entry)
+TvResidentWaitReady(Relation index, int timeout_ms, TvResidentEntry **entry)
 {
+	Oid			indexid = RelationGetRelid(index);
 	TvResidentEntry *e = TvResidentLookup(MyDatabaseId, indexid, false);
 	TimestampTz deadline;
 
-	if (e != NULL && e->state == TV_RES_READY)
+	/* a ready copy of the index before a REINDEX is not this index's */
+#define IsReady(e) ((e) != NULL && (e)->state == TV_RES_READY && \
+					(e)->relfilenode == TvRelFileNumber(index))
+
+	if (IsReady(e))
 		return e;
 	TvResidentWakeWorker(MyDatabaseId);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
@@ -367,7 +385,7 @@ TvResidentWaitReady(Oid indexid, int timeout_ms, TvResidentEntry **entry)
 
 		if (e == NULL)
 			e = TvResidentLookup(MyDatabaseId, indexid, false);
-		if (e != NULL && e->state == TV_RES_READY)
+		if (IsReady(e))
 			break;
 		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 		if (left <= 0)
@@ -381,5 +399,6 @@ TvResidentWaitReady(Oid indexid, int timeout_ms, TvResidentEntry **entry)
 	ConditionVariableCancelSleep();
 	if (entry)
 		*entry = e;
-	return (e != NULL && e->state == TV_RES_READY) ? e : NULL;
+	return IsReady(e) ? e : NULL;
+#undef IsReady
 }

@@ -90,6 +90,7 @@ typedef struct TvWorkerSlot
 	Oid			dbid;			/* InvalidOid: free */
 	bool		wanted;			/* the launcher should start a worker */
 	bool		poke;			/* look at the indexes now */
+	bool		dump;			/* a checkpoint happened: dump what changed */
 	int			pid;
 	Latch	   *latch;
 } TvWorkerSlot;
@@ -126,7 +127,8 @@ extern TvResidentEntry *TvResidentLookup(Oid dbid, Oid indexid, bool create);
 extern void TvResidentRelease(TvResidentEntry *e);
 extern void TvResidentSetState(TvResidentEntry *e, TvResidentState state);
 extern void TvResidentWakeWorker(Oid dbid);
-extern TvResidentEntry *TvResidentWaitReady(Oid indexid, int timeout_ms,
+extern void TvResidentRequestDump(Oid dbid);
+extern TvResidentEntry *TvResidentWaitReady(Relation index, int timeout_ms,
 											TvResidentEntry **entry);
 extern TvResidentCopy *TvResidentGetCopy(TvResidentEntry *e);
 extern void TvResidentApplyInsert(Relation index, const TvMetaPageData *meta,

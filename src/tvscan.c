@@ -738,7 +738,7 @@ WaitResident(Relation index)
 	if (e != NULL && e->state == TV_RES_TOO_BIG)
 		return NULL;			/* served from its pages, and reported so */
 
-	ready = TvResidentWaitReady(RelationGetRelid(index), tv_ready_timeout_ms, &e);
+	ready = TvResidentWaitReady(index, tv_ready_timeout_ms, &e);
 	if (ready != NULL)
 		return ready;
 	if (tv_not_ready == TV_NOT_READY_ERROR)

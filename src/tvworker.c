@@ -344,8 +344,11 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 	memcpy(TvResidentVectors(copy), vectors, hdr.vector_bytes);
 	Publish(index, e, dp, MAXALIGN(sizeof(TvResidentCopy)) + copy->stream_capacity +
 			copy->capacity_slots * copy->dim * sizeof(float), &meta, lsn, true);
+	/* the file on disk is this state: nothing to dump until it changes */
 	e->snap_change_count = hdr.change_count;
 	e->snap_lsn = hdr.lsn;
+	e->snap_bytes = TV_SNAPSHOT_HEADER_BYTES + hdr.stream_bytes + hdr.vector_bytes;
+	e->snap_time = GetCurrentTimestamp();
 	UnlockReleaseBuffer(metabuf);
 	TvSnapshotPath(MyDatabaseId, RelationGetRelid(index), path);
 	ereport(LOG,
@@ -794,6 +797,22 @@ DumpChanged(void)
 	return any;
 }
 
+/* Did the launcher ask for a dump (a checkpoint happened)?  Clears the request. */
+static bool
+TakeDumpRequest(void)
+{
+	TvWorkerSlot *slot;
+	bool		dump;
+
+	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
+	slot = MySlot();
+	dump = slot && slot->dump;
+	if (slot)
+		slot->dump = false;
+	LWLockRelease(tv_shared->registry_lock);
+	return dump;
+}
+
 /* Is a copy of this database not ready, or has a backend asked us to look? */
 static bool
 WorkPending(void)
@@ -888,7 +907,7 @@ tv_database_main(Datum arg)
 		}
 
 		/* the launcher woke us after a checkpoint: dump what changed */
-		if (tv_snapshots)
+		if (tv_snapshots && TakeDumpRequest())
 			worked |= DumpChanged();
 		UpdateShadow(indexes, boot);
 		boot = false;
@@ -1086,7 +1105,7 @@ tv_launcher_main(Datum arg)
 
 					if (e->state == TV_RES_READY &&
 						(e->snap_change_count != e->change_count || e->snap_bytes == 0))
-						TvResidentWakeWorker(e->dbid);
+						TvResidentRequestDump(e->dbid);
 				}
 		}
 

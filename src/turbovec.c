@@ -122,16 +122,18 @@ _PG_init(void)
 							0, 0, 60 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS | GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
 
-	/* defined always, so a config keeping it without preloading is quiet */
-	DefineCustomIntVariable("turbovec.resident_memory",
-							"Shared memory for resident copies of turbo indexes.",
-							"Needs turbovec in shared_preload_libraries; an index whose copy does not fit is served from its pages.",
-							&tv_resident_memory_mb,
-							512, 16, INT_MAX / 2,
-							PGC_POSTMASTER, GUC_UNIT_MB, NULL, NULL, NULL);
-
+	/*
+	 * PostgreSQL allows postmaster-only settings only while preloading, so a
+	 * configuration that keeps this one without preloading gets a WARNING.
+	 */
 	if (process_shared_preload_libraries_in_progress)
 	{
+		DefineCustomIntVariable("turbovec.resident_memory",
+								"Shared memory for resident copies of turbo indexes.",
+								"An index whose copy does not fit is served from its pages.",
+								&tv_resident_memory_mb,
+								512, 16, INT_MAX / 2,
+								PGC_POSTMASTER, GUC_UNIT_MB, NULL, NULL, NULL);
 		TvResidentInit();
 		TvWorkerInit();
 	}

@@ -223,6 +223,8 @@ extern void TvReadStream(Relation index, uint64 offset, Size len, char *out,
 						 BufferAccessStrategy strategy);
 extern bool TvPrepareVector(TvIndexState *state, float *x, uint8 *code,
 							TvFactors *factors, float *work);
+extern bool TvIndexValue(IndexInfo *indexInfo, EState *estate, TupleTableSlot *slot,
+						 Datum *value);
 
 /* tvivf.c */
 typedef struct TvKmeansInput

@@ -12,6 +12,8 @@
 #include "postgres.h"
 
 #include "access/generic_xlog.h"
+#include "catalog/index.h"
+#include "executor/executor.h"
 #include "miscadmin.h"
 #include "storage/bufmgr.h"
 #include "storage/lmgr.h"
@@ -294,4 +296,29 @@ TvReadStream(Relation index, uint64 offset, Size len, char *out,
 		offset += n;
 		len -= n;
 	}
+}
+
+/*
+ * The value the index holds for the table row in slot: the column, or the
+ * index expression evaluated on the row (estate needed only then).  False
+ * when it is NULL.
+ */
+bool
+TvIndexValue(IndexInfo *indexInfo, EState *estate, TupleTableSlot *slot, Datum *value)
+{
+	Datum		values[INDEX_MAX_KEYS];
+	bool		isnull[INDEX_MAX_KEYS];
+
+	if (indexInfo->ii_Expressions != NIL)
+	{
+		ExprContext *econtext = GetPerTupleExprContext(estate);
+
+		ResetExprContext(econtext);
+		econtext->ecxt_scantuple = slot;
+		FormIndexDatum(indexInfo, slot, estate, values, isnull);
+	}
+	else
+		values[0] = slot_getattr(slot, indexInfo->ii_IndexAttrNumbers[0], &isnull[0]);
+	*value = values[0];
+	return !isnull[0];
 }

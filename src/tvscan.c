@@ -384,8 +384,7 @@ ExactDistance(IndexScanDesc scan, ItemPointer tid, double *dist)
 	ItemPointerData fetchtid = *tid;
 	bool		call_again = false;
 	bool		all_dead = false;
-	Datum		values[INDEX_MAX_KEYS];
-	bool		isnull[INDEX_MAX_KEYS];
+	Datum		value;
 
 	if (!table_index_fetch_tuple(so->fetch, &fetchtid, scan->xs_snapshot,
 								 so->slot, &call_again, &all_dead))
@@ -397,21 +396,10 @@ ExactDistance(IndexScanDesc scan, ItemPointer tid, double *dist)
 		return true;
 	}
 
-	if (so->indexInfo->ii_Expressions != NIL)
-	{
-		ExprContext *econtext = GetPerTupleExprContext(so->estate);
-
-		ResetExprContext(econtext);
-		econtext->ecxt_scantuple = so->slot;
-		FormIndexDatum(so->indexInfo, so->slot, so->estate, values, isnull);
-	}
-	else
-		values[0] = slot_getattr(so->slot, so->indexInfo->ii_IndexAttrNumbers[0], &isnull[0]);
-
-	if (isnull[0])
+	if (!TvIndexValue(so->indexInfo, so->estate, so->slot, &value))
 		return false;
 	*dist = DatumGetFloat8(FunctionCall2Coll(&so->state->distance, so->state->collation,
-											 values[0], so->query));
+											 value, so->query));
 	return true;
 }
 

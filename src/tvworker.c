@@ -86,27 +86,16 @@ FetchVector(Relation heap, Relation index, TvIndexState *state, IndexFetchTableD
 	ItemPointerData fetchtid = *tid;
 	bool		call_again = false;
 	bool		all_dead = false;
-	Datum		values[INDEX_MAX_KEYS];
-	bool		isnull[INDEX_MAX_KEYS];
+	Datum		value;
 	float	   *x;
 	int			dim;
 
 	/* any version of the chain holds the indexed value */
 	if (!table_index_fetch_tuple(fetch, &fetchtid, SnapshotAny, slot, &call_again, &all_dead))
 		return false;
-	if (indexInfo->ii_Expressions != NIL)
-	{
-		ExprContext *econtext = GetPerTupleExprContext(estate);
-
-		ResetExprContext(econtext);
-		econtext->ecxt_scantuple = slot;
-		FormIndexDatum(indexInfo, slot, estate, values, isnull);
-	}
-	else
-		values[0] = slot_getattr(slot, indexInfo->ii_IndexAttrNumbers[0], &isnull[0]);
-	if (isnull[0])
+	if (!TvIndexValue(indexInfo, estate, slot, &value))
 		return false;
-	x = TvDatumGetFloats(state->toarray, values[0], &dim);
+	x = TvDatumGetFloats(state->toarray, value, &dim);
 	if (dim != (int) state->meta.dim)
 		return false;
 	memcpy(out, x, sizeof(float) * dim);

@@ -474,6 +474,70 @@ VerifyLists(VerifyState *vs, Relation index, const TvMetaPageData *meta)
 }
 
 /*
+ * With the resident index: a ready copy whose counter equals the
+ * metapage's must hold the extent's bytes.  Its live words may only lack
+ * lanes (a rebuild drops lanes whose rows are gone), and IVF directory
+ * entries may differ in their free-lane hints, which only inserts read.
+ * The caller's share lock on the table keeps writers out.
+ */
+static void
+VerifyResident(VerifyState *vs, Relation index, const TvMetaPageData *meta, char *blk)
+{
+	TvResidentEntry *e;
+	TvResidentCopy *copy;
+	const char *stream;
+	int			reported = 0;
+
+	if (tv_shared == NULL)
+		return;
+	e = TvResidentLookup(MyDatabaseId, RelationGetRelid(index), false);
+	if (e == NULL)
+		return;
+	LWLockAcquire(e->lock, LW_SHARED);
+	copy = TvResidentGetCopy(e);
+	if (e->state != TV_RES_READY || copy == NULL || e->change_count != meta->change_count ||
+		e->relfilenode != TvRelFileNumber(index))
+	{
+		LWLockRelease(e->lock);
+		return;
+	}
+	stream = TvResidentStream(copy);
+	if (copy->nslots != meta->nslots || copy->block_bytes != meta->block_bytes ||
+		copy->list_area != meta->list_area)
+		Problem(vs, "resident copy has " UINT64_FORMAT " slots of %u-byte blocks, the index " UINT64_FORMAT " of %u",
+				copy->nslots, copy->block_bytes, meta->nslots, meta->block_bytes);
+	else
+	{
+		for (uint32 j = 0; j < meta->lists; j++)
+		{
+			TvListEntry mine;
+			TvListEntry theirs;
+
+			TvReadStream(index, (uint64) j * sizeof(TvListEntry), sizeof(mine), (char *) &mine, NULL);
+			memcpy(&theirs, stream + (uint64) j * sizeof(TvListEntry), sizeof(theirs));
+			if ((mine.tail != theirs.tail || mine.nblocks != theirs.nblocks) && reported++ < 10)
+				Problem(vs, "resident copy's list %u differs from the index's", j);
+		}
+		for (uint64 b = 0; b < TvBlockCount(meta); b++)
+		{
+			const char *res = stream + TvBlockOffset(meta, b);
+			uint32		live;
+			uint32		res_live;
+
+			TvReadStream(index, TvBlockOffset(meta, b), meta->block_bytes, blk, NULL);
+			memcpy(&live, blk + TV_BLOCK_LIVE_OFFSET, sizeof(uint32));
+			memcpy(&res_live, res + TV_BLOCK_LIVE_OFFSET, sizeof(uint32));
+			if (((res_live & ~live) != 0 ||
+				 memcmp(blk + TV_BLOCK_PREV_OFFSET, res + TV_BLOCK_PREV_OFFSET,
+						meta->block_bytes - TV_BLOCK_PREV_OFFSET) != 0) &&
+				reported++ < 10)
+				Problem(vs, "resident copy differs from the index at block " UINT64_FORMAT, b);
+		}
+	}
+	LWLockRelease(e->lock);
+}
+
+/*
  * turbo_verify(index regclass) returns setof text: one row per problem, no
  * rows for a healthy index.
  */
@@ -551,6 +615,7 @@ turbo_verify(PG_FUNCTION_ARGS)
 			VerifyBlock(vs, index, &meta, b, blk);
 			CHECK_FOR_INTERRUPTS();
 		}
+		VerifyResident(vs, index, &meta, blk);
 	}
 
 	index_close(index, AccessShareLock);

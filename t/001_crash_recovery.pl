@@ -32,6 +32,9 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
+use FindBin;
+use lib $FindBin::RealBin;
+use TurboVecTest;
 use Time::HiRes qw(usleep);
 
 srand(20240611);
@@ -53,34 +56,14 @@ my @indexes = sort keys %opclass;
 my %table = map { $_ => (/^iv_/ ? 'iv' : 't') } @indexes;
 my %lists = (iv_l2 => 32, iv_cos => 8);
 
-my $node = PostgreSQL::Test::Cluster->new('crash');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq{
+my $node = start_node(
+	'crash', conf => qq{
 restart_after_crash = on
 log_statement = none
 checkpoint_timeout = 1h
 max_wal_size = 1GB
 max_connections = 20
 });
-$node->start;
-
-# What turbo_verify says about an index: its problem rows, or the error it
-# raised.  A healthy index gives the empty string.
-sub verify_output
-{
-	my ($node, $idx) = @_;
-	my ($out, $err) = ('', '');
-	$node->psql('postgres', "SELECT * FROM turbo_verify('$idx')",
-		stdout => \$out, stderr => \$err);
-	return join("\n", grep { $_ ne '' } $out, $err);
-}
-
-# A random vector as a real[] literal, from perl's seeded generator.
-sub random_vector
-{
-	return '{' . join(',', map { sprintf('%.6f', rand(2) - 1) } 1 .. $dim) . '}';
-}
 
 # Ids of the rows an ordered index scan of $table must return.
 sub live_ids
@@ -96,7 +79,7 @@ sub live_ids
 sub scan_settings
 {
 	my ($idx, $cand, $probes) = @_;
-	my $set = 'SET enable_seqscan = off; SET enable_bitmapscan = off; ';
+	my $set = "$FORCE_INDEX ";
 	$set .= "SET turbovec.candidates = $cand; " if defined $cand;
 	$probes //= $lists{$idx};
 	$set .= "SET turbovec.probes = $probes; "
@@ -108,22 +91,12 @@ $node->safe_psql(
 	'postgres', qq{
 CREATE EXTENSION turbovec;
 CREATE TABLE t (id serial PRIMARY KEY, v real[]);
-SELECT setseed(0.25);
-INSERT INTO t (v)
-	SELECT CASE WHEN i % 50 = 0 THEN NULL
-		ELSE (SELECT array_agg((random() * 2 - 1)::real)
-			  FROM generate_series(1, $dim) WHERE i > 0) END
-	FROM generate_series(1, 3000) i;
+@{[ random_rows_sql('t', $dim, 3000, 0.25, 50) ]}
 CREATE INDEX t_l2 ON t USING turbo (v real_l2_ops);
 CREATE INDEX t_cos ON t USING turbo (v real_cosine_ops) WITH (bits = 2);
 CREATE INDEX t_ip ON t USING turbo (v real_ip_ops) WITH (bits = 3);
 CREATE TABLE iv (id serial PRIMARY KEY, v real[]);
-SELECT setseed(0.75);
-INSERT INTO iv (v)
-	SELECT CASE WHEN i % 50 = 0 THEN NULL
-		ELSE (SELECT array_agg((random() * 2 - 1)::real)
-			  FROM generate_series(1, $dim) WHERE i > 0) END
-	FROM generate_series(1, 2000) i;
+@{[ random_rows_sql('iv', $dim, 2000, 0.75, 50) ]}
 CREATE INDEX iv_l2 ON iv USING turbo (v real_l2_ops) WITH (lists = $lists{iv_l2});
 CREATE INDEX iv_cos ON iv USING turbo (v real_cosine_ops)
 	WITH (lists = $lists{iv_cos}, bits = 2);
@@ -166,8 +139,7 @@ sub check_indexes
 	# The IVF indexes keep the lists they were built with.
 	foreach my $idx (grep { $lists{$_} } @indexes)
 	{
-		is( $node->safe_psql('postgres',
-				"SELECT lists FROM turbo_index_info('$idx')"),
+		is(index_info($node, $idx, 'lists'),
 			$lists{$idx},
 			"$label: turbo_index_info($idx).lists is $lists{$idx}");
 	}
@@ -211,7 +183,7 @@ sub check_indexes
 	# window (every list probed) and, at the default window, through t_l2
 	# and through IVF indexes probing fewer lists than they have: those
 	# scans must go on to the other lists.
-	my $q = random_vector();
+	my $q = random_vector($dim);
 	foreach my $case (
 		(map { [ $_, $all_candidates ] } @indexes),
 		[ 't_l2',   undef ],
@@ -254,10 +226,9 @@ sub check_indexes
 		my $settings = scan_settings($idx, $all_candidates);
 		for my $i (1 .. 2)
 		{
-			my $qv  = random_vector();
+			my $qv  = random_vector($dim);
 			my $sql = "SELECT id FROM $table ORDER BY v $op '$qv' LIMIT 10";
-			my $exact = $node->safe_psql('postgres',
-				"SET enable_indexscan = off; SET enable_bitmapscan = off; $sql");
+			my $exact = $node->safe_psql('postgres', "$FORCE_SEQ $sql");
 			my $got = $node->safe_psql('postgres', "$settings $sql");
 			is($got, $exact, "$label: $idx top 10 equals a sequential scan (query $i)");
 		}
@@ -272,8 +243,7 @@ sub check_indexes
 		foreach my $idx (@indexes)
 		{
 			my $count = $count{ $table{$idx} };
-			is( $node->safe_psql('postgres',
-					"SELECT live_rows FROM turbo_index_info('$idx')"),
+			is(index_info($node, $idx, 'live_rows'),
 				$count,
 				"$label: turbo_index_info($idx).live_rows equals the $count non-NULL rows");
 		}

@@ -22,6 +22,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use TurboVecTest;
 
 srand(20240612);
 
@@ -35,10 +38,10 @@ my %lists = (iv_l2 => 16, iv_ip => 8);
 # Lists an IVF scan reads first when the nodes are compared.
 my $probes = 4;
 
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', 'log_statement = none');
-$primary->start;
+my $primary = start_node(
+	'primary',
+	init => { allows_streaming => 1 },
+	conf => 'log_statement = none');
 
 $primary->safe_psql(
 	'postgres', qq{
@@ -47,49 +50,14 @@ CREATE TABLE t (id serial PRIMARY KEY, v real[]);
 CREATE TABLE iv (id serial PRIMARY KEY, v real[]);
 });
 
-my $backup_name = 'turbo_backup';
-$primary->backup($backup_name);
-
-my $standby = PostgreSQL::Test::Cluster->new('standby');
-$standby->init_from_backup($primary, $backup_name, has_streaming => 1);
-$standby->start;
-
-# What turbo_verify says about an index: its problem rows, or the error it
-# raised.  A healthy index gives the empty string.
-sub verify_output
-{
-	my ($node, $idx) = @_;
-	my ($out, $err) = ('', '');
-	$node->psql('postgres', "SELECT * FROM turbo_verify('$idx')",
-		stdout => \$out, stderr => \$err);
-	return join("\n", grep { $_ ne '' } $out, $err);
-}
+my $standby = start_standby($primary, 'turbo_backup', 'standby');
 
 # Insert $n random vectors (one in 40 NULL) into $table, seeded so runs
 # repeat.
 sub insert_rows
 {
 	my ($table, $n, $seed) = @_;
-	$primary->safe_psql(
-		'postgres', qq{
-SELECT setseed($seed);
-INSERT INTO $table (v)
-	SELECT CASE WHEN i % 40 = 0 THEN NULL
-		ELSE (SELECT array_agg((random() * 2 - 1)::real)
-			  FROM generate_series(1, $dim) WHERE i > 0) END
-	FROM generate_series(1, $n) i;
-});
-}
-
-sub random_vector
-{
-	return '{' . join(',', map { sprintf('%.6f', rand(2) - 1) } 1 .. $dim) . '}';
-}
-
-# Wait until the standby has replayed everything the primary wrote.
-sub wait_for_standby
-{
-	$primary->wait_for_catchup($standby, 'replay', $primary->lsn('insert'));
+	$primary->safe_psql('postgres', random_rows_sql($table, $dim, $n, $seed, 40));
 }
 
 # Compare index answers, verification and index info on both nodes.
@@ -100,11 +68,11 @@ sub compare_nodes
 	foreach my $idx (@indexes)
 	{
 		my $op       = $opclass{$idx};
-		my $settings = 'SET enable_seqscan = off; SET enable_bitmapscan = off;';
+		my $settings = $FORCE_INDEX;
 		$settings .= " SET turbovec.probes = $probes;" if $lists{$idx};
 		for my $i (1 .. $nqueries)
 		{
-			my $q   = random_vector();
+			my $q   = random_vector($dim);
 			my $sql = "SELECT id FROM $table{$idx} ORDER BY v $op '$q' LIMIT 10";
 			my $on_primary = $primary->safe_psql('postgres', "$settings $sql");
 			my $on_standby = $standby->safe_psql('postgres', "$settings $sql");
@@ -138,18 +106,18 @@ CREATE INDEX t_cos ON t USING turbo (v real_cosine_ops) WITH (bits = 3);
 CREATE INDEX iv_l2 ON iv USING turbo (v real_l2_ops) WITH (lists = $lists{iv_l2});
 CREATE INDEX iv_ip ON iv USING turbo (v real_ip_ops) WITH (lists = $lists{iv_ip}, bits = 3);
 });
-wait_for_standby();
+wait_for_replay($primary, $standby);
 
 foreach my $idx (grep { $lists{$_} } @indexes)
 {
-	is($standby->safe_psql('postgres', "SELECT lists FROM turbo_index_info('$idx')"),
+	is(index_info($standby, $idx, 'lists'),
 		$lists{$idx}, "$idx has $lists{$idx} lists on the standby");
 }
 
 # The standby plans the index too.
 foreach my $idx (@indexes)
 {
-	my $q = random_vector();
+	my $q = random_vector($dim);
 	like(
 		$standby->safe_psql(
 			'postgres',
@@ -170,7 +138,7 @@ for my $cycle (1 .. 10)
 		  . "DELETE FROM iv WHERE id % 10 = ($cycle + 5) % 10; VACUUM iv;");
 	insert_rows('t',  300, $cycle / 100.0);
 	insert_rows('iv', 300, 0.5 + $cycle / 100.0);
-	wait_for_standby();
+	wait_for_replay($primary, $standby);
 
 	compare_nodes("cycle $cycle");
 
@@ -182,8 +150,7 @@ for my $cycle (1 .. 10)
 	foreach my $idx (@indexes)
 	{
 		my $count = $count{ $table{$idx} };
-		is( $standby->safe_psql('postgres',
-				"SELECT live_rows FROM turbo_index_info('$idx')"),
+		is(index_info($standby, $idx, 'live_rows'),
 			$count,
 			"cycle $cycle: $idx live_rows on the standby equals the $count non-NULL rows");
 	}
@@ -198,11 +165,7 @@ foreach my $table ('t', 'iv')
 {
 	$standby->safe_psql(
 		'postgres', qq{
-SELECT setseed(0.9);
-INSERT INTO $table (v)
-	SELECT (SELECT array_agg((random() * 2 - 1)::real)
-			FROM generate_series(1, $dim) WHERE i > 0)
-	FROM generate_series(1, 300) i;
+@{[ random_rows_sql($table, $dim, 300, 0.9) ]}
 DELETE FROM $table WHERE id % 7 = 0;
 VACUUM $table;
 });
@@ -216,23 +179,18 @@ foreach my $idx (@indexes)
 	my $op    = $opclass{$idx};
 	my $count = $count{ $table{$idx} };
 	# Every list probed: with a covering re-rank window the answer is exact.
-	my $probe_all = $lists{$idx} ? "SET turbovec.probes = $lists{$idx}; " : '';
+	my $covering = "$FORCE_INDEX $ALL_CANDIDATES";
+	$covering .= " SET turbovec.probes = $lists{$idx};" if $lists{$idx};
 	is(verify_output($standby, $idx), '',
 		"after promotion: turbo_verify($idx) finds no problem");
-	is( $standby->safe_psql('postgres',
-			"SELECT live_rows FROM turbo_index_info('$idx')"),
+	is(index_info($standby, $idx, 'live_rows'),
 		$count,
 		"after promotion: $idx live_rows equals the $count non-NULL rows");
 	for my $i (1 .. 3)
 	{
 		my $sql =
-		  "SELECT id FROM $table{$idx} ORDER BY v $op '" . random_vector() . "' LIMIT 10";
-		is( $standby->safe_psql(
-				'postgres',
-				'SET enable_seqscan = off; SET enable_bitmapscan = off; '
-				  . "SET turbovec.candidates = 100000; $probe_all$sql"),
-			$standby->safe_psql('postgres',
-				"SET enable_indexscan = off; SET enable_bitmapscan = off; $sql"),
+		  "SELECT id FROM $table{$idx} ORDER BY v $op '" . random_vector($dim) . "' LIMIT 10";
+		same_as_seq_scan($standby, $covering, $sql,
 			"after promotion: $idx top 10 equals a sequential scan (query $i)");
 	}
 }

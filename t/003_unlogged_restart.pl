@@ -13,46 +13,23 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use TurboVecTest;
 
 srand(20240613);
 
 my $dim      = 8;
-my $settings = 'SET enable_seqscan = off; SET enable_bitmapscan = off; '
-  . 'SET turbovec.candidates = 100000;';
+my $settings = "$FORCE_INDEX $ALL_CANDIDATES";
 my %opclass = (u_l2 => '<->', u_ip => '<#>');
 my @indexes = sort keys %opclass;
 
-my $node = PostgreSQL::Test::Cluster->new('unlogged');
-$node->init;
-$node->start;
-
-# What turbo_verify says about an index: its problem rows, or the error it
-# raised.  A healthy index gives the empty string.
-sub verify_output
-{
-	my ($node, $idx) = @_;
-	my ($out, $err) = ('', '');
-	$node->psql('postgres', "SELECT * FROM turbo_verify('$idx')",
-		stdout => \$out, stderr => \$err);
-	return join("\n", grep { $_ ne '' } $out, $err);
-}
-
-sub random_vector
-{
-	return '{' . join(',', map { sprintf('%.6f', rand(2) - 1) } 1 .. $dim) . '}';
-}
+my $node = start_node('unlogged');
 
 sub insert_rows
 {
 	my ($n, $seed) = @_;
-	$node->safe_psql(
-		'postgres', qq{
-SELECT setseed($seed);
-INSERT INTO u (v)
-	SELECT (SELECT array_agg((random() * 2 - 1)::real)
-			FROM generate_series(1, $dim) WHERE i > 0)
-	FROM generate_series(1, $n) i;
-});
+	$node->safe_psql('postgres', random_rows_sql('u', $dim, $n, $seed));
 }
 
 # Index answers equal a sequential scan's, through the index, and the
@@ -66,7 +43,7 @@ sub check_index
 	foreach my $idx (@indexes)
 	{
 		my $op  = $opclass{$idx};
-		my $q   = random_vector();
+		my $q   = random_vector($dim);
 		my $sql = "SELECT id FROM u ORDER BY v $op '$q' LIMIT 5";
 		like($node->safe_psql('postgres', "$settings EXPLAIN (COSTS OFF) $sql"),
 			qr/Index Scan using $idx/, "$label: query uses $idx");
@@ -75,8 +52,7 @@ sub check_index
 			"$label: $idx top 5 equals a sequential scan");
 		is(verify_output($node, $idx),
 			'', "$label: turbo_verify($idx) finds no problem");
-		is( $node->safe_psql('postgres',
-				"SELECT live_rows FROM turbo_index_info('$idx')"),
+		is(index_info($node, $idx, 'live_rows'),
 			$count,
 			"$label: turbo_index_info($idx).live_rows is $count");
 	}
@@ -106,7 +82,7 @@ foreach my $idx (@indexes)
 	is( $node->safe_psql(
 			'postgres',
 			"$settings SELECT count(*) FROM (SELECT id FROM u "
-			  . "ORDER BY v $opclass{$idx} '" . random_vector() . "') s"),
+			  . "ORDER BY v $opclass{$idx} '" . random_vector($dim) . "') s"),
 		0,
 		"after crash restart: an ordered scan of $idx returns nothing");
 }

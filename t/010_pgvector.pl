@@ -14,12 +14,13 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use TurboVecTest qw(start_node);
 
 srand(20241125);
 
-my $node = PostgreSQL::Test::Cluster->new('pgvector');
-$node->init;
-$node->start;
+my $node = start_node('pgvector');
 
 my $available = $node->safe_psql('postgres',
 	"SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'");

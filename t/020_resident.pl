@@ -27,6 +27,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use TurboVecTest;
 
 srand(20250301);
 
@@ -35,36 +38,16 @@ my $nrows    = 20000;
 my %opclass  = (t_cos => '<=>', t_l2 => '<->');
 my @indexes  = sort keys %opclass;
 my %lists    = (t_l2 => 16);
-my $covering = 'SET turbovec.candidates = 100000; SET turbovec.probes = 16;';
-my $force    = 'SET enable_seqscan = off; SET enable_bitmapscan = off;';
+my $covering = "$ALL_CANDIDATES SET turbovec.probes = 16;";
+my $force    = $FORCE_INDEX;
 
-my $node = PostgreSQL::Test::Cluster->new('resident');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq{
-shared_preload_libraries = 'turbovec'
-turbovec.worker_naptime = 200ms
-turbovec.resident_memory = 64MB
-log_statement = none
-});
-$node->start;
-
-sub random_vector
-{
-	return '{' . join(',', map { sprintf('%.6f', rand(2) - 1) } 1 .. $dim) . '}';
-}
+my $node = start_node('resident',
+	conf => preload_conf('turbovec.resident_memory = 64MB'));
 
 sub insert_rows
 {
 	my ($n, $seed) = @_;
-	$node->safe_psql(
-		'postgres', qq{
-SELECT setseed($seed);
-INSERT INTO t (v)
-	SELECT (SELECT array_agg((random() * 2 - 1)::real)
-			FROM generate_series(1, $dim) WHERE i > 0)
-	FROM generate_series(1, $n) i;
-});
+	$node->safe_psql('postgres', random_rows_sql('t', $dim, $n, $seed));
 }
 
 # The top 10 ids of a query: 'resident' and 'extent' through the index at
@@ -73,13 +56,12 @@ INSERT INTO t (v)
 sub top10
 {
 	my ($idx, $q, $how) = @_;
-	my $sql = "SELECT string_agg(id::text, ',') FROM "
-	  . "(SELECT id FROM t ORDER BY v $opclass{$idx} '$q' LIMIT 10) s";
+	my $sql = top10_sql('t', $opclass{$idx}, $q);
 	my %settings = (
 		resident => "$force SET turbovec.use_resident = on;",
 		extent   => "$force SET turbovec.use_resident = off;",
 		covering => "$force SET turbovec.use_resident = on; $covering",
-		seq => 'SET enable_indexscan = off; SET enable_bitmapscan = off;');
+		seq      => $FORCE_SEQ);
 	return $node->safe_psql('postgres', "$settings{$how} $sql");
 }
 
@@ -91,7 +73,7 @@ sub check_answers
 	{
 		for my $i (1 .. $nq)
 		{
-			my $q        = random_vector();
+			my $q        = random_vector($dim);
 			my $resident = top10($idx, $q, 'resident');
 			is(scalar(split /,/, $resident), 10,
 				"$label: $idx query $i returns 10 rows through the copy");
@@ -120,16 +102,12 @@ WHERE r.indexrelid = '$idx'::regclass});
 sub scan_buffers
 {
 	my ($idx, $settings) = @_;
-	my $q    = random_vector();
+	my $q    = random_vector($dim);
 	my $plan = $node->safe_psql('postgres',
 		"$force $settings EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF) "
 		  . "SELECT id FROM t ORDER BY v $opclass{$idx} '$q' LIMIT 10");
 	like($plan, qr/Index Scan using $idx /, "EXPLAIN uses $idx ($settings)");
-	# The first Buffers line is the Limit node's, which is the scan's.
-	my ($line) = $plan =~ /Buffers: shared ([^\n]*)/;
-	my $n = 0;
-	$n += $_ for (($line // '') =~ /(?:hit|read)=(\d+)/g);
-	return $n;
+	return buffers_touched($plan);
 }
 
 is($node->safe_psql('postgres', 'SHOW shared_preload_libraries'),
@@ -151,12 +129,10 @@ is($node->safe_psql('postgres', 'SELECT turbo_preloaded()'),
 	't', 'turbo_preloaded() is true');
 foreach my $idx (@indexes)
 {
-	is($node->safe_psql('postgres', "SELECT turbo_wait_ready('$idx', 60000)"),
-		't', "turbo_wait_ready($idx) is true");
-	is( $node->safe_psql(
-			'postgres',
-			"SELECT ready, resident_state, resident_bytes > 0, rows_done = rows_total, "
-			  . "dim, lists FROM turbo_indexes WHERE index = '$idx'::regclass"),
+	wait_ready_ok($node, $idx, "turbo_wait_ready($idx) is true");
+	is( indexes_row(
+			$node, $idx,
+			'ready, resident_state, resident_bytes > 0, rows_done = rows_total, dim, lists'),
 		"t|ready|t|t|$dim|" . ($lists{$idx} // 0),
 		"turbo_indexes: $idx is ready, resident, fully built");
 	is(copy_state($idx), 'ready|t', "$idx: the copy's counter is the metapage's");
@@ -191,8 +167,7 @@ foreach my $idx (@indexes)
 {
 	is(copy_state($idx), 'ready|t',
 		"after deletes and VACUUM: $idx copy is ready and current");
-	is( $node->safe_psql('postgres',
-			"SELECT live_rows FROM turbo_index_info('$idx')"),
+	is(index_info($node, $idx, 'live_rows'),
 		$node->safe_psql('postgres', 'SELECT count(*) FROM t'),
 		"after deletes and VACUUM: $idx live_rows equals the table");
 }
@@ -202,7 +177,7 @@ check_answers('after deletes and VACUUM', 2);
 $node->safe_psql('postgres', 'DELETE FROM t WHERE id % 5 = 1');
 foreach my $idx (@indexes)
 {
-	my $q = random_vector();
+	my $q = random_vector($dim);
 	is( $node->safe_psql(
 			'postgres',
 			"$force $covering SELECT count(*) FROM (SELECT id FROM t "
@@ -258,12 +233,11 @@ foreach my $idx (@indexes)
 {
 	for my $i (1 .. 2)
 	{
-		my $q = random_vector();
+		my $q = random_vector($dim);
 		is(top10($idx, $q, 'covering'), top10($idx, $q, 'seq'),
 			"without preload: $idx query $i equals a sequential scan");
 	}
-	is( $node->safe_psql('postgres',
-			"SELECT live_rows FROM turbo_index_info('$idx')"),
+	is(index_info($node, $idx, 'live_rows'),
 		$node->safe_psql('postgres', 'SELECT count(*) FROM t'),
 		"without preload: $idx live_rows equals the table");
 }

@@ -28,43 +28,32 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use List::Util qw(sum);
+use FindBin;
+use lib $FindBin::RealBin;
+use TurboVecTest;
 
 srand(20250302);
 
 my $dim      = 32;
 my %opclass  = (s_l2 => '<->', s_cos => '<=>');
 my @indexes  = sort keys %opclass;
-my $force    = 'SET enable_seqscan = off; SET enable_bitmapscan = off;';
-my $covering = 'SET turbovec.candidates = 100000; SET turbovec.probes = 16;';
+my $force    = $FORCE_INDEX;
+my $covering = "$ALL_CANDIDATES SET turbovec.probes = 16;";
 
-my $node = PostgreSQL::Test::Cluster->new('snap');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq{
-shared_preload_libraries = 'turbovec'
-turbovec.worker_naptime = 200ms
-log_statement = none
-});
-$node->start;
-
-sub random_vector
-{
-	return '{' . join(',', map { sprintf('%.6f', rand(2) - 1) } 1 .. $dim) . '}';
-}
+my $node = start_node('snap', conf => preload_conf());
 
 sub wait_ready
 {
 	my ($label) = @_;
 	foreach my $idx (@indexes, 'w_l2')
 	{
-		is($node->safe_psql('postgres', "SELECT turbo_wait_ready('$idx', 60000)"),
-			't', "$label: $idx is ready");
+		wait_ready_ok($node, $idx, "$label: $idx is ready");
 	}
 }
 
 # LIMIT 10 ids of each fixed query through each index, at the default window
 # and at a covering one, plus a sequential scan's.
-my %queries = map { $_ => [ map { random_vector() } 1 .. 4 ] } @indexes;
+my %queries = map { $_ => [ map { random_vector($dim) } 1 .. 4 ] } @indexes;
 
 sub answers
 {
@@ -73,12 +62,10 @@ sub answers
 	{
 		foreach my $i (0 .. $#{ $queries{$idx} })
 		{
-			my $sql = "SELECT string_agg(id::text, ',') FROM (SELECT id FROM s "
-			  . "ORDER BY v $opclass{$idx} '$queries{$idx}[$i]' LIMIT 10) q";
+			my $sql = top10_sql('s', $opclass{$idx}, $queries{$idx}[$i]);
 			$got{"$idx default $i"}  = $node->safe_psql('postgres', "$force $sql");
 			$got{"$idx covering $i"} = $node->safe_psql('postgres', "$force $covering $sql");
-			$got{"$idx seq $i"} = $node->safe_psql('postgres',
-				"SET enable_indexscan = off; SET enable_bitmapscan = off; $sql");
+			$got{"$idx seq $i"}      = $node->safe_psql('postgres', "$FORCE_SEQ $sql");
 		}
 	}
 	return \%got;
@@ -94,22 +81,11 @@ sub check_answers
 	}
 }
 
-sub resident
-{
-	my ($idx, $cols) = @_;
-	return $node->safe_psql('postgres',
-		"SELECT $cols FROM turbo_indexes WHERE index = '$idx'::regclass");
-}
-
 $node->safe_psql(
 	'postgres', qq{
 CREATE EXTENSION turbovec;
 CREATE TABLE s (id serial PRIMARY KEY, v real[]);
-SELECT setseed(0.31);
-INSERT INTO s (v)
-	SELECT (SELECT array_agg((random() * 2 - 1)::real)
-			FROM generate_series(1, $dim) WHERE i > 0)
-	FROM generate_series(1, 20000) i;
+@{[ random_rows_sql('s', $dim, 20000, 0.31) ]}
 CREATE INDEX s_l2 ON s USING turbo (v real_l2_ops);
 CREATE INDEX s_cos ON s USING turbo (v real_cosine_ops) WITH (lists = 16);
 -- a small index the timed session touches first, so that what a backend
@@ -120,11 +96,10 @@ CREATE INDEX w_l2 ON w USING turbo (v real_l2_ops);
 });
 wait_ready('after build');
 
-my $dboid = $node->safe_psql('postgres',
-	"SELECT oid FROM pg_database WHERE datname = 'postgres'");
-my %oid  = map { $_ => $node->safe_psql('postgres', "SELECT '$_'::regclass::oid") } @indexes;
-my %rel  = map { $_ => "pgsql_tmp_turbovec/${dboid}_$oid{$_}.tv" } @indexes;
-my %file = map { $_ => $node->data_dir . "/$rel{$_}" } @indexes;
+my $dboid = database_oid($node, 'postgres');
+my %oid   = map { $_ => index_oid($node, $_) } @indexes;
+my %rel   = map { $_ => snapshot_rel($dboid, $oid{$_}) } @indexes;
+my %file  = map { $_ => $node->data_dir . "/$rel{$_}" } @indexes;
 
 my $before = answers();
 foreach my $idx (@indexes)
@@ -146,12 +121,9 @@ ok( $node->poll_query_until(
 foreach my $idx (@indexes)
 {
 	ok(-f $file{$idx}, "$idx: snapshot file $rel{$idx} exists");
-	is(-s $file{$idx}, resident($idx, 'snapshot_bytes'),
+	is(-s $file{$idx}, indexes_row($node, $idx, 'snapshot_bytes'),
 		"$idx: the file has snapshot_bytes bytes");
-	open(my $fh, '<', $file{$idx}) or die "open $file{$idx}: $!";
-	binmode $fh;
-	my $n = read($fh, my $hdr, 120);
-	close $fh;
+	my ($n, $hdr) = read_header($file{$idx});
 	is($n, 120, "$idx: the file has a whole header");
 	my ($magic, $version, $hbytes, $db, $ix, $relfilenode, $d) = unpack('a8 V7', $hdr);
 	is($magic, "TURBOTV\x01", "$idx: magic");
@@ -189,10 +161,9 @@ foreach my $idx (@indexes)
 # connection and round trips cost more than the scan.  The bound is twice
 # the median of the next 20: a median is not moved by the few slow runs
 # that the machine's noise causes.
-is($node->safe_psql('postgres', "SELECT turbo_wait_ready('s_l2', 60000)"),
-	't', 'after restart: s_l2 is ready');
+wait_ready_ok($node, 's_l2', 'after restart: s_l2 is ready');
 {
-	my $q    = random_vector();
+	my $q    = random_vector($dim);
 	my $sql  = "$force SELECT id FROM w ORDER BY v <-> '$q' LIMIT 1;
 "
 	  . "$force EXPLAIN (ANALYZE, TIMING OFF, COSTS OFF) "
@@ -216,7 +187,7 @@ is($node->safe_psql('postgres', "SELECT turbo_wait_ready('s_l2', 60000)"),
 wait_ready('after restart');
 foreach my $idx (@indexes)
 {
-	is(resident($idx, 'ready, resident_state, from_snapshot'),
+	is(indexes_row($node, $idx, 'ready, resident_state, from_snapshot'),
 		't|ready|t', "after restart: $idx is ready from its snapshot");
 }
 check_answers('after restart', $before);
@@ -232,9 +203,10 @@ ok( $node->wait_for_log(
 		qr/LOG:  turbovec loaded snapshot "\Q$rel{s_cos}\E" for index "s_cos"/, $offset),
 	'without the l2 file: s_cos still loads its snapshot');
 wait_ready('without the l2 file');
-is(resident('s_l2', 'ready, resident_state, from_snapshot'),
+is(indexes_row($node, 's_l2', 'ready, resident_state, from_snapshot'),
 	't|ready|f', 'without the l2 file: s_l2 is ready, rebuilt');
-is(resident('s_cos', 'from_snapshot'), 't', 'without the l2 file: s_cos is from its snapshot');
+is(indexes_row($node, 's_cos', 'from_snapshot'),
+	't', 'without the l2 file: s_cos is from its snapshot');
 check_answers('without the l2 file', $before);
 $log = slurp_file($node->logfile, $offset);
 unlike($log, qr/loaded snapshot "\Q$rel{s_l2}\E"/, 'without the l2 file: no snapshot loaded for s_l2');

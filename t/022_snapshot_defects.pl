@@ -31,25 +31,19 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
+use FindBin;
+use lib $FindBin::RealBin;
+use TurboVecTest;
 
 srand(20250303);
 
 my $dim      = 16;
 my %opclass  = (d_l2 => '<->', d_cos => '<=>');
 my @indexes  = sort keys %opclass;
-my $force    = 'SET enable_seqscan = off; SET enable_bitmapscan = off;';
-my $covering = 'SET turbovec.candidates = 100000;';
+my $force    = $FORCE_INDEX;
+my $covering = $ALL_CANDIDATES;
 
-my $node = PostgreSQL::Test::Cluster->new('defects');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq{
-shared_preload_libraries = 'turbovec'
-turbovec.worker_naptime = 200ms
-restart_after_crash = on
-log_statement = none
-});
-$node->start;
+my $node = start_node('defects', conf => preload_conf('restart_after_crash = on'));
 
 # CRC-32C (Castagnoli): reflected polynomial 0x82F63B78, initial value and
 # final XOR 0xFFFFFFFF, as docs/SNAPSHOT.md specifies.
@@ -121,11 +115,6 @@ sub write_bytes
 	close $fh or die "close $path: $!";
 }
 
-sub random_vector
-{
-	return '{' . join(',', map { sprintf('%.6f', rand(2) - 1) } 1 .. $dim) . '}';
-}
-
 # Poll the server log from $offset for $re, at most $secs seconds.
 sub log_has
 {
@@ -142,26 +131,18 @@ $node->safe_psql(
 	'postgres', qq{
 CREATE EXTENSION turbovec;
 CREATE TABLE d (id serial PRIMARY KEY, v real[]);
-SELECT setseed(0.17);
-INSERT INTO d (v)
-	SELECT (SELECT array_agg((random() * 2 - 1)::real)
-			FROM generate_series(1, $dim) WHERE i > 0)
-	FROM generate_series(1, 3000) i;
+@{[ random_rows_sql('d', $dim, 3000, 0.17) ]}
 CREATE INDEX d_l2 ON d USING turbo (v real_l2_ops);
 CREATE INDEX d_cos ON d USING turbo (v real_cosine_ops);
 });
 
-my $dboid = $node->safe_psql('postgres',
-	"SELECT oid FROM pg_database WHERE datname = 'postgres'");
-my %rel = map {
-	$_ => "pgsql_tmp_turbovec/${dboid}_"
-	  . $node->safe_psql('postgres', "SELECT '$_'::regclass::oid") . '.tv'
-} @indexes;
+my $dboid = database_oid($node, 'postgres');
+my %rel   = map { $_ => snapshot_rel($dboid, index_oid($node, $_)) } @indexes;
 my %file = map { $_ => $node->data_dir . "/$rel{$_}" } @indexes;
 
 # Fixed queries; their default-window answers through the copy must never
 # change (the table does not change until the last part).
-my @queries = map { random_vector() } 1 .. 3;
+my @queries = map { random_vector($dim) } 1 .. 3;
 
 sub answers
 {
@@ -169,9 +150,7 @@ sub answers
 	return join(
 		' ',
 		map {
-			$node->safe_psql('postgres',
-				"$settings SELECT string_agg(id::text, ',') FROM (SELECT id FROM d "
-				  . "ORDER BY v $opclass{$idx} '$_' LIMIT 10) q")
+			$node->safe_psql('postgres', "$settings " . top10_sql('d', $opclass{$idx}, $_))
 		} @queries);
 }
 
@@ -183,15 +162,14 @@ sub check_answers
 		is(answers($idx, $force), $baseline->{$idx},
 			"$label: $idx answers as before, at the default window");
 		is( answers($idx, "$force $covering"),
-			answers($idx, 'SET enable_indexscan = off; SET enable_bitmapscan = off;'),
+			answers($idx, $FORCE_SEQ),
 			"$label: $idx equals a sequential scan at a covering window");
 	}
 }
 
 foreach my $idx (@indexes)
 {
-	is($node->safe_psql('postgres', "SELECT turbo_wait_ready('$idx', 60000)"),
-		't', "$idx is ready after the build");
+	wait_ready_ok($node, $idx, "$idx is ready after the build");
 }
 my %baseline = map { $_ => answers($_, $force) } @indexes;
 foreach my $idx (@indexes)
@@ -289,16 +267,11 @@ foreach my $case (@cases)
 	my $warning = qr/WARNING:  turbovec snapshot "\Q$rel{d_l2}\E" not used: $reason/;
 	ok(log_has($warning, $offset), "$label: WARNING names the file and the reason")
 	  or diag(join("\n", grep { /turbovec/ } split /\n/, slurp_file($node->logfile, $offset)));
-	is($node->safe_psql('postgres', "SELECT turbo_wait_ready('d_l2', 60000)"),
-		't', "$label: d_l2 becomes ready");
-	is( $node->safe_psql(
-			'postgres',
-			"SELECT ready, resident_state, from_snapshot FROM turbo_indexes "
-			  . "WHERE index = 'd_l2'::regclass"),
+	wait_ready_ok($node, 'd_l2', "$label: d_l2 becomes ready");
+	is(indexes_row($node, 'd_l2', 'ready, resident_state, from_snapshot'),
 		't|ready|f',
 		"$label: d_l2 is ready, rebuilt (not from the snapshot)");
-	is($node->safe_psql('postgres', "SELECT turbo_wait_ready('d_cos', 60000)"),
-		't', "$label: d_cos becomes ready");
+	wait_ready_ok($node, 'd_cos', "$label: d_cos becomes ready");
 	ok(log_has(qr/turbovec loaded snapshot "\Q$rel{d_cos}\E" for index "d_cos"/, $offset),
 		"$label: d_cos still loads its own snapshot");
 	check_answers($label, \%baseline);
@@ -334,8 +307,7 @@ ok( log_has(
 		qr/WARNING:  XX001: turbovec snapshot "\Q$rel{d_l2}\E" not used: (truncated|bad magic)/,
 		$offset),
 	'the WARNING has SQLSTATE XX001');
-is($node->safe_psql('postgres', "SELECT turbo_wait_ready('d_l2', 60000)"),
-	't', 'd_l2 ready after a 7-byte file');
+wait_ready_ok($node, 'd_l2', 'd_l2 ready after a 7-byte file');
 
 # SIGKILL of the worker right after a checkpoint asked it to dump changed
 # copies.  Dumps do not honour turbovec.test_build_delay and take about a
@@ -343,11 +315,7 @@ is($node->safe_psql('postgres', "SELECT turbo_wait_ready('d_l2', 60000)"),
 # whatever the file is left as, it must be loaded whole or refused.
 $node->safe_psql(
 	'postgres', qq{
-SELECT setseed(0.5);
-INSERT INTO d (v)
-	SELECT (SELECT array_agg((random() * 2 - 1)::real)
-			FROM generate_series(1, $dim) WHERE i > 0)
-	FROM generate_series(1, 500) i;
+@{[ random_rows_sql('d', $dim, 500, 0.5) ]}
 DELETE FROM d WHERE id % 9 = 0;
 VACUUM d;
 CHECKPOINT;
@@ -365,25 +333,23 @@ $offset = -s $node->logfile;
 kill 'KILL', $pid if $pid =~ /^\d+$/;
 ok(log_has(qr/database system is ready to accept connections/, $offset, 60),
 	'crash restart after the SIGKILL of the worker');
-is($node->safe_psql('postgres', "SELECT turbo_wait_ready('d_l2', 60000)"),
-	't', 'after the crash: d_l2 is ready');
+wait_ready_ok($node, 'd_l2', 'after the crash: d_l2 is ready');
 my $log = slurp_file($node->logfile, $offset);
 my $loaded  = () = $log =~ /loaded snapshot "\Q$rel{d_l2}\E"/g;
 my $refused = () = $log =~ /turbovec snapshot "\Q$rel{d_l2}\E" not used/g;
 is($loaded + $refused, 1, "after the crash: d_l2's file was loaded or refused, once")
   or diag("loaded $loaded, refused $refused");
-is( $node->safe_psql(
-		'postgres', "SELECT from_snapshot FROM turbo_indexes WHERE index = 'd_l2'::regclass"),
+is(indexes_row($node, 'd_l2', 'from_snapshot'),
 	$loaded ? 't' : 'f',
 	'after the crash: from_snapshot says which');
 my $info = $node->safe_psql('postgres',
 	"SELECT change_count FROM turbo_resident_status() WHERE indexrelid = 'd_l2'::regclass");
-is($info, $node->safe_psql('postgres', "SELECT change_count FROM turbo_index_info('d_l2')"),
+is($info, index_info($node, 'd_l2', 'change_count'),
 	"after the crash: the copy's counter is the metapage's");
 foreach my $idx (@indexes)
 {
 	is( answers($idx, "$force $covering"),
-		answers($idx, 'SET enable_indexscan = off; SET enable_bitmapscan = off;'),
+		answers($idx, $FORCE_SEQ),
 		"after the crash: $idx equals a sequential scan");
 	is(answers($idx, $force), answers($idx, "$force SET turbovec.use_resident = off;"),
 		"after the crash: $idx copy and extent agree");

@@ -27,37 +27,20 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
 use Time::HiRes qw(usleep time);
+use FindBin;
+use lib $FindBin::RealBin;
+use TurboVecTest;
 
 srand(20250304);
 
 my $dim      = 16;
 my $nrows    = 10000;
 my $delay_ms = 400;
-my $force    = 'SET enable_seqscan = off; SET enable_bitmapscan = off;';
-my $covering = 'SET turbovec.candidates = 100000;';
-my $seq      = 'SET enable_indexscan = off; SET enable_bitmapscan = off;';
+my $force    = $FORCE_INDEX;
+my $covering = $ALL_CANDIDATES;
+my $seq      = $FORCE_SEQ;
 
-my $node = PostgreSQL::Test::Cluster->new('notready');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq{
-shared_preload_libraries = 'turbovec'
-turbovec.worker_naptime = 200ms
-log_statement = none
-});
-$node->start;
-
-sub random_vector
-{
-	return '{' . join(',', map { sprintf('%.6f', rand(2) - 1) } 1 .. $dim) . '}';
-}
-
-sub top10_sql
-{
-	my ($q) = @_;
-	return "SELECT string_agg(id::text, ',') FROM "
-	  . "(SELECT id FROM n ORDER BY v <-> '$q' LIMIT 10) s";
-}
+my $node = start_node('notready', conf => preload_conf());
 
 # Live state of the copy: state, rows_done, rows_total, counter current?
 sub copy_state
@@ -86,11 +69,11 @@ sub wait_state
 # A scan with not_ready = 'error': its exit status, stderr and duration.
 sub scan_with_error
 {
-	my $q     = random_vector();
+	my $q     = random_vector($dim);
 	my $start = time();
 	my ($ret, $out, $err) = $node->psql('postgres',
 		"\\set VERBOSITY verbose\nSET turbovec.not_ready = error;\n"
-		  . "SET turbovec.ready_timeout = 100;\n$force\n" . top10_sql($q) . ";");
+		  . "SET turbovec.ready_timeout = 100;\n$force\n" . top10_sql('n', '<->', $q) . ";");
 	return ($ret, $err, time() - $start);
 }
 
@@ -123,8 +106,8 @@ sub check_answers
 	my ($label, $nq) = @_;
 	for my $i (1 .. $nq)
 	{
-		my $q   = random_vector();
-		my $sql = top10_sql($q);
+		my $q   = random_vector($dim);
+		my $sql = top10_sql('n', '<->', $q);
 		my $got = $node->safe_psql('postgres',
 			"SET turbovec.not_ready = extent; SET turbovec.ready_timeout = 50; "
 			  . "$force $covering $sql");
@@ -149,7 +132,7 @@ SELECT count(*) FILTER (WHERE found = s.id), count(*) FROM
 	is( $node->safe_psql(
 			'postgres',
 			"$force $covering SELECT count(*) FROM (SELECT id FROM n ORDER BY v <-> '"
-			  . random_vector() . "' LIMIT 100000) s"),
+			  . random_vector($dim) . "' LIMIT 100000) s"),
 		$node->safe_psql('postgres', 'SELECT count(*) FROM n'),
 		"$label: a full ordered scan returns exactly the table's row count");
 }
@@ -160,37 +143,25 @@ sub scan_buffers
 	my $plan = $node->safe_psql('postgres',
 		"SET turbovec.not_ready = extent; SET turbovec.ready_timeout = 0; $force "
 		  . "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF) SELECT id FROM n "
-		  . "ORDER BY v <-> '" . random_vector() . "' LIMIT 10");
-	my ($line) = $plan =~ /Buffers: shared ([^\n]*)/;
-	my $n = 0;
-	$n += $_ for (($line // '') =~ /(?:hit|read)=(\d+)/g);
-	return $n;
+		  . "ORDER BY v <-> '" . random_vector($dim) . "' LIMIT 10");
+	return buffers_touched($plan);
 }
 
 $node->safe_psql(
 	'postgres', qq{
 CREATE EXTENSION turbovec;
 CREATE TABLE n (id serial PRIMARY KEY, v real[]);
-SELECT setseed(0.23);
-INSERT INTO n (v)
-	SELECT (SELECT array_agg((random() * 2 - 1)::real)
-			FROM generate_series(1, $dim) WHERE i > 0)
-	FROM generate_series(1, $nrows) i;
+@{[ random_rows_sql('n', $dim, $nrows, 0.23) ]}
 CREATE INDEX n_l2 ON n USING turbo (v real_l2_ops);
 });
-is($node->safe_psql('postgres', "SELECT turbo_wait_ready('n_l2', 60000)"),
-	't', 'n_l2 is ready after the build');
+wait_ready_ok($node, 'n_l2', 'n_l2 is ready after the build');
 is(copy_state(), "ready|$nrows|$nrows|t", 'the copy is complete and current');
 my $resident_buffers = scan_buffers();
-my $extent_buffers   = do {
-	my $plan = $node->safe_psql('postgres',
+my $extent_buffers   = buffers_touched(
+	$node->safe_psql(
+		'postgres',
 		"SET turbovec.use_resident = off; $force EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, "
-		  . "TIMING OFF) SELECT id FROM n ORDER BY v <-> '" . random_vector() . "' LIMIT 10");
-	my ($line) = $plan =~ /Buffers: shared ([^\n]*)/;
-	my $n = 0;
-	$n += $_ for (($line // '') =~ /(?:hit|read)=(\d+)/g);
-	$n;
-};
+		  . "TIMING OFF) SELECT id FROM n ORDER BY v <-> '" . random_vector($dim) . "' LIMIT 10"));
 cmp_ok($resident_buffers, '<', $extent_buffers / 4,
 	"a scan through the copy touches few buffers ($resident_buffers vs $extent_buffers)");
 check_answers('ready', 2);
@@ -215,8 +186,7 @@ ok(wait_state('building', 30), 'turbo_rebuild: the copy is building');
 
 check_error('turbo_rebuild running');
 check_answers('turbo_rebuild running, not_ready = extent', 2);
-is( $node->safe_psql(
-		'postgres', "SELECT ready, resident_state FROM turbo_indexes WHERE index = 'n_l2'::regclass"),
+is(indexes_row($node, 'n_l2', 'ready, resident_state'),
 	'f|building', 'turbo_rebuild running: turbo_indexes says not ready, building');
 is($node->safe_psql('postgres', "SELECT turbo_wait_ready('n_l2', 0)"),
 	'f', 'turbo_rebuild running: turbo_wait_ready with no time says false');
@@ -224,11 +194,7 @@ is($node->safe_psql('postgres', "SELECT turbo_wait_ready('n_l2', 0)"),
 # Writes while the copy is built.
 $node->safe_psql(
 	'postgres', qq{
-SELECT setseed(0.61);
-INSERT INTO n (v)
-	SELECT (SELECT array_agg((random() * 2 - 1)::real)
-			FROM generate_series(1, $dim) WHERE i > 0)
-	FROM generate_series(1, 300) i;
+@{[ random_rows_sql('n', $dim, 300, 0.61) ]}
 DELETE FROM n WHERE id % 13 = 0;
 });
 my ($state) = split /\|/, copy_state();
@@ -239,8 +205,7 @@ $node->safe_psql('postgres', 'VACUUM n');
 $bg->finish;
 chomp $bg_out;
 is($bg_out, 't', 'turbo_rebuild() returned true') or diag("stderr: $bg_err");
-is($node->safe_psql('postgres', "SELECT turbo_wait_ready('n_l2', 60000)"),
-	't', 'after turbo_rebuild: ready');
+wait_ready_ok($node, 'n_l2', 'after turbo_rebuild: ready');
 ok(wait_state('ready', 30), 'after turbo_rebuild: state ready');
 is(copy_state(), "ready|" . ($nrows + 300) . "|" . ($nrows + 300) . "|t",
 	'after turbo_rebuild: the copy covers every slot and is current');
@@ -255,8 +220,7 @@ $node->safe_psql('postgres', 'REINDEX INDEX n_l2');
 ok(wait_state('building', 30), 'after REINDEX: the worker is building the copy');
 check_error('after REINDEX');
 check_answers('after REINDEX, not_ready = extent', 2);
-is($node->safe_psql('postgres', "SELECT turbo_wait_ready('n_l2', 60000)"),
-	't', 'after REINDEX: turbo_wait_ready is true');
+wait_ready_ok($node, 'n_l2', 'after REINDEX: turbo_wait_ready is true');
 is( $node->safe_psql(
 		'postgres',
 		"SELECT ready_since > '$t0' FROM turbo_resident_status() "
@@ -265,7 +229,7 @@ is( $node->safe_psql(
 cmp_ok(scan_buffers(), '<', $extent_buffers / 4,
 	'after REINDEX: once turbo_wait_ready is true, scans use the copy');
 # REINDEX packs the live rows into a new index: that many slots.
-my $slots = $node->safe_psql('postgres', "SELECT slots FROM turbo_index_info('n_l2')");
+my $slots = index_info($node, 'n_l2', 'slots');
 is($slots, $node->safe_psql('postgres', 'SELECT count(*) FROM n'),
 	'after REINDEX: one slot per row');
 is(copy_state(), "ready|$slots|$slots|t", 'after REINDEX: complete and current');
@@ -276,8 +240,7 @@ check_rows('after REINDEX');
 # of the old index as ready.
 $t0 = $node->safe_psql('postgres', 'SELECT clock_timestamp()');
 $node->safe_psql('postgres', 'REINDEX INDEX n_l2');
-is($node->safe_psql('postgres', "SELECT turbo_wait_ready('n_l2', 60000)"),
-	't', 'second REINDEX: turbo_wait_ready is true');
+wait_ready_ok($node, 'n_l2', 'second REINDEX: turbo_wait_ready is true');
 is( $node->safe_psql(
 		'postgres',
 		"SELECT ready_since > '$t0' FROM turbo_resident_status() "

@@ -21,55 +21,32 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep time);
+use FindBin;
+use lib $FindBin::RealBin;
+use TurboVecTest;
 
 srand(20250305);
 
 my $dim     = 24;
 my %opclass = (r_ip => '<#>', r_l2 => '<->');
 my @indexes = sort keys %opclass;
-my $force   = 'SET enable_seqscan = off; SET enable_bitmapscan = off; '
-  . 'SET turbovec.probes = 8;';
-my $preload = qq{
-shared_preload_libraries = 'turbovec'
-turbovec.worker_naptime = 200ms
-log_statement = none
-};
+my $force   = "$FORCE_INDEX SET turbovec.probes = 8;";
 
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', $preload);
-$primary->start;
+my $primary = start_node(
+	'primary',
+	init => { allows_streaming => 1 },
+	conf => preload_conf());
 $primary->safe_psql(
 	'postgres', q{
 CREATE EXTENSION turbovec;
 CREATE TABLE r (id serial PRIMARY KEY, v real[]);
 });
-$primary->backup('resident_backup');
-my $standby = PostgreSQL::Test::Cluster->new('standby');
-$standby->init_from_backup($primary, 'resident_backup', has_streaming => 1);
-$standby->start;
-
-sub random_vector
-{
-	return '{' . join(',', map { sprintf('%.6f', rand(2) - 1) } 1 .. $dim) . '}';
-}
+my $standby = start_standby($primary, 'resident_backup', 'standby');
 
 sub insert_rows
 {
 	my ($n, $seed) = @_;
-	$primary->safe_psql(
-		'postgres', qq{
-SELECT setseed($seed);
-INSERT INTO r (v)
-	SELECT (SELECT array_agg((random() * 2 - 1)::real)
-			FROM generate_series(1, $dim) WHERE i > 0)
-	FROM generate_series(1, $n) i;
-});
-}
-
-sub wait_for_standby
-{
-	$primary->wait_for_catchup($standby, 'replay', $primary->lsn('insert'));
+	$primary->safe_psql('postgres', random_rows_sql('r', $dim, $n, $seed));
 }
 
 # Are both of the standby's copies ready with the metapage's counter?
@@ -90,9 +67,8 @@ sub compare_nodes
 	{
 		for my $i (1 .. 3)
 		{
-			my $q   = random_vector();
-			my $sql = "SELECT string_agg(id::text, ',') FROM (SELECT id FROM r "
-			  . "ORDER BY v $opclass{$idx} '$q' LIMIT 10) s";
+			my $q   = random_vector($dim);
+			my $sql = top10_sql('r', $opclass{$idx}, $q);
 			my $on_primary = $primary->safe_psql('postgres', "$force $sql");
 			is(scalar(split /,/, $on_primary), 10, "$label: $idx query $i: 10 rows");
 			is($standby->safe_psql('postgres', "$force $sql"),
@@ -109,16 +85,14 @@ CREATE INDEX r_ip ON r USING turbo (v real_ip_ops) WITH (lists = 8, bits = 3);
 });
 foreach my $idx (@indexes)
 {
-	is($primary->safe_psql('postgres', "SELECT turbo_wait_ready('$idx', 60000)"),
-		't', "primary: $idx is ready");
+	wait_ready_ok($primary, $idx, "primary: $idx is ready");
 }
-wait_for_standby();
+wait_for_replay($primary, $standby);
 is($standby->safe_psql('postgres', 'SELECT pg_is_in_recovery(), turbo_preloaded()'),
 	't|t', 'the standby is in recovery with turbovec preloaded');
 foreach my $idx (@indexes)
 {
-	is($standby->safe_psql('postgres', "SELECT turbo_wait_ready('$idx', 60000)"),
-		't', "standby: $idx is ready");
+	wait_ready_ok($standby, $idx, "standby: $idx is ready");
 }
 compare_nodes('after build');
 
@@ -127,7 +101,7 @@ for my $round (1 .. 4)
 	$primary->safe_psql('postgres',
 		"DELETE FROM r WHERE id % 9 = $round; VACUUM r;");
 	insert_rows(400, $round / 10);
-	wait_for_standby();
+	wait_for_replay($primary, $standby);
 	# At once: extent or copy, the answers are the same.
 	compare_nodes("round $round, at once");
 	my $deadline = time() + 30;
@@ -147,8 +121,7 @@ for my $round (1 .. 4)
 		"round $round: turbo_indexes on the standby shows its copies ready");
 	foreach my $idx (@indexes)
 	{
-		is( $standby->safe_psql('postgres',
-				"SELECT live_rows FROM turbo_index_info('$idx')"),
+		is(index_info($standby, $idx, 'live_rows'),
 			$primary->safe_psql('postgres', 'SELECT count(*) FROM r'),
 			"round $round: $idx live rows on the standby equal the primary's table");
 	}
@@ -160,7 +133,7 @@ ok( $primary->poll_query_until(
 		'postgres',
 		"SELECT count(*) = 2 FROM turbovec_index_state WHERE ready"),
 	'primary: turbovec_index_state shows both indexes ready');
-wait_for_standby();
+wait_for_replay($primary, $standby);
 is( $standby->safe_psql('postgres',
 		'SELECT count(*) FROM turbovec_index_state WHERE ready'),
 	2, 'standby: turbovec_index_state holds the replicated rows');

@@ -16,28 +16,16 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep time);
+use FindBin;
+use lib $FindBin::RealBin;
+use TurboVecTest;
 
 srand(20250306);
 
 my $dim   = 16;
-my $force = 'SET enable_seqscan = off; SET enable_bitmapscan = off; '
-  . 'SET turbovec.candidates = 100000;';
-my $seq = 'SET enable_indexscan = off; SET enable_bitmapscan = off;';
+my $force = "$FORCE_INDEX $ALL_CANDIDATES";
 
-my $node = PostgreSQL::Test::Cluster->new('lifecycle');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq{
-shared_preload_libraries = 'turbovec'
-turbovec.worker_naptime = 200ms
-log_statement = none
-});
-$node->start;
-
-sub random_vector
-{
-	return '{' . join(',', map { sprintf('%.6f', rand(2) - 1) } 1 .. $dim) . '}';
-}
+my $node = start_node('lifecycle', conf => preload_conf());
 
 sub status
 {
@@ -64,11 +52,8 @@ sub check_answers
 	my ($label) = @_;
 	for my $i (1 .. 3)
 	{
-		my $q   = random_vector();
-		my $sql = "SELECT string_agg(id::text, ',') FROM "
-		  . "(SELECT id FROM x ORDER BY v <-> '$q' LIMIT 10) s";
-		is($node->safe_psql('postgres', "$force $sql"),
-			$node->safe_psql('postgres', "$seq $sql"),
+		my $q = random_vector($dim);
+		same_as_seq_scan($node, $force, top10_sql('x', '<->', $q),
 			"$label: query $i equals a sequential scan");
 	}
 }
@@ -77,30 +62,21 @@ $node->safe_psql(
 	'postgres', qq{
 CREATE EXTENSION turbovec;
 CREATE TABLE x (id serial PRIMARY KEY, v real[]);
-SELECT setseed(0.37);
-INSERT INTO x (v)
-	SELECT (SELECT array_agg((random() * 2 - 1)::real)
-			FROM generate_series(1, $dim) WHERE i > 0)
-	FROM generate_series(1, 2000) i;
+@{[ random_rows_sql('x', $dim, 2000, 0.37) ]}
 CREATE INDEX x_l2 ON x USING turbo (v real_l2_ops);
 CREATE INDEX x_gone ON x USING turbo (v real_cosine_ops);
 });
 foreach my $idx ('x_l2', 'x_gone')
 {
-	is($node->safe_psql('postgres', "SELECT turbo_wait_ready('$idx', 60000)"),
-		't', "$idx is ready");
+	wait_ready_ok($node, $idx, "$idx is ready");
 }
 $node->safe_psql('postgres', 'CHECKPOINT');
 ok( poll_true(
 		"SELECT count(*) = 2 FROM turbo_indexes WHERE snapshot_time IS NOT NULL", 20),
 	'both indexes have a snapshot');
 
-my $dboid = $node->safe_psql('postgres',
-	"SELECT oid FROM pg_database WHERE datname = 'postgres'");
-my %rel = map {
-	$_ => "pgsql_tmp_turbovec/${dboid}_"
-	  . $node->safe_psql('postgres', "SELECT '$_'::regclass::oid") . '.tv'
-} ('x_l2', 'x_gone');
+my $dboid = database_oid($node, 'postgres');
+my %rel   = map { $_ => snapshot_rel($dboid, index_oid($node, $_)) } ('x_l2', 'x_gone');
 ok(-f $node->data_dir . "/$rel{$_}", "$_ has its file") for sort keys %rel;
 
 # REINDEX: the copy of the new index is built, then dumped after a checkpoint.
@@ -119,10 +95,7 @@ ok( poll_true(
 		  . "WHERE indexrelid = 'x_l2'::regclass", 10),
 	'after REINDEX and a checkpoint: the new copy is dumped');
 {
-	open(my $fh, '<', $node->data_dir . "/$rel{x_l2}") or die "open: $!";
-	binmode $fh;
-	read($fh, my $hdr, 120);
-	close $fh;
+	my (undef, $hdr) = read_header($node->data_dir . "/$rel{x_l2}");
 	my (undef, undef, undef, undef, undef, $relfilenode) = unpack('a8 V7', $hdr);
 	is($relfilenode, $node->safe_psql('postgres', "SELECT pg_relation_filenode('x_l2')"),
 		"after REINDEX and a checkpoint: the file has the new relfilenode");
@@ -160,8 +133,7 @@ CREATE TABLE y (id int, v real[]);
 INSERT INTO y SELECT i, array_fill(i::real, ARRAY[$dim]) FROM generate_series(1, 500) i;
 CREATE INDEX y_l2 ON y USING turbo (v real_l2_ops);
 });
-is($node->safe_psql('scratch', "SELECT turbo_wait_ready('y_l2', 60000)"),
-	't', 'scratch: y_l2 is ready');
+wait_ready_ok($node, 'y_l2', 'scratch: y_l2 is ready', 'scratch');
 my ($ret, $out, $err) = $node->psql('postgres', 'DROP DATABASE scratch');
 is($ret, 0, 'DROP DATABASE of a database with resident copies succeeds')
   or diag($err);

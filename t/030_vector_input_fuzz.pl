@@ -15,12 +15,13 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use TurboVecTest;
 
 srand(20261125);
 
-my $node = PostgreSQL::Test::Cluster->new('fuzz');
-$node->init;
-$node->start;
+my $node = start_node('fuzz');
 
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION turbovec;

@@ -1,0 +1,210 @@
+
+# Copyright (c) turbovec authors
+
+# Helpers shared by the TAP tests in t/.
+#
+# Load with
+#
+#   use FindBin;
+#   use lib $FindBin::RealBin;
+#   use TurboVecTest;
+#
+# (prove runs from the tree root with only PostgreSQL's perl modules and ./
+# on the include path, so t/ must be added by the test itself).
+#
+# Nothing here calls rand() or srand() on its own: random_vector() draws
+# from the caller's seeded generator exactly as an inline copy would, so a
+# test's sequence of random numbers depends only on the order of its calls.
+package TurboVecTest;
+
+use strict;
+use warnings;
+
+use Exporter 'import';
+use PostgreSQL::Test::Cluster;
+use Test::More;
+
+our @EXPORT = qw(
+  $FORCE_INDEX $FORCE_SEQ $ALL_CANDIDATES
+  start_node start_standby preload_conf wait_for_replay
+  random_vector random_rows_sql top10_sql
+  verify_output index_info indexes_row wait_ready_ok same_as_seq_scan
+  buffers_touched database_oid index_oid snapshot_rel read_header);
+
+# Scan settings: an index scan only; a sequential scan only; a re-rank
+# window covering any table the tests build.
+our $FORCE_INDEX    = 'SET enable_seqscan = off; SET enable_bitmapscan = off;';
+our $FORCE_SEQ      = 'SET enable_indexscan = off; SET enable_bitmapscan = off;';
+our $ALL_CANDIDATES = 'SET turbovec.candidates = 100000;';
+
+# A started node: init(%{ $opts{init} }), then $opts{conf} (if any) appended
+# to postgresql.conf.
+sub start_node
+{
+	my ($name, %opts) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(%{ $opts{init} // {} });
+	$node->append_conf('postgresql.conf', $opts{conf}) if defined $opts{conf};
+	$node->start;
+	return $node;
+}
+
+# A streaming standby of $primary, started from a new base backup.
+sub start_standby
+{
+	my ($primary, $backup_name, $name) = @_;
+	$primary->backup($backup_name);
+	my $standby = PostgreSQL::Test::Cluster->new($name);
+	$standby->init_from_backup($primary, $backup_name, has_streaming => 1);
+	$standby->start;
+	return $standby;
+}
+
+# postgresql.conf lines preloading turbovec with a fast worker; @extra lines
+# go before log_statement.
+sub preload_conf
+{
+	my (@extra) = @_;
+	return "\nshared_preload_libraries = 'turbovec'\n"
+	  . "turbovec.worker_naptime = 200ms\n"
+	  . join('', map { "$_\n" } @extra)
+	  . "log_statement = none\n";
+}
+
+# Wait until $standby has replayed everything $primary wrote.
+sub wait_for_replay
+{
+	my ($primary, $standby) = @_;
+	$primary->wait_for_catchup($standby, 'replay', $primary->lsn('insert'));
+}
+
+# A random $dim-dimensional vector as a real[] literal, from perl's seeded
+# generator.
+sub random_vector
+{
+	my ($dim) = @_;
+	return '{' . join(',', map { sprintf('%.6f', rand(2) - 1) } 1 .. $dim) . '}';
+}
+
+# SQL inserting $n random $dim-dimensional vectors into $table (id, v) from
+# the server's generator seeded with $seed; with $null_every, every row
+# whose number is a multiple of it gets NULL instead.  Setseed and INSERT
+# must run in one session: embed the text in a larger statement list or
+# run it alone.
+sub random_rows_sql
+{
+	my ($table, $dim, $n, $seed, $null_every) = @_;
+	my $vector = $null_every
+	  ? "CASE WHEN i % $null_every = 0 THEN NULL
+		ELSE (SELECT array_agg((random() * 2 - 1)::real)
+			  FROM generate_series(1, $dim) WHERE i > 0) END"
+	  : "(SELECT array_agg((random() * 2 - 1)::real)
+			FROM generate_series(1, $dim) WHERE i > 0)";
+	return "SELECT setseed($seed);
+INSERT INTO $table (v)
+	SELECT $vector
+	FROM generate_series(1, $n) i;";
+}
+
+# SQL giving the ids of the 10 rows of $table nearest to $q by $op, as one
+# comma-separated string.
+sub top10_sql
+{
+	my ($table, $op, $q) = @_;
+	return "SELECT string_agg(id::text, ',') FROM "
+	  . "(SELECT id FROM $table ORDER BY v $op '$q' LIMIT 10) s";
+}
+
+# What turbo_verify says about an index: its problem rows, or the error it
+# raised.  A healthy index gives the empty string.
+sub verify_output
+{
+	my ($node, $idx) = @_;
+	my ($out, $err) = ('', '');
+	$node->psql('postgres', "SELECT * FROM turbo_verify('$idx')",
+		stdout => \$out, stderr => \$err);
+	return join("\n", grep { $_ ne '' } $out, $err);
+}
+
+# Columns $cols of turbo_index_info($idx).
+sub index_info
+{
+	my ($node, $idx, $cols) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT $cols FROM turbo_index_info('$idx')");
+}
+
+# Columns $cols of $idx's row in turbo_indexes.
+sub indexes_row
+{
+	my ($node, $idx, $cols) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT $cols FROM turbo_indexes WHERE index = '$idx'::regclass");
+}
+
+# One test: turbo_wait_ready($idx, 60000) in database $db (default
+# postgres) says true.
+sub wait_ready_ok
+{
+	my ($node, $idx, $name, $db) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	return is(
+		$node->safe_psql($db // 'postgres', "SELECT turbo_wait_ready('$idx', 60000)"),
+		't', $name);
+}
+
+# One test: $sql gives the same answer under $settings (run first) as under
+# $FORCE_SEQ.
+sub same_as_seq_scan
+{
+	my ($node, $settings, $sql, $name) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	return is(
+		$node->safe_psql('postgres', "$settings $sql"),
+		$node->safe_psql('postgres', "$FORCE_SEQ $sql"), $name);
+}
+
+# Shared buffers (hits plus reads) on the first "Buffers:" line of an
+# EXPLAIN (ANALYZE, BUFFERS) output: the top node's, which for
+# Limit -> Index Scan is the scan's.
+sub buffers_touched
+{
+	my ($plan) = @_;
+	my ($line) = $plan =~ /Buffers: shared ([^\n]*)/;
+	my $n = 0;
+	$n += $_ for (($line // '') =~ /(?:hit|read)=(\d+)/g);
+	return $n;
+}
+
+sub database_oid
+{
+	my ($node, $db) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT oid FROM pg_database WHERE datname = '$db'");
+}
+
+sub index_oid
+{
+	my ($node, $idx) = @_;
+	return $node->safe_psql('postgres', "SELECT '$idx'::regclass::oid");
+}
+
+# A snapshot file's path relative to the data directory.
+sub snapshot_rel
+{
+	my ($dboid, $indexoid) = @_;
+	return "pgsql_tmp_turbovec/${dboid}_$indexoid.tv";
+}
+
+# The first 120 bytes (a .tv header) of $path: (bytes read, bytes).
+sub read_header
+{
+	my ($path) = @_;
+	open(my $fh, '<', $path) or die "open $path: $!";
+	binmode $fh;
+	my $n = read($fh, my $hdr, 120);
+	close $fh;
+	return ($n, $hdr);
+}
+
+1;

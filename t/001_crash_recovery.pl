@@ -258,8 +258,8 @@ for my $cycle (1 .. $ncycles)
 	# and, every other cycle, a checkpoint so some pages come back from full
 	# page images and some from the records alone.
 	$node->safe_psql('postgres',
-		"DELETE FROM t WHERE id % 17 = $cycle; VACUUM t; "
-		  . "DELETE FROM iv WHERE id % 13 = $cycle; VACUUM iv;");
+		"DELETE FROM t WHERE id % 17 = $cycle; VACUUM (INDEX_CLEANUP ON) t; "
+		  . "DELETE FROM iv WHERE id % 13 = $cycle; VACUUM (INDEX_CLEANUP ON) iv;");
 	$node->safe_psql('postgres', 'CHECKPOINT') if $cycle % 2 == 0;
 
 	my $max_ids =
@@ -275,8 +275,8 @@ for my $cycle (1 .. $ncycles)
 		{
 			local $ENV{PGAPPNAME} = 'turbo_vacuum';
 			my $sql = join('',
-				map { "DELETE FROM t WHERE id % 1999 = $_; VACUUM t;\n"
-					  . "DELETE FROM iv WHERE id % 997 = $_; VACUUM iv;\n" } 1 .. 200);
+				map { "DELETE FROM t WHERE id % 1999 = $_; VACUUM (INDEX_CLEANUP ON) t;\n"
+					  . "DELETE FROM iv WHERE id % 997 = $_; VACUUM (INDEX_CLEANUP ON) iv;\n" } 1 .. 200);
 			$vacuum = IPC::Run::start(
 				[
 					'psql', '-XAtq', '-h', $node->host, '-p', $node->port,
@@ -349,7 +349,7 @@ for my $cycle (1 .. $ncycles)
 
 	check_indexes("cycle $cycle after crash", 0);
 
-	$node->safe_psql('postgres', 'VACUUM t; VACUUM iv;');
+	$node->safe_psql('postgres', 'VACUUM (INDEX_CLEANUP ON) t; VACUUM (INDEX_CLEANUP ON) iv;');
 	check_indexes("cycle $cycle after vacuum", 1);
 }
 

@@ -134,8 +134,8 @@ compare_nodes('after build');
 for my $cycle (1 .. 10)
 {
 	$primary->safe_psql('postgres',
-		"DELETE FROM t WHERE id % 10 = $cycle % 10; VACUUM t; "
-		  . "DELETE FROM iv WHERE id % 10 = ($cycle + 5) % 10; VACUUM iv;");
+		"DELETE FROM t WHERE id % 10 = $cycle % 10; VACUUM (INDEX_CLEANUP ON) t; "
+		  . "DELETE FROM iv WHERE id % 10 = ($cycle + 5) % 10; VACUUM (INDEX_CLEANUP ON) iv;");
 	insert_rows('t',  300, $cycle / 100.0);
 	insert_rows('iv', 300, 0.5 + $cycle / 100.0);
 	wait_for_replay($primary, $standby);
@@ -167,7 +167,7 @@ foreach my $table ('t', 'iv')
 		'postgres', qq{
 @{[ random_rows_sql($table, $dim, 300, 0.9) ]}
 DELETE FROM $table WHERE id % 7 = 0;
-VACUUM $table;
+VACUUM (INDEX_CLEANUP ON) $table;
 });
 }
 my %count = map {

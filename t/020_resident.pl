@@ -162,7 +162,7 @@ foreach my $idx (@indexes)
 }
 check_answers('after inserts', 2);
 
-$node->safe_psql('postgres', 'DELETE FROM t WHERE id % 7 = 3; VACUUM t;');
+$node->safe_psql('postgres', 'DELETE FROM t WHERE id % 7 = 3; VACUUM (INDEX_CLEANUP ON) t;');
 foreach my $idx (@indexes)
 {
 	is(copy_state($idx), 'ready|t',
@@ -228,7 +228,7 @@ foreach my $idx (@indexes)
 		"without preload: turbo_snapshot_now($idx) raises SQLSTATE 55000");
 }
 insert_rows(300, 0.91);
-$node->safe_psql('postgres', 'DELETE FROM t WHERE id % 11 = 4; VACUUM t;');
+$node->safe_psql('postgres', 'DELETE FROM t WHERE id % 11 = 4; VACUUM (INDEX_CLEANUP ON) t;');
 foreach my $idx (@indexes)
 {
 	for my $i (1 .. 2)

@@ -317,7 +317,7 @@ $node->safe_psql(
 	'postgres', qq{
 @{[ random_rows_sql('d', $dim, 500, 0.5) ]}
 DELETE FROM d WHERE id % 9 = 0;
-VACUUM d;
+VACUUM (INDEX_CLEANUP ON) d;
 CHECKPOINT;
 });
 my $pid = '';

@@ -200,7 +200,7 @@ DELETE FROM n WHERE id % 13 = 0;
 my ($state) = split /\|/, copy_state();
 is($state, 'building', 'the inserts and deletes landed during the rebuild');
 check_answers('turbo_rebuild running, after writes', 2);
-$node->safe_psql('postgres', 'VACUUM n');
+$node->safe_psql('postgres', 'VACUUM (INDEX_CLEANUP ON) n');
 
 $bg->finish;
 chomp $bg_out;

@@ -18,9 +18,9 @@ server (PG* env or --host/--port/--dbname/--user; bench/server.sh starts one):
 
 One JSON line per measurement on stdout:
   {"dataset","index":"turbo","bits","build_s","index_mb","knob","value",
-   "recall","qps","p50_ms","p99_ms","rows","dim","lists","probes"}
+   "recall","qps","p50_ms","p99_ms","rows","dim","lists","probes","residual"}
 ("value" is turbovec.candidates; "lists" is 0 for the flat layout; "probes" is
-the turbovec.probes value in effect.)  Progress and human-readable notes go to
+the turbovec.probes value in effect; "residual" is "on"/"off" for IVF.)  Progress and human-readable notes go to
 stderr, ending with the recall/QPS frontier: for recall 0.90/0.95/0.99 the
 fastest (probes, candidates) reaching it.  `run.py --summarize FILE...` prints
 that frontier for saved JSON lines.
@@ -135,7 +135,7 @@ def recall_at(results, gt, k=10):
 
 
 def measurement(ds, index, bits, build_s, index_mb, knob, value, results, lat, wall, gt,
-                lists=None, probes=None):
+                lists=None, probes=None, residual=None):
     return {
         "dataset": ds.name, "index": index, "bits": bits,
         "build_s": None if build_s is None else round(build_s, 2),
@@ -147,6 +147,7 @@ def measurement(ds, index, bits, build_s, index_mb, knob, value, results, lat, w
         "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 3),
         "rows": ds.rows, "dim": ds.dim,
         "lists": lists, "probes": probes,
+        "residual": residual,
     }
 
 
@@ -166,12 +167,16 @@ def frontier_lines(recs):
     for r in recs:
         if r.get("recall") is None or r.get("qps") is None:
             continue
-        key = (r.get("dataset"), r.get("index"), r.get("bits"), r.get("lists"))
+        key = (r.get("dataset"), r.get("index"), r.get("bits"), r.get("lists"),
+               r.get("residual"))
         groups.setdefault(key, []).append(r)
     out = []
-    for (dsname, index, bits, lists), rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        head = "%s %s bits %s lists %s (%d measurements, best recall %.4f)" % (
-            dsname, index, bits, lists, len(rs), max(r["recall"] for r in rs))
+    for (dsname, index, bits, lists, residual), rs in sorted(groups.items(),
+                                                             key=lambda kv: str(kv[0])):
+        head = "%s %s bits %s lists %s%s (%d measurements, best recall %.4f)" % (
+            dsname, index, bits, lists,
+            "" if residual is None else " residual %s" % residual,
+            len(rs), max(r["recall"] for r in rs))
         out.append(head)
         for thr in FRONTIER_RECALLS:
             ok = [r for r in rs if r["recall"] >= thr]
@@ -311,6 +316,8 @@ def bench_dataset(conn, name, a):
     with_clause = "bits = %d" % a.bits
     if a.lists:
         with_clause += ", lists = %d" % a.lists
+        if a.residual:
+            with_clause += ", residual = %s" % a.residual
     create = "CREATE INDEX %s ON %s USING turbo (v %s) WITH (%s)" % (
         index, table, opclass, with_clause)
     note("%s: %s" % (name, create))
@@ -371,7 +378,8 @@ def bench_dataset(conn, name, a):
             value = int(scalar(cur, "SHOW turbovec.candidates"))
             results, lat, wall = run_queries(conn, cur, literals, min(a.warmup, nq), a.ready_wait)
             rec = measurement(ds, "turbo", a.bits, build_s, index_mb, "turbovec.candidates",
-                              value, results, lat, wall, gt, lists=a.lists, probes=probes)
+                              value, results, lat, wall, gt, lists=a.lists, probes=probes,
+                              residual=(a.residual or "on") if a.lists else None)
             emit(rec)
             recs.append(rec)
             # the plan cache may have switched to a generic plan: it must use the index too
@@ -400,6 +408,8 @@ def main(argv=None):
     ap.add_argument("--lists", type=int, default=0,
                     help="IVF lists in the CREATE INDEX WITH clause (default 0 = flat "
                          "layout, no lists option)")
+    ap.add_argument("--residual", choices=("on", "off"),
+                    help="IVF: the residual reloption (default: not given, i.e. on)")
     ap.add_argument("--probes",
                     help="comma list of turbovec.probes values swept around the "
                          "candidates sweep; 'default' = the GUC's default (default: "

@@ -79,6 +79,71 @@ RESET enable_seqscan;
 RESET turbovec.probes;
 DROP INDEX iv_cos, iv_ip;
 
+-- codes of the residual to the list's centroid (the default) and of the
+-- vector itself (residual = off) must both rank rows across lists: with
+-- every list probed and only ten candidates re-ranked, most of the index's
+-- ten nearest are the exact ten (overlap out of 200 over 20 queries; here
+-- residual codes find about 100, codes of the vector about 60, and an
+-- estimate that lost the centroid's term finds none).  Inner product is
+-- harder on this data: about 25 for both before the inserts.
+CREATE TABLE ivr (id int PRIMARY KEY, v real[]);
+INSERT INTO ivr
+	SELECT i, array_agg((3 * sin((i % 8) * 1.3 + j) + 0.8 * sin(i * 7.7 + j * 3.1))::real ORDER BY j)
+	FROM generate_series(1, 2000) i, generate_series(1, 32) j GROUP BY i;
+CREATE FUNCTION ivr_overlap(op text) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+	total int := 0;
+	q real[];
+	a int[];
+	b int[];
+BEGIN
+	FOR qi IN 1..20 LOOP
+		q := ARRAY(SELECT (3 * sin((qi % 8) * 1.3 + j) + 0.8 * cos(qi * 5.3 + j * 1.7))::real
+				   FROM generate_series(1, 32) j);
+		PERFORM set_config('enable_seqscan', 'off', true);
+		PERFORM set_config('enable_indexscan', 'on', true);
+		EXECUTE format('SELECT array_agg(id) FROM (SELECT id FROM ivr ORDER BY v %s $1 LIMIT 10) s', op)
+			INTO a USING q;
+		PERFORM set_config('enable_seqscan', 'on', true);
+		PERFORM set_config('enable_indexscan', 'off', true);
+		EXECUTE format('SELECT array_agg(id) FROM (SELECT id FROM ivr ORDER BY v %s $1 LIMIT 10) s', op)
+			INTO b USING q;
+		total := total + (SELECT count(*) FROM unnest(a) x WHERE x = ANY (b));
+	END LOOP;
+	RETURN total;
+END $$;
+SET turbovec.probes = 8;
+SET turbovec.candidates = 10;
+CREATE INDEX ivr_res ON ivr USING turbo (v real_l2_ops) WITH (lists = 8);
+SELECT ivr_overlap('<->') >= 80 AS l2_residual;
+DROP INDEX ivr_res;
+CREATE INDEX ivr_vec ON ivr USING turbo (v real_l2_ops) WITH (lists = 8, residual = off);
+SELECT ivr_overlap('<->') >= 40 AS l2_vector;
+DROP INDEX ivr_vec;
+CREATE INDEX ivr_res ON ivr USING turbo (v real_cosine_ops) WITH (lists = 8);
+SELECT ivr_overlap('<=>') >= 80 AS cosine_residual;
+DROP INDEX ivr_res;
+CREATE INDEX ivr_vec ON ivr USING turbo (v real_cosine_ops) WITH (lists = 8, residual = off);
+SELECT ivr_overlap('<=>') >= 40 AS cosine_vector;
+DROP INDEX ivr_vec;
+CREATE INDEX ivr_res ON ivr USING turbo (v real_ip_ops) WITH (lists = 8);
+SELECT ivr_overlap('<#>') >= 15 AS ip_residual;
+-- inserts after the build are coded for their list too
+INSERT INTO ivr
+	SELECT i, array_agg((3 * sin((i % 8) * 1.3 + j) + 0.8 * sin(i * 2.9 + j * 1.1))::real ORDER BY j)
+	FROM generate_series(2001, 2500) i, generate_series(1, 32) j GROUP BY i;
+SELECT * FROM turbo_verify('ivr_res');
+SELECT ivr_overlap('<#>') >= 150 AS ip_residual_after_inserts;
+DROP INDEX ivr_res;
+CREATE INDEX ivr_vec ON ivr USING turbo (v real_ip_ops) WITH (lists = 8, residual = off);
+SELECT ivr_overlap('<#>') >= 150 AS ip_vector_after_inserts;
+RESET turbovec.probes;
+RESET turbovec.candidates;
+-- residual is a boolean reloption
+CREATE INDEX ivr_bad ON ivr USING turbo (v real_l2_ops) WITH (lists = 8, residual = maybe);
+DROP TABLE ivr;
+DROP FUNCTION ivr_overlap(text);
+
 -- too few rows for the lists asked: fewer lists, and a NOTICE
 CREATE TABLE few (v real[]);
 INSERT INTO few VALUES ('{1,2}'), ('{2,1}'), ('{5,5}');

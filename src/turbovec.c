@@ -73,6 +73,9 @@ _PG_init(void)
 					  "Number of IVF lists (0 for the flat layout)",
 					  TV_DEFAULT_LISTS, TV_MIN_LISTS, TV_MAX_LISTS,
 					  AccessExclusiveLock);
+	add_bool_reloption(tv_relopt_kind, "residual",
+					   "IVF codes of the residual to the list's centroid (off: of the vector)",
+					   TV_DEFAULT_RESIDUAL, AccessExclusiveLock);
 
 	DefineCustomIntVariable("turbovec.candidates",
 							"Number of candidates re-ranked on exact distances.",
@@ -180,6 +183,7 @@ tvoptions(Datum reloptions, bool validate)
 	static const relopt_parse_elt tab[] = {
 		{"bits", RELOPT_TYPE_INT, offsetof(TvOptions, bits)},
 		{"lists", RELOPT_TYPE_INT, offsetof(TvOptions, lists)},
+		{"residual", RELOPT_TYPE_BOOL, offsetof(TvOptions, residual)},
 	};
 
 	return (bytea *) build_reloptions(reloptions, validate, tv_relopt_kind,

@@ -47,6 +47,7 @@
 #define TV_MAX_CANDIDATES		100000
 #define TV_MIN_LISTS			0	/* 0: flat layout */
 #define TV_DEFAULT_LISTS		0
+#define TV_DEFAULT_RESIDUAL		true
 #define TV_MAX_LISTS			32768
 #define TV_MIN_PROBES			0	/* 0: automatic, TvProbes() */
 #define TV_DEFAULT_PROBES		0
@@ -116,7 +117,15 @@ typedef struct TvMetaPageData
 	uint32		ndatapages;		/* data pages that carry the stream */
 	uint32		lists;			/* IVF lists; 0 for the flat layout */
 	uint32		list_area;		/* stream bytes before the first block */
+	uint32		flags;			/* TV_META_* */
 } TvMetaPageData;
+
+/*
+ * IVF codes are of the residual to the list's centroid (docs/FORMAT.md).
+ * Indexes from before this flag existed read 0 here: codes of the vector.
+ */
+#define TV_META_RESIDUAL		0x0001
+#define TvMetaResidual(meta)	(((meta)->flags & TV_META_RESIDUAL) != 0)
 
 typedef TvMetaPageData *TvMetaPage;
 
@@ -162,6 +171,7 @@ typedef struct TvOptions
 	int32		vl_len_;		/* varlena header (do not touch directly!) */
 	int			bits;
 	int			lists;
+	bool		residual;		/* IVF: code the residual to the centroid */
 } TvOptions;
 
 /* What every operation needs to know about an index, cached in rd_amcache */
@@ -216,13 +226,16 @@ extern int	TvBlockBytes(const TvCodec *codec);
 extern TvCodec *TvCreateCodec(int dim, int bits, uint64 seed, MemoryContext cxt);
 extern int	TvGetBits(Relation index);
 extern int	TvGetLists(Relation index);
+extern bool TvGetResidual(Relation index);
 extern TvMetric TvGetMetric(Relation index);
 extern Buffer TvNewDataBuffer(Relation index, ForkNumber forknum);
 extern void TvCommitBuffer(Buffer buf, GenericXLogState *state);
 extern void TvReadStream(Relation index, uint64 offset, Size len, char *out,
 						 BufferAccessStrategy strategy);
-extern bool TvPrepareVector(TvIndexState *state, float *x, uint8 *code,
-							TvFactors *factors, float *work);
+extern size_t TvEncodeWorkFloats(const TvCodec *codec);
+extern bool TvEncodeVector(const TvCodec *codec, TvMetric metric, const float *centroid,
+						   const float *x, uint8 *code, TvFactors *factors,
+						   float *work);
 extern bool TvIndexValue(IndexInfo *indexInfo, EState *estate, TupleTableSlot *slot,
 						 Datum *value);
 
@@ -239,6 +252,11 @@ typedef struct TvKmeansInput
 extern float *TvKmeans(const TvKmeansInput *in, int lists, int iterations);
 extern int	TvNearestList(const float *centroids, int lists, int dim, TvMetric metric,
 						  const float *x);
+extern float *TvCentroidNorms(const float *centroids, int lists, int dim);
+extern void TvNearestLists(const float *centroids, const float *cnorms, int lists,
+						   int dim, TvMetric metric, const float *xs, int n,
+						   int *out);
+extern float TvCentroidDot(const float *centroids, int dim, int list, const float *q);
 extern void TvListDistances(const float *centroids, int lists, int dim, TvMetric metric,
 							const float *q, float *dist);
 extern float *TvReadCentroids(Relation index, const TvMetaPageData *meta,

@@ -5,9 +5,13 @@
  *
  * Flat layout: one pass fills 32-lane blocks in heap order.  IVF layout
  * (lists > 0): a first pass samples vectors, k-means trains the centroids
- * (tvivf.c), and a second pass sends each vector to the block being filled
- * for its nearest list; a full block is appended to the stream and linked
- * to the previous block of its list.  The list area (directory and
+ * (tvivf.c), and the encoding pass sends each vector to the block being
+ * filled for its nearest list; a full block is appended to the stream and
+ * linked to the previous block of its list.  The first pass also spools
+ * the vectors while they fit in maintenance_work_mem, and then the encoding
+ * pass reads the spool instead of the heap.  Vectors are assigned and
+ * encoded in batches, which lets the list assignment use the blocked
+ * kernel.  The list area (directory and
  * centroids) is reserved at the start of the stream and written last.
  *
  * Pages are written through shared buffers, only marked dirty, and the
@@ -35,6 +39,25 @@
 #define TV_SAMPLES_PER_LIST		32
 #define TV_KMEANS_ITERATIONS	10
 
+/* vectors assigned to lists and encoded together */
+#define TV_BUILD_BATCH			64
+
+/* vectors per chunk of the IVF spool */
+#define TV_SPOOL_CHUNK			256
+
+/*
+ * The IVF spool: the vectors of the sampling pass, kept so the encoding
+ * pass needs no second heap scan (and no second detoasting) when they fit
+ * in maintenance_work_mem beside the sample.
+ */
+typedef struct SpoolChunk
+{
+	struct SpoolChunk *next;
+	int			n;
+	ItemPointerData tids[TV_SPOOL_CHUNK];
+	float		vectors[FLEXIBLE_ARRAY_MEMBER];	/* TV_SPOOL_CHUNK * dim */
+} SpoolChunk;
+
 /* A block being filled */
 typedef struct FillBlock
 {
@@ -59,6 +82,7 @@ typedef struct TvBuildState
 
 	/* IVF: centroids, directory and one block being filled per list */
 	int			lists;
+	bool		residual;		/* codes of the residual to the centroid */
 	float	   *centroids;
 	TvListEntry *entries;
 	FillBlock  *fill;			/* lists entries, or one for the flat layout */
@@ -75,6 +99,18 @@ typedef struct TvBuildState
 	int			maxsamples;
 	uint64		seen;
 	uint64		rng;
+
+	/* IVF spool; spool_off once it outgrew its memory */
+	SpoolChunk *spool_head;
+	SpoolChunk *spool_tail;
+	Size		spool_bytes;
+	bool		spool_off;
+
+	/* vectors waiting to be assigned and encoded */
+	float	   *batch;			/* TV_BUILD_BATCH * dim */
+	ItemPointerData batch_tids[TV_BUILD_BATCH];
+	int			batch_n;
+	float	   *cnorms;			/* ||c||^2 per list, for L2 assignment */
 
 	uint64		nslots;
 	double		reltuples;
@@ -167,7 +203,7 @@ StartCodec(TvBuildState *bs, int dim)
 	for (int j = 0; j < nfill; j++)
 		bs->fill[j].bytes = palloc0(bs->block_bytes);
 	bs->code = palloc0(bs->codec->code_bytes);
-	bs->work = palloc(sizeof(float) * tv_codec_work_floats(bs->codec));
+	bs->work = palloc(sizeof(float) * TvEncodeWorkFloats(bs->codec));
 }
 
 /* Read and check one vector of the build scan; NULL when not indexed */
@@ -190,6 +226,52 @@ BuildVector(TvBuildState *bs, Relation index, Datum value, int *dim)
 	return x;
 }
 
+/* Keep one vector of the sampling pass in the spool, while it fits */
+static void
+SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
+{
+	SpoolChunk *chunk = bs->spool_tail;
+
+	if (bs->spool_off)
+		return;
+	if (chunk == NULL || chunk->n == TV_SPOOL_CHUNK)
+	{
+		Size		bytes = offsetof(SpoolChunk, vectors) +
+			sizeof(float) * TV_SPOOL_CHUNK * bs->dim;
+		/* the sample and the blocks being filled have their share */
+		double		limit = (double) maintenance_work_mem * 1024 -
+			(double) bs->maxsamples * bs->dim * sizeof(float) -
+			(double) bs->lists * bs->block_bytes;
+
+		if ((double) bs->spool_bytes + bytes > limit)
+		{
+			/* too big: the encoding pass will read the heap again */
+			for (SpoolChunk *c = bs->spool_head; c != NULL;)
+			{
+				SpoolChunk *next = c->next;
+
+				pfree(c);
+				c = next;
+			}
+			bs->spool_head = bs->spool_tail = NULL;
+			bs->spool_off = true;
+			return;
+		}
+		chunk = palloc_extended(bytes, MCXT_ALLOC_HUGE);
+		chunk->next = NULL;
+		chunk->n = 0;
+		if (bs->spool_tail)
+			bs->spool_tail->next = chunk;
+		else
+			bs->spool_head = chunk;
+		bs->spool_tail = chunk;
+		bs->spool_bytes += bytes;
+	}
+	chunk->tids[chunk->n] = *tid;
+	memcpy(chunk->vectors + (Size) chunk->n * bs->dim, x, sizeof(float) * bs->dim);
+	chunk->n++;
+}
+
 /* First IVF pass: reservoir-sample the vectors k-means trains on */
 static void
 SampleCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
@@ -205,6 +287,8 @@ SampleCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	x = BuildVector(bs, index, values[0], &dim);
 	if (x != NULL)
 	{
+		if (bs->codec == NULL)
+			StartCodec(bs, dim);
 		if (bs->samples == NULL)
 		{
 			/* memory for the sample is bounded by maintenance_work_mem */
@@ -229,42 +313,47 @@ SampleCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 		}
 		if (slot < bs->maxsamples)
 			memcpy(bs->samples + (Size) slot * dim, x, sizeof(float) * dim);
+		SpoolVector(bs, tid, x);
 	}
 	MemoryContextReset(bs->tmpCtx);
 }
 
+/*
+ * Assign n vectors (n * dim floats) to their lists, encode them and put
+ * them in the blocks being filled.
+ */
 static void
-BuildCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
-			  bool tupleIsAlive, void *state)
+AddVectors(TvBuildState *bs, const float *xs, const ItemPointerData *tids, int n)
 {
-	TvBuildState *bs = (TvBuildState *) state;
-	float	   *x;
-	int			dim;
-	TvFactors	factors;
+	int			nearest[TV_BUILD_BATCH];
 
-	bs->reltuples++;
-	if (isnull[0])
-		return;
+	Assert(n <= TV_BUILD_BATCH);
+	if (bs->codec == NULL)
+		StartCodec(bs, bs->dim);
+	if (bs->lists > 0)
+		TvNearestLists(bs->centroids, bs->cnorms, bs->lists, bs->dim, bs->metric,
+					   xs, n, nearest);
+	else
+		memset(nearest, 0, sizeof(int) * n);
 
-	x = BuildVector(bs, index, values[0], &dim);
-	if (x != NULL)
+	for (int i = 0; i < n; i++)
 	{
-		int			j = 0;
-		FillBlock  *fb;
-		int			lane;
+		int			j = nearest[i];
+		FillBlock  *fb = &bs->fill[j];
+		int			lane = fb->lanes;
+		TvFactors	factors;
+		const float *centroid = NULL;
 
-		if (bs->codec == NULL)
-			StartCodec(bs, dim);
-		if (bs->lists > 0)
-			j = TvNearestList(bs->centroids, bs->lists, bs->dim, bs->metric, x);
-		fb = &bs->fill[j];
-		lane = fb->lanes;
-
-		tv_codec_encode(bs->codec, x, bs->code, &factors, bs->work);
+		if (bs->lists > 0 && bs->residual)
+			centroid = bs->centroids + (Size) j * bs->dim;
+		/* BuildVector left out what cannot be indexed */
+		if (!TvEncodeVector(bs->codec, bs->metric, centroid, xs + (Size) i * bs->dim,
+							bs->code, &factors, bs->work))
+			elog(ERROR, "turbo build met a vector it cannot index");
 		tv_block_put_code(bs->codec, (uint8 *) fb->bytes + TV_BLOCK_CODES_OFFSET,
 						  lane, bs->code);
 		memcpy(fb->bytes + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
-			   tid, sizeof(ItemPointerData));
+			   &tids[i], sizeof(ItemPointerData));
 		memcpy(fb->bytes + TV_BLOCK_NORM_OFFSET + lane * sizeof(float),
 			   &factors.norm, sizeof(float));
 		memcpy(fb->bytes + TV_BLOCK_IPSCALE_OFFSET + lane * sizeof(float),
@@ -282,11 +371,62 @@ BuildCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 			else
 				FlushBlock(bs, fb);
 		}
-		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
-									 (int64) bs->indtuples);
 	}
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
+								 (int64) bs->indtuples);
+}
 
+static void
+FlushBatch(TvBuildState *bs)
+{
+	if (bs->batch_n > 0)
+		AddVectors(bs, bs->batch, bs->batch_tids, bs->batch_n);
+	bs->batch_n = 0;
+}
+
+/* Encoding pass over the heap: vectors go through the batch */
+static void
+BuildCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
+			  bool tupleIsAlive, void *state)
+{
+	TvBuildState *bs = (TvBuildState *) state;
+	float	   *x;
+	int			dim;
+
+	if (isnull[0])
+		return;
+
+	x = BuildVector(bs, index, values[0], &dim);
+	if (x != NULL)
+	{
+		if (bs->batch == NULL)
+			bs->batch = palloc(sizeof(float) * TV_BUILD_BATCH * dim);
+		memcpy(bs->batch + (Size) bs->batch_n * dim, x, sizeof(float) * dim);
+		bs->batch_tids[bs->batch_n++] = *tid;
+		if (bs->batch_n == TV_BUILD_BATCH)
+			FlushBatch(bs);
+	}
 	MemoryContextReset(bs->tmpCtx);
+}
+
+/* Encoding from the spool, in heap order like the heap pass */
+static void
+EncodeSpool(TvBuildState *bs)
+{
+	for (SpoolChunk *c = bs->spool_head; c != NULL;)
+	{
+		SpoolChunk *next = c->next;
+
+		for (int i = 0; i < c->n; i += TV_BUILD_BATCH)
+		{
+			AddVectors(bs, c->vectors + (Size) i * bs->dim, c->tids + i,
+					   Min(TV_BUILD_BATCH, c->n - i));
+			CHECK_FOR_INTERRUPTS();
+		}
+		pfree(c);
+		c = next;
+	}
+	bs->spool_head = bs->spool_tail = NULL;
 }
 
 /* Train the lists; afterwards bs->lists is what the index will have */
@@ -297,7 +437,8 @@ TrainLists(TvBuildState *bs, Relation heap, Relation index, IndexInfo *indexInfo
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, TV_PHASE_SAMPLE);
 	bs->rng = bs->seed;
-	table_index_build_scan(heap, index, indexInfo, true, true, SampleCallback, bs, NULL);
+	bs->reltuples = table_index_build_scan(heap, index, indexInfo, true, true,
+										   SampleCallback, bs, NULL);
 
 	if (bs->nsamples < bs->lists)
 	{
@@ -318,6 +459,7 @@ TrainLists(TvBuildState *bs, Relation heap, Relation index, IndexInfo *indexInfo
 	in.metric = bs->metric;
 	in.seed = bs->seed;
 	bs->centroids = TvKmeans(&in, bs->lists, TV_KMEANS_ITERATIONS);
+	bs->cnorms = TvCentroidNorms(bs->centroids, bs->lists, bs->dim);
 	pfree(bs->samples);
 	bs->samples = NULL;
 
@@ -370,6 +512,7 @@ WriteMetaPage(Buffer metabuf, TvBuildState *bs)
 	meta->ndatapages = bs->ndatapages;
 	meta->lists = bs->lists;
 	meta->list_area = bs->lists > 0 ? TvListAreaBytes(bs->lists, bs->dim) : 0;
+	meta->flags = (bs->lists > 0 && bs->residual) ? TV_META_RESIDUAL : 0;
 	MarkBufferDirty(metabuf);
 }
 
@@ -388,6 +531,7 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 	bs.index = index;
 	bs.bits = TvGetBits(index);
 	bs.lists = TvGetLists(index);
+	bs.residual = TvGetResidual(index);
 	bs.metric = TvGetMetric(index);
 	bs.seed = TV_CODEC_DEFAULT_SEED;
 	bs.toarray = TvGetToArrayProc(index, CurrentMemoryContext);
@@ -405,12 +549,23 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 		TrainLists(&bs, heap, index, indexInfo);
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, TV_PHASE_ENCODE);
-	/* the planner's row estimate: the best total known before the scan */
-	if (heap->rd_rel->reltuples > 0)
+	if (bs.lists > 0 && !bs.spool_off)
+	{
+		/* every vector of the sampling pass is in the spool */
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_TOTAL,
-									 (int64) heap->rd_rel->reltuples);
-	bs.reltuples = table_index_build_scan(heap, index, indexInfo, true, true,
-										  BuildCallback, &bs, NULL);
+									 (int64) bs.seen);
+		EncodeSpool(&bs);
+	}
+	else
+	{
+		/* the planner's row estimate: the best total known before the scan */
+		if (heap->rd_rel->reltuples > 0)
+			pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_TOTAL,
+										 (int64) heap->rd_rel->reltuples);
+		bs.reltuples = table_index_build_scan(heap, index, indexInfo, true, true,
+											  BuildCallback, &bs, NULL);
+		FlushBatch(&bs);
+	}
 
 	if (bs.lists > 0)
 	{

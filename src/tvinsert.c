@@ -172,10 +172,13 @@ ChooseListSlot(Relation index, const TvMetaPageData *meta, TvListEntry *entry,
 	return false;
 }
 
-/* Put one encoded vector into a slot and make it live */
+/*
+ * Put one encoded vector into a slot of the flat layout or of IVF list
+ * `list` (chosen, and coded for, by the caller) and make it live
+ */
 static void
-InsertVector(Relation index, TvIndexState *state, const float *x, const uint8 *code,
-			 const TvFactors *factors, ItemPointer tid)
+InsertVector(Relation index, TvIndexState *state, const float *x, int list,
+			 const uint8 *code, const TvFactors *factors, ItemPointer tid)
 {
 	Buffer		metabuf;
 	TvMetaPageData meta;
@@ -196,24 +199,25 @@ InsertVector(Relation index, TvIndexState *state, const float *x, const uint8 *c
 	int			nreg;
 	TvMetaPage	newmeta;
 	TvMetaPageData after;
-	int			list = -1;
 	TvListEntry entry;
 	uint64		entry_off = 0;
 	Buffer		dirbuf = InvalidBuffer;
 	BlockNumber dirblk = InvalidBlockNumber;
-
-	if (state->meta.lists > 0 && state->centroids == NULL)
-		state->centroids = TvReadCentroids(index, &state->meta, NULL, index->rd_indexcxt);
 
 	metabuf = ReadBuffer(index, TV_METAPAGE_BLKNO);
 	LockBuffer(metabuf, BUFFER_LOCK_EXCLUSIVE);
 	TvCheckMetaPage(index, BufferGetPage(metabuf));
 	memcpy(&meta, TvPageGetMeta(BufferGetPage(metabuf)), sizeof(meta));
 
+	/* lists and flags are fixed at build; a new build is a new relfilenode */
+	if (meta.lists != state->meta.lists || meta.flags != state->meta.flags ||
+		(meta.lists > 0) != (list >= 0))
+		elog(ERROR, "turbo index \"%s\" changed its lists under an insert",
+			 RelationGetRelationName(index));
+
 	if (meta.lists > 0)
 	{
 		/* the directory only changes under the metapage lock we hold */
-		list = TvNearestList(state->centroids, meta.lists, meta.dim, state->metric, x);
 		entry_off = (uint64) list * sizeof(TvListEntry);
 		TvReadStream(index, entry_off, sizeof(entry), (char *) &entry, NULL);
 		reuse = ChooseListSlot(index, &meta, &entry, &slot);
@@ -375,6 +379,8 @@ tvinsert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid,
 	uint8	   *code;
 	float	   *work;
 	TvFactors	factors;
+	int			list = -1;
+	const float *centroid = NULL;
 
 	/* NULL vectors are not indexed */
 	if (isnull[0])
@@ -396,9 +402,20 @@ tvinsert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid,
 	TvCheckNorm(index, x, dim);
 
 	code = palloc0(state->codec->code_bytes);
-	work = palloc(sizeof(float) * tv_codec_work_floats(state->codec));
-	if (TvPrepareVector(state, x, code, &factors, work))
-		InsertVector(index, state, x, code, &factors, heap_tid);
+	work = palloc(sizeof(float) * TvEncodeWorkFloats(state->codec));
+	if (state->meta.lists > 0)
+	{
+		/* centroids never change after the build: no lock needed to choose */
+		if (state->centroids == NULL)
+			state->centroids = TvReadCentroids(index, &state->meta, NULL,
+											   index->rd_indexcxt);
+		list = TvNearestList(state->centroids, state->meta.lists, state->meta.dim,
+							 state->metric, x);
+		if (TvMetaResidual(&state->meta))
+			centroid = state->centroids + (Size) list * state->meta.dim;
+	}
+	if (TvEncodeVector(state->codec, state->metric, centroid, x, code, &factors, work))
+		InsertVector(index, state, x, list, code, &factors, heap_tid);
 
 	MemoryContextSwitchTo(oldCtx);
 	MemoryContextDelete(insertCtx);

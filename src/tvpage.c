@@ -57,6 +57,15 @@ TvGetLists(Relation index)
 	return opts ? opts->lists : TV_DEFAULT_LISTS;
 }
 
+bool
+TvGetResidual(Relation index)
+{
+	TvOptions  *opts = (TvOptions *) index->rd_options;
+
+	return opts ? opts->residual : TV_DEFAULT_RESIDUAL;
+}
+
+
 /* Ask the opclass which metric its distance is */
 TvMetric
 TvGetMetric(Relation index)
@@ -90,6 +99,7 @@ TvInitMetaPage(Page page, int bits, TvMetric metric, uint64 seed)
 	meta->seed = seed;
 	meta->block_bytes = 0;
 	meta->page_payload = TV_PAGE_PAYLOAD;
+	meta->flags = 0;
 
 	((PageHeader) page)->pd_lower =
 		((char *) meta + sizeof(TvMetaPageData)) - (char *) page;
@@ -226,18 +236,56 @@ TvCopyIndexState(const TvIndexState *src, MemoryContext cxt)
 	return dst;
 }
 
+/* Scratch floats TvEncodeVector needs: the codec's, then the residual */
+size_t
+TvEncodeWorkFloats(const TvCodec *codec)
+{
+	return tv_codec_work_floats(codec) + codec->dim;
+}
+
 /*
- * Encode one vector for the index.  Returns false when the vector cannot be
- * indexed: a zero vector under cosine has no direction (like pgvector, such
- * rows are left out of the index, as NULLs are).
+ * Encode one vector for the index.  centroid is NULL for the flat layout and
+ * for IVF indexes that code the vector itself; otherwise the code is of the
+ * residual r = x - c (x/||x|| - c under cosine, whose centroids are unit
+ * vectors) and the norm factor is still ||x||, so a scan estimates
+ * <q, x> as <q, c> + ipscale * <q, rhat> (docs/FORMAT.md).  A residual of
+ * zero gets the zero code and ipscale 0: its estimate is exact.
+ *
+ * Returns false when the vector cannot be indexed: a zero vector under
+ * cosine has no direction (like pgvector, such rows are left out of the
+ * index, as NULLs are).
  */
 bool
-TvPrepareVector(TvIndexState *state, float *x, uint8 *code,
-				TvFactors *factors, float *work)
+TvEncodeVector(const TvCodec *codec, TvMetric metric, const float *centroid,
+			   const float *x, uint8 *code, TvFactors *factors, float *work)
 {
-	bool		nonzero = tv_codec_encode(state->codec, x, code, factors, work);
+	int			dim = codec->dim;
+	float	   *r = work + tv_codec_work_floats(codec);
+	double		norm;
 
-	return nonzero || state->metric != TV_METRIC_COSINE;
+	if (centroid == NULL)
+	{
+		bool		nonzero = tv_codec_encode(codec, x, code, factors, work);
+
+		return nonzero || metric != TV_METRIC_COSINE;
+	}
+
+	norm = TvNorm(x, dim);
+	if (metric == TV_METRIC_COSINE)
+	{
+		if (norm == 0)
+			return false;
+		for (int i = 0; i < dim; i++)
+			r[i] = (float) (x[i] / norm) - centroid[i];
+	}
+	else
+	{
+		for (int i = 0; i < dim; i++)
+			r[i] = x[i] - centroid[i];
+	}
+	tv_codec_encode(codec, r, code, factors, work);
+	factors->norm = (float) norm;
+	return true;
 }
 
 /*

@@ -85,6 +85,8 @@ typedef struct TvScanOpaqueData
 	float	   *centroids;
 	int		   *list_order;
 	int			nprobe;
+	bool		residual;		/* codes of residuals: add <q, c> per list */
+	float	   *qlists;			/* the query the lists are ranked for */
 
 	/* the current window, re-ranked */
 	TvResult   *results;
@@ -178,9 +180,12 @@ HeapOffer(CandidateHeap *h, const TvCandidate *c)
  * Offer the live lanes of one block (its bytes contiguous at blk).  The
  * estimates of all 32 lanes are computed in one branch-free loop over the
  * block's factor arrays; only lanes that can enter the heap go further.
+ * qc is <q, c> of the block's list when its codes are of residuals, else 0:
+ * then <q, x> ~ qc + ipscale * score, and under cosine x is a unit vector.
  */
 static void
-ScoreBlock(TvScanOpaque so, const char *blk, uint64 block, CandidateHeap *heap)
+ScoreBlock(TvScanOpaque so, const char *blk, uint64 block, float qc,
+		   CandidateHeap *heap)
 {
 	uint32		live;
 	float		scores[TV_LANES];
@@ -204,12 +209,12 @@ ScoreBlock(TvScanOpaque so, const char *blk, uint64 block, CandidateHeap *heap)
 		if (metric == TV_METRIC_L2)
 		{
 			for (int l = 0; l < TV_LANES; l++)
-				est[l] = so->qnorm2 + norm[l] * norm[l] - 2 * ipscale[l] * scores[l];
+				est[l] = so->qnorm2 + norm[l] * norm[l] - 2 * (qc + ipscale[l] * scores[l]);
 		}
-		else if (metric == TV_METRIC_IP)
+		else if (metric == TV_METRIC_IP || so->residual)
 		{
 			for (int l = 0; l < TV_LANES; l++)
-				est[l] = -ipscale[l] * scores[l];
+				est[l] = -(qc + ipscale[l] * scores[l]);
 		}
 		else
 		{
@@ -240,6 +245,15 @@ ScoreBlock(TvScanOpaque so, const char *blk, uint64 block, CandidateHeap *heap)
 	}
 }
 
+/* What ScoreBlock adds for a list: <q, c> for residual codes, else 0 */
+static float
+ListOffset(TvScanOpaque so, const TvMetaPageData *meta, int list)
+{
+	if (!so->residual || so->nullquery)
+		return 0;
+	return TvCentroidDot(so->centroids, meta->dim, list, so->qlists);
+}
+
 /*
  * IVF: score the blocks of the probed lists, following each list's chain
  * from its tail.  The directory is read afresh, so blocks appended since
@@ -260,6 +274,7 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 		int			list = so->list_order[k];
 		uint32		next = entries[list].tail;
 		uint64		steps = 0;
+		float		qc = ListOffset(so, meta, list);
 
 		while (next != 0)
 		{
@@ -270,7 +285,7 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 								RelationGetRelationName(index), list),
 						 errhint("REINDEX the index.")));
 			TvReadStream(index, TvBlockOffset(meta, next - 1), meta->block_bytes, blk, so->bas);
-			ScoreBlock(so, blk, next - 1, heap);
+			ScoreBlock(so, blk, next - 1, qc, heap);
 			memcpy(&next, blk + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
 		}
 		/* no buffer lock held here */
@@ -333,7 +348,7 @@ CollectCandidates(IndexScanDesc scan, CandidateHeap *heap)
 		{
 			if (have == 0 && pos + S <= TV_PAGE_PAYLOAD)
 			{
-				ScoreBlock(so, payload + pos, block, heap);
+				ScoreBlock(so, payload + pos, block, 0, heap);
 				pos += S;
 				block++;
 			}
@@ -346,7 +361,7 @@ CollectCandidates(IndexScanDesc scan, CandidateHeap *heap)
 				pos += n;
 				if (have == S)
 				{
-					ScoreBlock(so, assembly, block, heap);
+					ScoreBlock(so, assembly, block, 0, heap);
 					have = 0;
 					block++;
 				}
@@ -445,7 +460,7 @@ ResidentWindow(IndexScanDesc scan, CandidateHeap *heap, bool *ranked)
 				for (uint32 off = 0; off < meta.block_bytes; off += 64)
 					__builtin_prefetch(ahead + off);
 			}
-			ScoreBlock(so, stream + TvBlockOffset(&meta, b), b, heap);
+			ScoreBlock(so, stream + TvBlockOffset(&meta, b), b, 0, heap);
 		}
 	}
 	else
@@ -456,12 +471,13 @@ ResidentWindow(IndexScanDesc scan, CandidateHeap *heap, bool *ranked)
 		{
 			uint32		next = entries[so->list_order[k]].tail;
 			uint64		steps = 0;
+			float		qc = ListOffset(so, &meta, so->list_order[k]);
 
 			while (next != 0 && next <= nblocks && ++steps <= nblocks)
 			{
 				const char *blk = stream + TvBlockOffset(&meta, next - 1);
 
-				ScoreBlock(so, blk, next - 1, heap);
+				ScoreBlock(so, blk, next - 1, qc, heap);
 				memcpy(&next, blk + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
 			}
 		}
@@ -590,6 +606,8 @@ OrderLists(IndexScanDesc scan, const float *q)
 		float	   *dist = palloc(sizeof(float) * lists);
 
 		so->centroids = TvReadCentroids(scan->indexRelation, meta, NULL, so->queryCtx);
+		so->residual = TvMetaResidual(meta);
+		so->qlists = (float *) q;
 		TvListDistances(so->centroids, lists, meta->dim, so->state->metric, q, dist);
 		qsort_arg(so->list_order, lists, sizeof(int), ListDistCmp, dist);
 		pfree(dist);
@@ -697,6 +715,8 @@ tvrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int nord
 	so->seen = NULL;
 	so->centroids = NULL;
 	so->list_order = NULL;
+	so->residual = false;
+	so->qlists = NULL;
 	so->results = NULL;
 	so->nresults = 0;
 	so->next = 0;

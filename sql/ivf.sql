@@ -144,6 +144,50 @@ CREATE INDEX ivr_bad ON ivr USING turbo (v real_l2_ops) WITH (lists = 8, residua
 DROP TABLE ivr;
 DROP FUNCTION ivr_overlap(text);
 
+-- wide vectors: each 32-lane block spans several pages, which list scans
+-- assemble page by page.  The build keeps the vectors in memory when they
+-- fit in maintenance_work_mem (lists written one after the other) and reads
+-- the table a second time when they do not; both give the same answers.
+CREATE TABLE wide (id int PRIMARY KEY, v real[]);
+INSERT INTO wide
+	SELECT i, array_agg(((i % 4) * 3 + sin(i * 3.7 + j * 0.01))::real ORDER BY j)
+	FROM generate_series(1, 300) i, generate_series(1, 2000) j GROUP BY i;
+CREATE FUNCTION wideids(q real[]) RETURNS int[] LANGUAGE plpgsql AS $$
+DECLARE r int[];
+BEGIN
+	SELECT array_agg(id) INTO r FROM (SELECT id FROM wide ORDER BY v <-> q LIMIT 10) s;
+	RETURN r;
+END $$;
+SET turbovec.probes = 4;
+SET turbovec.candidates = 1000;
+SET enable_seqscan = off;
+CREATE INDEX wide_mem ON wide USING turbo (v real_l2_ops) WITH (lists = 4);
+SELECT lists, live_rows FROM turbo_index_info('wide_mem');
+SELECT * FROM turbo_verify('wide_mem');
+CREATE TEMP TABLE wide_answers AS
+	SELECT q.id, wideids(q.v) AS via_mem FROM wide q WHERE q.id % 50 = 1;
+DROP INDEX wide_mem;
+SET maintenance_work_mem = '1MB';
+SET client_min_messages = debug1;
+CREATE INDEX wide_heap ON wide USING turbo (v real_l2_ops) WITH (lists = 4);
+RESET client_min_messages;
+RESET maintenance_work_mem;
+SELECT lists, live_rows FROM turbo_index_info('wide_heap');
+SELECT * FROM turbo_verify('wide_heap');
+ALTER TABLE wide_answers ADD COLUMN via_heap int[];
+UPDATE wide_answers a SET via_heap = wideids(q.v) FROM wide q WHERE q.id = a.id;
+RESET enable_seqscan;
+SET enable_indexscan = off;
+SELECT count(*) AS queries,
+	   count(*) FILTER (WHERE via_mem = wideids(q.v)) AS mem_exact,
+	   count(*) FILTER (WHERE via_heap = wideids(q.v)) AS heap_exact
+	FROM wide_answers a JOIN wide q USING (id);
+RESET enable_indexscan;
+RESET turbovec.probes;
+RESET turbovec.candidates;
+DROP TABLE wide, wide_answers;
+DROP FUNCTION wideids(real[]);
+
 -- too few rows for the lists asked: fewer lists, and a NOTICE
 CREATE TABLE few (v real[]);
 INSERT INTO few VALUES ('{1,2}'), ('{2,1}'), ('{5,5}');

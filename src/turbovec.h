@@ -183,7 +183,7 @@ typedef struct TvIndexState
 	FmgrInfo   *toarray;		/* column type to real[], NULL for real[] */
 	Oid			collation;
 	TvCodec    *codec;			/* NULL while meta.dim == 0 */
-	float	   *centroids;		/* IVF, read on first use by inserts */
+	float	   *centroids;		/* IVF: TvCachedCentroids */
 } TvIndexState;
 
 /* GUCs */
@@ -232,6 +232,7 @@ extern Buffer TvNewDataBuffer(Relation index, ForkNumber forknum);
 extern void TvCommitBuffer(Buffer buf, GenericXLogState *state);
 extern void TvReadStream(Relation index, uint64 offset, Size len, char *out,
 						 BufferAccessStrategy strategy);
+extern const float *TvCachedCentroids(Relation index);
 extern size_t TvEncodeWorkFloats(const TvCodec *codec);
 extern bool TvEncodeVector(const TvCodec *codec, TvMetric metric, const float *centroid,
 						   const float *x, uint8 *code, TvFactors *factors,

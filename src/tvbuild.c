@@ -9,9 +9,9 @@
  * filled for its nearest list; a full block is appended to the stream and
  * linked to the previous block of its list.  The first pass also spools
  * the vectors while they fit in maintenance_work_mem, and then the encoding
- * pass reads the spool instead of the heap.  Vectors are assigned and
- * encoded in batches, which lets the list assignment use the blocked
- * kernel.  The list area (directory and
+ * pass reads the spool instead of the heap and writes the lists one after
+ * the other, each list's blocks contiguous.  Vectors are assigned in
+ * batches, which lets the list assignment use the blocked kernel.  The list area (directory and
  * centroids) is reserved at the start of the stream and written last.
  *
  * Pages are written through shared buffers, only marked dirty, and the
@@ -246,6 +246,8 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 		if ((double) bs->spool_bytes + bytes > limit)
 		{
 			/* too big: the encoding pass will read the heap again */
+			elog(DEBUG1, "turbo index \"%s\": the vectors outgrow maintenance_work_mem, the table is read twice",
+				 RelationGetRelationName(bs->index));
 			for (SpoolChunk *c = bs->spool_head; c != NULL;)
 			{
 				SpoolChunk *next = c->next;
@@ -318,6 +320,43 @@ SampleCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	MemoryContextReset(bs->tmpCtx);
 }
 
+/* Encode one vector for list j (0 when flat) and put it in j's block */
+static void
+PutVector(TvBuildState *bs, int j, const float *x, const ItemPointerData *tid)
+{
+	FillBlock  *fb = &bs->fill[j];
+	int			lane = fb->lanes;
+	TvFactors	factors;
+	const float *centroid = NULL;
+
+	if (bs->lists > 0 && bs->residual)
+		centroid = bs->centroids + (Size) j * bs->dim;
+	/* BuildVector left out what cannot be indexed */
+	if (!TvEncodeVector(bs->codec, bs->metric, centroid, x, bs->code, &factors, bs->work))
+		elog(ERROR, "turbo build met a vector it cannot index");
+	tv_block_put_code(bs->codec, (uint8 *) fb->bytes + TV_BLOCK_CODES_OFFSET,
+					  lane, bs->code);
+	memcpy(fb->bytes + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
+		   tid, sizeof(ItemPointerData));
+	memcpy(fb->bytes + TV_BLOCK_NORM_OFFSET + lane * sizeof(float),
+		   &factors.norm, sizeof(float));
+	memcpy(fb->bytes + TV_BLOCK_IPSCALE_OFFSET + lane * sizeof(float),
+		   &factors.ipscale, sizeof(float));
+	((uint32 *) fb->bytes)[0] |= (uint32) 1 << lane;
+
+	fb->lanes++;
+	bs->indtuples++;
+	if (bs->lists == 0)
+		bs->nslots++;
+	if (fb->lanes == TV_LANES)
+	{
+		if (bs->lists > 0)
+			FlushListBlock(bs, j);
+		else
+			FlushBlock(bs, fb);
+	}
+}
+
 /*
  * Assign n vectors (n * dim floats) to their lists, encode them and put
  * them in the blocks being filled.
@@ -337,41 +376,7 @@ AddVectors(TvBuildState *bs, const float *xs, const ItemPointerData *tids, int n
 		memset(nearest, 0, sizeof(int) * n);
 
 	for (int i = 0; i < n; i++)
-	{
-		int			j = nearest[i];
-		FillBlock  *fb = &bs->fill[j];
-		int			lane = fb->lanes;
-		TvFactors	factors;
-		const float *centroid = NULL;
-
-		if (bs->lists > 0 && bs->residual)
-			centroid = bs->centroids + (Size) j * bs->dim;
-		/* BuildVector left out what cannot be indexed */
-		if (!TvEncodeVector(bs->codec, bs->metric, centroid, xs + (Size) i * bs->dim,
-							bs->code, &factors, bs->work))
-			elog(ERROR, "turbo build met a vector it cannot index");
-		tv_block_put_code(bs->codec, (uint8 *) fb->bytes + TV_BLOCK_CODES_OFFSET,
-						  lane, bs->code);
-		memcpy(fb->bytes + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
-			   &tids[i], sizeof(ItemPointerData));
-		memcpy(fb->bytes + TV_BLOCK_NORM_OFFSET + lane * sizeof(float),
-			   &factors.norm, sizeof(float));
-		memcpy(fb->bytes + TV_BLOCK_IPSCALE_OFFSET + lane * sizeof(float),
-			   &factors.ipscale, sizeof(float));
-		((uint32 *) fb->bytes)[0] |= (uint32) 1 << lane;
-
-		fb->lanes++;
-		bs->indtuples++;
-		if (bs->lists == 0)
-			bs->nslots++;
-		if (fb->lanes == TV_LANES)
-		{
-			if (bs->lists > 0)
-				FlushListBlock(bs, j);
-			else
-				FlushBlock(bs, fb);
-		}
-	}
+		PutVector(bs, nearest[i], xs + (Size) i * bs->dim, &tids[i]);
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
 								 (int64) bs->indtuples);
 }
@@ -409,23 +414,94 @@ BuildCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	MemoryContextReset(bs->tmpCtx);
 }
 
-/* Encoding from the spool, in heap order like the heap pass */
+/*
+ * Encoding from the spool: assign every vector first, then write the lists
+ * one after the other, each in heap order, so the blocks of a list are
+ * contiguous in the stream and a scan reads a probed list from a few
+ * consecutive pages.
+ */
 static void
 EncodeSpool(TvBuildState *bs)
 {
-	for (SpoolChunk *c = bs->spool_head; c != NULL;)
+	int			nchunks = 0;
+	SpoolChunk **chunks;
+	uint64		n = 0;
+	int		   *listof;
+	uint64	   *start;
+	uint64	   *order;
+
+	for (SpoolChunk *c = bs->spool_head; c != NULL; c = c->next)
+		nchunks++;
+	chunks = palloc(sizeof(SpoolChunk *) * Max(nchunks, 1));
+	nchunks = 0;
+	for (SpoolChunk *c = bs->spool_head; c != NULL; c = c->next)
 	{
-		SpoolChunk *next = c->next;
+		/* every chunk but the last is full, so vector k is in chunk k / CHUNK */
+		Assert(c->next == NULL || c->n == TV_SPOOL_CHUNK);
+		chunks[nchunks++] = c;
+		n += c->n;
+	}
+
+	listof = palloc_extended(sizeof(int) * Max(n, 1), MCXT_ALLOC_HUGE);
+	n = 0;
+	for (int ci = 0; ci < nchunks; ci++)
+	{
+		SpoolChunk *c = chunks[ci];
 
 		for (int i = 0; i < c->n; i += TV_BUILD_BATCH)
 		{
-			AddVectors(bs, c->vectors + (Size) i * bs->dim, c->tids + i,
-					   Min(TV_BUILD_BATCH, c->n - i));
+			TvNearestLists(bs->centroids, bs->cnorms, bs->lists, bs->dim, bs->metric,
+						   c->vectors + (Size) i * bs->dim,
+						   Min(TV_BUILD_BATCH, c->n - i), listof + n + i);
 			CHECK_FOR_INTERRUPTS();
 		}
-		pfree(c);
-		c = next;
+		n += c->n;
 	}
+
+	/* counting sort by list, stable: heap order within a list */
+	start = palloc0(sizeof(uint64) * (bs->lists + 1));
+	for (uint64 k = 0; k < n; k++)
+		start[listof[k] + 1]++;
+	for (int j = 0; j < bs->lists; j++)
+		start[j + 1] += start[j];
+	order = palloc_extended(sizeof(uint64) * Max(n, 1), MCXT_ALLOC_HUGE);
+	{
+		uint64	   *pos = palloc(sizeof(uint64) * bs->lists);
+
+		memcpy(pos, start, sizeof(uint64) * bs->lists);
+		for (uint64 k = 0; k < n; k++)
+			order[pos[listof[k]]++] = k;
+		pfree(pos);
+	}
+	pfree(listof);
+
+	for (int j = 0; j < bs->lists; j++)
+	{
+		for (uint64 i = start[j]; i < start[j + 1]; i++)
+		{
+			uint64		k = order[i];
+			SpoolChunk *c = chunks[k / TV_SPOOL_CHUNK];
+			int			lane = (int) (k % TV_SPOOL_CHUNK);
+
+			PutVector(bs, j, c->vectors + (Size) lane * bs->dim, &c->tids[lane]);
+			if ((i & 255) == 255)
+			{
+				pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
+											 (int64) bs->indtuples);
+				CHECK_FOR_INTERRUPTS();
+			}
+		}
+		if (bs->fill[j].lanes > 0)
+			FlushListBlock(bs, j);
+	}
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
+								 (int64) bs->indtuples);
+
+	pfree(order);
+	pfree(start);
+	for (int ci = 0; ci < nchunks; ci++)
+		pfree(chunks[ci]);
+	pfree(chunks);
 	bs->spool_head = bs->spool_tail = NULL;
 }
 

@@ -406,13 +406,12 @@ tvinsert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid,
 	if (state->meta.lists > 0)
 	{
 		/* centroids never change after the build: no lock needed to choose */
-		if (state->centroids == NULL)
-			state->centroids = TvReadCentroids(index, &state->meta, NULL,
-											   index->rd_indexcxt);
-		list = TvNearestList(state->centroids, state->meta.lists, state->meta.dim,
+		const float *centroids = TvCachedCentroids(index);
+
+		list = TvNearestList(centroids, state->meta.lists, state->meta.dim,
 							 state->metric, x);
 		if (TvMetaResidual(&state->meta))
-			centroid = state->centroids + (Size) list * state->meta.dim;
+			centroid = centroids + (Size) list * state->meta.dim;
 	}
 	if (TvEncodeVector(state->codec, state->metric, centroid, x, code, &factors, work))
 		InsertVector(index, state, x, list, code, &factors, heap_tid);

@@ -236,6 +236,23 @@ TvCopyIndexState(const TvIndexState *src, MemoryContext cxt)
 	return dst;
 }
 
+/*
+ * The centroids of an IVF index, read once per relcache entry.  They never
+ * change after the build (a rebuild is a new relfilenode and a new relcache
+ * entry), and they live in rd_indexcxt, which stays while the index is open
+ * even when a relcache flush frees rd_amcache: a scan may keep the pointer.
+ */
+const float *
+TvCachedCentroids(Relation index)
+{
+	TvIndexState *state = TvGetIndexState(index);
+
+	Assert(state->meta.lists > 0);
+	if (state->centroids == NULL)
+		state->centroids = TvReadCentroids(index, &state->meta, NULL, index->rd_indexcxt);
+	return state->centroids;
+}
+
 /* Scratch floats TvEncodeVector needs: the codec's, then the residual */
 size_t
 TvEncodeWorkFloats(const TvCodec *codec)

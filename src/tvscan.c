@@ -82,7 +82,7 @@ typedef struct TvScanOpaqueData
 	HTAB	   *seen;
 
 	/* IVF: lists in probing order, and how many are probed */
-	float	   *centroids;
+	const float *centroids;
 	int		   *list_order;
 	int			nprobe;
 	bool		residual;		/* codes of residuals: add <q, c> per list */
@@ -254,10 +254,60 @@ ListOffset(TvScanOpaque so, const TvMetaPageData *meta, int list)
 	return TvCentroidDot(so->centroids, meta->dim, list, so->qlists);
 }
 
+/* The stream must fit in the data pages the metapage and the relation have */
+static void
+CheckStreamPages(Relation index, const TvMetaPageData *meta, uint64 nblocks)
+{
+	uint64		npages = TvStreamPages(meta, nblocks);
+
+	if (npages > meta->ndatapages ||
+		TV_FIRST_DATA_BLKNO + npages > RelationGetNumberOfBlocks(index))
+		ereport(ERROR,
+				(errcode(ERRCODE_INDEX_CORRUPTED),
+				 errmsg("turbo index \"%s\" holds " UINT64_FORMAT " slots but only %u data pages",
+						RelationGetRelationName(index), meta->nslots, meta->ndatapages),
+				 errhint("REINDEX the index.")));
+}
+
+/* One pinned, share-locked data page at a time, for walking list chains */
+typedef struct PageCursor
+{
+	Buffer		buf;
+	BlockNumber blkno;
+} PageCursor;
+
+static const char *
+CursorPayload(TvScanOpaque so, Relation index, PageCursor *pc, BlockNumber blkno)
+{
+	if (pc->blkno != blkno)
+	{
+		if (BufferIsValid(pc->buf))
+			UnlockReleaseBuffer(pc->buf);
+		pc->buf = ReadBufferExtended(index, MAIN_FORKNUM, blkno, RBM_NORMAL, so->bas);
+		LockBuffer(pc->buf, BUFFER_LOCK_SHARE);
+		pc->blkno = blkno;
+	}
+	return TvPagePayload(BufferGetPage(pc->buf));
+}
+
+static void
+CursorRelease(PageCursor *pc)
+{
+	if (BufferIsValid(pc->buf))
+		UnlockReleaseBuffer(pc->buf);
+	pc->buf = InvalidBuffer;
+	pc->blkno = InvalidBlockNumber;
+}
+
 /*
  * IVF: score the blocks of the probed lists, following each list's chain
  * from its tail.  The directory is read afresh, so blocks appended since
- * the last window are seen.
+ * the last window are seen.  A build lays each list's blocks out
+ * contiguously, so the chain walks down consecutive pages: the current page
+ * stays pinned while the chain is on it, a block inside it is scored in
+ * place, and a block across pages is assembled from the last page down, so
+ * the page the previous block ends on is the one left pinned.  Only one page
+ * is ever locked at a time.
  */
 static void
 CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateHeap *heap)
@@ -265,9 +315,12 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 	TvScanOpaque so = (TvScanOpaque) scan->opaque;
 	Relation	index = scan->indexRelation;
 	uint64		nblocks = TvBlockCount(meta);
+	Size		S = meta->block_bytes;
 	TvListEntry *entries = palloc(sizeof(TvListEntry) * meta->lists);
-	char	   *blk = palloc(meta->block_bytes);
+	char	   *blk = palloc(S);
+	PageCursor	pc = {InvalidBuffer, InvalidBlockNumber};
 
+	CheckStreamPages(index, meta, nblocks);
 	TvReadStream(index, 0, sizeof(TvListEntry) * meta->lists, (char *) entries, NULL);
 	for (int k = 0; k < so->nprobe; k++)
 	{
@@ -278,17 +331,42 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 
 		while (next != 0)
 		{
+			uint64		off;
+			BlockNumber first;
+			BlockNumber last;
+			const char *p;
+
 			if (next > nblocks || ++steps > nblocks)
 				ereport(ERROR,
 						(errcode(ERRCODE_INDEX_CORRUPTED),
 						 errmsg("turbo index \"%s\" has a broken chain in list %d",
 								RelationGetRelationName(index), list),
 						 errhint("REINDEX the index.")));
-			TvReadStream(index, TvBlockOffset(meta, next - 1), meta->block_bytes, blk, so->bas);
-			ScoreBlock(so, blk, next - 1, qc, heap);
-			memcpy(&next, blk + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
+			off = TvBlockOffset(meta, next - 1);
+			first = TV_FIRST_DATA_BLKNO + off / TV_PAGE_PAYLOAD;
+			last = TV_FIRST_DATA_BLKNO + (off + S - 1) / TV_PAGE_PAYLOAD;
+			if (first == last)
+				p = CursorPayload(so, index, &pc, first) + off % TV_PAGE_PAYLOAD;
+			else
+			{
+				for (BlockNumber pg = last;; pg--)
+				{
+					uint64		page_start = (uint64) (pg - TV_FIRST_DATA_BLKNO) * TV_PAGE_PAYLOAD;
+					uint64		lo = Max(page_start, off);
+					uint64		hi = Min(page_start + TV_PAGE_PAYLOAD, off + S);
+
+					memcpy(blk + (lo - off),
+						   CursorPayload(so, index, &pc, pg) + (lo - page_start), hi - lo);
+					if (pg == first)
+						break;
+				}
+				p = blk;
+			}
+			ScoreBlock(so, p, next - 1, qc, heap);
+			memcpy(&next, p + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
 		}
-		/* no buffer lock held here */
+		/* no buffer lock held across lists */
+		CursorRelease(&pc);
 		CHECK_FOR_INTERRUPTS();
 	}
 	pfree(entries);
@@ -323,14 +401,8 @@ CollectCandidates(IndexScanDesc scan, CandidateHeap *heap)
 		CollectListCandidates(scan, &meta, heap);
 		return;
 	}
+	CheckStreamPages(index, &meta, nblocks);
 	npages = TvStreamPages(&meta, nblocks);
-	if (npages > meta.ndatapages ||
-		TV_FIRST_DATA_BLKNO + npages > RelationGetNumberOfBlocks(index))
-		ereport(ERROR,
-				(errcode(ERRCODE_INDEX_CORRUPTED),
-				 errmsg("turbo index \"%s\" holds " UINT64_FORMAT " slots but only %u data pages",
-						RelationGetRelationName(index), meta.nslots, meta.ndatapages),
-				 errhint("REINDEX the index.")));
 
 	assembly = palloc(S);
 	for (uint64 p = 0; p < npages && block < nblocks; p++)
@@ -605,7 +677,7 @@ OrderLists(IndexScanDesc scan, const float *q)
 	{
 		float	   *dist = palloc(sizeof(float) * lists);
 
-		so->centroids = TvReadCentroids(scan->indexRelation, meta, NULL, so->queryCtx);
+		so->centroids = TvCachedCentroids(scan->indexRelation);
 		so->residual = TvMetaResidual(meta);
 		so->qlists = (float *) q;
 		TvListDistances(so->centroids, lists, meta->dim, so->state->metric, q, dist);

@@ -16,6 +16,7 @@ OBJS = \
 	src/tvivf.o \
 	src/tvkernels.o \
 	src/tvpage.o \
+	src/tvparallel.o \
 	src/tvresident.o \
 	src/tvscan.o \
 	src/tvsnapshot.o \

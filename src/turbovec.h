@@ -14,7 +14,7 @@
  *		uint32	reserved
  *		ItemPointerData tids[32]
  *		float	norm[32]	||v||
- *		float	ipscale[32]	||v|| / <v/||v||, xhat>
+ *		float	ipscale[32]	||u|| / <u/||u||, uhat>, u = v or its IVF residual
  *		codes				TvCodec.block_code_bytes, see tvcodec.h
  *
  * Slots (block * 32 + lane) below TvMetaPageData.nslots have been handed out;
@@ -257,6 +257,23 @@ extern float *TvCentroidNorms(const float *centroids, int lists, int dim);
 extern void TvNearestLists(const float *centroids, const float *cnorms, int lists,
 						   int dim, TvMetric metric, const float *xs, int n,
 						   int *out);
+/* tvparallel.c */
+typedef struct TvEncodeInput
+{
+	const TvCodec *codec;
+	TvMetric	metric;
+	int			lists;
+	bool		residual;		/* code residuals to the centroids */
+	const float *centroids;		/* lists * dim */
+	const float *cnorms;		/* ||c||^2 per list (L2), or NULL */
+	uint64		n;				/* vectors */
+	int			chunk_vectors;	/* vector k is in chunks[k / chunk_vectors] */
+	float	  **chunks;			/* chunk_vectors * dim floats each (the last: the rest) */
+} TvEncodeInput;
+
+extern int	TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof,
+							uint8 *codes, TvFactors *factors);
+
 extern float TvCentroidDot(const float *centroids, int dim, int list, const float *q);
 extern void TvListDistances(const float *centroids, int lists, int dim, TvMetric metric,
 							const float *q, float *dist);

@@ -26,6 +26,7 @@
 #include "catalog/index.h"
 #include "commands/progress.h"
 #include "miscadmin.h"
+#include "optimizer/paths.h"
 #include "pgstat.h"
 #include "storage/bufmgr.h"
 #include "utils/array.h"
@@ -104,6 +105,7 @@ typedef struct TvBuildState
 	SpoolChunk *spool_head;
 	SpoolChunk *spool_tail;
 	Size		spool_bytes;
+	uint64		spooled;		/* vectors in the spool */
 	bool		spool_off;
 
 	/* vectors waiting to be assigned and encoded */
@@ -243,7 +245,11 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 			(double) bs->maxsamples * bs->dim * sizeof(float) -
 			(double) bs->lists * bs->block_bytes;
 
-		if ((double) bs->spool_bytes + bytes > limit)
+		/* and each spooled vector needs its list, code, factors and place */
+		double		outputs = (double) (bs->spooled + TV_SPOOL_CHUNK) *
+			(sizeof(int) + bs->codec->code_bytes + sizeof(TvFactors) + sizeof(uint64));
+
+		if ((double) bs->spool_bytes + bytes + outputs > limit)
 		{
 			/* too big: the encoding pass will read the heap again */
 			elog(DEBUG1, "turbo index \"%s\": the vectors outgrow maintenance_work_mem, the table is read twice",
@@ -269,6 +275,7 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 		bs->spool_tail = chunk;
 		bs->spool_bytes += bytes;
 	}
+	bs->spooled++;
 	chunk->tids[chunk->n] = *tid;
 	memcpy(chunk->vectors + (Size) chunk->n * bs->dim, x, sizeof(float) * bs->dim);
 	chunk->n++;
@@ -320,28 +327,22 @@ SampleCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	MemoryContextReset(bs->tmpCtx);
 }
 
-/* Encode one vector for list j (0 when flat) and put it in j's block */
+/* Put one coded vector in the block being filled for list j (0 when flat) */
 static void
-PutVector(TvBuildState *bs, int j, const float *x, const ItemPointerData *tid)
+PutCoded(TvBuildState *bs, int j, const uint8 *code, const TvFactors *factors,
+		 const ItemPointerData *tid)
 {
 	FillBlock  *fb = &bs->fill[j];
 	int			lane = fb->lanes;
-	TvFactors	factors;
-	const float *centroid = NULL;
 
-	if (bs->lists > 0 && bs->residual)
-		centroid = bs->centroids + (Size) j * bs->dim;
-	/* BuildVector left out what cannot be indexed */
-	if (!TvEncodeVector(bs->codec, bs->metric, centroid, x, bs->code, &factors, bs->work))
-		elog(ERROR, "turbo build met a vector it cannot index");
 	tv_block_put_code(bs->codec, (uint8 *) fb->bytes + TV_BLOCK_CODES_OFFSET,
-					  lane, bs->code);
+					  lane, code);
 	memcpy(fb->bytes + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
 		   tid, sizeof(ItemPointerData));
 	memcpy(fb->bytes + TV_BLOCK_NORM_OFFSET + lane * sizeof(float),
-		   &factors.norm, sizeof(float));
+		   &factors->norm, sizeof(float));
 	memcpy(fb->bytes + TV_BLOCK_IPSCALE_OFFSET + lane * sizeof(float),
-		   &factors.ipscale, sizeof(float));
+		   &factors->ipscale, sizeof(float));
 	((uint32 *) fb->bytes)[0] |= (uint32) 1 << lane;
 
 	fb->lanes++;
@@ -355,6 +356,21 @@ PutVector(TvBuildState *bs, int j, const float *x, const ItemPointerData *tid)
 		else
 			FlushBlock(bs, fb);
 	}
+}
+
+/* Encode one vector for list j (0 when flat) and put it in j's block */
+static void
+PutVector(TvBuildState *bs, int j, const float *x, const ItemPointerData *tid)
+{
+	TvFactors	factors;
+	const float *centroid = NULL;
+
+	if (bs->lists > 0 && bs->residual)
+		centroid = bs->centroids + (Size) j * bs->dim;
+	/* BuildVector left out what cannot be indexed */
+	if (!TvEncodeVector(bs->codec, bs->metric, centroid, x, bs->code, &factors, bs->work))
+		elog(ERROR, "turbo build met a vector it cannot index");
+	PutCoded(bs, j, bs->code, &factors, tid);
 }
 
 /*
@@ -415,8 +431,24 @@ BuildCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 }
 
 /*
- * Encoding from the spool: assign every vector first, then write the lists
- * one after the other, each in heap order, so the blocks of a list are
+ * Parallel workers for coding the spool: max_parallel_maintenance_workers,
+ * once the vectors are at least min_parallel_table_scan_size (below that,
+ * starting workers costs more than they save).
+ */
+static int
+SpoolWorkers(TvBuildState *bs, uint64 n)
+{
+	double		bytes = (double) n * bs->dim * sizeof(float);
+
+	if (bytes < (double) min_parallel_table_scan_size * BLCKSZ)
+		return 0;
+	return max_parallel_maintenance_workers;
+}
+
+/*
+ * Encoding from the spool: pick every vector's list and code it (with
+ * parallel workers when it pays, tvparallel.c), then write the lists one
+ * after the other, each in heap order, so the blocks of a list are
  * contiguous in the stream and a scan reads a probed list from a few
  * consecutive pages.
  */
@@ -425,38 +457,46 @@ EncodeSpool(TvBuildState *bs)
 {
 	int			nchunks = 0;
 	SpoolChunk **chunks;
+	float	  **vectors;
 	uint64		n = 0;
 	int		   *listof;
+	uint8	   *codes;
+	TvFactors  *factors;
 	uint64	   *start;
 	uint64	   *order;
+	TvEncodeInput in;
+	int			launched;
+	int			code_bytes = bs->codec->code_bytes;
 
 	for (SpoolChunk *c = bs->spool_head; c != NULL; c = c->next)
 		nchunks++;
 	chunks = palloc(sizeof(SpoolChunk *) * Max(nchunks, 1));
+	vectors = palloc(sizeof(float *) * Max(nchunks, 1));
 	nchunks = 0;
 	for (SpoolChunk *c = bs->spool_head; c != NULL; c = c->next)
 	{
 		/* every chunk but the last is full, so vector k is in chunk k / CHUNK */
 		Assert(c->next == NULL || c->n == TV_SPOOL_CHUNK);
+		vectors[nchunks] = c->vectors;
 		chunks[nchunks++] = c;
 		n += c->n;
 	}
 
 	listof = palloc_extended(sizeof(int) * Max(n, 1), MCXT_ALLOC_HUGE);
-	n = 0;
-	for (int ci = 0; ci < nchunks; ci++)
-	{
-		SpoolChunk *c = chunks[ci];
-
-		for (int i = 0; i < c->n; i += TV_BUILD_BATCH)
-		{
-			TvNearestLists(bs->centroids, bs->cnorms, bs->lists, bs->dim, bs->metric,
-						   c->vectors + (Size) i * bs->dim,
-						   Min(TV_BUILD_BATCH, c->n - i), listof + n + i);
-			CHECK_FOR_INTERRUPTS();
-		}
-		n += c->n;
-	}
+	codes = palloc_extended((Size) code_bytes * Max(n, 1), MCXT_ALLOC_HUGE);
+	factors = palloc_extended(sizeof(TvFactors) * Max(n, 1), MCXT_ALLOC_HUGE);
+	in.codec = bs->codec;
+	in.metric = bs->metric;
+	in.lists = bs->lists;
+	in.residual = bs->residual;
+	in.centroids = bs->centroids;
+	in.cnorms = bs->cnorms;
+	in.n = n;
+	in.chunk_vectors = TV_SPOOL_CHUNK;
+	in.chunks = vectors;
+	launched = TvEncodeSpooled(&in, SpoolWorkers(bs, n), listof, codes, factors);
+	elog(DEBUG1, "turbo index \"%s\": " UINT64_FORMAT " vectors coded with %d parallel workers",
+		 RelationGetRelationName(bs->index), n, launched);
 
 	/* counting sort by list, stable: heap order within a list */
 	start = palloc0(sizeof(uint64) * (bs->lists + 1));
@@ -480,11 +520,10 @@ EncodeSpool(TvBuildState *bs)
 		for (uint64 i = start[j]; i < start[j + 1]; i++)
 		{
 			uint64		k = order[i];
-			SpoolChunk *c = chunks[k / TV_SPOOL_CHUNK];
-			int			lane = (int) (k % TV_SPOOL_CHUNK);
 
-			PutVector(bs, j, c->vectors + (Size) lane * bs->dim, &c->tids[lane]);
-			if ((i & 255) == 255)
+			PutCoded(bs, j, codes + k * code_bytes, &factors[k],
+					 &chunks[k / TV_SPOOL_CHUNK]->tids[k % TV_SPOOL_CHUNK]);
+			if ((i & 1023) == 1023)
 			{
 				pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
 											 (int64) bs->indtuples);
@@ -499,9 +538,12 @@ EncodeSpool(TvBuildState *bs)
 
 	pfree(order);
 	pfree(start);
+	pfree(codes);
+	pfree(factors);
 	for (int ci = 0; ci < nchunks; ci++)
 		pfree(chunks[ci]);
 	pfree(chunks);
+	pfree(vectors);
 	bs->spool_head = bs->spool_tail = NULL;
 }
 

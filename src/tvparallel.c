@@ -1,0 +1,317 @@
+/*
+ * tvparallel.c
+ *	  Assigning and encoding the spooled vectors of an IVF build, shared
+ *	  with parallel workers when max_parallel_maintenance_workers allows.
+ *
+ * Once the lists are trained, what is left of an IVF build is pure
+ * arithmetic on vectors already in memory: pick each vector's list and
+ * code it (tvpage.c TvEncodeVector).  That is most of the build's CPU time,
+ * and it splits cleanly: each participant claims batches of 64 vectors
+ * from an atomic counter and writes the batch's lists, row codes and
+ * factors into arrays indexed by spool position.  The results do not
+ * depend on who coded what, so a parallel build writes exactly the pages a
+ * serial one does; the leader lays out the blocks afterwards, outside
+ * parallel mode.
+ *
+ * Workers touch no relation: they read a window of vectors, the centroids
+ * and the codec parameters from the dynamic shared memory segment.  The
+ * window holds at most a quarter of maintenance_work_mem and 64 MB of
+ * vectors, so a small /dev/shm or a huge table does not make CREATE INDEX
+ * fail; a larger spool goes through in rounds, relaunching the workers on
+ * the same segment.
+ */
+#include "postgres.h"
+
+#include "access/parallel.h"
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/shm_toc.h"
+
+#include "turbovec.h"
+
+#define TV_PARALLEL_KEY_SHARED		UINT64CONST(0x7475726226FE0001)
+
+/* vectors per claimed batch; divides TV_SPOOL_CHUNK so a batch never spans chunks */
+#define TV_ENCODE_BATCH				64
+
+/* at most this many bytes of vectors in the segment per round */
+#define TV_PARALLEL_WINDOW_BYTES	((Size) 64 * 1024 * 1024)
+#define TvParallelWindowBytes() \
+	Min(TV_PARALLEL_WINDOW_BYTES, (Size) maintenance_work_mem * 1024 / 4)
+
+/* The segment: this header, then the arrays at the offsets it gives */
+typedef struct TvEncodeShared
+{
+	/* the codec and the lists */
+	int			dim;
+	int			bits;
+	uint64		seed;
+	int			metric;
+	int			lists;
+	bool		residual;
+	int			code_bytes;
+
+	/* this round's window of vectors: spool positions [first, first + n) */
+	uint64		first;
+	uint64		n;
+	uint64		capacity;		/* vectors the window arrays hold */
+	pg_atomic_uint64 next;		/* next unclaimed window position */
+
+	Size		off_centroids;
+	Size		off_cnorms;
+	Size		off_vectors;
+	Size		off_listof;
+	Size		off_codes;
+	Size		off_factors;
+} TvEncodeShared;
+
+/* One participant's view of a piece of work */
+typedef struct EncodeJob
+{
+	const TvCodec *codec;
+	TvMetric	metric;
+	int			lists;
+	bool		residual;
+	const float *centroids;
+	const float *cnorms;
+	uint64		n;
+	int			chunk_vectors;	/* vector k is in chunks[k / chunk_vectors] */
+	float	  **chunks;
+	int		   *listof;
+	uint8	   *codes;
+	TvFactors  *factors;
+} EncodeJob;
+
+PGDLLEXPORT void TvParallelEncodeMain(dsm_segment *seg, shm_toc *toc);
+
+/* Claim batches until none is left; every output slot is written once */
+static void
+RunEncodeJob(const EncodeJob *job, pg_atomic_uint64 *next)
+{
+	int			dim = job->codec->dim;
+	int			code_bytes = job->codec->code_bytes;
+	float	   *work = palloc(sizeof(float) * TvEncodeWorkFloats(job->codec));
+
+	for (;;)
+	{
+		uint64		k0 = pg_atomic_fetch_add_u64(next, TV_ENCODE_BATCH);
+		int			m;
+		const float *xs;
+
+		if (k0 >= job->n)
+			break;
+		m = (int) Min((uint64) TV_ENCODE_BATCH, job->n - k0);
+		xs = job->chunks[k0 / job->chunk_vectors] +
+			(Size) (k0 % job->chunk_vectors) * dim;
+		TvNearestLists(job->centroids, job->cnorms, job->lists, dim, job->metric,
+					   xs, m, job->listof + k0);
+		for (int i = 0; i < m; i++)
+		{
+			const float *centroid = NULL;
+
+			if (job->residual)
+				centroid = job->centroids + (Size) job->listof[k0 + i] * dim;
+			/* the build's first pass left out what cannot be indexed */
+			if (!TvEncodeVector(job->codec, job->metric, centroid, xs + (Size) i * dim,
+								job->codes + (k0 + i) * code_bytes,
+								&job->factors[k0 + i], work))
+				elog(ERROR, "turbo build met a vector it cannot index");
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	pfree(work);
+}
+
+/* A job over the segment's window, with the window as one chunk */
+static EncodeJob
+SharedJob(TvEncodeShared *sh, const TvCodec *codec, float **chunk)
+{
+	char	   *base = (char *) sh;
+	EncodeJob	job;
+
+	*chunk = (float *) (base + sh->off_vectors);
+	job.codec = codec;
+	job.metric = (TvMetric) sh->metric;
+	job.lists = sh->lists;
+	job.residual = sh->residual;
+	job.centroids = (const float *) (base + sh->off_centroids);
+	job.cnorms = (const float *) (base + sh->off_cnorms);
+	job.n = sh->n;
+	job.chunk_vectors = (int) Max(sh->capacity, 1);
+	job.chunks = chunk;
+	job.listof = (int *) (base + sh->off_listof);
+	job.codes = (uint8 *) (base + sh->off_codes);
+	job.factors = (TvFactors *) (base + sh->off_factors);
+	return job;
+}
+
+/* Entry point of a parallel worker (CreateParallelContext names it) */
+void
+TvParallelEncodeMain(dsm_segment *seg, shm_toc *toc)
+{
+	TvEncodeShared *sh = shm_toc_lookup(toc, TV_PARALLEL_KEY_SHARED, false);
+	TvCodec    *codec = TvCreateCodec(sh->dim, sh->bits, sh->seed, CurrentMemoryContext);
+	float	   *chunk;
+	EncodeJob	job = SharedJob(sh, codec, &chunk);
+
+	RunEncodeJob(&job, &sh->next);
+}
+
+static Size
+Carve(Size *total, Size bytes)
+{
+	Size		off = *total;
+
+	*total += BUFFERALIGN(bytes);
+	return off;
+}
+
+/*
+ * With workers: rounds of at most TvParallelWindowBytes() of vectors.
+ * Returns the number of workers that took part in the first round, or -1
+ * when no segment could be had (the caller then works alone).
+ */
+static int
+EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
+			   TvFactors *factors)
+{
+	const TvCodec *codec = in->codec;
+	int			dim = codec->dim;
+	Size		vector_bytes = sizeof(float) * dim;
+	uint64		capacity;
+	Size		total = 0;
+	ParallelContext *pcxt;
+	TvEncodeShared *sh;
+	int			launched = -1;
+
+	/* whole chunks per window, at least one */
+	capacity = Max(TvParallelWindowBytes() / vector_bytes / in->chunk_vectors, 1) *
+		in->chunk_vectors;
+	capacity = Min(capacity, in->n);
+
+	(void) Carve(&total, sizeof(TvEncodeShared));
+	{
+		Size		off_centroids = Carve(&total, (Size) in->lists * vector_bytes);
+		Size		off_cnorms = Carve(&total, sizeof(float) * in->lists);
+		Size		off_vectors = Carve(&total, (Size) capacity * vector_bytes);
+		Size		off_listof = Carve(&total, sizeof(int) * capacity);
+		Size		off_codes = Carve(&total, (Size) capacity * codec->code_bytes);
+		Size		off_factors = Carve(&total, sizeof(TvFactors) * capacity);
+
+		EnterParallelMode();
+		pcxt = CreateParallelContext("turbovec", "TvParallelEncodeMain", nworkers);
+		shm_toc_estimate_chunk(&pcxt->estimator, total);
+		shm_toc_estimate_keys(&pcxt->estimator, 1);
+		InitializeParallelDSM(pcxt);
+		if (pcxt->seg == NULL)
+		{
+			/* out of segments: no workers to be had */
+			DestroyParallelContext(pcxt);
+			ExitParallelMode();
+			return -1;
+		}
+
+		sh = shm_toc_allocate(pcxt->toc, total);
+		sh->dim = dim;
+		sh->bits = codec->bits;
+		sh->seed = codec->seed;
+		sh->metric = (int) in->metric;
+		sh->lists = in->lists;
+		sh->residual = in->residual;
+		sh->code_bytes = codec->code_bytes;
+		sh->capacity = capacity;
+		sh->off_centroids = off_centroids;
+		sh->off_cnorms = off_cnorms;
+		sh->off_vectors = off_vectors;
+		sh->off_listof = off_listof;
+		sh->off_codes = off_codes;
+		sh->off_factors = off_factors;
+		pg_atomic_init_u64(&sh->next, 0);
+		memcpy((char *) sh + off_centroids, in->centroids, (Size) in->lists * vector_bytes);
+		if (in->cnorms)
+			memcpy((char *) sh + off_cnorms, in->cnorms, sizeof(float) * in->lists);
+		shm_toc_insert(pcxt->toc, TV_PARALLEL_KEY_SHARED, sh);
+	}
+
+	for (uint64 first = 0; first < in->n; first += capacity)
+	{
+		uint64		n = Min(capacity, in->n - first);
+		char	   *base = (char *) sh;
+		float	   *chunk;
+		EncodeJob	job;
+
+		/* the window: whole spool chunks, so one copy per chunk */
+		for (uint64 k = 0; k < n; k += in->chunk_vectors)
+		{
+			uint64		m = Min((uint64) in->chunk_vectors, n - k);
+
+			memcpy(base + sh->off_vectors + (Size) k * vector_bytes,
+				   in->chunks[(first + k) / in->chunk_vectors], (Size) m * vector_bytes);
+		}
+		sh->first = first;
+		sh->n = n;
+		pg_atomic_write_u64(&sh->next, 0);
+
+		if (first > 0)
+			ReinitializeParallelDSM(pcxt);
+		LaunchParallelWorkers(pcxt);
+		if (first == 0)
+			launched = pcxt->nworkers_launched;
+		elog(DEBUG2, "turbo build round at vector " UINT64_FORMAT ": %d parallel workers",
+			 first, pcxt->nworkers_launched);
+
+		/* the leader takes part too */
+		job = SharedJob(sh, codec, &chunk);
+		RunEncodeJob(&job, &sh->next);
+		WaitForParallelWorkersToFinish(pcxt);
+
+		memcpy(listof + first, base + sh->off_listof, sizeof(int) * n);
+		memcpy(codes + first * codec->code_bytes, base + sh->off_codes,
+			   (Size) n * codec->code_bytes);
+		memcpy(factors + first, base + sh->off_factors, sizeof(TvFactors) * n);
+	}
+
+	DestroyParallelContext(pcxt);
+	ExitParallelMode();
+	return launched;
+}
+
+/*
+ * Pick the list of, and code, every spooled vector: listof[k], the row code
+ * at codes + k * code_bytes and factors[k] for spool position k.  nworkers
+ * is how many parallel workers to ask for (0: none).  Returns how many took
+ * part.
+ */
+int
+TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
+				TvFactors *factors)
+{
+	EncodeJob	job;
+	pg_atomic_uint64 next;
+
+	Assert(in->chunk_vectors % TV_ENCODE_BATCH == 0);
+	if (nworkers > 0 && !IsInParallelMode())
+	{
+		int			launched = EncodeParallel(in, nworkers, listof, codes, factors);
+
+		if (launched >= 0)
+			return launched;
+	}
+
+	job.codec = in->codec;
+	job.metric = in->metric;
+	job.lists = in->lists;
+	job.residual = in->residual;
+	job.centroids = in->centroids;
+	job.cnorms = in->cnorms;
+	job.n = in->n;
+	job.chunk_vectors = in->chunk_vectors;
+	job.chunks = in->chunks;
+	job.listof = listof;
+	job.codes = codes;
+	job.factors = factors;
+	pg_atomic_init_u64(&next, 0);
+	RunEncodeJob(&job, &next);
+	return 0;
+}

@@ -484,6 +484,7 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 			CHECK_FOR_INTERRUPTS();
 		}
 		pfree(cnorms);
+		elog(DEBUG2, "turbo k-means round %d: %d of %d samples changed lists", it + 1, changed, n);
 		/* settled: another round would move fewer than 1 sample in 200 */
 		if (it > 0 && changed * 200 < n)
 			break;

@@ -93,7 +93,8 @@ CREATE FUNCTION turbo_kernel() RETURNS text
 CREATE FUNCTION turbo_index_info(index regclass,
 	OUT dim int, OUT bits int, OUT metric text, OUT live_rows bigint,
 	OUT slots bigint, OUT blocks bigint, OUT pages bigint,
-	OUT change_count bigint, OUT seed bigint, OUT lists int)
+	OUT change_count bigint, OUT seed bigint, OUT lists int,
+	OUT residual boolean)
 	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;
 
 CREATE FUNCTION turbo_verify(index regclass) RETURNS SETOF text

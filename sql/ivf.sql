@@ -115,9 +115,16 @@ END $$;
 SET turbovec.probes = 8;
 SET turbovec.candidates = 10;
 CREATE INDEX ivr_res ON ivr USING turbo (v real_l2_ops) WITH (lists = 8);
+SELECT lists, residual FROM turbo_index_info('ivr_res');
 SELECT ivr_overlap('<->') >= 80 AS l2_residual;
+-- the reloption changes nothing until a rebuild; turbo_index_info tells
+ALTER INDEX ivr_res SET (residual = off);
+SELECT lists, residual FROM turbo_index_info('ivr_res');
+REINDEX INDEX ivr_res;
+SELECT lists, residual FROM turbo_index_info('ivr_res');
 DROP INDEX ivr_res;
 CREATE INDEX ivr_vec ON ivr USING turbo (v real_l2_ops) WITH (lists = 8, residual = off);
+SELECT lists, residual FROM turbo_index_info('ivr_vec');
 SELECT ivr_overlap('<->') >= 40 AS l2_vector;
 DROP INDEX ivr_vec;
 CREATE INDEX ivr_res ON ivr USING turbo (v real_cosine_ops) WITH (lists = 8);

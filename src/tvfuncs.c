@@ -154,8 +154,8 @@ turbo_index_info(PG_FUNCTION_ARGS)
 	Relation	index;
 	TupleDesc	tupdesc;
 	TvMetaPageData meta;
-	Datum		values[10];
-	bool		nulls[10] = {false};
+	Datum		values[11];
+	bool		nulls[11] = {false};
 	uint64		live;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -180,6 +180,8 @@ turbo_index_info(PG_FUNCTION_ARGS)
 	values[7] = Int64GetDatum((int64) meta.change_count);
 	values[8] = Int64GetDatum((int64) meta.seed);
 	values[9] = Int32GetDatum((int32) meta.lists);
+	/* what the index was built with, whatever ALTER INDEX SET said since */
+	values[10] = BoolGetDatum(TvMetaResidual(&meta));
 
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);

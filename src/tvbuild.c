@@ -10,8 +10,9 @@
  * linked to the previous block of its list.  The first pass also spools
  * the vectors while they fit in maintenance_work_mem, and then the encoding
  * pass reads the spool instead of the heap and writes the lists one after
- * the other, each list's blocks contiguous.  Vectors are assigned in
- * batches, which lets the list assignment use the blocked kernel.  The list area (directory and
+ * the other, each list's blocks contiguous (parallel workers may do the
+ * coding, tvparallel.c).  Vectors are assigned in batches, which lets the
+ * list assignment use the blocked kernel.  The list area (directory and
  * centroids) is reserved at the start of the stream and written last.
  *
  * Pages are written through shared buffers, only marked dirty, and the

@@ -65,7 +65,6 @@ TvGetResidual(Relation index)
 	return opts ? opts->residual : TV_DEFAULT_RESIDUAL;
 }
 
-
 /* Ask the opclass which metric its distance is */
 TvMetric
 TvGetMetric(Relation index)
@@ -238,9 +237,10 @@ TvCopyIndexState(const TvIndexState *src, MemoryContext cxt)
 
 /*
  * The centroids of an IVF index, read once per relcache entry.  They never
- * change after the build (a rebuild is a new relfilenode and a new relcache
- * entry), and they live in rd_indexcxt, which stays while the index is open
- * even when a relcache flush frees rd_amcache: a scan may keep the pointer.
+ * change after the build (a rebuild holds an exclusive lock and invalidates
+ * this cache), and they live in rd_indexcxt, which stays while the index is
+ * open even when a relcache flush frees rd_amcache: a scan may keep the
+ * pointer.
  */
 const float *
 TvCachedCentroids(Relation index)

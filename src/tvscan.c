@@ -86,7 +86,7 @@ typedef struct TvScanOpaqueData
 	int		   *list_order;
 	int			nprobe;
 	bool		residual;		/* codes of residuals: add <q, c> per list */
-	float	   *qlists;			/* the query the lists are ranked for */
+	const float *qlists;		/* the query the lists are ranked for */
 
 	/* the current window, re-ranked */
 	TvResult   *results;
@@ -364,6 +364,12 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 			}
 			ScoreBlock(so, p, next - 1, qc, heap);
 			memcpy(&next, p + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
+			/* a long list: let go of the page now and then to take interrupts */
+			if ((steps & 255) == 0)
+			{
+				CursorRelease(&pc);
+				CHECK_FOR_INTERRUPTS();
+			}
 		}
 		/* no buffer lock held across lists */
 		CursorRelease(&pc);
@@ -679,7 +685,7 @@ OrderLists(IndexScanDesc scan, const float *q)
 
 		so->centroids = TvCachedCentroids(scan->indexRelation);
 		so->residual = TvMetaResidual(meta);
-		so->qlists = (float *) q;
+		so->qlists = q;
 		TvListDistances(so->centroids, lists, meta->dim, so->state->metric, q, dist);
 		qsort_arg(so->list_order, lists, sizeof(int), ListDistCmp, dist);
 		pfree(dist);

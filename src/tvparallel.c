@@ -72,18 +72,10 @@ typedef struct TvEncodeShared
 	Size		off_factors;
 } TvEncodeShared;
 
-/* One participant's view of a piece of work */
+/* One participant's view of a piece of work: its input and where results go */
 typedef struct EncodeJob
 {
-	const TvCodec *codec;
-	TvMetric	metric;
-	int			lists;
-	bool		residual;
-	const float *centroids;
-	const float *cnorms;
-	uint64		n;
-	int			chunk_vectors;	/* vector k is in chunks[k / chunk_vectors] */
-	float	  **chunks;
+	TvEncodeInput in;
 	int		   *listof;
 	uint8	   *codes;
 	TvFactors  *factors;
@@ -95,9 +87,10 @@ PGDLLEXPORT void TvParallelEncodeMain(dsm_segment *seg, shm_toc *toc);
 static void
 RunEncodeJob(const EncodeJob *job, pg_atomic_uint64 *next)
 {
-	int			dim = job->codec->dim;
-	int			code_bytes = job->codec->code_bytes;
-	float	   *work = palloc(sizeof(float) * TvEncodeWorkFloats(job->codec));
+	const TvEncodeInput *in = &job->in;
+	int			dim = in->codec->dim;
+	int			code_bytes = in->codec->code_bytes;
+	float	   *work = palloc(sizeof(float) * TvEncodeWorkFloats(in->codec));
 
 	for (;;)
 	{
@@ -105,21 +98,21 @@ RunEncodeJob(const EncodeJob *job, pg_atomic_uint64 *next)
 		int			m;
 		const float *xs;
 
-		if (k0 >= job->n)
+		if (k0 >= in->n)
 			break;
-		m = (int) Min((uint64) TV_ENCODE_BATCH, job->n - k0);
-		xs = job->chunks[k0 / job->chunk_vectors] +
-			(Size) (k0 % job->chunk_vectors) * dim;
-		TvNearestLists(job->centroids, job->cnorms, job->lists, dim, job->metric,
+		m = (int) Min((uint64) TV_ENCODE_BATCH, in->n - k0);
+		xs = in->chunks[k0 / in->chunk_vectors] +
+			(Size) (k0 % in->chunk_vectors) * dim;
+		TvNearestLists(in->centroids, in->cnorms, in->lists, dim, in->metric,
 					   xs, m, job->listof + k0);
 		for (int i = 0; i < m; i++)
 		{
 			const float *centroid = NULL;
 
-			if (job->residual)
-				centroid = job->centroids + (Size) job->listof[k0 + i] * dim;
+			if (in->residual)
+				centroid = in->centroids + (Size) job->listof[k0 + i] * dim;
 			/* the build's first pass left out what cannot be indexed */
-			if (!TvEncodeVector(job->codec, job->metric, centroid, xs + (Size) i * dim,
+			if (!TvEncodeVector(in->codec, in->metric, centroid, xs + (Size) i * dim,
 								job->codes + (k0 + i) * code_bytes,
 								&job->factors[k0 + i], work))
 				elog(ERROR, "turbo build met a vector it cannot index");
@@ -137,15 +130,15 @@ SharedJob(TvEncodeShared *sh, const TvCodec *codec, float **chunk)
 	EncodeJob	job;
 
 	*chunk = (float *) (base + sh->off_vectors);
-	job.codec = codec;
-	job.metric = (TvMetric) sh->metric;
-	job.lists = sh->lists;
-	job.residual = sh->residual;
-	job.centroids = (const float *) (base + sh->off_centroids);
-	job.cnorms = (const float *) (base + sh->off_cnorms);
-	job.n = sh->n;
-	job.chunk_vectors = (int) Max(sh->capacity, 1);
-	job.chunks = chunk;
+	job.in.codec = codec;
+	job.in.metric = (TvMetric) sh->metric;
+	job.in.lists = sh->lists;
+	job.in.residual = sh->residual;
+	job.in.centroids = (const float *) (base + sh->off_centroids);
+	job.in.cnorms = (const float *) (base + sh->off_cnorms);
+	job.in.n = sh->n;
+	job.in.chunk_vectors = (int) Max(sh->capacity, 1);
+	job.in.chunks = chunk;
 	job.listof = (int *) (base + sh->off_listof);
 	job.codes = (uint8 *) (base + sh->off_codes);
 	job.factors = (TvFactors *) (base + sh->off_factors);
@@ -305,15 +298,7 @@ TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes
 			return launched;
 	}
 
-	job.codec = in->codec;
-	job.metric = in->metric;
-	job.lists = in->lists;
-	job.residual = in->residual;
-	job.centroids = in->centroids;
-	job.cnorms = in->cnorms;
-	job.n = in->n;
-	job.chunk_vectors = in->chunk_vectors;
-	job.chunks = in->chunks;
+	job.in = *in;
 	job.listof = listof;
 	job.codes = codes;
 	job.factors = factors;

@@ -186,7 +186,7 @@ UPDATE wide_answers a SET via_heap = wideids(q.v) FROM wide q WHERE q.id = a.id;
 -- parallel workers code the vectors with the leader, in rounds of a
 -- quarter of maintenance_work_mem: the pages are the ones a serial build
 -- writes, byte for byte (after the page header, which holds the LSN)
-SET maintenance_work_mem = '8MB';
+SET maintenance_work_mem = '12MB';
 SET min_parallel_table_scan_size = 0;
 SET max_parallel_maintenance_workers = 2;
 SET client_min_messages = debug1;

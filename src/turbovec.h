@@ -273,6 +273,7 @@ typedef struct TvEncodeInput
 
 extern int	TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof,
 							uint8 *codes, TvFactors *factors);
+extern Size TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors);
 
 extern float TvCentroidDot(const float *centroids, int dim, int list, const float *q);
 extern void TvListDistances(const float *centroids, int lists, int dim, TvMetric metric,

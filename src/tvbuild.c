@@ -250,6 +250,10 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 		double		outputs = (double) (bs->spooled + TV_SPOOL_CHUNK) *
 			(sizeof(int) + bs->codec->code_bytes + sizeof(TvFactors) + sizeof(uint64));
 
+		/* and parallel workers a shared segment */
+		if (max_parallel_maintenance_workers > 0)
+			limit -= (double) TvParallelSegmentBytes(bs->codec, bs->lists, TV_SPOOL_CHUNK);
+
 		if ((double) bs->spool_bytes + bytes + outputs > limit)
 		{
 			/* too big: the encoding pass will read the heap again */

@@ -166,6 +166,51 @@ Carve(Size *total, Size bytes)
 	return off;
 }
 
+/* Where the arrays go in the segment, for a spool of n vectors */
+typedef struct SegmentPlan
+{
+	uint64		capacity;		/* vectors per round */
+	Size		total;
+	Size		off_centroids;
+	Size		off_cnorms;
+	Size		off_vectors;
+	Size		off_listof;
+	Size		off_codes;
+	Size		off_factors;
+} SegmentPlan;
+
+static SegmentPlan
+PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors)
+{
+	Size		vector_bytes = sizeof(float) * codec->dim;
+	SegmentPlan plan;
+
+	/* whole chunks per window, at least one */
+	plan.capacity = Max(TvParallelWindowBytes() / vector_bytes / chunk_vectors, 1) *
+		chunk_vectors;
+	plan.capacity = Min(plan.capacity, n);
+	plan.total = 0;
+	(void) Carve(&plan.total, sizeof(TvEncodeShared));
+	plan.off_centroids = Carve(&plan.total, (Size) lists * vector_bytes);
+	plan.off_cnorms = Carve(&plan.total, sizeof(float) * lists);
+	plan.off_vectors = Carve(&plan.total, (Size) plan.capacity * vector_bytes);
+	plan.off_listof = Carve(&plan.total, sizeof(int) * plan.capacity);
+	plan.off_codes = Carve(&plan.total, (Size) plan.capacity * codec->code_bytes);
+	plan.off_factors = Carve(&plan.total, sizeof(TvFactors) * plan.capacity);
+	return plan;
+}
+
+/*
+ * The most shared memory a parallel coding of this index's spool takes,
+ * whatever the number of vectors: the build keeps it out of the spool's
+ * share of maintenance_work_mem.
+ */
+Size
+TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors)
+{
+	return PlanSegment(codec, lists, PG_UINT64_MAX, chunk_vectors).total;
+}
+
 /*
  * With workers: rounds of at most TvParallelWindowBytes() of vectors.
  * Returns the number of workers that took part in the first round, or -1
@@ -176,62 +221,46 @@ EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 			   TvFactors *factors)
 {
 	const TvCodec *codec = in->codec;
-	int			dim = codec->dim;
-	Size		vector_bytes = sizeof(float) * dim;
-	uint64		capacity;
-	Size		total = 0;
+	Size		vector_bytes = sizeof(float) * codec->dim;
+	SegmentPlan plan = PlanSegment(codec, in->lists, in->n, in->chunk_vectors);
+	uint64		capacity = plan.capacity;
 	ParallelContext *pcxt;
 	TvEncodeShared *sh;
 	int			launched = -1;
 
-	/* whole chunks per window, at least one */
-	capacity = Max(TvParallelWindowBytes() / vector_bytes / in->chunk_vectors, 1) *
-		in->chunk_vectors;
-	capacity = Min(capacity, in->n);
-
-	(void) Carve(&total, sizeof(TvEncodeShared));
+	EnterParallelMode();
+	pcxt = CreateParallelContext("turbovec", "TvParallelEncodeMain", nworkers);
+	shm_toc_estimate_chunk(&pcxt->estimator, plan.total);
+	shm_toc_estimate_keys(&pcxt->estimator, 1);
+	InitializeParallelDSM(pcxt);
+	if (pcxt->seg == NULL)
 	{
-		Size		off_centroids = Carve(&total, (Size) in->lists * vector_bytes);
-		Size		off_cnorms = Carve(&total, sizeof(float) * in->lists);
-		Size		off_vectors = Carve(&total, (Size) capacity * vector_bytes);
-		Size		off_listof = Carve(&total, sizeof(int) * capacity);
-		Size		off_codes = Carve(&total, (Size) capacity * codec->code_bytes);
-		Size		off_factors = Carve(&total, sizeof(TvFactors) * capacity);
-
-		EnterParallelMode();
-		pcxt = CreateParallelContext("turbovec", "TvParallelEncodeMain", nworkers);
-		shm_toc_estimate_chunk(&pcxt->estimator, total);
-		shm_toc_estimate_keys(&pcxt->estimator, 1);
-		InitializeParallelDSM(pcxt);
-		if (pcxt->seg == NULL)
-		{
-			/* out of segments: no workers to be had */
-			DestroyParallelContext(pcxt);
-			ExitParallelMode();
-			return -1;
-		}
-
-		sh = shm_toc_allocate(pcxt->toc, total);
-		sh->dim = dim;
-		sh->bits = codec->bits;
-		sh->seed = codec->seed;
-		sh->metric = (int) in->metric;
-		sh->lists = in->lists;
-		sh->residual = in->residual;
-		sh->code_bytes = codec->code_bytes;
-		sh->capacity = capacity;
-		sh->off_centroids = off_centroids;
-		sh->off_cnorms = off_cnorms;
-		sh->off_vectors = off_vectors;
-		sh->off_listof = off_listof;
-		sh->off_codes = off_codes;
-		sh->off_factors = off_factors;
-		pg_atomic_init_u64(&sh->next, 0);
-		memcpy((char *) sh + off_centroids, in->centroids, (Size) in->lists * vector_bytes);
-		if (in->cnorms)
-			memcpy((char *) sh + off_cnorms, in->cnorms, sizeof(float) * in->lists);
-		shm_toc_insert(pcxt->toc, TV_PARALLEL_KEY_SHARED, sh);
+		/* out of segments: no workers to be had */
+		DestroyParallelContext(pcxt);
+		ExitParallelMode();
+		return -1;
 	}
+
+	sh = shm_toc_allocate(pcxt->toc, plan.total);
+	sh->dim = codec->dim;
+	sh->bits = codec->bits;
+	sh->seed = codec->seed;
+	sh->metric = (int) in->metric;
+	sh->lists = in->lists;
+	sh->residual = in->residual;
+	sh->code_bytes = codec->code_bytes;
+	sh->capacity = capacity;
+	sh->off_centroids = plan.off_centroids;
+	sh->off_cnorms = plan.off_cnorms;
+	sh->off_vectors = plan.off_vectors;
+	sh->off_listof = plan.off_listof;
+	sh->off_codes = plan.off_codes;
+	sh->off_factors = plan.off_factors;
+	pg_atomic_init_u64(&sh->next, 0);
+	memcpy((char *) sh + plan.off_centroids, in->centroids, (Size) in->lists * vector_bytes);
+	if (in->cnorms)
+		memcpy((char *) sh + plan.off_cnorms, in->cnorms, sizeof(float) * in->lists);
+	shm_toc_insert(pcxt->toc, TV_PARALLEL_KEY_SHARED, sh);
 
 	for (uint64 first = 0; first < in->n; first += capacity)
 	{

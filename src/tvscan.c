@@ -647,19 +647,31 @@ NextWindow(IndexScanDesc scan)
 	MemoryContextSwitchTo(oldCtx);
 }
 
-static int
-ListDistCmp(const void *a, const void *b, void *arg)
+/* A list and its centroid's distance to the query, for ordering probes */
+typedef struct ListRank
 {
-	const float *dist = arg;
-	int			la = *(const int *) a;
-	int			lb = *(const int *) b;
+	float		dist;
+	int			list;
+} ListRank;
 
-	if (dist[la] < dist[lb])
+/* nearer first; ties by list number, so the order is deterministic */
+static inline int
+ListRankCmp(const ListRank *a, const ListRank *b)
+{
+	if (a->dist < b->dist)
 		return -1;
-	if (dist[la] > dist[lb])
+	if (a->dist > b->dist)
 		return 1;
-	return (la > lb) - (la < lb);
+	return (a->list > b->list) - (a->list < b->list);
 }
+
+/* an inlined sort: qsort's indirect comparisons cost ~4% of a GloVe query */
+#define ST_SORT sort_list_ranks
+#define ST_ELEMENT_TYPE ListRank
+#define ST_COMPARE(a, b) ListRankCmp(a, b)
+#define ST_SCOPE static
+#define ST_DEFINE
+#include "lib/sort_template.h"
 
 /*
  * IVF: order the lists by their centroid's distance to the query (no query:
@@ -682,12 +694,21 @@ OrderLists(IndexScanDesc scan, const float *q)
 	}
 	{
 		float	   *dist = palloc(sizeof(float) * lists);
+		ListRank   *ranks = palloc(sizeof(ListRank) * lists);
 
 		so->centroids = TvCachedCentroids(scan->indexRelation);
 		so->residual = TvMetaResidual(meta);
 		so->qlists = q;
 		TvListDistances(so->centroids, lists, meta->dim, so->state->metric, q, dist);
-		qsort_arg(so->list_order, lists, sizeof(int), ListDistCmp, dist);
+		for (int j = 0; j < lists; j++)
+		{
+			ranks[j].dist = dist[j];
+			ranks[j].list = j;
+		}
+		sort_list_ranks(ranks, lists);
+		for (int j = 0; j < lists; j++)
+			so->list_order[j] = ranks[j].list;
+		pfree(ranks);
 		pfree(dist);
 	}
 	so->nprobe = TvProbes(lists);

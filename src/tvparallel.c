@@ -46,6 +46,19 @@
 #define TvParallelWindowBytes() \
 	Min(TV_PARALLEL_WINDOW_MAX, (Size) maintenance_work_mem * 1024 / 4)
 
+/* Where the arrays go in the segment (after the header), and the window */
+typedef struct SegmentPlan
+{
+	uint64		capacity;		/* vectors per round */
+	Size		total;
+	Size		off_centroids;
+	Size		off_cnorms;
+	Size		off_vectors;
+	Size		off_listof;
+	Size		off_codes;
+	Size		off_factors;
+} SegmentPlan;
+
 /* The segment: this header, then the arrays at the offsets it gives */
 typedef struct TvEncodeShared
 {
@@ -61,15 +74,9 @@ typedef struct TvEncodeShared
 	/* this round's window of vectors: spool positions [first, first + n) */
 	uint64		first;
 	uint64		n;
-	uint64		capacity;		/* vectors the window arrays hold */
 	pg_atomic_uint64 next;		/* next unclaimed window position */
 
-	Size		off_centroids;
-	Size		off_cnorms;
-	Size		off_vectors;
-	Size		off_listof;
-	Size		off_codes;
-	Size		off_factors;
+	SegmentPlan plan;
 } TvEncodeShared;
 
 /* One participant's view of a piece of work: its input and where results go */
@@ -129,19 +136,19 @@ SharedJob(TvEncodeShared *sh, const TvCodec *codec, float **chunk)
 	char	   *base = (char *) sh;
 	EncodeJob	job;
 
-	*chunk = (float *) (base + sh->off_vectors);
+	*chunk = (float *) (base + sh->plan.off_vectors);
 	job.in.codec = codec;
 	job.in.metric = (TvMetric) sh->metric;
 	job.in.lists = sh->lists;
 	job.in.residual = sh->residual;
-	job.in.centroids = (const float *) (base + sh->off_centroids);
-	job.in.cnorms = (const float *) (base + sh->off_cnorms);
+	job.in.centroids = (const float *) (base + sh->plan.off_centroids);
+	job.in.cnorms = (const float *) (base + sh->plan.off_cnorms);
 	job.in.n = sh->n;
-	job.in.chunk_vectors = (int) Max(sh->capacity, 1);
+	job.in.chunk_vectors = (int) Max(sh->plan.capacity, 1);
 	job.in.chunks = chunk;
-	job.listof = (int *) (base + sh->off_listof);
-	job.codes = (uint8 *) (base + sh->off_codes);
-	job.factors = (TvFactors *) (base + sh->off_factors);
+	job.listof = (int *) (base + sh->plan.off_listof);
+	job.codes = (uint8 *) (base + sh->plan.off_codes);
+	job.factors = (TvFactors *) (base + sh->plan.off_factors);
 	return job;
 }
 
@@ -165,19 +172,6 @@ Carve(Size *total, Size bytes)
 	*total += BUFFERALIGN(bytes);
 	return off;
 }
-
-/* Where the arrays go in the segment, for a spool of n vectors */
-typedef struct SegmentPlan
-{
-	uint64		capacity;		/* vectors per round */
-	Size		total;
-	Size		off_centroids;
-	Size		off_cnorms;
-	Size		off_vectors;
-	Size		off_listof;
-	Size		off_codes;
-	Size		off_factors;
-} SegmentPlan;
 
 static SegmentPlan
 PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors)
@@ -249,13 +243,7 @@ EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 	sh->lists = in->lists;
 	sh->residual = in->residual;
 	sh->code_bytes = codec->code_bytes;
-	sh->capacity = capacity;
-	sh->off_centroids = plan.off_centroids;
-	sh->off_cnorms = plan.off_cnorms;
-	sh->off_vectors = plan.off_vectors;
-	sh->off_listof = plan.off_listof;
-	sh->off_codes = plan.off_codes;
-	sh->off_factors = plan.off_factors;
+	sh->plan = plan;
 	pg_atomic_init_u64(&sh->next, 0);
 	memcpy((char *) sh + plan.off_centroids, in->centroids, (Size) in->lists * vector_bytes);
 	if (in->cnorms)
@@ -274,7 +262,7 @@ EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 		{
 			uint64		m = Min((uint64) in->chunk_vectors, n - k);
 
-			memcpy(base + sh->off_vectors + (Size) k * vector_bytes,
+			memcpy(base + plan.off_vectors + (Size) k * vector_bytes,
 				   in->chunks[(first + k) / in->chunk_vectors], (Size) m * vector_bytes);
 		}
 		sh->first = first;
@@ -294,10 +282,10 @@ EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 		RunEncodeJob(&job, &sh->next);
 		WaitForParallelWorkersToFinish(pcxt);
 
-		memcpy(listof + first, base + sh->off_listof, sizeof(int) * n);
-		memcpy(codes + first * codec->code_bytes, base + sh->off_codes,
+		memcpy(listof + first, base + plan.off_listof, sizeof(int) * n);
+		memcpy(codes + first * codec->code_bytes, base + plan.off_codes,
 			   (Size) n * codec->code_bytes);
-		memcpy(factors + first, base + sh->off_factors, sizeof(TvFactors) * n);
+		memcpy(factors + first, base + plan.off_factors, sizeof(TvFactors) * n);
 	}
 
 	DestroyParallelContext(pcxt);

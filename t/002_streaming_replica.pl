@@ -12,10 +12,10 @@
 # the indexes it replayed.
 #
 # A second table, iv, carries IVF indexes (l2 at 16 lists, inner product at
-# 8 lists and 3 bits): the same cycles route its inserts to lists, reuse
-# lanes VACUUM freed and link new blocks to lists, and with turbovec.probes
-# fixed below the number of lists the standby must still give the
-# primary's answers.
+# 8 lists and 3 bits, both built with parallel workers): the same cycles
+# route its inserts to lists, reuse lanes VACUUM freed and link new blocks
+# to lists, and with turbovec.probes fixed below the number of lists the
+# standby must still give the primary's answers.
 use strict;
 use warnings;
 
@@ -103,9 +103,21 @@ $primary->safe_psql(
 	'postgres', qq{
 CREATE INDEX t_l2 ON t USING turbo (v real_l2_ops);
 CREATE INDEX t_cos ON t USING turbo (v real_cosine_ops) WITH (bits = 3);
+});
+# parallel workers code the IVF builds' vectors (tvparallel.c)
+my ($ret, $out, $err) = $primary->psql(
+	'postgres', qq{
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_maintenance_workers = 2;
+SET client_min_messages = debug1;
 CREATE INDEX iv_l2 ON iv USING turbo (v real_l2_ops) WITH (lists = $lists{iv_l2});
 CREATE INDEX iv_ip ON iv USING turbo (v real_ip_ops) WITH (lists = $lists{iv_ip}, bits = 3);
 });
+is($ret, 0, 'IVF indexes built with parallel workers');
+like($err, qr/"iv_l2": \d+ vectors coded with [1-9] parallel workers/,
+	'iv_l2: parallel workers took part');
+like($err, qr/"iv_ip": \d+ vectors coded with [1-9] parallel workers/,
+	'iv_ip: parallel workers took part');
 wait_for_replay($primary, $standby);
 
 foreach my $idx (grep { $lists{$_} } @indexes)

@@ -11,7 +11,9 @@
  * the vectors while they fit in maintenance_work_mem, and then the encoding
  * pass reads the spool instead of the heap and writes the lists one after
  * the other, each list's blocks contiguous (parallel workers may do the
- * coding, tvparallel.c).  Vectors are assigned in batches, which lets the
+ * coding, tvparallel.c).  When the vectors do not fit, the heap pass keeps
+ * the codes instead to lay the lists out the same way, and only when those
+ * do not fit either are blocks appended as they fill, lists interleaved.  Vectors are assigned in batches, which lets the
  * list assignment use the blocked kernel.  The list area (directory and
  * centroids) is reserved at the start of the stream and written last.
  *
@@ -46,6 +48,11 @@
 
 /* vectors per chunk of the IVF spool */
 #define TV_SPOOL_CHUNK			256
+
+/* Bytes a coded vector takes until the lists are laid out, sort included */
+#define CodedBytes(bs) \
+	(sizeof(int) + (bs)->codec->code_bytes + sizeof(TvFactors) + \
+	 sizeof(ItemPointerData) + sizeof(uint64))
 
 /*
  * The IVF spool: the vectors of the sampling pass, kept so the encoding
@@ -108,6 +115,19 @@ typedef struct TvBuildState
 	Size		spool_bytes;
 	uint64		spooled;		/* vectors in the spool */
 	bool		spool_off;
+
+	/*
+	 * The heap pass of an IVF build whose vectors did not fit: codes kept
+	 * (far smaller than vectors) so the lists can still be laid out one
+	 * after the other; off once they outgrow their memory too.
+	 */
+	bool		coded_on;
+	uint64		ncoded;
+	uint64		coded_cap;
+	int		   *coded_list;
+	uint8	   *coded_codes;
+	TvFactors  *coded_factors;
+	ItemPointerData *coded_tids;
 
 	/* vectors waiting to be assigned and encoded */
 	float	   *batch;			/* TV_BUILD_BATCH * dim */
@@ -246,9 +266,8 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 			(double) bs->maxsamples * bs->dim * sizeof(float) -
 			(double) bs->lists * bs->block_bytes;
 
-		/* and each spooled vector needs its list, code, factors and place */
-		double		outputs = (double) (bs->spooled + TV_SPOOL_CHUNK) *
-			(sizeof(int) + bs->codec->code_bytes + sizeof(TvFactors) + sizeof(uint64));
+		/* and each spooled vector its list, code, factors, TID and place */
+		double		outputs = (double) (bs->spooled + TV_SPOOL_CHUNK) * CodedBytes(bs);
 
 		/* and parallel workers a shared segment */
 		if (max_parallel_maintenance_workers > 0)
@@ -363,7 +382,128 @@ PutCoded(TvBuildState *bs, int j, const uint8 *code, const TvFactors *factors,
 	}
 }
 
-/* Encode one vector for list j (0 when flat) and put it in j's block */
+/*
+ * Write n coded vectors list after list, each list in the order given
+ * (heap order), so the blocks of a list are contiguous in the stream and a
+ * scan reads a probed list from a few consecutive pages.  Each list's last
+ * block is appended partly filled.
+ */
+static void
+LayOutCoded(TvBuildState *bs, uint64 n, const int *listof, const uint8 *codes,
+			const TvFactors *factors, const ItemPointerData *tids)
+{
+	int			code_bytes = bs->codec->code_bytes;
+	uint64	   *start = palloc0(sizeof(uint64) * (bs->lists + 1));
+	uint64	   *order = palloc_extended(sizeof(uint64) * Max(n, 1), MCXT_ALLOC_HUGE);
+	uint64	   *pos = palloc(sizeof(uint64) * bs->lists);
+
+	/* counting sort by list, stable */
+	for (uint64 k = 0; k < n; k++)
+		start[listof[k] + 1]++;
+	for (int j = 0; j < bs->lists; j++)
+		start[j + 1] += start[j];
+	memcpy(pos, start, sizeof(uint64) * bs->lists);
+	for (uint64 k = 0; k < n; k++)
+		order[pos[listof[k]]++] = k;
+	pfree(pos);
+
+	for (int j = 0; j < bs->lists; j++)
+	{
+		for (uint64 i = start[j]; i < start[j + 1]; i++)
+		{
+			uint64		k = order[i];
+
+			PutCoded(bs, j, codes + k * code_bytes, &factors[k], &tids[k]);
+			if ((i & 1023) == 1023)
+			{
+				pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
+											 (int64) bs->indtuples);
+				CHECK_FOR_INTERRUPTS();
+			}
+		}
+		if (bs->fill[j].lanes > 0)
+			FlushListBlock(bs, j);
+	}
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
+								 (int64) bs->indtuples);
+	pfree(order);
+	pfree(start);
+}
+
+/* Lay out what the heap pass kept, and free it */
+static void
+FlushCoded(TvBuildState *bs)
+{
+	if (bs->ncoded > 0)
+		LayOutCoded(bs, bs->ncoded, bs->coded_list, bs->coded_codes,
+					bs->coded_factors, bs->coded_tids);
+	if (bs->coded_cap > 0)
+	{
+		pfree(bs->coded_list);
+		pfree(bs->coded_codes);
+		pfree(bs->coded_factors);
+		pfree(bs->coded_tids);
+	}
+	bs->ncoded = bs->coded_cap = 0;
+}
+
+/*
+ * Keep one coded vector of the heap pass.  False when there is no room in
+ * maintenance_work_mem beside the sample and the blocks being filled: then
+ * what was kept is laid out and the rest of the pass writes its blocks as
+ * they fill, the lists' blocks interleaved.
+ */
+static bool
+KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerData *tid)
+{
+	if (!bs->coded_on)
+		return false;
+	if (bs->ncoded == bs->coded_cap)
+	{
+		double		budget = (double) maintenance_work_mem * 1024 -
+			(double) bs->maxsamples * bs->dim * sizeof(float) -
+			(double) bs->lists * bs->block_bytes;
+		uint64		cap = Max(bs->coded_cap * 2, 1024);
+
+		if (budget < (double) cap * CodedBytes(bs))
+			cap = (uint64) Max(budget / CodedBytes(bs), 0);
+		if (cap <= bs->coded_cap)
+		{
+			elog(DEBUG1, "turbo index \"%s\": the codes outgrow maintenance_work_mem, lists interleave after " UINT64_FORMAT " vectors",
+				 RelationGetRelationName(bs->index), bs->ncoded);
+			FlushCoded(bs);
+			bs->coded_on = false;
+			return false;
+		}
+		if (bs->coded_cap == 0)
+		{
+			bs->coded_list = palloc_extended(sizeof(int) * cap, MCXT_ALLOC_HUGE);
+			bs->coded_codes = palloc_extended((Size) cap * bs->codec->code_bytes, MCXT_ALLOC_HUGE);
+			bs->coded_factors = palloc_extended(sizeof(TvFactors) * cap, MCXT_ALLOC_HUGE);
+			bs->coded_tids = palloc_extended(sizeof(ItemPointerData) * cap, MCXT_ALLOC_HUGE);
+		}
+		else
+		{
+			bs->coded_list = repalloc_huge(bs->coded_list, sizeof(int) * cap);
+			bs->coded_codes = repalloc_huge(bs->coded_codes, (Size) cap * bs->codec->code_bytes);
+			bs->coded_factors = repalloc_huge(bs->coded_factors, sizeof(TvFactors) * cap);
+			bs->coded_tids = repalloc_huge(bs->coded_tids, sizeof(ItemPointerData) * cap);
+		}
+		bs->coded_cap = cap;
+	}
+	bs->coded_list[bs->ncoded] = j;
+	memcpy(bs->coded_codes + bs->ncoded * bs->codec->code_bytes, bs->code,
+		   bs->codec->code_bytes);
+	bs->coded_factors[bs->ncoded] = *factors;
+	bs->coded_tids[bs->ncoded] = *tid;
+	bs->ncoded++;
+	return true;
+}
+
+/*
+ * Encode one vector for list j (0 when flat) and put it in j's block, or
+ * keep it to lay the lists out at the end of the pass
+ */
 static void
 PutVector(TvBuildState *bs, int j, const float *x, const ItemPointerData *tid)
 {
@@ -375,7 +515,8 @@ PutVector(TvBuildState *bs, int j, const float *x, const ItemPointerData *tid)
 	/* BuildVector left out what cannot be indexed */
 	if (!TvEncodeVector(bs->codec, bs->metric, centroid, x, bs->code, &factors, bs->work))
 		elog(ERROR, "turbo build met a vector it cannot index");
-	PutCoded(bs, j, bs->code, &factors, tid);
+	if (!KeepCoded(bs, j, &factors, tid))
+		PutCoded(bs, j, bs->code, &factors, tid);
 }
 
 /*
@@ -452,10 +593,7 @@ SpoolWorkers(TvBuildState *bs, uint64 n)
 
 /*
  * Encoding from the spool: pick every vector's list and code it (with
- * parallel workers when it pays, tvparallel.c), then write the lists one
- * after the other, each in heap order, so the blocks of a list are
- * contiguous in the stream and a scan reads a probed list from a few
- * consecutive pages.
+ * parallel workers when it pays, tvparallel.c), then lay the lists out.
  */
 static void
 EncodeSpool(TvBuildState *bs)
@@ -467,8 +605,7 @@ EncodeSpool(TvBuildState *bs)
 	int		   *listof;
 	uint8	   *codes;
 	TvFactors  *factors;
-	uint64	   *start;
-	uint64	   *order;
+	ItemPointerData *tids;
 	TvEncodeInput in;
 	int			launched;
 	int			code_bytes = bs->codec->code_bytes;
@@ -503,46 +640,13 @@ EncodeSpool(TvBuildState *bs)
 	elog(DEBUG1, "turbo index \"%s\": " UINT64_FORMAT " vectors coded with %d parallel workers",
 		 RelationGetRelationName(bs->index), n, launched);
 
-	/* counting sort by list, stable: heap order within a list */
-	start = palloc0(sizeof(uint64) * (bs->lists + 1));
+	tids = palloc_extended(sizeof(ItemPointerData) * Max(n, 1), MCXT_ALLOC_HUGE);
 	for (uint64 k = 0; k < n; k++)
-		start[listof[k] + 1]++;
-	for (int j = 0; j < bs->lists; j++)
-		start[j + 1] += start[j];
-	order = palloc_extended(sizeof(uint64) * Max(n, 1), MCXT_ALLOC_HUGE);
-	{
-		uint64	   *pos = palloc(sizeof(uint64) * bs->lists);
+		tids[k] = chunks[k / TV_SPOOL_CHUNK]->tids[k % TV_SPOOL_CHUNK];
+	LayOutCoded(bs, n, listof, codes, factors, tids);
 
-		memcpy(pos, start, sizeof(uint64) * bs->lists);
-		for (uint64 k = 0; k < n; k++)
-			order[pos[listof[k]]++] = k;
-		pfree(pos);
-	}
 	pfree(listof);
-
-	for (int j = 0; j < bs->lists; j++)
-	{
-		for (uint64 i = start[j]; i < start[j + 1]; i++)
-		{
-			uint64		k = order[i];
-
-			PutCoded(bs, j, codes + k * code_bytes, &factors[k],
-					 &chunks[k / TV_SPOOL_CHUNK]->tids[k % TV_SPOOL_CHUNK]);
-			if ((i & 1023) == 1023)
-			{
-				pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
-											 (int64) bs->indtuples);
-				CHECK_FOR_INTERRUPTS();
-			}
-		}
-		if (bs->fill[j].lanes > 0)
-			FlushListBlock(bs, j);
-	}
-	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
-								 (int64) bs->indtuples);
-
-	pfree(order);
-	pfree(start);
+	pfree(tids);
 	pfree(codes);
 	pfree(factors);
 	for (int ci = 0; ci < nchunks; ci++)
@@ -685,9 +789,12 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 		if (heap->rd_rel->reltuples > 0)
 			pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_TOTAL,
 										 (int64) heap->rd_rel->reltuples);
+		/* IVF: keep the codes to lay the lists out in order, while they fit */
+		bs.coded_on = (bs.lists > 0);
 		bs.reltuples = table_index_build_scan(heap, index, indexInfo, true, true,
 											  BuildCallback, &bs, NULL);
 		FlushBatch(&bs);
+		FlushCoded(&bs);
 	}
 
 	if (bs.lists > 0)

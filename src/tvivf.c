@@ -142,11 +142,41 @@ L2SqAvx2(const float *a, const float *b, int dim)
 	return HorizontalSum(_mm256_add_ps(s0, s1)) + tail;
 }
 
+/* int32 masks: loading 8 from (tail_mask + 8 - r) enables the first r lanes */
+static const int32 tail_mask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+/* out[0..7] = the horizontal sums of a0..a7, in one vector */
+__attribute__((target("avx2,fma")))
+static inline void
+Sum8(__m256 a0, __m256 a1, __m256 a2, __m256 a3,
+	 __m256 a4, __m256 a5, __m256 a6, __m256 a7, float *out)
+{
+	__m256		u0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+	__m256		u1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+
+	/* u0 = [a0..a3 low halves | a0..a3 high halves], u1 likewise for a4..a7 */
+	_mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+										_mm256_permute2f128_ps(u0, u1, 0x31)));
+}
+
+/* out[0..3] = the horizontal sums of a0..a3 */
+__attribute__((target("avx2,fma")))
+static inline void
+Sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3, float *out)
+{
+	__m256		u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+
+	_mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1)));
+}
+
 /*
  * Dot products of 4 vectors (x, stride dim) with 3 centroids (c, stride
  * dim) into out[4 * 3]: twelve accumulators share every load, so the tile
  * runs on the FMA units instead of on loads, which is what makes the
- * assignment of a whole table to hundreds of lists cheap.
+ * assignment of a whole table to hundreds of lists cheap.  A dimension that
+ * is not a multiple of 8 ends with one masked step, and the twelve sums are
+ * reduced together, which matters at 100 dimensions: there the scalar tail
+ * and twelve separate horizontal sums cost as much as the products.
  */
 __attribute__((target("avx2,fma")))
 static void
@@ -173,46 +203,82 @@ DotTileAvx2(const float *x, const float *c, int dim, float *out)
 				a32 = _mm256_setzero_ps();
 	int			i = 0;
 
-	for (; i + 8 <= dim; i += 8)
-	{
-		__m256		v0 = _mm256_loadu_ps(c0 + i);
-		__m256		v1 = _mm256_loadu_ps(c1 + i);
-		__m256		v2 = _mm256_loadu_ps(c2 + i);
-		__m256		xv;
+#define TV_TILE_STEP(LOAD) \
+	do { \
+		__m256		v0 = LOAD(c0 + i); \
+		__m256		v1 = LOAD(c1 + i); \
+		__m256		v2 = LOAD(c2 + i); \
+		__m256		xv; \
+		xv = LOAD(x0 + i); \
+		a00 = _mm256_fmadd_ps(xv, v0, a00); \
+		a01 = _mm256_fmadd_ps(xv, v1, a01); \
+		a02 = _mm256_fmadd_ps(xv, v2, a02); \
+		xv = LOAD(x1 + i); \
+		a10 = _mm256_fmadd_ps(xv, v0, a10); \
+		a11 = _mm256_fmadd_ps(xv, v1, a11); \
+		a12 = _mm256_fmadd_ps(xv, v2, a12); \
+		xv = LOAD(x2 + i); \
+		a20 = _mm256_fmadd_ps(xv, v0, a20); \
+		a21 = _mm256_fmadd_ps(xv, v1, a21); \
+		a22 = _mm256_fmadd_ps(xv, v2, a22); \
+		xv = LOAD(x3 + i); \
+		a30 = _mm256_fmadd_ps(xv, v0, a30); \
+		a31 = _mm256_fmadd_ps(xv, v1, a31); \
+		a32 = _mm256_fmadd_ps(xv, v2, a32); \
+	} while (0)
 
-		xv = _mm256_loadu_ps(x0 + i);
-		a00 = _mm256_fmadd_ps(xv, v0, a00);
-		a01 = _mm256_fmadd_ps(xv, v1, a01);
-		a02 = _mm256_fmadd_ps(xv, v2, a02);
-		xv = _mm256_loadu_ps(x1 + i);
-		a10 = _mm256_fmadd_ps(xv, v0, a10);
-		a11 = _mm256_fmadd_ps(xv, v1, a11);
-		a12 = _mm256_fmadd_ps(xv, v2, a12);
-		xv = _mm256_loadu_ps(x2 + i);
-		a20 = _mm256_fmadd_ps(xv, v0, a20);
-		a21 = _mm256_fmadd_ps(xv, v1, a21);
-		a22 = _mm256_fmadd_ps(xv, v2, a22);
-		xv = _mm256_loadu_ps(x3 + i);
-		a30 = _mm256_fmadd_ps(xv, v0, a30);
-		a31 = _mm256_fmadd_ps(xv, v1, a31);
-		a32 = _mm256_fmadd_ps(xv, v2, a32);
+	for (; i + 8 <= dim; i += 8)
+		TV_TILE_STEP(_mm256_loadu_ps);
+	if (i < dim)
+	{
+		__m256i		mask = _mm256_loadu_si256((const __m256i *) (tail_mask + 8 - (dim - i)));
+
+#define TV_MASKED_LOAD(p) _mm256_maskload_ps((p), mask)
+		TV_TILE_STEP(TV_MASKED_LOAD);
+#undef TV_MASKED_LOAD
 	}
-	out[0] = HorizontalSum(a00);
-	out[1] = HorizontalSum(a01);
-	out[2] = HorizontalSum(a02);
-	out[3] = HorizontalSum(a10);
-	out[4] = HorizontalSum(a11);
-	out[5] = HorizontalSum(a12);
-	out[6] = HorizontalSum(a20);
-	out[7] = HorizontalSum(a21);
-	out[8] = HorizontalSum(a22);
-	out[9] = HorizontalSum(a30);
-	out[10] = HorizontalSum(a31);
-	out[11] = HorizontalSum(a32);
-	for (; i < dim; i++)
-		for (int a = 0; a < 4; a++)
-			for (int b = 0; b < 3; b++)
-				out[a * 3 + b] += x[a * dim + i] * c[b * dim + i];
+#undef TV_TILE_STEP
+
+	Sum8(a00, a01, a02, a10, a11, a12, a20, a21, out);
+	Sum4(a22, a30, a31, a32, out + 8);
+}
+
+/* Squared distances from c to 4 vectors (x, stride dim) into out[4] */
+__attribute__((target("avx2,fma")))
+static void
+L2SqTileAvx2(const float *c, const float *x, int dim, float *out)
+{
+	__m256		a0 = _mm256_setzero_ps(),
+				a1 = _mm256_setzero_ps(),
+				a2 = _mm256_setzero_ps(),
+				a3 = _mm256_setzero_ps();
+	int			i = 0;
+
+#define TV_L2_STEP(LOAD) \
+	do { \
+		__m256		cv = LOAD(c + i); \
+		__m256		d0 = _mm256_sub_ps(LOAD(x + i), cv); \
+		__m256		d1 = _mm256_sub_ps(LOAD(x + dim + i), cv); \
+		__m256		d2 = _mm256_sub_ps(LOAD(x + 2 * dim + i), cv); \
+		__m256		d3 = _mm256_sub_ps(LOAD(x + 3 * dim + i), cv); \
+		a0 = _mm256_fmadd_ps(d0, d0, a0); \
+		a1 = _mm256_fmadd_ps(d1, d1, a1); \
+		a2 = _mm256_fmadd_ps(d2, d2, a2); \
+		a3 = _mm256_fmadd_ps(d3, d3, a3); \
+	} while (0)
+
+	for (; i + 8 <= dim; i += 8)
+		TV_L2_STEP(_mm256_loadu_ps);
+	if (i < dim)
+	{
+		__m256i		mask = _mm256_loadu_si256((const __m256i *) (tail_mask + 8 - (dim - i)));
+
+#define TV_MASKED_LOAD(p) _mm256_maskload_ps((p), mask)
+		TV_L2_STEP(TV_MASKED_LOAD);
+#undef TV_MASKED_LOAD
+	}
+#undef TV_L2_STEP
+	Sum4(a0, a1, a2, a3, out);
 }
 #endif
 
@@ -226,9 +292,17 @@ DotTileScalar(const float *x, const float *c, int dim, float *out)
 			out[a * 3 + b] = DotScalar(x + (Size) a * dim, c + (Size) b * dim, dim);
 }
 
+static void
+L2SqTileScalar(const float *c, const float *x, int dim, float *out)
+{
+	for (int a = 0; a < 4; a++)
+		out[a] = L2SqScalar(c, x + (Size) a * dim, dim);
+}
+
 static TvVecFn Dot = DotScalar;
 static TvVecFn L2Sq = L2SqScalar;
 static TvTileFn DotTile = DotTileScalar;
+static TvTileFn L2SqTile = L2SqTileScalar;
 
 /* Pick the dot-product kernels once, from _PG_init */
 void
@@ -240,6 +314,7 @@ TvIvfInit(void)
 		Dot = DotAvx2;
 		L2Sq = L2SqAvx2;
 		DotTile = DotTileAvx2;
+		L2SqTile = L2SqTileAvx2;
 	}
 #endif
 }
@@ -394,6 +469,29 @@ Normalize(float *x, int dim)
 	}
 }
 
+/* d2[i] = min(d2[i], ||c - x_i||^2) over n rows, four rows at a time */
+static void
+LowerDistances(const float *c, const float *xs, int n, int dim, double *d2, bool first)
+{
+	float		d[4];
+	int			i = 0;
+
+	for (; i + 4 <= n; i += 4)
+	{
+		L2SqTile(c, xs + (Size) i * dim, dim, d);
+		for (int a = 0; a < 4; a++)
+			if (first || d[a] < d2[i + a])
+				d2[i + a] = d[a];
+	}
+	for (; i < n; i++)
+	{
+		double		v = L2Sq(c, xs + (Size) i * dim, dim);
+
+		if (first || v < d2[i])
+			d2[i] = v;
+	}
+}
+
 /*
  * Lloyd's k-means over the sample, seeded by k-means++ with the private
  * generator; an empty cluster takes a fresh random sample.
@@ -427,8 +525,7 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 		int			first = (int) (NextRandom(&rng) % (uint64) n);
 
 		memcpy(centroids, in->samples + (Size) first * dim, sizeof(float) * dim);
-		for (int i = 0; i < n; i++)
-			d2[i] = L2Sq(centroids, in->samples + (Size) i * dim, dim);
+		LowerDistances(centroids, in->samples, n, dim, d2, true);
 		for (int j = 1; j < lists; j++)
 		{
 			double		total = 0;
@@ -451,13 +548,7 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 			if (total <= 0)
 				pick = (int) (NextRandom(&rng) % (uint64) n);
 			memcpy(c, in->samples + (Size) pick * dim, sizeof(float) * dim);
-			for (int i = 0; i < n; i++)
-			{
-				double		d = L2Sq(c, in->samples + (Size) i * dim, dim);
-
-				if (d < d2[i])
-					d2[i] = d;
-			}
+			LowerDistances(c, in->samples, n, dim, d2, false);
 			CHECK_FOR_INTERRUPTS();
 		}
 		pfree(d2);

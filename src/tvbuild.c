@@ -24,6 +24,8 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "access/tableam.h"
 #include "access/xloginsert.h"
 #include "catalog/index.h"
@@ -249,6 +251,22 @@ BuildVector(TvBuildState *bs, Relation index, Datum value, int *dim)
 	return x;
 }
 
+/*
+ * maintenance_work_mem (MB, rounded up) an IVF build of bs->seen vectors
+ * would need to keep per_vector bytes of each, beside the training sample,
+ * the blocks being filled and extra
+ */
+static double
+MemoryNeedMB(TvBuildState *bs, double per_vector, double extra)
+{
+	/* the whole sample: with more memory the build samples more */
+	double		samples = Min((double) bs->lists * TV_SAMPLES_PER_LIST, (double) bs->seen);
+	double		fixed = samples * bs->dim * sizeof(float) +
+		(double) bs->lists * bs->block_bytes;
+
+	return ceil((fixed + extra + (double) bs->seen * per_vector) / (1024.0 * 1024.0));
+}
+
 /* Keep one vector of the sampling pass in the spool, while it fits */
 static void
 SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
@@ -275,9 +293,7 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 
 		if ((double) bs->spool_bytes + bytes + outputs > limit)
 		{
-			/* too big: the encoding pass will read the heap again */
-			elog(DEBUG1, "turbo index \"%s\": the vectors outgrow maintenance_work_mem, the table is read twice",
-				 RelationGetRelationName(bs->index));
+			/* too big: the encoding pass will read the heap again (tvbuild says so) */
 			for (SpoolChunk *c = bs->spool_head; c != NULL;)
 			{
 				SpoolChunk *next = c->next;
@@ -469,8 +485,15 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 			cap = (uint64) Max(budget / CodedBytes(bs), 0);
 		if (cap <= bs->coded_cap)
 		{
-			elog(DEBUG1, "turbo index \"%s\": the codes outgrow maintenance_work_mem, lists interleave after " UINT64_FORMAT " vectors",
-				 RelationGetRelationName(bs->index), bs->ncoded);
+			/* the sampling pass counted the vectors: say what would have fit */
+			double		need = MemoryNeedMB(bs, CodedBytes(bs), 0);
+
+			ereport(NOTICE,
+					(errmsg("turbo index \"%s\" interleaves the blocks of its lists after " UINT64_FORMAT " vectors",
+							RelationGetRelationName(bs->index), bs->ncoded),
+					 errdetail("Not even the codes of its " UINT64_FORMAT " vectors fit in maintenance_work_mem (%d kB), so list scans read more pages.",
+							   bs->seen, maintenance_work_mem),
+					 errhint("Set maintenance_work_mem to %.0f MB or more and REINDEX.", need)));
 			FlushCoded(bs);
 			bs->coded_on = false;
 			return false;
@@ -776,6 +799,21 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 		TrainLists(&bs, heap, index, indexInfo);
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, TV_PHASE_ENCODE);
+	if (bs.lists > 0 && bs.spool_off)
+	{
+		/* whole spool chunks, the codes, and the parallel segment */
+		double		per_vector = sizeof(float) * bs.dim + sizeof(ItemPointerData) + CodedBytes(&bs);
+		double		extra = (double) TV_SPOOL_CHUNK * per_vector +
+			(max_parallel_maintenance_workers > 0 ?
+			 (double) TvParallelSegmentBytes(bs.codec, bs.lists, TV_SPOOL_CHUNK) : 0);
+
+		ereport(NOTICE,
+				(errmsg("turbo index \"%s\" reads its table twice", RelationGetRelationName(index)),
+				 errdetail("Its " UINT64_FORMAT " vectors do not fit in maintenance_work_mem (%d kB), so the build reads them again and codes them without parallel workers.",
+						   bs.seen, maintenance_work_mem),
+				 errhint("With maintenance_work_mem at %.0f MB or more the build reads the table once.",
+						 MemoryNeedMB(&bs, per_vector, extra))));
+	}
 	if (bs.lists > 0 && !bs.spool_off)
 	{
 		/* every vector of the sampling pass is in the spool */

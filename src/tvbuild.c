@@ -252,6 +252,16 @@ BuildVector(TvBuildState *bs, Relation index, Datum value, int *dim)
 }
 
 /*
+ * Bytes an IVF build holds beside its spool or codes: a training sample of
+ * `samples` vectors and one block being filled per list
+ */
+static double
+FixedBuildBytes(TvBuildState *bs, double samples)
+{
+	return samples * bs->dim * sizeof(float) + (double) bs->lists * bs->block_bytes;
+}
+
+/*
  * maintenance_work_mem (MB, rounded up) an IVF build of bs->seen vectors
  * would need to keep per_vector bytes of each, beside the training sample,
  * the blocks being filled and extra
@@ -260,9 +270,8 @@ static double
 MemoryNeedMB(TvBuildState *bs, double per_vector, double extra)
 {
 	/* the whole sample: with more memory the build samples more */
-	double		samples = Min((double) bs->lists * TV_SAMPLES_PER_LIST, (double) bs->seen);
-	double		fixed = samples * bs->dim * sizeof(float) +
-		(double) bs->lists * bs->block_bytes;
+	double		fixed = FixedBuildBytes(bs, Min((double) bs->lists * TV_SAMPLES_PER_LIST,
+												(double) bs->seen));
 
 	return ceil((fixed + extra + (double) bs->seen * per_vector) / (1024.0 * 1024.0));
 }
@@ -281,8 +290,7 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 			sizeof(float) * TV_SPOOL_CHUNK * bs->dim;
 		/* the sample and the blocks being filled have their share */
 		double		limit = (double) maintenance_work_mem * 1024 -
-			(double) bs->maxsamples * bs->dim * sizeof(float) -
-			(double) bs->lists * bs->block_bytes;
+			FixedBuildBytes(bs, bs->maxsamples);
 
 		/* and each spooled vector its list, code, factors, TID and place */
 		double		outputs = (double) (bs->spooled + TV_SPOOL_CHUNK) * CodedBytes(bs);
@@ -477,8 +485,7 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 	if (bs->ncoded == bs->coded_cap)
 	{
 		double		budget = (double) maintenance_work_mem * 1024 -
-			(double) bs->maxsamples * bs->dim * sizeof(float) -
-			(double) bs->lists * bs->block_bytes;
+			FixedBuildBytes(bs, bs->maxsamples);
 		uint64		cap = Max(bs->coded_cap * 2, 1024);
 
 		if (budget < (double) cap * CodedBytes(bs))

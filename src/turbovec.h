@@ -184,6 +184,7 @@ typedef struct TvIndexState
 	Oid			collation;
 	TvCodec    *codec;			/* NULL while meta.dim == 0 */
 	float	   *centroids;		/* IVF: TvCachedCentroids */
+	float	   *cnorms;			/* and their ||c||^2 */
 } TvIndexState;
 
 /* GUCs */
@@ -232,7 +233,7 @@ extern Buffer TvNewDataBuffer(Relation index, ForkNumber forknum);
 extern void TvCommitBuffer(Buffer buf, GenericXLogState *state);
 extern void TvReadStream(Relation index, uint64 offset, Size len, char *out,
 						 BufferAccessStrategy strategy);
-extern const float *TvCachedCentroids(Relation index);
+extern const float *TvCachedCentroids(Relation index, const float **cnorms);
 extern size_t TvEncodeWorkFloats(const TvCodec *codec);
 extern bool TvEncodeVector(const TvCodec *codec, TvMetric metric, const float *centroid,
 						   const float *x, uint8 *code, TvFactors *factors,
@@ -251,8 +252,6 @@ typedef struct TvKmeansInput
 } TvKmeansInput;
 
 extern float *TvKmeans(const TvKmeansInput *in, int lists, int iterations);
-extern int	TvNearestList(const float *centroids, int lists, int dim, TvMetric metric,
-						  const float *x);
 extern float *TvCentroidNorms(const float *centroids, int lists, int dim);
 extern void TvNearestLists(const float *centroids, const float *cnorms, int lists,
 						   int dim, TvMetric metric, const float *xs, int n,

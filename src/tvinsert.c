@@ -406,10 +406,11 @@ tvinsert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid,
 	if (state->meta.lists > 0)
 	{
 		/* centroids never change after the build: no lock needed to choose */
-		const float *centroids = TvCachedCentroids(index);
+		const float *cnorms;
+		const float *centroids = TvCachedCentroids(index, &cnorms);
 
-		list = TvNearestList(centroids, state->meta.lists, state->meta.dim,
-							 state->metric, x);
+		TvNearestLists(centroids, cnorms, state->meta.lists, state->meta.dim,
+					   state->metric, x, 1, &list);
 		if (TvMetaResidual(&state->meta))
 			centroid = centroids + (Size) list * state->meta.dim;
 	}

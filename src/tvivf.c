@@ -13,8 +13,9 @@
  * borderline vector.  Nothing depends on that: a standby replays the
  * primary's pages, and every code is coded for the list it is in.
  *
- * A build assigns whole batches of vectors with TvNearestLists, which works
- * in dot products over 4 x 3 tiles; single inserts use TvNearestList.
+ * Builds, k-means and inserts assign vectors with TvNearestLists, which
+ * works in dot products over 4 x 3 tiles (an insert is a batch of one), so
+ * an insert picks the list a build would have picked.
  *
  * Metrics: L2 assigns by squared distance; inner product by the largest
  * inner product; cosine trains on unit vectors (spherical k-means) and
@@ -328,25 +329,6 @@ ListDistance(const float *c, int dim, TvMetric metric, const float *x)
 	return -Dot(c, x, dim);
 }
 
-int
-TvNearestList(const float *centroids, int lists, int dim, TvMetric metric, const float *x)
-{
-	int			best = 0;
-	float		bestd = get_float4_infinity();
-
-	for (int j = 0; j < lists; j++)
-	{
-		float		d = ListDistance(centroids + (Size) j * dim, dim, metric, x);
-
-		if (d < bestd)
-		{
-			bestd = d;
-			best = j;
-		}
-	}
-	return best;
-}
-
 /* ||c||^2 of each centroid, for TvNearestLists under L2 */
 float *
 TvCentroidNorms(const float *centroids, int lists, int dim)
@@ -366,9 +348,9 @@ TvCentroidNorms(const float *centroids, int lists, int dim)
  * Ranks by ||c||^2 - 2<x,c> under L2 (cnorms from TvCentroidNorms; the
  * ||x||^2 term is the same for every list) and by -<x,c> otherwise, so all
  * the work is dot products, done four vectors by three centroids at a time.
- * A tie goes to the lower list.  Rounding differs from TvNearestList, so a
- * vector on the border of two lists may go to either; nothing depends on
- * which.
+ * A tie goes to the lower list.  Rounding differs from ranking by
+ * ||x - c||^2, so a vector on the border of two lists may go to either;
+ * nothing depends on which.
  */
 void
 TvNearestLists(const float *centroids, const float *cnorms, int lists, int dim,

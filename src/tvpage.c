@@ -219,6 +219,7 @@ TvCopyIndexState(const TvIndexState *src, MemoryContext cxt)
 
 	memcpy(dst, src, sizeof(TvIndexState));
 	dst->centroids = NULL;
+	dst->cnorms = NULL;
 	fmgr_info_copy(&dst->distance, unconstify(FmgrInfo *, &src->distance), cxt);
 	if (src->toarray)
 	{
@@ -236,20 +237,29 @@ TvCopyIndexState(const TvIndexState *src, MemoryContext cxt)
 }
 
 /*
- * The centroids of an IVF index, read once per relcache entry.  They never
+ * The centroids of an IVF index and their squared norms (for
+ * TvNearestLists), read once per relcache entry.  They never
  * change after the build (a rebuild holds an exclusive lock and invalidates
  * this cache), and they live in rd_indexcxt, which stays while the index is
  * open even when a relcache flush frees rd_amcache: a scan may keep the
  * pointer.
  */
 const float *
-TvCachedCentroids(Relation index)
+TvCachedCentroids(Relation index, const float **cnorms)
 {
 	TvIndexState *state = TvGetIndexState(index);
 
 	Assert(state->meta.lists > 0);
 	if (state->centroids == NULL)
+	{
+		MemoryContext oldCtx = MemoryContextSwitchTo(index->rd_indexcxt);
+
 		state->centroids = TvReadCentroids(index, &state->meta, NULL, index->rd_indexcxt);
+		state->cnorms = TvCentroidNorms(state->centroids, state->meta.lists, state->meta.dim);
+		MemoryContextSwitchTo(oldCtx);
+	}
+	if (cnorms)
+		*cnorms = state->cnorms;
 	return state->centroids;
 }
 

@@ -696,7 +696,7 @@ OrderLists(IndexScanDesc scan, const float *q)
 		float	   *dist = palloc(sizeof(float) * lists);
 		ListRank   *ranks = palloc(sizeof(ListRank) * lists);
 
-		so->centroids = TvCachedCentroids(scan->indexRelation);
+		so->centroids = TvCachedCentroids(scan->indexRelation, NULL);
 		so->residual = TvMetaResidual(meta);
 		so->qlists = q;
 		TvListDistances(so->centroids, lists, meta->dim, so->state->metric, q, dist);

@@ -4,7 +4,8 @@
 # time, so no -march flag belongs here.
 
 EXTENSION = turbovec
-EXTVERSION = 0.1.0
+EXTVERSION = 0.2.0
+PGVECTOR_EXTVERSION = 0.1.0
 
 MODULE_big = turbovec
 OBJS = \
@@ -29,7 +30,10 @@ HEADERS = src/turbovec.h src/tvcodec.h
 
 # turbovec_pgvector: operator classes for pgvector's vector type, a second
 # extension so that turbovec itself never requires pgvector
-DATA = $(EXTENSION)--$(EXTVERSION).sql turbovec_pgvector--$(EXTVERSION).sql turbovec_pgvector.control
+# Upgrade scripts: one per release step, so ALTER EXTENSION turbovec UPDATE
+# reaches $(EXTVERSION) from any earlier release.
+DATA = $(EXTENSION)--$(EXTVERSION).sql $(wildcard $(EXTENSION)--*--*.sql) \
+	turbovec_pgvector--$(PGVECTOR_EXTVERSION).sql turbovec_pgvector.control
 
 TESTS = $(sort $(wildcard sql/*.sql))
 REGRESS = $(patsubst sql/%.sql,%,$(TESTS))

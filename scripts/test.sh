@@ -11,6 +11,9 @@
 #                  reported as such, when clang or libFuzzer is missing
 #   5. regress  -- pg_regress (`make installcheck`) against a throwaway server
 #   6. tap      -- TAP tests in t/ (prove, through PGXS) as the postgres user
+#   7. upgrade  -- build and install the previous release (from git), make
+#                  indexes with it, reinstall this tree, ALTER EXTENSION UPDATE
+#                  and check the old indexes (test/upgrade/run.sh)
 #
 # PostgreSQL refuses to run as root, so when this script runs as root (as in
 # CI) every server runs as the `postgres` OS user, in a temporary data
@@ -25,6 +28,8 @@
 #   PROVE_FLAGS    extra flags for prove (default --timer)
 #   PROVE_TESTS    run only these TAP files, e.g. "t/001_crash_recovery.pl"
 #   TV_FUZZ_TIME   seconds of fuzzing (default 20)
+#   TV_PREV_RELEASE  git revision of the release the upgrade step starts from
+#   TV_SKIP_UPGRADE=1  leave the upgrade step out (while developing only)
 
 set -uo pipefail
 
@@ -45,7 +50,11 @@ SNAPSHOT_TIMEOUT=300
 FUZZ_TIME=${TV_FUZZ_TIME:-20}
 FUZZ_TIMEOUT=$((FUZZ_TIME + 300))
 REGRESS_TIMEOUT=480
-TAP_TIMEOUT=1080
+TAP_TIMEOUT=1800
+UPGRADE_TIMEOUT=600
+# The release the upgrade step starts from (v0.1.0), by commit so that a
+# clone without tags finds it.
+PREV_RELEASE=${TV_PREV_RELEASE:-7bdcfa07345ec951ff3e6caa8fd75c7eceb9a5f5}
 
 IS_ROOT=0
 [ "$(id -u)" -eq 0 ] && IS_ROOT=1
@@ -54,7 +63,7 @@ TMP=
 REGRESS_DATA=
 declare -A RESULT=()
 declare -A ELAPSED=()
-STEPS=(codec snapshot fuzz regress tap)
+STEPS=(codec snapshot fuzz regress tap upgrade)
 
 log() { printf '\n=== %s ===\n' "$*"; }
 
@@ -341,5 +350,35 @@ else
 	fi
 fi
 ELAPSED[tap]=$((SECONDS - t0))
+
+# ---------------------------------------------------------------------------
+# 7. upgrade from the previous release: build and install it, make indexes
+#    with it, then reinstall this tree and ALTER EXTENSION ... UPDATE
+# ---------------------------------------------------------------------------
+t0=$SECONDS
+if [ "${TV_SKIP_UPGRADE:-0}" = 1 ]; then
+	RESULT[upgrade]=skip
+	echo "upgrade SKIPPED (TV_SKIP_UPGRADE=1)"
+else
+	log "upgrade: from $PREV_RELEASE (test/upgrade/run.sh)"
+	upgrade_out=$TMP/upgrade.out
+	mkdir -p "$TMP/upgrade"
+	[ "$IS_ROOT" -eq 1 ] && chown "$PG_OS_USER": "$TMP/upgrade"
+	timeout "$UPGRADE_TIMEOUT" bash test/upgrade/run.sh "$PREV_RELEASE" "$TMP/upgrade" "$((PORT + 1))" \
+		2>&1 | tee "$upgrade_out"
+	upgrade_rc=${PIPESTATUS[0]}
+	upgrade_line=$(grep -E '^upgrade: [0-9]+ passed, [0-9]+ failed' "$upgrade_out" | tail -n 1)
+	if [ "$upgrade_rc" -eq 0 ] && [[ "$upgrade_line" =~ ^upgrade:\ ([0-9]+)\ passed,\ 0\ failed ]]; then
+		RESULT[upgrade]=ok
+	else
+		RESULT[upgrade]=FAIL
+		[ "$upgrade_rc" -eq 124 ] && echo "upgrade timed out after ${UPGRADE_TIMEOUT}s"
+		echo "upgrade FAILED (exit status $upgrade_rc)"
+		tail -n 40 "$TMP/upgrade/server.log" 2>/dev/null
+	fi
+	# whatever happened, leave this tree's build installed
+	as_root make -s install PG_CONFIG="$PG_CONFIG" >/dev/null || RESULT[upgrade]=FAIL
+fi
+ELAPSED[upgrade]=$((SECONDS - t0))
 
 finish

@@ -357,9 +357,7 @@ tvhandler(PG_FUNCTION_ARGS)
 	amroutine->amcanparallel = false;
 	amroutine->amcaninclude = false;
 	amroutine->amusemaintenanceworkmem = false;
-#if PG_VERSION_NUM >= 160000
-	amroutine->amsummarizing = false;
-#endif
+	/* fields later versions added (amsummarizing, amcanbuildparallel, ...) stay zero */
 	amroutine->amparallelvacuumoptions = VACUUM_OPTION_PARALLEL_BULKDEL;
 	amroutine->amkeytype = InvalidOid;
 

@@ -37,6 +37,7 @@
 #include "utils/relcache.h"
 
 #include "tvcodec.h"
+#include "tvcompat.h"
 
 /* Reloption and GUC limits */
 #define TV_MIN_BITS				2
@@ -287,11 +288,8 @@ extern void tvbuildempty(Relation index);
 
 /* tvinsert.c */
 extern bool tvinsert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid,
-					 Relation heap, IndexUniqueCheck checkUnique
-#if PG_VERSION_NUM >= 140000
-					 ,bool indexUnchanged
-#endif
-					 ,IndexInfo *indexInfo);
+					 Relation heap, IndexUniqueCheck checkUnique TV_AMINSERT_UNCHANGED_ARG,
+					 IndexInfo *indexInfo);
 
 /* tvscan.c */
 extern IndexScanDesc tvbeginscan(Relation index, int nkeys, int norderbys);

@@ -33,11 +33,6 @@
 #include "turbovec.h"
 #include "tvresident.h"
 
-#if PG_VERSION_NUM >= 160000
-#define TvOwnerCheck(relid)	object_ownercheck(RelationRelationId, (relid), GetUserId())
-#else
-#define TvOwnerCheck(relid)	pg_class_ownercheck((relid), GetUserId())
-#endif
 
 static const char *const metric_names[] = {NULL, "l2", "ip", "cosine"};
 

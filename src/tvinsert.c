@@ -365,11 +365,8 @@ InsertVector(Relation index, TvIndexState *state, const float *x, int list,
 
 bool
 tvinsert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid,
-		 Relation heap, IndexUniqueCheck checkUnique
-#if PG_VERSION_NUM >= 140000
-		 ,bool indexUnchanged
-#endif
-		 ,IndexInfo *indexInfo)
+		 Relation heap, IndexUniqueCheck checkUnique TV_AMINSERT_UNCHANGED_ARG,
+		 IndexInfo *indexInfo)
 {
 	MemoryContext insertCtx;
 	MemoryContext oldCtx;

@@ -18,12 +18,6 @@
 #define TV_MAX_RESIDENT		256		/* turbo indexes with a resident copy */
 #define TV_MAX_DATABASES	64		/* databases with a worker */
 
-#if PG_VERSION_NUM >= 160000
-#define TvRelFileNumber(rel)	((rel)->rd_locator.relNumber)
-#else
-#define TvRelFileNumber(rel)	((rel)->rd_node.relNode)
-#endif
-
 typedef enum TvResidentState
 {
 	TV_RES_FREE = 0,			/* entry unused */

@@ -168,7 +168,7 @@ tvbulkdelete(IndexVacuumInfo *info, IndexBulkDeleteResult *stats,
 		uint32		live;
 		uint32		dead = 0;
 
-		vacuum_delay_point();
+		TvVacuumDelayPoint();
 
 		TvReadStream(index, offset, sizeof(header), header, info->strategy);
 		memcpy(&live, header + TV_BLOCK_LIVE_OFFSET, sizeof(uint32));

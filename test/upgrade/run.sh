@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # turbovec: upgrade test from the previous release.
 #
-#   bash test/upgrade/run.sh PREV_REV TMPDIR PORT
+#   bash test/upgrade/run.sh PREV TMPDIR PORT
 #
-# Builds the previous release (git revision PREV_REV of this repository),
+# Builds the previous release (PREV: a git revision of this repository, or a
+# directory holding that release's source),
 # installs it, and on a preloaded throwaway server creates the extension at
 # that version, flat and IVF indexes, their resident copies and .tv
 # snapshots, and records exact answers.  Then it installs the current tree
@@ -63,14 +64,17 @@ finish() {
 	exit $?
 }
 
-# --- the previous release, from git -------------------------------------
-if ! git -C "$REPO" cat-file -e "$PREV_REV^{commit}" 2>/dev/null; then
+# --- the previous release, from git or a source tree ----------------------
+mkdir -p "$WORK/prev" "$SOCK"
+if [ -d "$PREV_REV" ]; then
+	cp -a "$PREV_REV/." "$WORK/prev/"
+elif git -C "$REPO" cat-file -e "$PREV_REV^{commit}" 2>/dev/null; then
+	git -C "$REPO" archive "$PREV_REV" | tar -x -C "$WORK/prev" || { FAILED=1; finish; }
+else
 	echo "upgrade: the previous release ($PREV_REV) is not in this clone's history" >&2
 	FAILED=1
 	finish
 fi
-mkdir -p "$WORK/prev" "$SOCK"
-git -C "$REPO" archive "$PREV_REV" | tar -x -C "$WORK/prev" || { FAILED=1; finish; }
 prev_version=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$WORK/prev/turbovec.control")
 new_version=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$REPO/turbovec.control")
 echo "previous release: $PREV_REV (turbovec $prev_version); this tree: turbovec $new_version"

@@ -266,9 +266,12 @@ typedef struct TvIndexCache
 	MemoryContext cxt;			/* holds all of this */
 	MemoryContext parent;		/* the rd_indexcxt it belongs to */
 	Oid			relfilenode;
+	/* the metapage's shape the codec and centroids were made for */
 	uint64		seed;
 	uint32		dim;			/* 0 until the codec exists */
 	uint32		bits;
+	uint32		lists;
+	uint32		flags;
 	TvCodec    *codec;
 	float	   *centroids;
 	float	   *cnorms;
@@ -289,6 +292,22 @@ static void
 ForgetIndexCache(void *arg)
 {
 	TvIndexCache *cache = (TvIndexCache *) arg;
+	TvIndexCacheRef *ref;
+
+	ref = hash_search(tv_index_caches, &cache->indexoid, HASH_FIND, NULL);
+	if (ref != NULL && ref->cache == cache)
+		hash_search(tv_index_caches, &cache->indexoid, HASH_REMOVE, NULL);
+}
+
+/*
+ * Stop finding a cache whose metapage shape no longer holds: the index was
+ * rebuilt in place (TRUNCATE of a table created in the same transaction
+ * keeps the relfilenode).  Its context stays until rd_indexcxt goes, in case
+ * anything still points into it.
+ */
+static void
+AbandonIndexCache(TvIndexCache *cache)
+{
 	TvIndexCacheRef *ref;
 
 	ref = hash_search(tv_index_caches, &cache->indexoid, HASH_FIND, NULL);
@@ -324,13 +343,14 @@ GetIndexCache(Relation index)
 			return cache;
 		/*
 		 * A new relfilenode comes with an invalidation that freed rd_amcache,
-		 * and no scan of ours can be open across it: nothing still points
-		 * into the old context.
+		 * and no scan of ours can be open across it (REINDEX and TRUNCATE
+		 * refuse an index in use): nothing still points into the old
+		 * context.  Should rd_amcache still be set, keep the context.
 		 */
-		if (index->rd_amcache != NULL)
-			elog(ERROR, "turbo index \"%s\" changed its relfilenode under its cached state",
-				 RelationGetRelationName(index));
-		MemoryContextDelete(cache->cxt);
+		if (index->rd_amcache == NULL)
+			MemoryContextDelete(cache->cxt);
+		else
+			AbandonIndexCache(cache);
 	}
 
 	cache = NULL;
@@ -374,18 +394,26 @@ TvGetIndexState(Relation index)
 
 	TvReadMeta(index, &meta);
 	cache = GetIndexCache(index);
+	state = (TvIndexState *) index->rd_amcache;
+	if (cache->codec != NULL &&
+		(meta.dim != cache->dim || meta.bits != cache->bits || meta.seed != cache->seed ||
+		 meta.lists != cache->lists || meta.flags != cache->flags))
+	{
+		/* a state still cached lives in the abandoned context: start afresh */
+		index->rd_amcache = NULL;
+		state = NULL;
+		AbandonIndexCache(cache);
+		cache = GetIndexCache(index);
+	}
 	if (meta.dim > 0 && cache->codec == NULL)
 	{
 		cache->codec = TvCreateCodec(meta.dim, meta.bits, meta.seed, cache->cxt);
 		cache->dim = meta.dim;
 		cache->bits = meta.bits;
 		cache->seed = meta.seed;
+		cache->lists = meta.lists;
+		cache->flags = meta.flags;
 	}
-	if (cache->codec != NULL &&
-		(meta.dim != cache->dim || meta.bits != cache->bits || meta.seed != cache->seed))
-		MetaCorrupted(index, "dim %u, bits %u and seed " UINT64_FORMAT " differ from dim %u, bits %u and seed " UINT64_FORMAT " read before.",
-					  meta.dim, meta.bits, meta.seed,
-					  cache->dim, cache->bits, cache->seed);
 	if (!cache->have_toarray)
 	{
 		cache->toarray = TvGetToArrayProc(index, cache->cxt);

@@ -164,6 +164,25 @@ unlike(slurp_file($node->logfile), qr/terminated by signal/,
 is(verify_output($node, $_), '', "$_ is sound again once restored")
   for sort keys %file;
 
+# A legitimate change of shape under the same relfilenode is no corruption:
+# TRUNCATE of a table created in the same transaction rebuilds its index in
+# place, and the next rows may have another dimension.
+is( $node->safe_psql(
+		'postgres', q{
+BEGIN;
+CREATE TABLE tt (id serial, v real[]);
+INSERT INTO tt (v) SELECT ARRAY[i, 1, 2, 3]::real[] FROM generate_series(1, 100) i;
+CREATE INDEX tt_idx ON tt USING turbo (v real_l2_ops) WITH (lists = 4);
+SET LOCAL enable_seqscan = off;
+SET LOCAL turbovec.candidates = 100000;
+SELECT id FROM tt ORDER BY v <-> '{7,1,2,3}' LIMIT 1;
+INSERT INTO tt (v) VALUES ('{5,5,5,5}');
+TRUNCATE tt;
+INSERT INTO tt (v) SELECT ARRAY[i, 1]::real[] FROM generate_series(1, 50) i;
+SELECT id FROM tt ORDER BY v <-> '{3,1}' LIMIT 1;
+COMMIT;
+}), "7\n104", 'TRUNCATE in the creating transaction: the index takes another dimension');
+
 # Relcache flushes of an open index: the cursor holds ti_idx open, each
 # ANALYZE (after new rows changed its reltuples) invalidates its entry, and
 # each insert rebuilds the cached state.  Growth of the index's contexts

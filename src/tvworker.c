@@ -231,7 +231,7 @@ Publish(Relation index, TvResidentEntry *e, dsa_pointer dp, Size bytes,
 	e->lsn = lsn;
 	e->relfilenode = TvRelFileNumber(index);
 	LWLockRelease(e->lock);
-	e->unlogged = !RelationNeedsWAL(index);
+	e->unlogged = index->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT;
 	e->from_snapshot = from_snapshot;
 	if (!from_snapshot)
 	{
@@ -351,7 +351,7 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 	TvResidentCopy *copy;
 	char		path[MAXPGPATH];
 
-	if (!RelationNeedsWAL(index))
+	if (index->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
 	{
 		/* one left by an older release, or from before SET UNLOGGED */
 		TvSnapshotRemove(MyDatabaseId, RelationGetRelid(index));

@@ -178,6 +178,44 @@ tv_codec_size(int dim)
 		(size_t) TV_ROTATION_ROUNDS * dim * (2 * sizeof(float) + 2 * sizeof(uint16_t));
 }
 
+/* Kernel groups of a 32-lane block and their size, for in-range dim and bits */
+static void
+BlockGroups(int dim, int bits, int *ngroups, int *group_bytes)
+{
+	switch (bits)
+	{
+		case 2:
+			*ngroups = (dim + 1) / 2;
+			*group_bytes = 16;
+			break;
+		case 3:
+			*ngroups = dim;
+			*group_bytes = 12;
+			break;
+		default:
+			*ngroups = dim;
+			*group_bytes = 16;
+			break;
+	}
+}
+
+/*
+ * TvCodec.block_code_bytes for (dim, bits) without building a codec, so a
+ * reader can check a stored block size cheaply; -1 when out of range.
+ */
+int
+tv_codec_block_code_bytes(int dim, int bits)
+{
+	int			ngroups;
+	int			group_bytes;
+
+	if (dim < TV_CODEC_MIN_DIM || dim > TV_CODEC_MAX_DIM ||
+		bits < TV_CODEC_MIN_BITS || bits > TV_CODEC_MAX_BITS)
+		return -1;
+	BlockGroups(dim, bits, &ngroups, &group_bytes);
+	return ngroups * group_bytes;
+}
+
 /*
  * Fill in the codec for (dim, bits, seed).  The caller checks the ranges
  * (TV_CODEC_MIN_DIM..TV_CODEC_MAX_DIM, TV_CODEC_MIN_BITS..TV_CODEC_MAX_BITS);
@@ -210,21 +248,16 @@ tv_codec_init(TvCodec *codec, int dim, int bits, uint64_t seed)
 	codec->bits = bits;
 	codec->seed = seed;
 	codec->code_bytes = (dim * bits + 7) / 8;
+	BlockGroups(dim, bits, &codec->ngroups, &codec->group_bytes);
 	switch (bits)
 	{
 		case 2:
-			codec->ngroups = (dim + 1) / 2;
-			codec->group_bytes = 16;
 			levels = levels2;
 			break;
 		case 3:
-			codec->ngroups = dim;
-			codec->group_bytes = 12;
 			levels = levels3;
 			break;
 		default:
-			codec->ngroups = dim;
-			codec->group_bytes = 16;
 			levels = levels4;
 			break;
 	}

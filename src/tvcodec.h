@@ -74,6 +74,7 @@ typedef struct TvQueryLut
 
 extern size_t tv_codec_size(int dim);
 extern void tv_codec_init(TvCodec *codec, int dim, int bits, uint64_t seed);
+extern int	tv_codec_block_code_bytes(int dim, int bits);
 
 /* Scratch floats the functions below need (work arguments) */
 extern size_t tv_codec_work_floats(const TvCodec *codec);

@@ -214,6 +214,17 @@ InsertVector(Relation index, TvIndexState *state, const float *x, int list,
 		(meta.lists > 0) != (list >= 0))
 		elog(ERROR, "turbo index \"%s\" changed its lists under an insert",
 			 RelationGetRelationName(index));
+	/* the block image below is sized by the page, the code by the codec */
+	if (meta.dim != state->meta.dim ||
+		meta.block_bytes != (uint32) TvBlockBytes(state->codec))
+		ereport(ERROR,
+				(errcode(ERRCODE_INDEX_CORRUPTED),
+				 errmsg("turbo index \"%s\" has a corrupted metapage",
+						RelationGetRelationName(index)),
+				 errdetail("block_bytes %u and dim %u differ from %d and %u read before.",
+						   meta.block_bytes, meta.dim, TvBlockBytes(state->codec),
+						   state->meta.dim),
+				 errhint("REINDEX the index.")));
 
 	if (meta.lists > 0)
 	{
@@ -390,6 +401,8 @@ tvinsert(Relation index, Datum *values, bool *isnull, ItemPointer heap_tid,
 
 	state = TvGetIndexState(index);
 	x = TvDatumGetFloats(state->toarray, values[0], &dim);
+	/* detoasting takes locks, which may have flushed rd_amcache */
+	state = TvGetIndexState(index);
 	if (state->meta.dim == 0)
 	{
 		SetDimension(index, dim);

@@ -17,10 +17,12 @@
 #include "miscadmin.h"
 #include "storage/bufmgr.h"
 #include "storage/lmgr.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
 #include "turbovec.h"
+#include "tvresident.h"
 
 /* Size of one block of the stream for this codec; a multiple of 8 */
 int
@@ -117,11 +119,50 @@ TvInitDataPage(Page page)
 	((PageHeader) page)->pd_lower = ((PageHeader) page)->pd_upper;
 }
 
-/* Refuse a metapage we do not understand before trusting any field */
+/* Block size the stream must use for (dim, bits); 0 while dim is 0 */
+static uint32
+ExpectedBlockBytes(uint32 dim, uint32 bits)
+{
+	int			code_bytes;
+
+	if (dim == 0)
+		return 0;
+	code_bytes = tv_codec_block_code_bytes((int) dim, (int) bits);
+	Assert(code_bytes > 0);
+	return (uint32) TYPEALIGN(8, TV_BLOCK_CODES_OFFSET + code_bytes);
+}
+
+#define MetaCorrupted(index, ...) \
+	ereport(ERROR, \
+			(errcode(ERRCODE_INDEX_CORRUPTED), \
+			 errmsg("turbo index \"%s\" has a corrupted metapage", \
+					RelationGetRelationName(index)), \
+			 errdetail(__VA_ARGS__), \
+			 errhint("REINDEX the index.")))
+
+/*
+ * Refuse a metapage with any field we cannot trust, before anything is
+ * sized from it: identity, the codec's shape, the list area and the slot
+ * count against the pages the metapage and the relation hold.  The caller
+ * holds a lock on the metapage buffer.
+ *
+ * The relation may have more pages than ndatapages (an insert that
+ * extended it and crashed before its final record), never fewer: data pages
+ * are extended and logged before the metapage record that counts them.
+ *
+ * When this backend has cached the index's state with a dimension, the
+ * fields fixed for the life of the relfilenode must also still match the
+ * cache, since callers mix the page's sizes with the cached codec and
+ * centroids.
+ */
 void
 TvCheckMetaPage(Relation index, Page page)
 {
 	TvMetaPage	meta = TvPageGetMeta(page);
+	TvIndexState *cached = (TvIndexState *) index->rd_amcache;
+	BlockNumber nblocks;
+	uint32		expect_bytes;
+	uint64		needed;
 
 	if (PageIsNew(page) ||
 		TvPageGetOpaque(page)->page_id != TV_PAGE_ID ||
@@ -137,20 +178,65 @@ TvCheckMetaPage(Relation index, Page page)
 				 errmsg("turbo index \"%s\" has format version %u, expected %d",
 						RelationGetRelationName(index), meta->version, TV_VERSION),
 				 errhint("REINDEX the index.")));
-	if (meta->dim > TV_CODEC_MAX_DIM ||
-		meta->bits < TV_MIN_BITS || meta->bits > TV_MAX_BITS ||
-		meta->metric < TV_METRIC_L2 || meta->metric > TV_METRIC_COSINE ||
-		meta->page_payload != TV_PAGE_PAYLOAD)
-		ereport(ERROR,
-				(errcode(ERRCODE_INDEX_CORRUPTED),
-				 errmsg("turbo index \"%s\" has an impossible metapage",
-						RelationGetRelationName(index)),
-				 errdetail("dim %u, bits %u, metric %u, page payload %u.",
-						   meta->dim, meta->bits, meta->metric, meta->page_payload),
-				 errhint("REINDEX the index.")));
+	if (meta->dim > TV_CODEC_MAX_DIM)
+		MetaCorrupted(index, "dim is %u, at most %d is possible.",
+					  meta->dim, TV_CODEC_MAX_DIM);
+	if (meta->bits < TV_MIN_BITS || meta->bits > TV_MAX_BITS)
+		MetaCorrupted(index, "bits is %u, expected %d to %d.",
+					  meta->bits, TV_MIN_BITS, TV_MAX_BITS);
+	if (meta->metric < TV_METRIC_L2 || meta->metric > TV_METRIC_COSINE)
+		MetaCorrupted(index, "metric is %u, expected %d to %d.",
+					  meta->metric, TV_METRIC_L2, TV_METRIC_COSINE);
+	if (meta->page_payload != TV_PAGE_PAYLOAD)
+		MetaCorrupted(index, "page_payload is %u, expected %d.",
+					  meta->page_payload, (int) TV_PAGE_PAYLOAD);
+	expect_bytes = ExpectedBlockBytes(meta->dim, meta->bits);
+	if (meta->block_bytes != expect_bytes)
+		MetaCorrupted(index, "block_bytes is %u, expected %u for dim %u at %u bits.",
+					  meta->block_bytes, expect_bytes, meta->dim, meta->bits);
+	if (meta->lists > TV_MAX_LISTS || (meta->dim == 0 && meta->lists != 0))
+		MetaCorrupted(index, "lists is %u with dim %u, at most %d lists are possible.",
+					  meta->lists, meta->dim, TV_MAX_LISTS);
+	if (meta->list_area != (meta->lists > 0 ? TvListAreaBytes(meta->lists, meta->dim) : 0))
+		MetaCorrupted(index, "list_area is %u, expected %u for %u lists of dim %u.",
+					  meta->list_area,
+					  meta->lists > 0 ? TvListAreaBytes(meta->lists, meta->dim) : 0,
+					  meta->lists, meta->dim);
+	if ((meta->flags & ~TV_META_RESIDUAL) != 0 ||
+		(TvMetaResidual(meta) && meta->lists == 0))
+		MetaCorrupted(index, "flags is 0x%X with %u lists.", meta->flags, meta->lists);
+	if ((meta->dim == 0 && meta->nslots != 0) ||
+		(meta->lists > 0 && meta->nslots % TV_LANES != 0))
+		MetaCorrupted(index, "nslots is " UINT64_FORMAT " with dim %u and %u lists.",
+					  meta->nslots, meta->dim, meta->lists);
+
+	/* a slot takes more than a byte, so this bounds nslots before any product */
+	nblocks = RelationGetNumberOfBlocks(index);
+	if ((uint64) meta->ndatapages + TV_FIRST_DATA_BLKNO > nblocks)
+		MetaCorrupted(index, "ndatapages is %u, but the index has %u pages.",
+					  meta->ndatapages, nblocks);
+	if (meta->nslots > (uint64) meta->ndatapages * TV_PAGE_PAYLOAD)
+		MetaCorrupted(index, "nslots is " UINT64_FORMAT ", more than %u data pages can hold.",
+					  meta->nslots, meta->ndatapages);
+	needed = TvStreamPages(meta, TvBlockCount(meta));
+	if (needed > meta->ndatapages)
+		MetaCorrupted(index, "nslots is " UINT64_FORMAT " and list_area %u, which need " UINT64_FORMAT " data pages, but ndatapages is %u.",
+					  meta->nslots, meta->list_area, needed, meta->ndatapages);
+	if (meta->free_hint > TvBlockCount(meta))
+		MetaCorrupted(index, "free_hint is " UINT64_FORMAT ", past block " UINT64_FORMAT ".",
+					  meta->free_hint, TvBlockCount(meta));
+
+	if (cached != NULL && cached->meta.dim != 0 &&
+		(meta->dim != cached->meta.dim || meta->bits != cached->meta.bits ||
+		 meta->seed != cached->meta.seed || meta->lists != cached->meta.lists ||
+		 meta->flags != cached->meta.flags))
+		MetaCorrupted(index, "dim %u, bits %u, %u lists and flags 0x%X differ from dim %u, bits %u, %u lists and flags 0x%X read before.",
+					  meta->dim, meta->bits, meta->lists, meta->flags,
+					  cached->meta.dim, cached->meta.bits, cached->meta.lists,
+					  cached->meta.flags);
 }
 
-/* Copy the metapage out under a share lock */
+/* Copy the metapage out under a share lock, validated */
 void
 TvReadMeta(Relation index, TvMetaPageData *meta)
 {
@@ -165,46 +251,190 @@ TvReadMeta(Relation index, TvMetaPageData *meta)
 }
 
 /*
+ * The memory behind the cached state of an index.  The relcache pfrees
+ * rd_amcache on every invalidation of an open index but keeps rd_indexcxt,
+ * so the codec, centroids and conversion function, which a scan may still
+ * point at, live in a child context of rd_indexcxt that is found again
+ * through a backend-local table and reused while the relfilenode stays the
+ * same: a flush then costs nothing, however often it comes.  The context
+ * goes with rd_indexcxt, or when the index gets a new relfilenode (REINDEX,
+ * TRUNCATE: no scan of ours can be open then).
+ */
+typedef struct TvIndexCache
+{
+	Oid			indexoid;		/* hash key */
+	MemoryContext cxt;			/* holds all of this */
+	MemoryContext parent;		/* the rd_indexcxt it belongs to */
+	Oid			relfilenode;
+	/* the metapage's shape the codec and centroids were made for */
+	uint64		seed;
+	uint32		dim;			/* 0 until the codec exists */
+	uint32		bits;
+	uint32		lists;
+	uint32		flags;
+	TvCodec    *codec;
+	float	   *centroids;
+	float	   *cnorms;
+	FmgrInfo   *toarray;
+	bool		have_toarray;
+} TvIndexCache;
+
+typedef struct TvIndexCacheRef
+{
+	Oid			indexoid;
+	TvIndexCache *cache;
+} TvIndexCacheRef;
+
+static HTAB *tv_index_caches = NULL;
+
+/* Reset callback of a cache context: forget it */
+static void
+ForgetIndexCache(void *arg)
+{
+	TvIndexCache *cache = (TvIndexCache *) arg;
+	TvIndexCacheRef *ref;
+
+	ref = hash_search(tv_index_caches, &cache->indexoid, HASH_FIND, NULL);
+	if (ref != NULL && ref->cache == cache)
+		hash_search(tv_index_caches, &cache->indexoid, HASH_REMOVE, NULL);
+}
+
+/*
+ * Stop finding a cache whose metapage shape no longer holds: the index was
+ * rebuilt in place (TRUNCATE of a table created in the same transaction
+ * keeps the relfilenode).  Its context stays until rd_indexcxt goes, in case
+ * anything still points into it.
+ */
+static void
+AbandonIndexCache(TvIndexCache *cache)
+{
+	TvIndexCacheRef *ref;
+
+	ref = hash_search(tv_index_caches, &cache->indexoid, HASH_FIND, NULL);
+	if (ref != NULL && ref->cache == cache)
+		hash_search(tv_index_caches, &cache->indexoid, HASH_REMOVE, NULL);
+}
+
+/* The index's cache for its current relfilenode, made when missing */
+static TvIndexCache *
+GetIndexCache(Relation index)
+{
+	Oid			indexoid = RelationGetRelid(index);
+	TvIndexCacheRef *ref;
+	TvIndexCache *cache;
+	MemoryContextCallback *cb;
+	bool		found;
+
+	if (tv_index_caches == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(TvIndexCacheRef);
+		tv_index_caches = hash_create("turbovec index caches", 64, &ctl,
+									  HASH_ELEM | HASH_BLOBS);
+	}
+	ref = hash_search(tv_index_caches, &indexoid, HASH_FIND, NULL);
+	if (ref != NULL)
+	{
+		cache = ref->cache;
+		if (cache->parent == index->rd_indexcxt &&
+			cache->relfilenode == TvRelFileNumber(index))
+			return cache;
+		/*
+		 * A new relfilenode comes with an invalidation that freed rd_amcache,
+		 * and no scan of ours can be open across it (REINDEX and TRUNCATE
+		 * refuse an index in use): nothing still points into the old
+		 * context.  Should rd_amcache still be set, keep the context.
+		 */
+		if (index->rd_amcache == NULL)
+			MemoryContextDelete(cache->cxt);
+		else
+			AbandonIndexCache(cache);
+	}
+
+	cache = NULL;
+	{
+		MemoryContext cxt = AllocSetContextCreate(index->rd_indexcxt,
+												  "turbovec index cache",
+												  ALLOCSET_SMALL_SIZES);
+
+		MemoryContextCopyAndSetIdentifier(cxt, RelationGetRelationName(index));
+		cache = MemoryContextAllocZero(cxt, sizeof(TvIndexCache));
+		cache->indexoid = indexoid;
+		cache->cxt = cxt;
+		cache->parent = index->rd_indexcxt;
+		cache->relfilenode = TvRelFileNumber(index);
+		cb = MemoryContextAlloc(cxt, sizeof(MemoryContextCallback));
+		cb->func = ForgetIndexCache;
+		cb->arg = cache;
+		MemoryContextRegisterResetCallback(cxt, cb);
+	}
+	ref = hash_search(tv_index_caches, &indexoid, HASH_ENTER, &found);
+	ref->cache = cache;
+	return cache;
+}
+
+/*
  * The index's immutable parameters and codec, cached in rd_amcache.  Only
  * dim changes, once, from 0 when the first vector arrives, so a cached state
  * with dim 0 is re-read.  Counters in state->meta are stale by design:
- * whoever needs nslots reads the metapage.
+ * whoever needs nslots reads the metapage.  Everything cached comes from a
+ * metapage TvReadMeta has validated.
  */
 TvIndexState *
 TvGetIndexState(Relation index)
 {
 	TvIndexState *state = (TvIndexState *) index->rd_amcache;
+	TvIndexCache *cache;
+	TvMetaPageData meta;
 
-	if (state == NULL || state->meta.dim == 0)
+	if (state != NULL && state->meta.dim != 0)
+		return state;
+
+	TvReadMeta(index, &meta);
+	cache = GetIndexCache(index);
+	state = (TvIndexState *) index->rd_amcache;
+	if (cache->codec != NULL &&
+		(meta.dim != cache->dim || meta.bits != cache->bits || meta.seed != cache->seed ||
+		 meta.lists != cache->lists || meta.flags != cache->flags))
 	{
-		TvMetaPageData meta;
-
-		TvReadMeta(index, &meta);
-		if (state == NULL)
-		{
-			state = MemoryContextAllocZero(index->rd_indexcxt, sizeof(TvIndexState));
-			state->metric = TvGetMetric(index);
-			fmgr_info_copy(&state->distance,
-						   index_getprocinfo(index, 1, TV_DISTANCE_PROC),
-						   index->rd_indexcxt);
-			state->collation = index->rd_indcollation[0];
-			state->toarray = TvGetToArrayProc(index, index->rd_indexcxt);
-			index->rd_amcache = state;
-		}
-		state->meta = meta;
-		if (meta.dim > 0 && state->codec == NULL)
-		{
-			state->codec = TvCreateCodec(meta.dim, meta.bits, meta.seed,
-										 index->rd_indexcxt);
-			if (meta.block_bytes != (uint32) TvBlockBytes(state->codec))
-				ereport(ERROR,
-						(errcode(ERRCODE_INDEX_CORRUPTED),
-						 errmsg("turbo index \"%s\" has block size %u, expected %d",
-								RelationGetRelationName(index), meta.block_bytes,
-								TvBlockBytes(state->codec)),
-						 errhint("REINDEX the index.")));
-		}
+		/* a state still cached lives in the abandoned context: start afresh */
+		index->rd_amcache = NULL;
+		state = NULL;
+		AbandonIndexCache(cache);
+		cache = GetIndexCache(index);
 	}
+	if (meta.dim > 0 && cache->codec == NULL)
+	{
+		cache->codec = TvCreateCodec(meta.dim, meta.bits, meta.seed, cache->cxt);
+		cache->dim = meta.dim;
+		cache->bits = meta.bits;
+		cache->seed = meta.seed;
+		cache->lists = meta.lists;
+		cache->flags = meta.flags;
+	}
+	if (!cache->have_toarray)
+	{
+		cache->toarray = TvGetToArrayProc(index, cache->cxt);
+		cache->have_toarray = true;
+	}
+	if (state == NULL)
+	{
+		/* the relcache pfrees this chunk; its context keeps the rest */
+		state = MemoryContextAllocZero(cache->cxt, sizeof(TvIndexState));
+		state->metric = TvGetMetric(index);
+		fmgr_info_copy(&state->distance,
+					   index_getprocinfo(index, 1, TV_DISTANCE_PROC),
+					   cache->cxt);
+		state->collation = index->rd_indcollation[0];
+		state->toarray = cache->toarray;
+		index->rd_amcache = state;
+	}
+	state->meta = meta;
+	state->codec = cache->codec;
+	state->centroids = cache->centroids;
+	state->cnorms = cache->cnorms;
 	return state;
 }
 
@@ -238,11 +468,10 @@ TvCopyIndexState(const TvIndexState *src, MemoryContext cxt)
 
 /*
  * The centroids of an IVF index and their squared norms (for
- * TvNearestLists), read once per relcache entry.  They never
- * change after the build (a rebuild holds an exclusive lock and invalidates
- * this cache), and they live in rd_indexcxt, which stays while the index is
- * open even when a relcache flush frees rd_amcache: a scan may keep the
- * pointer.
+ * TvNearestLists), read once per relfilenode.  They never change after the
+ * build (a rebuild is a new relfilenode), and they live in the index's
+ * cache context, which outlives relcache flushes while the index is open:
+ * a scan may keep the pointer.
  */
 const float *
 TvCachedCentroids(Relation index, const float **cnorms)
@@ -252,11 +481,20 @@ TvCachedCentroids(Relation index, const float **cnorms)
 	Assert(state->meta.lists > 0);
 	if (state->centroids == NULL)
 	{
-		MemoryContext oldCtx = MemoryContextSwitchTo(index->rd_indexcxt);
+		TvIndexCache *cache = GetIndexCache(index);
 
-		state->centroids = TvReadCentroids(index, &state->meta, NULL, index->rd_indexcxt);
-		state->cnorms = TvCentroidNorms(state->centroids, state->meta.lists, state->meta.dim);
-		MemoryContextSwitchTo(oldCtx);
+		if (cache->centroids == NULL)
+		{
+			MemoryContext oldCtx = MemoryContextSwitchTo(cache->cxt);
+			float	   *centroids;
+
+			centroids = TvReadCentroids(index, &state->meta, NULL, cache->cxt);
+			cache->cnorms = TvCentroidNorms(centroids, state->meta.lists, state->meta.dim);
+			cache->centroids = centroids;
+			MemoryContextSwitchTo(oldCtx);
+		}
+		state->centroids = cache->centroids;
+		state->cnorms = cache->cnorms;
 	}
 	if (cnorms)
 		*cnorms = state->cnorms;

@@ -62,6 +62,7 @@ typedef struct TvResidentEntry
 	bool		from_snapshot;	/* the current copy came from a .tv file */
 	Oid			tried_relfilenode;	/* relfilenode of the last rebuild attempt */
 	bool		dumping;		/* a snapshot dump is in flight */
+	bool		unlogged;		/* not WAL-logged: never dumped (SNAPSHOT.md) */
 
 	/* the copy: entry lock */
 	LWLock	   *lock;

@@ -231,6 +231,7 @@ Publish(Relation index, TvResidentEntry *e, dsa_pointer dp, Size bytes,
 	e->lsn = lsn;
 	e->relfilenode = TvRelFileNumber(index);
 	LWLockRelease(e->lock);
+	e->unlogged = index->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT;
 	e->from_snapshot = from_snapshot;
 	if (!from_snapshot)
 	{
@@ -258,7 +259,83 @@ LockMeta(Relation index, TvMetaPageData *meta, XLogRecPtr *lsn)
 	return metabuf;
 }
 
-/* Try the index's snapshot; true if it was whole and current and is now published */
+/*
+ * Does a snapshot's stream hold what the index's pages hold?  The counter
+ * alone does not prove it: after WAL lost in a crash the counter can climb
+ * back to the same value with other contents.  The copy may lack lanes whose
+ * row was gone when it was built, and VACUUM's list hints are not copied;
+ * everything else a scan reads must be equal: the IVF directory's tails and
+ * lengths and the centroids, every block's list links, and each lane the
+ * snapshot calls live (TID, factors, code).  Returns NULL, or the first
+ * difference.
+ */
+static const char *
+SnapshotStreamDiffers(const TvMetaPageData *meta, const TvCodec *codec,
+					  const char *snap, const char *pages)
+{
+	uint64		nblocks = TvBlockCount(meta);
+	uint8	   *code_s = palloc(codec->code_bytes);
+	uint8	   *code_p = palloc(codec->code_bytes);
+	const char *why = NULL;
+
+	for (uint32 j = 0; j < meta->lists && why == NULL; j++)
+	{
+		const TvListEntry *es = (const TvListEntry *) (snap + (Size) j * sizeof(TvListEntry));
+		const TvListEntry *ep = (const TvListEntry *) (pages + (Size) j * sizeof(TvListEntry));
+
+		if (es->tail != ep->tail || es->nblocks != ep->nblocks)
+			why = psprintf("list %u differs", j);
+	}
+	if (why == NULL && meta->lists > 0 &&
+		memcmp(snap + TvCentroidsOffset(meta->lists), pages + TvCentroidsOffset(meta->lists),
+			   (Size) meta->lists * meta->dim * sizeof(float)) != 0)
+		why = "centroids differ";
+
+	for (uint64 b = 0; b < nblocks && why == NULL; b++)
+	{
+		const char *bs = snap + TvBlockOffset(meta, b);
+		const char *bp = pages + TvBlockOffset(meta, b);
+		uint32		live_s;
+		uint32		live_p;
+
+		if (memcmp(bs, bp, meta->block_bytes) == 0)
+			continue;
+		memcpy(&live_s, bs + TV_BLOCK_LIVE_OFFSET, sizeof(uint32));
+		memcpy(&live_p, bp + TV_BLOCK_LIVE_OFFSET, sizeof(uint32));
+		if ((live_s & ~live_p) != 0 ||
+			memcmp(bs + TV_BLOCK_PREV_OFFSET, bp + TV_BLOCK_PREV_OFFSET, 2 * sizeof(uint32)) != 0)
+		{
+			why = psprintf("block " UINT64_FORMAT " differs", b);
+			break;
+		}
+		for (uint32 l = live_s; l != 0 && why == NULL; l &= l - 1)
+		{
+			int			lane = pg_rightmost_one_pos32(l);
+			Size		tid = TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData);
+			Size		norm = TV_BLOCK_NORM_OFFSET + lane * sizeof(float);
+			Size		ipscale = TV_BLOCK_IPSCALE_OFFSET + lane * sizeof(float);
+
+			tv_block_get_code(codec, (const uint8 *) bs + TV_BLOCK_CODES_OFFSET, lane, code_s);
+			tv_block_get_code(codec, (const uint8 *) bp + TV_BLOCK_CODES_OFFSET, lane, code_p);
+			if (memcmp(bs + tid, bp + tid, sizeof(ItemPointerData)) != 0 ||
+				memcmp(bs + norm, bp + norm, sizeof(float)) != 0 ||
+				memcmp(bs + ipscale, bp + ipscale, sizeof(float)) != 0 ||
+				memcmp(code_s, code_p, codec->code_bytes) != 0)
+				why = psprintf("slot " UINT64_FORMAT " differs", b * TV_LANES + lane);
+		}
+	}
+	pfree(code_s);
+	pfree(code_p);
+	return why;
+}
+
+/*
+ * Try the index's snapshot; true if it was whole and current and is now
+ * published.  Current means: same relfilenode and change counter, an LSN
+ * no older than the metapage's, and a stream equal to the pages'.  Unlogged
+ * indexes are never snapshotted: a crash resets them from the init fork,
+ * after which the counter can reach the snapshot's again.
+ */
 static bool
 LoadSnapshot(Relation index, TvResidentEntry *e)
 {
@@ -274,6 +351,12 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 	TvResidentCopy *copy;
 	char		path[MAXPGPATH];
 
+	if (index->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
+	{
+		/* one left by an older release, or from before SET UNLOGGED */
+		TvSnapshotRemove(MyDatabaseId, RelationGetRelid(index));
+		return false;
+	}
 	metabuf = LockMeta(index, &meta, &lsn);
 	UnlockReleaseBuffer(metabuf);
 	if (meta.dim == 0)
@@ -288,7 +371,8 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 	expect.metric = meta.metric;
 	expect.seed = meta.seed;
 	expect.change_count = meta.change_count;
-	expect.min_lsn = 0;
+	/* the dump saw the record that set this counter, so its LSN is no older */
+	expect.min_lsn = lsn;
 	if (!TvSnapshotRead(&expect, &hdr, &stream, &vectors, &why))
 	{
 		if (why != NULL)
@@ -328,6 +412,23 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 		return true;			/* nothing more to try */
 	}
 	copy = dsa_get_address(TvResidentArea(), dp);
+	why = SnapshotStreamDiffers(&meta, TvGetIndexState(index)->codec, stream,
+								TvResidentStream(copy));
+	if (why != NULL)
+	{
+		UnlockReleaseBuffer(metabuf);
+		dsa_free(TvResidentArea(), dp);
+		TvSnapshotPath(MyDatabaseId, RelationGetRelid(index), path);
+		ereport(WARNING,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("turbovec snapshot \"%s\" not used: its stream differs from the index's (%s)",
+						path, why),
+				 errdetail("The resident copy of index \"%s\" is rebuilt from the index and its table.",
+						   RelationGetRelationName(index))));
+		pfree(stream);
+		pfree(vectors);
+		return false;
+	}
 	/* the file's stream is the extent's at this counter; use its vectors */
 	memcpy(TvResidentStream(copy), stream, hdr.stream_bytes);
 	memcpy(TvResidentVectors(copy), vectors, hdr.vector_bytes);
@@ -425,7 +526,7 @@ DumpCopy(TvResidentEntry *e)
 
 	LWLockAcquire(e->lock, LW_SHARED);
 	copy = TvResidentGetCopy(e);
-	if (copy == NULL || e->state != TV_RES_READY)
+	if (copy == NULL || e->state != TV_RES_READY || e->unlogged)
 	{
 		LWLockRelease(e->lock);
 		return;
@@ -471,6 +572,12 @@ DumpCopy(TvResidentEntry *e)
 		}
 		hdr.live = live;
 	}
+	/*
+	 * The file must never describe WAL a crash could still lose, or the
+	 * counter could climb back to its value with other contents.
+	 */
+	if (!RecoveryInProgress())
+		XLogFlush(hdr.lsn);
 	if (TvSnapshotWrite(&hdr, stream, vectors, &size))
 	{
 		e->snap_change_count = hdr.change_count;
@@ -776,7 +883,7 @@ DumpChanged(void)
 	{
 		TvResidentEntry *e = &tv_shared->entries[i];
 
-		if (e->dbid == MyDatabaseId && e->state == TV_RES_READY &&
+		if (e->dbid == MyDatabaseId && e->state == TV_RES_READY && !e->unlogged &&
 			(e->snap_change_count != e->change_count || e->snap_bytes == 0))
 		{
 			TvResidentDump(e);

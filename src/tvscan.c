@@ -269,6 +269,18 @@ CheckStreamPages(Relation index, const TvMetaPageData *meta, uint64 nblocks)
 				 errhint("REINDEX the index.")));
 }
 
+static void BrokenChain(Relation index, int list) pg_attribute_noreturn();
+
+static void
+BrokenChain(Relation index, int list)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INDEX_CORRUPTED),
+			 errmsg("turbo index \"%s\" has a broken chain in list %d",
+					RelationGetRelationName(index), list),
+			 errhint("REINDEX the index.")));
+}
+
 /* One pinned, share-locked data page at a time, for walking list chains */
 typedef struct PageCursor
 {
@@ -308,20 +320,38 @@ CursorRelease(PageCursor *pc)
  * place, and a block across pages is assembled from the last page down, so
  * the page the previous block ends on is the one left pinned.  Only one page
  * is ever locked at a time.
+ *
+ * Inserts append blocks while we walk.  An insert publishes a list's new
+ * tail in the same WAL record, under the same page locks, as the metapage
+ * that counts the block, and releases the metapage last (replay on a
+ * standby likewise).  So the metapage read after the directory counts
+ * every block the directory can reach: with that count, a link past the
+ * end, a chain longer than the index or a block of another list is real
+ * damage, never a race.  Blocks never move to another list or change
+ * their links, so a chain read this way stays valid while it is walked.
  */
 static void
 CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateHeap *heap)
 {
 	TvScanOpaque so = (TvScanOpaque) scan->opaque;
 	Relation	index = scan->indexRelation;
-	uint64		nblocks = TvBlockCount(meta);
+	TvMetaPageData now;
+	uint64		nblocks;
 	Size		S = meta->block_bytes;
 	TvListEntry *entries = palloc(sizeof(TvListEntry) * meta->lists);
 	char	   *blk = palloc(S);
 	PageCursor	pc = {InvalidBuffer, InvalidBlockNumber};
 
-	CheckStreamPages(index, meta, nblocks);
 	TvReadStream(index, 0, sizeof(TvListEntry) * meta->lists, (char *) entries, NULL);
+	/* no data page is locked here: the metapage comes first in lock order */
+	TvReadMeta(index, &now);
+	if (now.lists != meta->lists || now.list_area != meta->list_area ||
+		now.block_bytes != meta->block_bytes)
+		elog(ERROR, "turbo index \"%s\" changed its layout under a scan",
+			 RelationGetRelationName(index));
+	meta = &now;
+	nblocks = TvBlockCount(meta);
+	CheckStreamPages(index, meta, nblocks);
 	for (int k = 0; k < so->nprobe; k++)
 	{
 		int			list = so->list_order[k];
@@ -335,13 +365,10 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 			BlockNumber first;
 			BlockNumber last;
 			const char *p;
+			uint32		owner;
 
 			if (next > nblocks || ++steps > nblocks)
-				ereport(ERROR,
-						(errcode(ERRCODE_INDEX_CORRUPTED),
-						 errmsg("turbo index \"%s\" has a broken chain in list %d",
-								RelationGetRelationName(index), list),
-						 errhint("REINDEX the index.")));
+				BrokenChain(index, list);
 			off = TvBlockOffset(meta, next - 1);
 			first = TV_FIRST_DATA_BLKNO + off / TV_PAGE_PAYLOAD;
 			last = TV_FIRST_DATA_BLKNO + (off + S - 1) / TV_PAGE_PAYLOAD;
@@ -362,6 +389,9 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 				}
 				p = blk;
 			}
+			memcpy(&owner, p + TV_BLOCK_LIST_OFFSET, sizeof(uint32));
+			if (owner != (uint32) list)
+				BrokenChain(index, list);
 			ScoreBlock(so, p, next - 1, qc, heap);
 			memcpy(&next, p + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
 			/* a long list: let go of the page now and then to take interrupts */

@@ -9,8 +9,15 @@
  * distance function, and returned in exact order.  If the executor asks for
  * more (a WHERE clause filtered rows out, or LIMIT exceeds the window), the
  * next window takes the best lanes not seen in an earlier window, twice as
- * many, until the index is exhausted.  Rows are thus in exact distance
- * order within each window; windows follow each other in estimated order.
+ * many, until the index is exhausted or the scan has taken
+ * turbovec.max_scan_tuples candidates.  Rows are thus in exact distance
+ * order within each window; windows follow each other in estimated order,
+ * so a later window can hold a row nearer than one already returned.
+ * turbovec.iterative_scan = strict_order skips such a row and keeps the
+ * output in distance order; relaxed_order returns it.  (The executor's
+ * reorder queue cannot do this for us: it needs, with each row, a lower
+ * bound on the distance of every row still to come, and estimates are no
+ * bound.)
  *
  * In the IVF layout a window scores only the turbovec.probes lists whose
  * centroids are nearest the query.  When those lists run out of unseen
@@ -80,6 +87,12 @@ typedef struct TvScanOpaqueData
 	/* windows: TIDs taken into an earlier window are not taken again */
 	int			window;
 	HTAB	   *seen;
+	int64		taken;			/* candidates taken into windows so far */
+	int64		max_taken;		/* turbovec.max_scan_tuples, or the first window */
+
+	/* turbovec.iterative_scan = strict_order: the last distance returned */
+	bool		strict;
+	double		last_dist;
 
 	/* IVF: lists in probing order, and how many are probed */
 	const float *centroids;
@@ -620,7 +633,7 @@ NextWindow(IndexScanDesc scan)
 	MemoryContextReset(so->windowCtx);
 	oldCtx = MemoryContextSwitchTo(so->windowCtx);
 
-	heap.cap = so->window;
+	heap.cap = (int) Min((int64) so->window, so->max_taken - so->taken);
 	heap.n = 0;
 	heap.items = palloc(sizeof(TvCandidate) * heap.cap);
 	if (so->resident == NULL || !ResidentWindow(scan, &heap, &ranked))
@@ -637,6 +650,14 @@ NextWindow(IndexScanDesc scan)
 			so->nprobe = Min((int64) so->nprobe * 2, (int64) so->state->meta.lists);
 		else
 			so->exhausted = true;
+	}
+	so->taken += heap.n;
+	if (!so->exhausted && so->taken >= so->max_taken)
+	{
+		/* the bound on a scan's candidates: stop, as if the index ended */
+		so->exhausted = true;
+		elog(DEBUG1, "turbo scan of \"%s\" stops after " INT64_FORMAT " candidates (turbovec.max_scan_tuples)",
+			 RelationGetRelationName(scan->indexRelation), so->taken);
 	}
 	if (!so->exhausted && so->seen == NULL)
 	{
@@ -672,8 +693,9 @@ NextWindow(IndexScanDesc scan)
 	}
 	qsort(so->results, so->nresults, sizeof(TvResult), ResultCmp);
 
-	/* double the window, without overflowing */
-	so->window = (so->window > INT_MAX / 4) ? so->window : so->window * 2;
+	/* double the window, up to what one allocation holds */
+	so->window = (int) Min((int64) so->window * 2,
+						   (int64) (MaxAllocSize / sizeof(TvCandidate)));
 	MemoryContextSwitchTo(oldCtx);
 }
 
@@ -911,6 +933,10 @@ StartScan(IndexScanDesc scan)
 	PrepareQuery(scan);
 	so->resident = WaitResident(scan->indexRelation);
 	so->window = tv_candidates;
+	so->taken = 0;
+	so->max_taken = Max(tv_max_scan_tuples, tv_candidates);
+	so->strict = (tv_iterative_scan == TV_ITERATIVE_STRICT);
+	so->last_dist = -get_float8_infinity();
 
 	if (so->fetch == NULL)
 	{
@@ -933,14 +959,29 @@ tvgettuple(IndexScanDesc scan, ScanDirection dir)
 	if (!so->started)
 		StartScan(scan);
 
-	while (so->next >= so->nresults)
+	for (;;)
 	{
-		if (so->exhausted)
-			return false;
-		NextWindow(scan);
-	}
+		TvResult   *r;
 
-	scan->xs_heaptid = so->results[so->next++].tid;
+		while (so->next >= so->nresults)
+		{
+			if (so->exhausted)
+				return false;
+			NextWindow(scan);
+		}
+		r = &so->results[so->next++];
+
+		/*
+		 * A window is in exact order, but a later window can hold rows
+		 * nearer than some already returned.  strict_order skips them, so
+		 * the output is in distance order; relaxed_order returns them.
+		 */
+		if (so->strict && r->dist < so->last_dist)
+			continue;
+		so->last_dist = r->dist;
+		scan->xs_heaptid = r->tid;
+		break;
+	}
 	scan->xs_recheck = false;
 	scan->xs_recheckorderby = false;
 	return true;

@@ -72,6 +72,26 @@ SELECT qid, cardinality(swids(q, 300, true)) AS rows FROM swq ORDER BY qid;
 SET turbovec.max_scan_tuples = 1;
 SET turbovec.candidates = 3000;
 SELECT qid, cardinality(swids(q, 300, true)) AS rows FROM swq ORDER BY qid;
+RESET turbovec.candidates;
+RESET turbovec.max_scan_tuples;
+
+-- the same with an IVF index, whose later windows also probe more lists
+DROP INDEX sw_flat;
+CREATE INDEX sw_ivf ON sw USING turbo (v real_l2_ops) WITH (lists = 16, bits = 2);
+SET turbovec.candidates = 10;
+SET turbovec.probes = 2;
+SET turbovec.iterative_scan = relaxed_order;
+SELECT qid, cardinality(r.ids) AS rows,
+	(SELECT array_agg(x ORDER BY x) FROM unnest(r.ids) x) = (SELECT array_agg(x ORDER BY x) FROM unnest(swids(q, 300, false)) x) AS same_rows,
+	inversions(q, r.ids) > 0 AS out_of_order
+	FROM swq, LATERAL (SELECT swids(q, 300, true) AS ids) r ORDER BY qid;
+RESET turbovec.iterative_scan;
+SELECT qid, inversions(q, r.ids) AS inversions,
+	r.ids <@ swids(q, 300, false) AS subset,
+	cardinality(r.ids) BETWEEN 1 AND 300 AS some_rows
+	FROM swq, LATERAL (SELECT swids(q, 300, true) AS ids) r ORDER BY qid;
+RESET turbovec.probes;
+
 SET turbovec.max_scan_tuples = 0;
 RESET turbovec.max_scan_tuples;
 RESET turbovec.candidates;

@@ -344,6 +344,10 @@ VerifyMeta(VerifyState *vs, Relation index, TvMetaPageData *meta, BlockNumber nb
 			return false;
 		}
 	}
+	/* on a standby replay may have extended the index since nblocks was read */
+	if ((uint64) meta->ndatapages + TV_FIRST_DATA_BLKNO > nblocks &&
+		RecoveryInProgress())
+		nblocks = RelationGetNumberOfBlocks(index);
 	if ((uint64) meta->ndatapages + TV_FIRST_DATA_BLKNO > nblocks)
 	{
 		Problem(vs, "metapage records %u data pages but the index has only %u pages",

@@ -460,9 +460,6 @@ VerifyLists(VerifyState *vs, Relation index, const TvMetaPageData *meta)
 	nblocks = TvBlockCount(TvPageGetMeta(BufferGetPage(metabuf)));
 	TvReadStream(index, 0, sizeof(TvListEntry) * meta->lists, (char *) entries, NULL);
 	UnlockReleaseBuffer(metabuf);
-	/* only a standby's replay can have added blocks since VerifyMeta */
-	if (nblocks < TvBlockCount(meta))
-		nblocks = TvBlockCount(meta);
 	owned = palloc0(Max(nblocks, 1));
 
 	for (uint32 j = 0; j < meta->lists; j++)

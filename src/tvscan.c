@@ -66,6 +66,7 @@ typedef struct TvResult
 {
 	double		dist;
 	ItemPointerData tid;
+	float		est;			/* the candidate's estimate */
 } TvResult;
 
 typedef struct TvScanOpaqueData
@@ -101,9 +102,10 @@ typedef struct TvScanOpaqueData
 	bool		residual;		/* codes of residuals: add <q, c> per list */
 	const float *qlists;		/* the query the lists are ranked for */
 
-	/* the current window, re-ranked */
+	/* the current window, re-ranked; rows from nemit on wait for the next */
 	TvResult   *results;
 	int			nresults;
+	int			nemit;
 	int			next;
 
 	/* the resident copy, when preloaded and ready (tvresident.c) */
@@ -615,10 +617,64 @@ ResidentWindow(IndexScanDesc scan, CandidateHeap *heap, bool *ranked)
 			TvExactDistance(so->state->metric, TvResidentVectors(copy) + c->slot * copy->dim,
 							so->qfloats, copy->dim);
 		so->results[so->nresults].tid = c->tid;
+		so->results[so->nresults].est = c->est;
 		so->nresults++;
 	}
 	LWLockRelease(e->lock);
 	return true;
+}
+
+/*
+ * An exact distance on the scale of the estimates: squared under L2, and
+ * -cos (what the estimate approximates) under cosine.  Monotone.
+ */
+static inline double
+EstimateScale(TvMetric metric, double dist)
+{
+	if (metric == TV_METRIC_L2)
+		return dist * dist;
+	if (metric == TV_METRIC_COSINE)
+		return dist - 1;
+	return dist;
+}
+
+/*
+ * strict_order: how many of the window's sorted rows to return before the
+ * next window.  Rows the next window takes have estimates no better than
+ * this window's worst, and their exact distances lie above their estimates
+ * by about what this window's did, at worst the most negative error seen.
+ * Rows nearer than that bound are returned; the rest wait and are merged
+ * into the next window, so the rows a later window finds nearer than one
+ * returned (which strict_order must leave out) are few.
+ *
+ * The first window is returned whole all the same: most queries want no
+ * more (LIMIT k within turbovec.candidates), and holding its last rows back
+ * would cost them a second pass over the index.  Its farthest rows thus
+ * decide what the second window may return.  When an IVF scan goes on to
+ * more lists no bound is known (a list's rows can lie anywhere around its
+ * centroid): every row waits for the window of the wider probe, and rows of
+ * lists probed later that are nearer than one returned are left out.
+ */
+static int
+StrictEmitCount(TvScanOpaque so, const CandidateHeap *heap)
+{
+	TvMetric	metric = so->state->metric;
+	double		lowest = get_float8_infinity();
+	double		bound;
+	int			n = 0;
+
+	if (so->exhausted || so->nullquery)
+		return so->nresults;
+	/* IVF ran out of probed lists: rows of the next ones may be nearer */
+	if (heap->n < heap->cap)
+		return 0;
+	for (int i = 0; i < so->nresults; i++)
+		lowest = Min(lowest, EstimateScale(metric, so->results[i].dist) - so->results[i].est);
+	/* a max-heap: items[0] is the window's worst estimate */
+	bound = heap->items[0].est + Min(lowest, 0);
+	while (n < so->nresults && EstimateScale(metric, so->results[n].dist) <= bound)
+		n++;
+	return n;
 }
 
 /* Collect, re-rank and sort the next window */
@@ -629,7 +685,16 @@ NextWindow(IndexScanDesc scan)
 	MemoryContext oldCtx;
 	CandidateHeap heap;
 	bool		ranked = false;
+	TvResult   *carry = NULL;
+	int			ncarry = so->nresults - so->next;
+	bool		first = (so->taken == 0);
 
+	/* strict_order: rows held back from the last window join this one */
+	if (ncarry > 0)
+	{
+		carry = MemoryContextAlloc(so->queryCtx, sizeof(TvResult) * ncarry);
+		memcpy(carry, so->results + so->next, sizeof(TvResult) * ncarry);
+	}
 	MemoryContextReset(so->windowCtx);
 	oldCtx = MemoryContextSwitchTo(so->windowCtx);
 
@@ -686,12 +751,24 @@ NextWindow(IndexScanDesc scan)
 		{
 			so->results[so->nresults].dist = dist;
 			so->results[so->nresults].tid = c->tid;
+			so->results[so->nresults].est = c->est;
 			so->nresults++;
 		}
 		if ((i & 63) == 63)
 			CHECK_FOR_INTERRUPTS();
 	}
+	if (ncarry > 0)
+	{
+		TvResult   *all = palloc(sizeof(TvResult) * (so->nresults + ncarry));
+
+		memcpy(all, so->results, sizeof(TvResult) * so->nresults);
+		memcpy(all + so->nresults, carry, sizeof(TvResult) * ncarry);
+		so->results = all;
+		so->nresults += ncarry;
+		pfree(carry);
+	}
 	qsort(so->results, so->nresults, sizeof(TvResult), ResultCmp);
+	so->nemit = (so->strict && !first) ? StrictEmitCount(so, &heap) : so->nresults;
 
 	/* double the window, up to what one allocation holds */
 	so->window = (int) Min((int64) so->window * 2,
@@ -870,6 +947,7 @@ tvrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int nord
 	so->qlists = NULL;
 	so->results = NULL;
 	so->nresults = 0;
+	so->nemit = 0;
 	so->next = 0;
 	so->lut = NULL;
 	so->state = NULL;
@@ -963,7 +1041,7 @@ tvgettuple(IndexScanDesc scan, ScanDirection dir)
 	{
 		TvResult   *r;
 
-		while (so->next >= so->nresults)
+		while (so->next >= so->nemit)
 		{
 			if (so->exhausted)
 				return false;

@@ -38,7 +38,11 @@ SELECT topk('{0,1,0,1,0}', 10, true) = topk('{0,1,0,1,0}', 10, false) AS agree;
 SET turbovec.candidates = 10;
 SET enable_seqscan = off;
 SELECT count(*) FROM (SELECT id FROM m WHERE tag = 3 ORDER BY v <-> '{1,0,1,0,1}' LIMIT 10) s;
+-- and every row without a LIMIT, in relaxed_order (strict_order leaves out
+-- rows a later window finds nearer than one already returned)
+SET turbovec.iterative_scan = relaxed_order;
 SELECT count(*) FROM (SELECT id FROM m WHERE tag = 3 ORDER BY v <-> '{1,0,1,0,1}') s;
+RESET turbovec.iterative_scan;
 SELECT count(*) FROM m WHERE tag = 3;
 RESET enable_seqscan;
 RESET turbovec.candidates;

@@ -39,6 +39,8 @@ PG_MODULE_MAGIC;
 
 int			tv_candidates = TV_DEFAULT_CANDIDATES;
 int			tv_probes = TV_DEFAULT_PROBES;
+int			tv_max_scan_tuples = TV_DEFAULT_MAX_SCAN_TUPLES;
+int			tv_iterative_scan = TV_ITERATIVE_STRICT;
 int			tv_resident_memory_mb = 512;
 int			tv_ready_timeout_ms = 500;
 int			tv_not_ready = TV_NOT_READY_EXTENT;
@@ -54,6 +56,12 @@ static void TvObjectAccess(ObjectAccessType access, Oid classId, Oid objectId,
 static const struct config_enum_entry not_ready_options[] = {
 	{"extent", TV_NOT_READY_EXTENT, false},
 	{"error", TV_NOT_READY_ERROR, false},
+	{NULL, 0, false}
+};
+
+static const struct config_enum_entry iterative_scan_options[] = {
+	{"strict_order", TV_ITERATIVE_STRICT, false},
+	{"relaxed_order", TV_ITERATIVE_RELAXED, false},
 	{NULL, 0, false}
 };
 relopt_kind tv_relopt_kind;
@@ -90,6 +98,18 @@ _PG_init(void)
 							&tv_probes,
 							TV_DEFAULT_PROBES, TV_MIN_PROBES, TV_MAX_PROBES,
 							PGC_USERSET, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("turbovec.max_scan_tuples",
+							"Most candidates one scan re-ranks, over all its windows.",
+							"A scan that needs more rows (a selective filter) stops there; its first window is always turbovec.candidates.",
+							&tv_max_scan_tuples,
+							TV_DEFAULT_MAX_SCAN_TUPLES, 1, INT_MAX,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomEnumVariable("turbovec.iterative_scan",
+							 "Order of rows a scan finds after its first window.",
+							 "strict_order skips a row nearer than one already returned; relaxed_order returns it, out of order.",
+							 &tv_iterative_scan, TV_ITERATIVE_STRICT, iterative_scan_options,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
 
 	DefineCustomIntVariable("turbovec.ready_timeout",
 							"How long a scan waits for a turbo index that is not ready.",

@@ -46,6 +46,7 @@
 #define TV_MIN_CANDIDATES		1
 #define TV_DEFAULT_CANDIDATES	100
 #define TV_MAX_CANDIDATES		100000
+#define TV_DEFAULT_MAX_SCAN_TUPLES	20000
 #define TV_MIN_LISTS			0	/* 0: flat layout */
 #define TV_DEFAULT_LISTS		0
 #define TV_DEFAULT_RESIDUAL		true
@@ -191,6 +192,15 @@ typedef struct TvIndexState
 /* GUCs */
 extern int	tv_candidates;
 extern int	tv_probes;
+extern int	tv_max_scan_tuples;
+extern int	tv_iterative_scan;
+
+/* turbovec.iterative_scan: what a scan does with rows of a later window */
+typedef enum TvIterativeScan
+{
+	TV_ITERATIVE_STRICT,		/* never return a row nearer than one returned */
+	TV_ITERATIVE_RELAXED		/* return every row, possibly out of order */
+} TvIterativeScan;
 
 /*
  * Lists a scan probes first: the setting, or when it is 0 one list in 16

@@ -9,8 +9,15 @@
  * distance function, and returned in exact order.  If the executor asks for
  * more (a WHERE clause filtered rows out, or LIMIT exceeds the window), the
  * next window takes the best lanes not seen in an earlier window, twice as
- * many, until the index is exhausted.  Rows are thus in exact distance
- * order within each window; windows follow each other in estimated order.
+ * many, until the index is exhausted or the scan has taken
+ * turbovec.max_scan_tuples candidates.  Rows are thus in exact distance
+ * order within each window; windows follow each other in estimated order,
+ * so a later window can hold a row nearer than one already returned.
+ * turbovec.iterative_scan = strict_order skips such a row and keeps the
+ * output in distance order; relaxed_order returns it.  (The executor's
+ * reorder queue cannot do this for us: it needs, with each row, a lower
+ * bound on the distance of every row still to come, and estimates are no
+ * bound.)
  *
  * In the IVF layout a window scores only the turbovec.probes lists whose
  * centroids are nearest the query.  When those lists run out of unseen
@@ -59,6 +66,7 @@ typedef struct TvResult
 {
 	double		dist;
 	ItemPointerData tid;
+	float		est;			/* the candidate's estimate */
 } TvResult;
 
 typedef struct TvScanOpaqueData
@@ -80,6 +88,12 @@ typedef struct TvScanOpaqueData
 	/* windows: TIDs taken into an earlier window are not taken again */
 	int			window;
 	HTAB	   *seen;
+	int64		taken;			/* candidates taken into windows so far */
+	int64		max_taken;		/* turbovec.max_scan_tuples, or the first window */
+
+	/* turbovec.iterative_scan = strict_order: the last distance returned */
+	bool		strict;
+	double		last_dist;
 
 	/* IVF: lists in probing order, and how many are probed */
 	const float *centroids;
@@ -88,9 +102,10 @@ typedef struct TvScanOpaqueData
 	bool		residual;		/* codes of residuals: add <q, c> per list */
 	const float *qlists;		/* the query the lists are ranked for */
 
-	/* the current window, re-ranked */
+	/* the current window, re-ranked; rows from nemit on wait for the next */
 	TvResult   *results;
 	int			nresults;
+	int			nemit;
 	int			next;
 
 	/* the resident copy, when preloaded and ready (tvresident.c) */
@@ -269,6 +284,18 @@ CheckStreamPages(Relation index, const TvMetaPageData *meta, uint64 nblocks)
 				 errhint("REINDEX the index.")));
 }
 
+static void BrokenChain(Relation index, int list) pg_attribute_noreturn();
+
+static void
+BrokenChain(Relation index, int list)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INDEX_CORRUPTED),
+			 errmsg("turbo index \"%s\" has a broken chain in list %d",
+					RelationGetRelationName(index), list),
+			 errhint("REINDEX the index.")));
+}
+
 /* One pinned, share-locked data page at a time, for walking list chains */
 typedef struct PageCursor
 {
@@ -308,20 +335,38 @@ CursorRelease(PageCursor *pc)
  * place, and a block across pages is assembled from the last page down, so
  * the page the previous block ends on is the one left pinned.  Only one page
  * is ever locked at a time.
+ *
+ * Inserts append blocks while we walk.  An insert publishes a list's new
+ * tail in the same WAL record, under the same page locks, as the metapage
+ * that counts the block, and releases the metapage last (replay on a
+ * standby likewise).  So the metapage read after the directory counts
+ * every block the directory can reach: with that count, a link past the
+ * end, a chain longer than the index or a block of another list is real
+ * damage, never a race.  Blocks never move to another list or change
+ * their links, so a chain read this way stays valid while it is walked.
  */
 static void
 CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateHeap *heap)
 {
 	TvScanOpaque so = (TvScanOpaque) scan->opaque;
 	Relation	index = scan->indexRelation;
-	uint64		nblocks = TvBlockCount(meta);
+	TvMetaPageData now;
+	uint64		nblocks;
 	Size		S = meta->block_bytes;
 	TvListEntry *entries = palloc(sizeof(TvListEntry) * meta->lists);
 	char	   *blk = palloc(S);
 	PageCursor	pc = {InvalidBuffer, InvalidBlockNumber};
 
-	CheckStreamPages(index, meta, nblocks);
 	TvReadStream(index, 0, sizeof(TvListEntry) * meta->lists, (char *) entries, NULL);
+	/* no data page is locked here: the metapage comes first in lock order */
+	TvReadMeta(index, &now);
+	if (now.lists != meta->lists || now.list_area != meta->list_area ||
+		now.block_bytes != meta->block_bytes)
+		elog(ERROR, "turbo index \"%s\" changed its layout under a scan",
+			 RelationGetRelationName(index));
+	meta = &now;
+	nblocks = TvBlockCount(meta);
+	CheckStreamPages(index, meta, nblocks);
 	for (int k = 0; k < so->nprobe; k++)
 	{
 		int			list = so->list_order[k];
@@ -335,13 +380,10 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 			BlockNumber first;
 			BlockNumber last;
 			const char *p;
+			uint32		owner;
 
 			if (next > nblocks || ++steps > nblocks)
-				ereport(ERROR,
-						(errcode(ERRCODE_INDEX_CORRUPTED),
-						 errmsg("turbo index \"%s\" has a broken chain in list %d",
-								RelationGetRelationName(index), list),
-						 errhint("REINDEX the index.")));
+				BrokenChain(index, list);
 			off = TvBlockOffset(meta, next - 1);
 			first = TV_FIRST_DATA_BLKNO + off / TV_PAGE_PAYLOAD;
 			last = TV_FIRST_DATA_BLKNO + (off + S - 1) / TV_PAGE_PAYLOAD;
@@ -362,6 +404,9 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 				}
 				p = blk;
 			}
+			memcpy(&owner, p + TV_BLOCK_LIST_OFFSET, sizeof(uint32));
+			if (owner != (uint32) list)
+				BrokenChain(index, list);
 			ScoreBlock(so, p, next - 1, qc, heap);
 			memcpy(&next, p + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
 			/* a long list: let go of the page now and then to take interrupts */
@@ -572,10 +617,64 @@ ResidentWindow(IndexScanDesc scan, CandidateHeap *heap, bool *ranked)
 			TvExactDistance(so->state->metric, TvResidentVectors(copy) + c->slot * copy->dim,
 							so->qfloats, copy->dim);
 		so->results[so->nresults].tid = c->tid;
+		so->results[so->nresults].est = c->est;
 		so->nresults++;
 	}
 	LWLockRelease(e->lock);
 	return true;
+}
+
+/*
+ * An exact distance on the scale of the estimates: squared under L2, and
+ * -cos (what the estimate approximates) under cosine.  Monotone.
+ */
+static inline double
+EstimateScale(TvMetric metric, double dist)
+{
+	if (metric == TV_METRIC_L2)
+		return dist * dist;
+	if (metric == TV_METRIC_COSINE)
+		return dist - 1;
+	return dist;
+}
+
+/*
+ * strict_order: how many of the window's sorted rows to return before the
+ * next window.  Rows the next window takes have estimates no better than
+ * this window's worst, and their exact distances lie above their estimates
+ * by about what this window's did, at worst the most negative error seen.
+ * Rows nearer than that bound are returned; the rest wait and are merged
+ * into the next window, so the rows a later window finds nearer than one
+ * returned (which strict_order must leave out) are few.
+ *
+ * The first window is returned whole all the same: most queries want no
+ * more (LIMIT k within turbovec.candidates), and holding its last rows back
+ * would cost them a second pass over the index.  Its farthest rows thus
+ * decide what the second window may return.  When an IVF scan goes on to
+ * more lists no bound is known (a list's rows can lie anywhere around its
+ * centroid): every row waits for the window of the wider probe, and rows of
+ * lists probed later that are nearer than one returned are left out.
+ */
+static int
+StrictEmitCount(TvScanOpaque so, const CandidateHeap *heap)
+{
+	TvMetric	metric = so->state->metric;
+	double		lowest = get_float8_infinity();
+	double		bound;
+	int			n = 0;
+
+	if (so->exhausted || so->nullquery)
+		return so->nresults;
+	/* IVF ran out of probed lists: rows of the next ones may be nearer */
+	if (heap->n < heap->cap)
+		return 0;
+	for (int i = 0; i < so->nresults; i++)
+		lowest = Min(lowest, EstimateScale(metric, so->results[i].dist) - so->results[i].est);
+	/* a max-heap: items[0] is the window's worst estimate */
+	bound = heap->items[0].est + Min(lowest, 0);
+	while (n < so->nresults && EstimateScale(metric, so->results[n].dist) <= bound)
+		n++;
+	return n;
 }
 
 /* Collect, re-rank and sort the next window */
@@ -586,11 +685,20 @@ NextWindow(IndexScanDesc scan)
 	MemoryContext oldCtx;
 	CandidateHeap heap;
 	bool		ranked = false;
+	TvResult   *carry = NULL;
+	int			ncarry = so->nresults - so->next;
+	bool		first = (so->taken == 0);
 
+	/* strict_order: rows held back from the last window join this one */
+	if (ncarry > 0)
+	{
+		carry = MemoryContextAlloc(so->queryCtx, sizeof(TvResult) * ncarry);
+		memcpy(carry, so->results + so->next, sizeof(TvResult) * ncarry);
+	}
 	MemoryContextReset(so->windowCtx);
 	oldCtx = MemoryContextSwitchTo(so->windowCtx);
 
-	heap.cap = so->window;
+	heap.cap = (int) Min((int64) so->window, so->max_taken - so->taken);
 	heap.n = 0;
 	heap.items = palloc(sizeof(TvCandidate) * heap.cap);
 	if (so->resident == NULL || !ResidentWindow(scan, &heap, &ranked))
@@ -607,6 +715,14 @@ NextWindow(IndexScanDesc scan)
 			so->nprobe = Min((int64) so->nprobe * 2, (int64) so->state->meta.lists);
 		else
 			so->exhausted = true;
+	}
+	so->taken += heap.n;
+	if (!so->exhausted && so->taken >= so->max_taken)
+	{
+		/* the bound on a scan's candidates: stop, as if the index ended */
+		so->exhausted = true;
+		elog(DEBUG1, "turbo scan of \"%s\" stops after " INT64_FORMAT " candidates (turbovec.max_scan_tuples)",
+			 RelationGetRelationName(scan->indexRelation), so->taken);
 	}
 	if (!so->exhausted && so->seen == NULL)
 	{
@@ -635,15 +751,28 @@ NextWindow(IndexScanDesc scan)
 		{
 			so->results[so->nresults].dist = dist;
 			so->results[so->nresults].tid = c->tid;
+			so->results[so->nresults].est = c->est;
 			so->nresults++;
 		}
 		if ((i & 63) == 63)
 			CHECK_FOR_INTERRUPTS();
 	}
-	qsort(so->results, so->nresults, sizeof(TvResult), ResultCmp);
+	if (ncarry > 0)
+	{
+		TvResult   *all = palloc(sizeof(TvResult) * (so->nresults + ncarry));
 
-	/* double the window, without overflowing */
-	so->window = (so->window > INT_MAX / 4) ? so->window : so->window * 2;
+		memcpy(all, so->results, sizeof(TvResult) * so->nresults);
+		memcpy(all + so->nresults, carry, sizeof(TvResult) * ncarry);
+		so->results = all;
+		so->nresults += ncarry;
+		pfree(carry);
+	}
+	qsort(so->results, so->nresults, sizeof(TvResult), ResultCmp);
+	so->nemit = (so->strict && !first) ? StrictEmitCount(so, &heap) : so->nresults;
+
+	/* double the window, up to what one allocation holds */
+	so->window = (int) Min((int64) so->window * 2,
+						   (int64) (MaxAllocSize / sizeof(TvCandidate)));
 	MemoryContextSwitchTo(oldCtx);
 }
 
@@ -818,6 +947,7 @@ tvrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int nord
 	so->qlists = NULL;
 	so->results = NULL;
 	so->nresults = 0;
+	so->nemit = 0;
 	so->next = 0;
 	so->lut = NULL;
 	so->state = NULL;
@@ -881,6 +1011,10 @@ StartScan(IndexScanDesc scan)
 	PrepareQuery(scan);
 	so->resident = WaitResident(scan->indexRelation);
 	so->window = tv_candidates;
+	so->taken = 0;
+	so->max_taken = Max(tv_max_scan_tuples, tv_candidates);
+	so->strict = (tv_iterative_scan == TV_ITERATIVE_STRICT);
+	so->last_dist = -get_float8_infinity();
 
 	if (so->fetch == NULL)
 	{
@@ -903,14 +1037,29 @@ tvgettuple(IndexScanDesc scan, ScanDirection dir)
 	if (!so->started)
 		StartScan(scan);
 
-	while (so->next >= so->nresults)
+	for (;;)
 	{
-		if (so->exhausted)
-			return false;
-		NextWindow(scan);
-	}
+		TvResult   *r;
 
-	scan->xs_heaptid = so->results[so->next++].tid;
+		while (so->next >= so->nemit)
+		{
+			if (so->exhausted)
+				return false;
+			NextWindow(scan);
+		}
+		r = &so->results[so->next++];
+
+		/*
+		 * A window is in exact order, but a later window can hold rows
+		 * nearer than some already returned.  strict_order skips them, so
+		 * the output is in distance order; relaxed_order returns them.
+		 */
+		if (so->strict && r->dist < so->last_dist)
+			continue;
+		so->last_dist = r->dist;
+		scan->xs_heaptid = r->tid;
+		break;
+	}
 	scan->xs_recheck = false;
 	scan->xs_recheckorderby = false;
 	return true;

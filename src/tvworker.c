@@ -158,7 +158,7 @@ FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry 
 {
 	IndexFetchTableData *fetch = table_index_fetch_begin(heap);
 	TupleTableSlot *slot = table_slot_create(heap, NULL);
-	IndexInfo  *indexInfo = BuildIndexInfo(index);
+	IndexInfo  *indexInfo;
 	EState	   *estate = CreateExecutorState();
 	MemoryContext tmp = AllocSetContextCreate(CurrentMemoryContext,
 											  "turbovec rebuild temporary context",
@@ -166,6 +166,7 @@ FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry 
 	TvMetaPageData meta = state->meta;
 	char	   *stream = TvResidentStream(copy);
 	uint64		nblocks;
+	TvUserContext owner;
 
 	meta.list_area = copy->list_area;
 	meta.block_bytes = copy->block_bytes;
@@ -174,6 +175,10 @@ FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry 
 	e->rows_total = copy->nslots;
 	e->rows_done = 0;
 
+	/* index expressions are the owner's code: never run them as the caller */
+	TvSwitchToTableOwner(heap, &owner);
+	/* building it may fold constant calls of the owner's functions */
+	indexInfo = BuildIndexInfo(index);
 	for (uint64 b = 0; b < nblocks; b++)
 	{
 		char	   *blk = stream + TvBlockOffset(&meta, b);
@@ -210,6 +215,7 @@ FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry 
 			CHECK_FOR_INTERRUPTS();
 		}
 	}
+	TvRestoreUser(&owner);
 	ExecDropSingleTupleTableSlot(slot);
 	table_index_fetch_end(fetch);
 	FreeExecutorState(estate);
@@ -522,11 +528,12 @@ TurboIndexes(void)
 	int			ret;
 
 	ret = SPI_execute("SELECT c.oid FROM pg_catalog.pg_class c "
-					  "JOIN pg_catalog.pg_am a ON a.oid = c.relam "
-					  "JOIN pg_catalog.pg_index i ON i.indexrelid = c.oid "
-					  "WHERE a.amname = 'turbo' AND c.relkind = 'i' "
+					  "JOIN pg_catalog.pg_am a ON a.oid OPERATOR(pg_catalog.=) c.relam "
+					  "JOIN pg_catalog.pg_index i ON i.indexrelid OPERATOR(pg_catalog.=) c.oid "
+					  "WHERE a.amname OPERATOR(pg_catalog.=) 'turbo' "
+					  "AND c.relkind OPERATOR(pg_catalog.=) 'i' "
 					  "AND i.indisvalid AND i.indisready "
-					  "AND c.relpersistence <> 't'", true, 0);
+					  "AND c.relpersistence OPERATOR(pg_catalog.<>) 't'", true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "turbovec: listing turbo indexes failed: %d", ret);
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -543,7 +550,7 @@ TurboIndexes(void)
 static char *
 SqlTimestamp(TimestampTz t)
 {
-	return psprintf("to_timestamp(%.6f)",
+	return psprintf("pg_catalog.to_timestamp(%.6f)",
 					(double) t / USECS_PER_SEC +
 					(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * (double) SECS_PER_DAY);
 }
@@ -552,6 +559,11 @@ SqlTimestamp(TimestampTz t)
  * Write the live state of this database's copies into the persisted shadow
  * table, and forget rows of indexes that are gone.  At boot every row first
  * says not ready, so the shadow never claims more than the live state.
+ *
+ * Like all of the worker's SQL this runs under the search_path pinned at
+ * start-up, with functions, operators and types named by schema, so that no
+ * user object can capture it; IS DISTINCT FROM, which cannot be qualified,
+ * finds its "=" in pg_catalog through that search_path.
  */
 static void
 UpdateShadow(List *indexes, bool boot)
@@ -566,21 +578,22 @@ UpdateShadow(List *indexes, bool boot)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	/* no shadow table: the extension is not (or not yet) in this database */
 	if (SPI_execute("SELECT n.nspname FROM pg_catalog.pg_extension e "
-					"JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
-					"JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid "
-					"AND c.relname = 'turbovec_index_state' "
-					"WHERE e.extname = 'turbovec'", true, 1) != SPI_OK_SELECT ||
+					"JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace "
+					"JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid "
+					"AND c.relname OPERATOR(pg_catalog.=) 'turbovec_index_state' "
+					"WHERE e.extname OPERATOR(pg_catalog.=) 'turbovec'", true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		goto done;
 	nsp = quote_identifier(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	initStringInfo(&sql);
 	if (boot)
 	{
-		appendStringInfo(&sql, "UPDATE %s.turbovec_index_state SET ready = false, updated = now()", nsp);
+		appendStringInfo(&sql, "UPDATE %s.turbovec_index_state SET ready = false, updated = pg_catalog.now()", nsp);
 		SPI_execute(sql.data, false, 0);
 		resetStringInfo(&sql);
 	}
-	appendStringInfo(&sql, "DELETE FROM %s.turbovec_index_state WHERE NOT indexrelid = ANY ('{", nsp);
+	appendStringInfo(&sql, "DELETE FROM %s.turbovec_index_state "
+					 "WHERE NOT indexrelid OPERATOR(pg_catalog.=) ANY ('{", nsp);
 	{
 		ListCell   *lc;
 		bool		first = true;
@@ -591,7 +604,7 @@ UpdateShadow(List *indexes, bool boot)
 			first = false;
 		}
 	}
-	appendStringInfoString(&sql, "}'::oid[])");
+	appendStringInfoString(&sql, "}'::pg_catalog.oid[])");
 	SPI_execute(sql.data, false, 0);
 
 	for (int i = 0; i < TV_MAX_RESIDENT; i++)
@@ -616,14 +629,14 @@ UpdateShadow(List *indexes, bool boot)
 						 "snapshot_time = coalesce(EXCLUDED.snapshot_time, s.snapshot_time), "
 						 "snapshot_bytes = coalesce(EXCLUDED.snapshot_bytes, s.snapshot_bytes), "
 						 "snapshot_path = coalesce(EXCLUDED.snapshot_path, s.snapshot_path), "
-						 "updated = now() "
+						 "updated = pg_catalog.now() "
 						 "WHERE (s.ready, s.rows, s.resident_bytes, s.snapshot_lsn) IS DISTINCT FROM "
 						 "(EXCLUDED.ready, EXCLUDED.rows, EXCLUDED.resident_bytes, "
 						 "coalesce(EXCLUDED.snapshot_lsn, s.snapshot_lsn))",
 						 nsp, e->indexid, ready ? "true" : "false",
 						 ready ? SqlTimestamp(e->ready_since) : "NULL",
 						 (int64) e->rows_total, (int64) e->bytes,
-						 e->snap_bytes > 0 ? psprintf("'%X/%X'::pg_lsn", LSN_FORMAT_ARGS(e->snap_lsn)) : "NULL",
+						 e->snap_bytes > 0 ? psprintf("'%X/%X'::pg_catalog.pg_lsn", LSN_FORMAT_ARGS(e->snap_lsn)) : "NULL",
 						 e->snap_time > 0 ? SqlTimestamp(e->snap_time) : "NULL",
 						 e->snap_bytes > 0 ? psprintf(INT64_FORMAT, e->snap_bytes) : "NULL",
 						 e->snap_bytes > 0 ? quote_literal_cstr(path) : "NULL");
@@ -838,6 +851,8 @@ tv_database_main(Datum arg)
 	pqsignal(SIGUSR1, procsignal_sigusr1_handler);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+	/* over ALTER DATABASE ... SET search_path: our SQL must not find user objects */
+	SetConfigOption("search_path", TV_SAFE_SEARCH_PATH, PGC_SUSET, PGC_S_OVERRIDE);
 
 	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
 	{

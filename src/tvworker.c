@@ -60,6 +60,16 @@
 
 static bool SyncIndexGuarded(Oid indexoid, bool boot);
 
+/*
+ * The copy this process is building and has not published yet, and its
+ * entry.  A rebuild that ends in an ERROR or FATAL (a cancel, a
+ * statement_timeout, an expression that fails) frees it and gives the entry
+ * a state other than "building" (RebuildCleanup), or the area would leak
+ * one copy per failed attempt and the entry would look busy forever.
+ */
+static dsa_pointer tv_unpublished = InvalidDsaPointer;
+static TvResidentEntry *tv_rebuilding = NULL;
+
 /* Register the launcher; from _PG_init under shared_preload_libraries */
 void
 TvWorkerInit(void)
@@ -125,6 +135,8 @@ CopyStream(Relation index, const TvMetaPageData *meta)
 	dp = dsa_allocate_extended(area, bytes, DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
 	if (!DsaPointerIsValid(dp))
 		return InvalidDsaPointer;
+	Assert(!DsaPointerIsValid(tv_unpublished));
+	tv_unpublished = dp;
 	copy = dsa_get_address(area, dp);
 	copy->dim = meta->dim;
 	copy->bits = meta->bits;
@@ -232,6 +244,7 @@ Publish(Relation index, TvResidentEntry *e, dsa_pointer dp, Size bytes,
 	LWLockAcquire(e->lock, LW_EXCLUSIVE);
 	old = e->data;
 	e->data = dp;
+	tv_unpublished = InvalidDsaPointer;
 	e->bytes = bytes;
 	e->change_count = meta->change_count;
 	e->lsn = lsn;
@@ -354,16 +367,12 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 	return true;
 }
 
-/*
- * Make a fresh resident copy of an index (or load its snapshot).  Returns
- * true when a copy was published.
- */
-bool
-TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot)
+/* Make a fresh resident copy of an index (or load its snapshot); see TvResidentRebuild */
+static bool
+RebuildCopy(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot)
 {
 	TvIndexState *state = TvGetIndexState(index);
 
-	TvResidentSetState(e, TV_RES_BUILDING);
 	if (try_snapshot && tv_snapshots && LoadSnapshot(index, e))
 		return e->state == TV_RES_READY;
 
@@ -405,6 +414,7 @@ TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_sn
 			{
 				UnlockReleaseBuffer(metabuf);
 				dsa_free(TvResidentArea(), dp);
+				tv_unpublished = InvalidDsaPointer;
 				continue;
 			}
 		}
@@ -414,6 +424,68 @@ TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_sn
 		return true;
 	}
 	return false;
+}
+
+/*
+ * A rebuild failed: free its unpublished copy and let scans and the worker
+ * see the entry as behind (it keeps its previous copy, if any) or not
+ * loaded.  The worker then tries again, and marks the entry failed if its
+ * own attempt fails too.  From the rebuild's PG_CATCH, and before shared
+ * memory is detached when the process exits on a FATAL.
+ */
+static void
+RebuildCleanup(int code, Datum arg)
+{
+	TvResidentEntry *e = tv_rebuilding;
+	bool		has_copy;
+
+	if (DsaPointerIsValid(tv_unpublished))
+	{
+		dsa_free(TvResidentArea(), tv_unpublished);
+		tv_unpublished = InvalidDsaPointer;
+	}
+	tv_rebuilding = NULL;
+	if (e == NULL)
+		return;
+	LWLockAcquire(e->lock, LW_SHARED);
+	has_copy = DsaPointerIsValid(e->data);
+	LWLockRelease(e->lock);
+	TvResidentSetState(e, has_copy ? TV_RES_STALE : TV_RES_EMPTY);
+	TvResidentWakeWorker(MyDatabaseId);
+}
+
+/*
+ * Make a fresh resident copy of an index (or load its snapshot).  Returns
+ * true when a copy was published.  On an error the entry does not stay
+ * "building" and no shared memory stays allocated (RebuildCleanup).
+ */
+bool
+TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot)
+{
+	static bool exit_hook = false;
+	bool		done;
+
+	if (!exit_hook)
+	{
+		/* once per process: a FATAL exit skips PG_CATCH */
+		before_shmem_exit(RebuildCleanup, (Datum) 0);
+		exit_hook = true;
+	}
+	Assert(tv_rebuilding == NULL);
+	TvResidentSetState(e, TV_RES_BUILDING);
+	tv_rebuilding = e;
+	PG_TRY();
+	{
+		done = RebuildCopy(heap, index, e, try_snapshot);
+	}
+	PG_CATCH();
+	{
+		RebuildCleanup(0, (Datum) 0);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	tv_rebuilding = NULL;
+	return done;
 }
 
 /* Write the copy of an entry to its snapshot file; the caller owns the dump */

@@ -4,14 +4,14 @@
 # A rebuild of a resident copy that ends in an error gives its shared
 # memory back and does not leave the copy "building".
 #
-#  1. turbo_rebuild() under a statement_timeout shorter than the (slowed
+#  1. An index whose expression raises an error on a rebuild: the caller
+#     gets the error, and the copy ends "failed" once the worker has tried
+#     too, never "building".
+#  2. turbo_rebuild() under a statement_timeout shorter than the (slowed
 #     down) rebuild, several times over, in a turbovec.resident_memory that
 #     holds fewer copies than there are attempts: afterwards the copy is
 #     not "building", becomes ready again, and a full rebuild still fits.
-#  2. turbo_wait_ready() ends on statement_timeout, whatever its timeout.
-#  3. An index whose expression raises an error on a rebuild: the caller
-#     gets the error, and the copy ends "failed" once the worker has tried
-#     too, never "building".
+#  3. turbo_wait_ready() ends on statement_timeout, whatever its timeout.
 use strict;
 use warnings;
 
@@ -62,54 +62,7 @@ cmp_ok($bytes * ($attempts + 1), '>', $budget,
 	"$attempts leaked copies of $bytes bytes would not leave room for another");
 cmp_ok($bytes * 3, '<', $budget, 'three copies fit turbovec.resident_memory');
 
-# 1. Rebuilds cancelled by statement_timeout.
-set_delay('200ms');
-for my $i (1 .. $attempts)
-{
-	my ($ret, $out, $err) = $node->psql('postgres',
-		"SET statement_timeout = '300ms'; SELECT turbo_rebuild('r_v');");
-	like($err, qr/canceling statement due to statement timeout/,
-		"attempt $i: turbo_rebuild() was cancelled by statement_timeout");
-}
-isnt(state_of('r_v'), 'building', 'after the cancelled rebuilds the copy is not "building"');
-set_delay('0');
-is($node->safe_psql('postgres', "SELECT turbo_wait_ready('r_v', 30000)"),
-	't', 'the worker makes the copy ready again');
-is($node->safe_psql('postgres', "SELECT turbo_rebuild('r_v')"),
-	't', 'a full rebuild still fits: the cancelled attempts freed their memory');
-is(indexes_row($node, 'r_v', 'resident_state, resident_bytes'),
-	"ready|$bytes", 'the copy is ready, of the same size');
-
-# 2. turbo_wait_ready() obeys statement_timeout.
-set_delay('1s');
-my ($bg_out, $bg_err) = ('', '');
-my $bg = IPC::Run::start(
-	[
-		'psql', '-XAtq', '-h', $node->host, '-p', $node->port,
-		'-d', 'postgres', '-c', "SELECT turbo_rebuild('r_v')"
-	],
-	'>', \$bg_out, '2>', \$bg_err,
-	IPC::Run::timeout(120));
-ok($node->poll_query_until('postgres',
-		"SELECT state = 'building' FROM turbo_resident_status() "
-		  . "WHERE indexrelid = 'r_v'::regclass"),
-	'a rebuild is running');
-my $start = time();
-my ($ret, $out, $err) = $node->psql('postgres',
-	"SET statement_timeout = '200ms'; SELECT turbo_wait_ready('r_v', 600000);");
-like($err, qr/canceling statement due to statement timeout/,
-	'turbo_wait_ready() is cancelled by statement_timeout');
-cmp_ok(time() - $start, '<', 10, 'and returns at once');
-$node->safe_psql('postgres',
-	"SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
-	  . "WHERE query LIKE 'SELECT turbo_rebuild%' AND pid <> pg_backend_pid()");
-$bg->finish;
-like($bg_err, qr/canceling statement due to user request/, 'the rebuild was cancelled');
-set_delay('0');
-is($node->safe_psql('postgres', "SELECT turbo_wait_ready('r_v', 30000)"),
-	't', 'the copy is ready again');
-
-# 3. An index expression that fails on a rebuild.
+# 1. An index expression that fails on a rebuild.
 $node->safe_psql(
 	'postgres', q{
 CREATE TABLE flags (boom boolean);
@@ -127,7 +80,7 @@ CREATE INDEX x_h ON x USING turbo ((public.h(a)) real_l2_ops);
 });
 wait_ready_ok($node, 'x_h', 'x_h is ready');
 $node->safe_psql('postgres', 'UPDATE flags SET boom = true');
-($ret, $out, $err) = $node->psql('postgres', "SELECT turbo_rebuild('x_h')");
+my ($ret, $out, $err) = $node->psql('postgres', "SELECT turbo_rebuild('x_h')");
 like($err, qr/h went boom/, 'turbo_rebuild() raises the expression\'s error');
 isnt(state_of('x_h'), 'building', 'after the error the copy is not "building"');
 ok($node->poll_query_until('postgres',
@@ -135,5 +88,52 @@ ok($node->poll_query_until('postgres',
 		  . "WHERE index = 'x_h'::regclass"),
 	'once the worker failed too, turbo_indexes says "failed"');
 is(indexes_row($node, 'r_v', 'resident_state'), 'ready', 'the other copy is still ready');
+
+# 2. Rebuilds cancelled by statement_timeout.
+set_delay('200ms');
+for my $i (1 .. $attempts)
+{
+	my ($ret, $out, $err) = $node->psql('postgres',
+		"SET statement_timeout = '300ms'; SELECT turbo_rebuild('r_v');");
+	like($err, qr/canceling statement due to statement timeout/,
+		"attempt $i: turbo_rebuild() was cancelled by statement_timeout");
+}
+isnt(state_of('r_v'), 'building', 'after the cancelled rebuilds the copy is not "building"');
+set_delay('0');
+is($node->safe_psql('postgres', "SELECT turbo_wait_ready('r_v', 30000)"),
+	't', 'the worker makes the copy ready again');
+is($node->safe_psql('postgres', "SELECT turbo_rebuild('r_v')"),
+	't', 'a full rebuild still fits: the cancelled attempts freed their memory');
+is(indexes_row($node, 'r_v', 'resident_state, resident_bytes'),
+	"ready|$bytes", 'the copy is ready, of the same size');
+
+# 3. turbo_wait_ready() obeys statement_timeout.
+set_delay('1s');
+my ($bg_out, $bg_err) = ('', '');
+my $bg = IPC::Run::start(
+	[
+		'psql', '-XAtq', '-h', $node->host, '-p', $node->port,
+		'-d', 'postgres', '-c', "SELECT turbo_rebuild('r_v')"
+	],
+	'>', \$bg_out, '2>', \$bg_err,
+	IPC::Run::timeout(120));
+ok($node->poll_query_until('postgres',
+		"SELECT state = 'building' FROM turbo_resident_status() "
+		  . "WHERE indexrelid = 'r_v'::regclass"),
+	'a rebuild is running');
+my $start = time();
+($ret, $out, $err) = $node->psql('postgres',
+	"SET statement_timeout = '200ms'; SELECT turbo_wait_ready('r_v', 600000);");
+like($err, qr/canceling statement due to statement timeout/,
+	'turbo_wait_ready() is cancelled by statement_timeout');
+cmp_ok(time() - $start, '<', 10, 'and returns at once');
+$node->safe_psql('postgres',
+	"SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+	  . "WHERE query LIKE 'SELECT turbo_rebuild%' AND pid <> pg_backend_pid()");
+$bg->finish;
+like($bg_err, qr/canceling statement due to user request/, 'the rebuild was cancelled');
+set_delay('0');
+is($node->safe_psql('postgres', "SELECT turbo_wait_ready('r_v', 30000)"),
+	't', 'the copy is ready again');
 
 done_testing();

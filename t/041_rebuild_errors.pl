@@ -12,6 +12,8 @@
 #     holds fewer copies than there are attempts: afterwards the copy is
 #     not "building", becomes ready again, and a full rebuild still fits.
 #  3. turbo_wait_ready() ends on statement_timeout, whatever its timeout.
+#  4. A rebuild whose session is terminated meanwhile does not stay
+#     "building" either.
 use strict;
 use warnings;
 
@@ -108,7 +110,7 @@ is(indexes_row($node, 'r_v', 'resident_state, resident_bytes'),
 	"ready|$bytes", 'the copy is ready, of the same size');
 
 # 3. turbo_wait_ready() obeys statement_timeout.
-set_delay('1s');
+set_delay('500ms');
 my ($bg_out, $bg_err) = ('', '');
 my $bg = IPC::Run::start(
 	[
@@ -127,13 +129,18 @@ my $start = time();
 like($err, qr/canceling statement due to statement timeout/,
 	'turbo_wait_ready() is cancelled by statement_timeout');
 cmp_ok(time() - $start, '<', 10, 'and returns at once');
+
+# 4. A rebuild whose session is terminated (FATAL: no PG_CATCH runs).
 $node->safe_psql('postgres',
-	"SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+	"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
 	  . "WHERE query LIKE 'SELECT turbo_rebuild%' AND pid <> pg_backend_pid()");
 $bg->finish;
-like($bg_err, qr/canceling statement due to user request/, 'the rebuild was cancelled');
+like($bg_err, qr/terminating connection due to administrator command/,
+	'the rebuilding session was terminated');
 set_delay('0');
 is($node->safe_psql('postgres', "SELECT turbo_wait_ready('r_v', 30000)"),
-	't', 'the copy is ready again');
+	't', 'the copy is ready again: the terminated rebuild did not stay "building"');
+is($node->safe_psql('postgres', "SELECT turbo_rebuild('r_v')"),
+	't', 'and a full rebuild fits');
 
 done_testing();

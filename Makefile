@@ -20,6 +20,7 @@ OBJS = \
 	src/tvparallel.o \
 	src/tvresident.o \
 	src/tvscan.o \
+	src/tvsecurity.o \
 	src/tvsnapshot.o \
 	src/tvsnapshotio.o \
 	src/tvvacuum.o \

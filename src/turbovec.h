@@ -252,6 +252,21 @@ extern bool TvEncodeVector(const TvCodec *codec, TvMetric metric, const float *c
 extern bool TvIndexValue(IndexInfo *indexInfo, EState *estate, TupleTableSlot *slot,
 						 Datum *value);
 
+/* tvsecurity.c */
+
+/* search_path for user code and our own SQL run outside the user's command */
+#define TV_SAFE_SEARCH_PATH		"pg_catalog, pg_temp"
+
+typedef struct TvUserContext
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+} TvUserContext;
+
+extern void TvSwitchToTableOwner(Relation heap, TvUserContext *ctx);
+extern void TvRestoreUser(TvUserContext *ctx);
+
 /* tvivf.c */
 typedef struct TvKmeansInput
 {

@@ -36,6 +36,9 @@
 
 static const char *const metric_names[] = {NULL, "l2", "ip", "cosine"};
 
+/* Longest wait turbo_wait_ready() accepts: 10 minutes */
+#define TV_MAX_WAIT_READY_MS	(10 * 60 * 1000)
+
 static void
 CheckBits(int bits)
 {
@@ -115,17 +118,66 @@ turbo_kernel(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(tv_kernels_name()));
 }
 
-/* Open a turbo index for inspection; the caller must close it */
+/* The table of an index, without locking anything; ERROR if not an index */
+static Oid
+IndexTable(Oid indexoid)
+{
+	Oid			heapoid = IndexGetRelation(indexoid, true);
+	char	   *name;
+
+	if (OidIsValid(heapoid))
+		return heapoid;
+	name = get_rel_name(indexoid);
+	if (name == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", indexoid)));
+	ereport(ERROR,
+			(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+			 errmsg("\"%s\" is not an index", name)));
+	return InvalidOid;			/* keep the compiler quiet */
+}
+
+/*
+ * May the current user read the index's table?  Asked before any lock is
+ * taken, so that a role without the right cannot queue behind or hold up
+ * DDL on the table.
+ */
+static bool
+CanReadIndexTable(Oid indexoid)
+{
+	return pg_class_aclcheck(IndexTable(indexoid), GetUserId(), ACL_SELECT) == ACLCHECK_OK;
+}
+
+/* ERROR unless the current user may read the index's table; takes no lock */
+static void
+CheckReadPrivilege(Oid indexoid)
+{
+	Oid			heapoid = IndexTable(indexoid);
+	AclResult	aclresult = pg_class_aclcheck(heapoid, GetUserId(), ACL_SELECT);
+
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_TABLE, get_rel_name(heapoid));
+}
+
+/* ERROR unless the current user owns the index or is superuser; takes no lock */
+static void
+CheckOwnership(Oid indexoid)
+{
+	(void) IndexTable(indexoid);
+	if (!TvOwnerCheck(indexoid) && !superuser())
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_INDEX, get_rel_name(indexoid));
+}
+
+/*
+ * Open a turbo index for inspection; the caller must close it.  The caller
+ * checked its privileges first; the index may have been dropped since.
+ */
 static Relation
 OpenTurboIndex(Oid indexoid, LOCKMODE heaplock, Relation *heap)
 {
-	Oid			heapoid = IndexGetRelation(indexoid, true);
+	Oid			heapoid = IndexTable(indexoid);
 	Relation	index;
-
-	if (!OidIsValid(heapoid))
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not an index", get_rel_name(indexoid))));
 	/* table before index, as everywhere else */
 	*heap = table_open(heapoid, heaplock);
 	index = index_open(indexoid, AccessShareLock);
@@ -156,11 +208,8 @@ turbo_index_info(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
+	CheckReadPrivilege(indexoid);
 	index = OpenTurboIndex(indexoid, AccessShareLock, &heap);
-	if (pg_class_aclcheck(RelationGetRelid(heap), GetUserId(), ACL_SELECT) != ACLCHECK_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for table %s", RelationGetRelationName(heap))));
 
 	TvReadMeta(index, &meta);
 	live = TvCountLive(index, NULL);
@@ -596,10 +645,7 @@ turbo_verify(PG_FUNCTION_ARGS)
 	BlockNumber nblocks;
 	LOCKMODE	lockmode;
 
-	if (!TvOwnerCheck(indexoid) && !superuser())
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("must be owner of index %s", get_rel_name(indexoid))));
+	CheckOwnership(indexoid);
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	vs = palloc0(sizeof(VerifyState));
@@ -678,10 +724,7 @@ static const char *const state_names[] = {
 static Relation
 OpenOwnedTurboIndex(Oid indexoid, Relation *heap)
 {
-	if (!TvOwnerCheck(indexoid) && !superuser())
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("must be owner of index %s", get_rel_name(indexoid))));
+	CheckOwnership(indexoid);
 	return OpenTurboIndex(indexoid, AccessShareLock, heap);
 }
 
@@ -696,6 +739,9 @@ turbo_preloaded(PG_FUNCTION_ARGS)
 /*
  * turbo_wait_ready(index regclass, timeout_ms int): wait until the index's
  * resident copy is ready; false on timeout.  True at once when not preloaded.
+ * Needs SELECT on the table.  The wait holds the table's AccessShareLock, so
+ * it is capped at TV_MAX_WAIT_READY_MS, and it ends on a cancel or
+ * statement_timeout like any query.
  */
 PG_FUNCTION_INFO_V1(turbo_wait_ready);
 Datum
@@ -707,10 +753,12 @@ turbo_wait_ready(PG_FUNCTION_ARGS)
 	Relation	index;
 	bool		ready;
 
-	if (timeout < 0)
+	if (timeout < 0 || timeout > TV_MAX_WAIT_READY_MS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("timeout must not be negative, not %d", timeout)));
+				 errmsg("timeout_ms must be between 0 and %d, not %d",
+						TV_MAX_WAIT_READY_MS, timeout)));
+	CheckReadPrivilege(indexoid);
 	index = OpenTurboIndex(indexoid, AccessShareLock, &heap);
 	if (tv_shared == NULL || index->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
 		ready = true;
@@ -821,7 +869,12 @@ turbo_resident_status(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-/* turbo_index_layout(index regclass): the metapage's shape, without counting rows */
+/*
+ * turbo_index_layout(index regclass): the metapage's shape, without counting
+ * rows.  NULL, without taking any lock, for a role that cannot read the
+ * table: the turbo_indexes view calls it for every turbo index of the
+ * database, and must neither fail nor wait on tables the role cannot read.
+ */
 PG_FUNCTION_INFO_V1(turbo_index_layout);
 Datum
 turbo_index_layout(PG_FUNCTION_ARGS)
@@ -836,6 +889,8 @@ turbo_index_layout(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	if (!CanReadIndexTable(indexoid))
+		PG_RETURN_NULL();
 	index = OpenTurboIndex(indexoid, AccessShareLock, &heap);
 	TvReadMeta(index, &meta);
 	values[0] = Int32GetDatum(meta.dim);

@@ -60,6 +60,16 @@
 
 static bool SyncIndexGuarded(Oid indexoid, bool boot);
 
+/*
+ * The copy this process is building and has not published yet, and its
+ * entry.  A rebuild that ends in an ERROR or FATAL (a cancel, a
+ * statement_timeout, an expression that fails) frees it and gives the entry
+ * a state other than "building" (RebuildCleanup), or the area would leak
+ * one copy per failed attempt and the entry would look busy forever.
+ */
+static dsa_pointer tv_unpublished = InvalidDsaPointer;
+static TvResidentEntry *tv_rebuilding = NULL;
+
 /* Register the launcher; from _PG_init under shared_preload_libraries */
 void
 TvWorkerInit(void)
@@ -125,6 +135,8 @@ CopyStream(Relation index, const TvMetaPageData *meta)
 	dp = dsa_allocate_extended(area, bytes, DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
 	if (!DsaPointerIsValid(dp))
 		return InvalidDsaPointer;
+	Assert(!DsaPointerIsValid(tv_unpublished));
+	tv_unpublished = dp;
 	copy = dsa_get_address(area, dp);
 	copy->dim = meta->dim;
 	copy->bits = meta->bits;
@@ -158,7 +170,7 @@ FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry 
 {
 	IndexFetchTableData *fetch = table_index_fetch_begin(heap);
 	TupleTableSlot *slot = table_slot_create(heap, NULL);
-	IndexInfo  *indexInfo = BuildIndexInfo(index);
+	IndexInfo  *indexInfo;
 	EState	   *estate = CreateExecutorState();
 	MemoryContext tmp = AllocSetContextCreate(CurrentMemoryContext,
 											  "turbovec rebuild temporary context",
@@ -166,6 +178,7 @@ FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry 
 	TvMetaPageData meta = state->meta;
 	char	   *stream = TvResidentStream(copy);
 	uint64		nblocks;
+	TvUserContext owner;
 
 	meta.list_area = copy->list_area;
 	meta.block_bytes = copy->block_bytes;
@@ -174,6 +187,10 @@ FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry 
 	e->rows_total = copy->nslots;
 	e->rows_done = 0;
 
+	/* index expressions are the owner's code: never run them as the caller */
+	TvSwitchToTableOwner(heap, &owner);
+	/* building it may fold constant calls of the owner's functions */
+	indexInfo = BuildIndexInfo(index);
 	for (uint64 b = 0; b < nblocks; b++)
 	{
 		char	   *blk = stream + TvBlockOffset(&meta, b);
@@ -210,6 +227,7 @@ FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry 
 			CHECK_FOR_INTERRUPTS();
 		}
 	}
+	TvRestoreUser(&owner);
 	ExecDropSingleTupleTableSlot(slot);
 	table_index_fetch_end(fetch);
 	FreeExecutorState(estate);
@@ -226,6 +244,7 @@ Publish(Relation index, TvResidentEntry *e, dsa_pointer dp, Size bytes,
 	LWLockAcquire(e->lock, LW_EXCLUSIVE);
 	old = e->data;
 	e->data = dp;
+	tv_unpublished = InvalidDsaPointer;
 	e->bytes = bytes;
 	e->change_count = meta->change_count;
 	e->lsn = lsn;
@@ -449,16 +468,12 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 	return true;
 }
 
-/*
- * Make a fresh resident copy of an index (or load its snapshot).  Returns
- * true when a copy was published.
- */
-bool
-TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot)
+/* Make a fresh resident copy of an index (or load its snapshot); see TvResidentRebuild */
+static bool
+RebuildCopy(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot)
 {
 	TvIndexState *state = TvGetIndexState(index);
 
-	TvResidentSetState(e, TV_RES_BUILDING);
 	if (try_snapshot && tv_snapshots && LoadSnapshot(index, e))
 		return e->state == TV_RES_READY;
 
@@ -500,6 +515,7 @@ TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_sn
 			{
 				UnlockReleaseBuffer(metabuf);
 				dsa_free(TvResidentArea(), dp);
+				tv_unpublished = InvalidDsaPointer;
 				continue;
 			}
 		}
@@ -509,6 +525,68 @@ TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_sn
 		return true;
 	}
 	return false;
+}
+
+/*
+ * A rebuild failed: free its unpublished copy and let scans and the worker
+ * see the entry as behind (it keeps its previous copy, if any) or not
+ * loaded.  The worker then tries again, and marks the entry failed if its
+ * own attempt fails too.  From the rebuild's PG_CATCH, and before shared
+ * memory is detached when the process exits on a FATAL.
+ */
+static void
+RebuildCleanup(int code, Datum arg)
+{
+	TvResidentEntry *e = tv_rebuilding;
+	bool		has_copy;
+
+	if (DsaPointerIsValid(tv_unpublished))
+	{
+		dsa_free(TvResidentArea(), tv_unpublished);
+		tv_unpublished = InvalidDsaPointer;
+	}
+	tv_rebuilding = NULL;
+	if (e == NULL)
+		return;
+	LWLockAcquire(e->lock, LW_SHARED);
+	has_copy = DsaPointerIsValid(e->data);
+	LWLockRelease(e->lock);
+	TvResidentSetState(e, has_copy ? TV_RES_STALE : TV_RES_EMPTY);
+	TvResidentWakeWorker(MyDatabaseId);
+}
+
+/*
+ * Make a fresh resident copy of an index (or load its snapshot).  Returns
+ * true when a copy was published.  On an error the entry does not stay
+ * "building" and no shared memory stays allocated (RebuildCleanup).
+ */
+bool
+TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot)
+{
+	static bool exit_hook = false;
+	bool		done;
+
+	if (!exit_hook)
+	{
+		/* once per process: a FATAL exit skips PG_CATCH */
+		before_shmem_exit(RebuildCleanup, (Datum) 0);
+		exit_hook = true;
+	}
+	Assert(tv_rebuilding == NULL);
+	TvResidentSetState(e, TV_RES_BUILDING);
+	tv_rebuilding = e;
+	PG_TRY();
+	{
+		done = RebuildCopy(heap, index, e, try_snapshot);
+	}
+	PG_CATCH();
+	{
+		RebuildCleanup(0, (Datum) 0);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	tv_rebuilding = NULL;
+	return done;
 }
 
 /* Write the copy of an entry to its snapshot file; the caller owns the dump */
@@ -629,11 +707,12 @@ TurboIndexes(void)
 	int			ret;
 
 	ret = SPI_execute("SELECT c.oid FROM pg_catalog.pg_class c "
-					  "JOIN pg_catalog.pg_am a ON a.oid = c.relam "
-					  "JOIN pg_catalog.pg_index i ON i.indexrelid = c.oid "
-					  "WHERE a.amname = 'turbo' AND c.relkind = 'i' "
+					  "JOIN pg_catalog.pg_am a ON a.oid OPERATOR(pg_catalog.=) c.relam "
+					  "JOIN pg_catalog.pg_index i ON i.indexrelid OPERATOR(pg_catalog.=) c.oid "
+					  "WHERE a.amname OPERATOR(pg_catalog.=) 'turbo' "
+					  "AND c.relkind OPERATOR(pg_catalog.=) 'i' "
 					  "AND i.indisvalid AND i.indisready "
-					  "AND c.relpersistence <> 't'", true, 0);
+					  "AND c.relpersistence OPERATOR(pg_catalog.<>) 't'", true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "turbovec: listing turbo indexes failed: %d", ret);
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -650,7 +729,7 @@ TurboIndexes(void)
 static char *
 SqlTimestamp(TimestampTz t)
 {
-	return psprintf("to_timestamp(%.6f)",
+	return psprintf("pg_catalog.to_timestamp(%.6f)",
 					(double) t / USECS_PER_SEC +
 					(POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * (double) SECS_PER_DAY);
 }
@@ -659,6 +738,11 @@ SqlTimestamp(TimestampTz t)
  * Write the live state of this database's copies into the persisted shadow
  * table, and forget rows of indexes that are gone.  At boot every row first
  * says not ready, so the shadow never claims more than the live state.
+ *
+ * Like all of the worker's SQL this runs under the search_path pinned at
+ * start-up, with functions, operators and types named by schema, so that no
+ * user object can capture it; IS DISTINCT FROM, which cannot be qualified,
+ * finds its "=" in pg_catalog through that search_path.
  */
 static void
 UpdateShadow(List *indexes, bool boot)
@@ -673,21 +757,22 @@ UpdateShadow(List *indexes, bool boot)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	/* no shadow table: the extension is not (or not yet) in this database */
 	if (SPI_execute("SELECT n.nspname FROM pg_catalog.pg_extension e "
-					"JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
-					"JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid "
-					"AND c.relname = 'turbovec_index_state' "
-					"WHERE e.extname = 'turbovec'", true, 1) != SPI_OK_SELECT ||
+					"JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace "
+					"JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid "
+					"AND c.relname OPERATOR(pg_catalog.=) 'turbovec_index_state' "
+					"WHERE e.extname OPERATOR(pg_catalog.=) 'turbovec'", true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		goto done;
 	nsp = quote_identifier(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	initStringInfo(&sql);
 	if (boot)
 	{
-		appendStringInfo(&sql, "UPDATE %s.turbovec_index_state SET ready = false, updated = now()", nsp);
+		appendStringInfo(&sql, "UPDATE %s.turbovec_index_state SET ready = false, updated = pg_catalog.now()", nsp);
 		SPI_execute(sql.data, false, 0);
 		resetStringInfo(&sql);
 	}
-	appendStringInfo(&sql, "DELETE FROM %s.turbovec_index_state WHERE NOT indexrelid = ANY ('{", nsp);
+	appendStringInfo(&sql, "DELETE FROM %s.turbovec_index_state "
+					 "WHERE NOT indexrelid OPERATOR(pg_catalog.=) ANY ('{", nsp);
 	{
 		ListCell   *lc;
 		bool		first = true;
@@ -698,7 +783,7 @@ UpdateShadow(List *indexes, bool boot)
 			first = false;
 		}
 	}
-	appendStringInfoString(&sql, "}'::oid[])");
+	appendStringInfoString(&sql, "}'::pg_catalog.oid[])");
 	SPI_execute(sql.data, false, 0);
 
 	for (int i = 0; i < TV_MAX_RESIDENT; i++)
@@ -723,14 +808,14 @@ UpdateShadow(List *indexes, bool boot)
 						 "snapshot_time = coalesce(EXCLUDED.snapshot_time, s.snapshot_time), "
 						 "snapshot_bytes = coalesce(EXCLUDED.snapshot_bytes, s.snapshot_bytes), "
 						 "snapshot_path = coalesce(EXCLUDED.snapshot_path, s.snapshot_path), "
-						 "updated = now() "
+						 "updated = pg_catalog.now() "
 						 "WHERE (s.ready, s.rows, s.resident_bytes, s.snapshot_lsn) IS DISTINCT FROM "
 						 "(EXCLUDED.ready, EXCLUDED.rows, EXCLUDED.resident_bytes, "
 						 "coalesce(EXCLUDED.snapshot_lsn, s.snapshot_lsn))",
 						 nsp, e->indexid, ready ? "true" : "false",
 						 ready ? SqlTimestamp(e->ready_since) : "NULL",
 						 (int64) e->rows_total, (int64) e->bytes,
-						 e->snap_bytes > 0 ? psprintf("'%X/%X'::pg_lsn", LSN_FORMAT_ARGS(e->snap_lsn)) : "NULL",
+						 e->snap_bytes > 0 ? psprintf("'%X/%X'::pg_catalog.pg_lsn", LSN_FORMAT_ARGS(e->snap_lsn)) : "NULL",
 						 e->snap_time > 0 ? SqlTimestamp(e->snap_time) : "NULL",
 						 e->snap_bytes > 0 ? psprintf(INT64_FORMAT, e->snap_bytes) : "NULL",
 						 e->snap_bytes > 0 ? quote_literal_cstr(path) : "NULL");
@@ -945,6 +1030,8 @@ tv_database_main(Datum arg)
 	pqsignal(SIGUSR1, procsignal_sigusr1_handler);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+	/* over ALTER DATABASE ... SET search_path: our SQL must not find user objects */
+	SetConfigOption("search_path", TV_SAFE_SEARCH_PATH, PGC_SUSET, PGC_S_OVERRIDE);
 
 	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
 	{

@@ -34,6 +34,11 @@
 #define TvVacuumDelayPoint()	vacuum_delay_point()
 #endif
 
+/* 18 replaced the pg_attribute_noreturn() suffix by a pg_noreturn prefix */
+#ifndef pg_noreturn
+#define pg_noreturn pg_attribute_noreturn()
+#endif
+
 /* 14 added indexUnchanged to aminsert; use as the argument before indexInfo */
 #if PG_VERSION_NUM >= 140000
 #define TV_AMINSERT_UNCHANGED_ARG	, bool indexUnchanged

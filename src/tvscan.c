@@ -284,7 +284,7 @@ CheckStreamPages(Relation index, const TvMetaPageData *meta, uint64 nblocks)
 				 errhint("REINDEX the index.")));
 }
 
-static void BrokenChain(Relation index, int list) pg_attribute_noreturn();
+pg_noreturn static void BrokenChain(Relation index, int list);
 
 static void
 BrokenChain(Relation index, int list)

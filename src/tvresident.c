@@ -30,6 +30,7 @@
 #include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
+#include "storage/procarray.h"
 #include "storage/shmem.h"
 #include "utils/dsa.h"
 #include "utils/memutils.h"
@@ -45,11 +46,19 @@ static dsa_area *tv_area = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
+/* The fixed part: struct, worker slots and registry entries */
+static Size
+SharedHeadSize(void)
+{
+	return MAXALIGN(sizeof(TvShared)) +
+		MAXALIGN(sizeof(TvWorkerSlot) * tv_max_databases) +
+		MAXALIGN(sizeof(TvResidentEntry) * tv_max_resident);
+}
+
 static Size
 SharedSize(void)
 {
-	return MAXALIGN(offsetof(TvShared, dsa_place)) +
-		(Size) tv_resident_memory_mb * 1024 * 1024;
+	return SharedHeadSize() + (Size) tv_resident_memory_mb * 1024 * 1024;
 }
 
 static void
@@ -58,7 +67,7 @@ TvShmemRequest(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(SharedSize());
-	RequestNamedLWLockTranche("turbovec", TV_MAX_RESIDENT + 1);
+	RequestNamedLWLockTranche("turbovec", tv_max_resident + 1);
 }
 
 static void
@@ -75,11 +84,20 @@ TvShmemStartup(void)
 	{
 		LWLockPadded *locks = GetNamedLWLockTranche("turbovec");
 		Size		place_size = (Size) tv_resident_memory_mb * 1024 * 1024;
+		char	   *p = (char *) tv_shared;
 		dsa_area   *area;
 
-		MemSet(tv_shared, 0, offsetof(TvShared, dsa_place));
+		MemSet(tv_shared, 0, SharedHeadSize());
+		tv_shared->max_databases = tv_max_databases;
+		tv_shared->max_resident = tv_max_resident;
+		p += MAXALIGN(sizeof(TvShared));
+		tv_shared->dbs = (TvWorkerSlot *) p;
+		p += MAXALIGN(sizeof(TvWorkerSlot) * tv_max_databases);
+		tv_shared->entries = (TvResidentEntry *) p;
+		p += MAXALIGN(sizeof(TvResidentEntry) * tv_max_resident);
+		tv_shared->dsa_place = p;
 		tv_shared->registry_lock = &locks[0].lock;
-		for (int i = 0; i < TV_MAX_RESIDENT; i++)
+		for (int i = 0; i < tv_shared->max_resident; i++)
 		{
 			tv_shared->entries[i].lock = &locks[i + 1].lock;
 			ConditionVariableInit(&tv_shared->entries[i].cv);
@@ -135,7 +153,7 @@ TvResidentLookup(Oid dbid, Oid indexid, bool create)
 	if (tv_shared == NULL)
 		return NULL;
 	LWLockAcquire(tv_shared->registry_lock, create ? LW_EXCLUSIVE : LW_SHARED);
-	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	for (int i = 0; i < tv_shared->max_resident; i++)
 	{
 		TvResidentEntry *e = &tv_shared->entries[i];
 
@@ -164,6 +182,7 @@ TvResidentLookup(Oid dbid, Oid indexid, bool create)
 		free->ready_since = 0;
 		free->from_snapshot = false;
 		free->tried_relfilenode = InvalidOid;
+		free->builder_pid = 0;
 		free->dumping = false;
 		free->snap_change_count = 0;
 		free->snap_lsn = InvalidXLogRecPtr;
@@ -204,6 +223,7 @@ TvResidentSetState(TvResidentEntry *e, TvResidentState state)
 	e->state = state;
 	if (state == TV_RES_READY)
 		e->ready_since = GetCurrentTimestamp();
+	e->builder_pid = (state == TV_RES_BUILDING) ? MyProcPid : 0;
 	LWLockRelease(tv_shared->registry_lock);
 	ConditionVariableBroadcast(&e->cv);
 }
@@ -215,7 +235,7 @@ TvResidentRequestDump(Oid dbid)
 	/* wake first: that gives the database a worker slot if it had none */
 	TvResidentWakeWorker(dbid);
 	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
-	for (int i = 0; i < TV_MAX_DATABASES; i++)
+	for (int i = 0; i < tv_shared->max_databases; i++)
 		if (tv_shared->dbs[i].dbid == dbid)
 			tv_shared->dbs[i].dump = true;
 	LWLockRelease(tv_shared->registry_lock);
@@ -228,7 +248,7 @@ TvResidentWakeWorker(Oid dbid)
 	if (tv_shared == NULL)
 		return;
 	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
-	for (int i = 0; i < TV_MAX_DATABASES; i++)
+	for (int i = 0; i < tv_shared->max_databases; i++)
 	{
 		TvWorkerSlot *slot = &tv_shared->dbs[i];
 
@@ -249,7 +269,7 @@ TvResidentWakeWorker(Oid dbid)
 		}
 	}
 	/* no worker yet: ask the launcher for one */
-	for (int i = 0; i < TV_MAX_DATABASES; i++)
+	for (int i = 0; i < tv_shared->max_databases; i++)
 	{
 		if (tv_shared->dbs[i].dbid == InvalidOid)
 		{
@@ -360,23 +380,96 @@ TvResidentApplyClear(Relation index, const TvMetaPageData *meta, uint64 old_coun
 }
 
 /*
+ * Is a copy of this index on its way?  It is while a live process builds
+ * it, or while it waits for its database's worker (running, or about to be
+ * started by the launcher) to pick it up.  A copy that failed or does not
+ * fit (until the index changes), one left by a builder that died, one with
+ * no registry entry left or no worker slot for its database never comes on
+ * its own: waiting for it is pointless.  e is the index's entry or NULL.
+ */
+bool
+TvResidentComing(Relation index, TvResidentEntry *e)
+{
+	int			builder = 0;
+	bool		worker = false;
+	bool		room = (e != NULL);
+
+	LWLockAcquire(tv_shared->registry_lock, LW_SHARED);
+	if (e != NULL && (e->dbid != MyDatabaseId || e->indexid != RelationGetRelid(index)))
+		room = false;			/* the entry was given to another index */
+	if (e != NULL && room)
+	{
+		switch (e->state)
+		{
+			case TV_RES_BUILDING:
+				builder = e->builder_pid;
+				break;
+			case TV_RES_TOO_BIG:
+			case TV_RES_FAILED:
+				/* retried once the index is rebuilt (a new relfilenode) */
+				room = (e->tried_relfilenode != TvRelFileNumber(index));
+				break;
+			default:
+				break;
+		}
+	}
+	else
+	{
+		/* the worker claims an entry when it first sees the index */
+		for (int i = 0; i < tv_shared->max_resident && !room; i++)
+			room = (tv_shared->entries[i].state == TV_RES_FREE);
+	}
+	if (room && builder == 0)
+	{
+		for (int i = 0; i < tv_shared->max_databases; i++)
+		{
+			TvWorkerSlot *slot = &tv_shared->dbs[i];
+
+			if (slot->dbid == MyDatabaseId)
+			{
+				/* running, or asked for: the launcher starts it */
+				worker = true;
+				builder = slot->pid;
+				break;
+			}
+		}
+	}
+	LWLockRelease(tv_shared->registry_lock);
+
+	if (!room)
+		return false;
+	if (builder != 0)
+		return BackendPidGetProc(builder) != NULL;
+	return worker;
+}
+
+/*
  * Wait, without spinning, up to timeout_ms for the copy of an index to be
  * ready.  Returns its entry when ready, else NULL (*entry gets what is
- * known, for progress reports).  Wakes the worker first.
+ * known, for progress reports).  Wakes the worker first.  Stops early when
+ * the copy is not on its way (TvResidentComing); *coming says which.
  */
 TvResidentEntry *
-TvResidentWaitReady(Relation index, int timeout_ms, TvResidentEntry **entry)
+TvResidentWaitReady(Relation index, int timeout_ms, TvResidentEntry **entry,
+					bool *coming)
 {
 	Oid			indexid = RelationGetRelid(index);
 	TvResidentEntry *e = TvResidentLookup(MyDatabaseId, indexid, false);
 	TimestampTz deadline;
+	bool		on_its_way = true;
 
 	/* a ready copy of the index before a REINDEX is not this index's */
 #define IsReady(e) ((e) != NULL && (e)->state == TV_RES_READY && \
 					(e)->relfilenode == TvRelFileNumber(index))
 
 	if (IsReady(e))
+	{
+		if (entry)
+			*entry = e;
+		if (coming)
+			*coming = true;
 		return e;
+	}
 	TvResidentWakeWorker(MyDatabaseId);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 	for (;;)
@@ -386,6 +479,9 @@ TvResidentWaitReady(Relation index, int timeout_ms, TvResidentEntry **entry)
 		if (e == NULL)
 			e = TvResidentLookup(MyDatabaseId, indexid, false);
 		if (IsReady(e))
+			break;
+		on_its_way = TvResidentComing(index, e);
+		if (!on_its_way)
 			break;
 		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 		if (left <= 0)
@@ -399,6 +495,8 @@ TvResidentWaitReady(Relation index, int timeout_ms, TvResidentEntry **entry)
 	ConditionVariableCancelSleep();
 	if (entry)
 		*entry = e;
+	if (coming)
+		*coming = on_its_way || IsReady(e);
 	return IsReady(e) ? e : NULL;
 #undef IsReady
 }

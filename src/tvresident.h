@@ -15,8 +15,9 @@
 
 #include "turbovec.h"
 
-#define TV_MAX_RESIDENT		256		/* turbo indexes with a resident copy */
-#define TV_MAX_DATABASES	64		/* databases with a worker */
+/* defaults of turbovec.max_resident_indexes and turbovec.max_databases */
+#define TV_DEFAULT_MAX_RESIDENT		256
+#define TV_DEFAULT_MAX_DATABASES	64
 
 #if PG_VERSION_NUM >= 160000
 #define TvRelFileNumber(rel)	((rel)->rd_locator.relNumber)
@@ -67,6 +68,7 @@ typedef struct TvResidentEntry
 	TimestampTz ready_since;
 	bool		from_snapshot;	/* the current copy came from a .tv file */
 	Oid			tried_relfilenode;	/* relfilenode of the last rebuild attempt */
+	int			builder_pid;	/* the process building the copy (BUILDING) */
 	bool		dumping;		/* a snapshot dump is in flight */
 
 	/* the copy: entry lock */
@@ -101,9 +103,11 @@ typedef struct TvShared
 	int			dsa_tranche;
 	int			launcher_pid;
 	Latch	   *launcher_latch;
-	TvWorkerSlot dbs[TV_MAX_DATABASES];
-	TvResidentEntry entries[TV_MAX_RESIDENT];
-	char		dsa_place[FLEXIBLE_ARRAY_MEMBER];
+	int			max_databases;	/* entries of dbs */
+	int			max_resident;	/* entries of entries */
+	TvWorkerSlot *dbs;			/* in the same segment, after this struct */
+	TvResidentEntry *entries;
+	char	   *dsa_place;		/* turbovec.resident_memory bytes */
 } TvShared;
 
 extern TvShared *tv_shared;
@@ -116,6 +120,8 @@ extern bool tv_snapshots;
 extern int	tv_worker_naptime_ms;
 extern int	tv_test_build_delay_ms;
 extern bool tv_use_resident;
+extern int	tv_max_resident;
+extern int	tv_max_databases;
 
 #define TV_NOT_READY_EXTENT	0
 #define TV_NOT_READY_ERROR	1
@@ -128,8 +134,9 @@ extern void TvResidentRelease(TvResidentEntry *e);
 extern void TvResidentSetState(TvResidentEntry *e, TvResidentState state);
 extern void TvResidentWakeWorker(Oid dbid);
 extern void TvResidentRequestDump(Oid dbid);
+extern bool TvResidentComing(Relation index, TvResidentEntry *e);
 extern TvResidentEntry *TvResidentWaitReady(Relation index, int timeout_ms,
-											TvResidentEntry **entry);
+											TvResidentEntry **entry, bool *coming);
 extern TvResidentCopy *TvResidentGetCopy(TvResidentEntry *e);
 extern void TvResidentApplyInsert(Relation index, const TvMetaPageData *meta,
 								  uint64 old_count, uint64 slot, const char *image,

@@ -594,7 +594,7 @@ UpdateShadow(List *indexes, bool boot)
 	appendStringInfoString(&sql, "}'::oid[])");
 	SPI_execute(sql.data, false, 0);
 
-	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	for (int i = 0; i < tv_shared->max_resident; i++)
 	{
 		TvResidentEntry *e = &tv_shared->entries[i];
 		char		path[MAXPGPATH];
@@ -727,7 +727,7 @@ done:
 static void
 ForgetDropped(List *live)
 {
-	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	for (int i = 0; i < tv_shared->max_resident; i++)
 	{
 		TvResidentEntry *e = &tv_shared->entries[i];
 
@@ -743,7 +743,7 @@ ForgetDropped(List *live)
 static TvWorkerSlot *
 MySlot(void)
 {
-	for (int i = 0; i < TV_MAX_DATABASES; i++)
+	for (int i = 0; i < tv_shared->max_databases; i++)
 		if (tv_shared->dbs[i].dbid == MyDatabaseId)
 			return &tv_shared->dbs[i];
 	return NULL;
@@ -772,7 +772,7 @@ DumpChanged(void)
 {
 	bool		any = false;
 
-	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	for (int i = 0; i < tv_shared->max_resident; i++)
 	{
 		TvResidentEntry *e = &tv_shared->entries[i];
 
@@ -1002,7 +1002,7 @@ ForgetDroppedDatabases(void)
 
 	TvSnapshotSweep(InvalidOid, dbs, true);
 
-	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	for (int i = 0; i < tv_shared->max_resident; i++)
 	{
 		TvResidentEntry *e = &tv_shared->entries[i];
 		Oid			dbid = e->dbid;
@@ -1016,7 +1016,7 @@ ForgetDroppedDatabases(void)
 		}
 	}
 	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
-	for (int i = 0; i < TV_MAX_DATABASES; i++)
+	for (int i = 0; i < tv_shared->max_databases; i++)
 	{
 		TvWorkerSlot *slot = &tv_shared->dbs[i];
 
@@ -1044,6 +1044,7 @@ tv_launcher_main(Datum arg)
 {
 	XLogRecPtr	last_redo;
 	uint64		rounds = 0;
+	Oid		   *start;
 
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -1060,7 +1061,7 @@ tv_launcher_main(Datum arg)
 	tv_shared->launcher_pid = MyProcPid;
 	tv_shared->launcher_latch = MyLatch;
 	/* workers of a previous launcher are gone after a crash restart */
-	for (int i = 0; i < TV_MAX_DATABASES; i++)
+	for (int i = 0; i < tv_shared->max_databases; i++)
 		if (tv_shared->dbs[i].pid == 0)
 			tv_shared->dbs[i].wanted = tv_shared->dbs[i].dbid != InvalidOid;
 	LWLockRelease(tv_shared->registry_lock);
@@ -1068,10 +1069,10 @@ tv_launcher_main(Datum arg)
 
 	WantAllDatabases();
 	last_redo = GetRedoRecPtr();
+	start = MemoryContextAlloc(TopMemoryContext, sizeof(Oid) * tv_shared->max_databases);
 
 	while (!ShutdownRequestPending)
 	{
-		Oid			start[TV_MAX_DATABASES];
 		int			nstart = 0;
 		XLogRecPtr	redo;
 
@@ -1088,7 +1089,7 @@ tv_launcher_main(Datum arg)
 		{
 			last_redo = redo;
 			if (tv_snapshots)
-				for (int i = 0; i < TV_MAX_RESIDENT; i++)
+				for (int i = 0; i < tv_shared->max_resident; i++)
 				{
 					TvResidentEntry *e = &tv_shared->entries[i];
 
@@ -1099,7 +1100,7 @@ tv_launcher_main(Datum arg)
 		}
 
 		LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
-		for (int i = 0; i < TV_MAX_DATABASES; i++)
+		for (int i = 0; i < tv_shared->max_databases; i++)
 		{
 			TvWorkerSlot *slot = &tv_shared->dbs[i];
 

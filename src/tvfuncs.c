@@ -710,7 +710,7 @@ turbo_rebuild(PG_FUNCTION_ARGS)
 				 errmsg("no room for another resident turbo index (at most %d)",
 						tv_shared->max_resident),
 				 errhint("Raise turbovec.max_resident_indexes (needs a restart).")));
-	done = TvResidentRebuild(heap, index, e, false);
+	done = TvResidentRebuild(heap, index, e, false, true);
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);
 	PG_RETURN_BOOL(done);

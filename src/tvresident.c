@@ -176,6 +176,7 @@ TvResidentLookup(Oid dbid, Oid indexid, bool create)
 		free->relfilenode = InvalidOid;
 		free->state = TV_RES_EMPTY;
 		free->data = InvalidDsaPointer;
+		free->filling = false;
 		free->bytes = 0;
 		free->change_count = 0;
 		free->rows_done = free->rows_total = 0;
@@ -293,6 +294,14 @@ TvResidentGetCopy(TvResidentEntry *e)
 }
 
 /*
+ * Does a writer mirror its change into the entry's copy?  Into a ready one,
+ * and into one a rebuild has put in place while it fetches the last vectors
+ * (TvResidentRebuild).  Caller holds the entry lock.
+ */
+#define Mirrored(e) \
+	((e)->state == TV_RES_READY || ((e)->filling && (e)->state == TV_RES_BUILDING))
+
+/*
  * An insert has written slot `slot` of block image `image` (block_bytes
  * bytes) and, for IVF, directory entry bytes at entry_off; the metapage went
  * from old_count to meta->change_count.  Mirror it into a current copy, or
@@ -311,14 +320,14 @@ TvResidentApplyInsert(Relation index, const TvMetaPageData *meta, uint64 old_cou
 		return;
 	LWLockAcquire(e->lock, LW_EXCLUSIVE);
 	copy = TvResidentGetCopy(e);
-	if (e->state != TV_RES_READY || copy == NULL || e->change_count != old_count ||
-		e->relfilenode != TvRelFileNumber(index))
+	if (!Mirrored(e) || copy == NULL || e->change_count != old_count ||
+		e->relfilenode != TvRelFileNumber(index) || slot >= copy->capacity_slots)
 	{
+		/* a full copy too: the worker makes a bigger one */
 		if (e->state == TV_RES_READY)
 			behind = true;
+		e->filling = false;		/* the rebuild that fills it sees it behind */
 	}
-	else if (slot >= copy->capacity_slots)
-		behind = true;			/* full: the worker makes a bigger copy */
 	else
 	{
 		uint64		block = slot / TV_LANES;
@@ -357,7 +366,7 @@ TvResidentApplyClear(Relation index, const TvMetaPageData *meta, uint64 old_coun
 		return;
 	LWLockAcquire(e->lock, LW_EXCLUSIVE);
 	copy = TvResidentGetCopy(e);
-	if (e->state == TV_RES_READY && copy != NULL && e->change_count == old_count &&
+	if (Mirrored(e) && copy != NULL && e->change_count == old_count &&
 		e->relfilenode == TvRelFileNumber(index))
 	{
 		if (cleared)
@@ -369,8 +378,12 @@ TvResidentApplyClear(Relation index, const TvMetaPageData *meta, uint64 old_coun
 		e->change_count = meta->change_count;
 		e->lsn = GetXLogInsertRecPtr();
 	}
-	else if (e->state == TV_RES_READY)
-		behind = true;
+	else
+	{
+		if (e->state == TV_RES_READY)
+			behind = true;
+		e->filling = false;
+	}
 	LWLockRelease(e->lock);
 	if (behind)
 	{

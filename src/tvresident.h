@@ -74,6 +74,8 @@ typedef struct TvResidentEntry
 	/* the copy: entry lock */
 	LWLock	   *lock;
 	dsa_pointer data;
+	bool		filling;		/* BUILDING, in place, vectors still being fetched:
+								 * writers mirror into it */
 	Size		bytes;
 	uint64		change_count;	/* metapage counter the copy reflects */
 	XLogRecPtr	lsn;
@@ -148,7 +150,7 @@ extern void TvResidentApplyClear(Relation index, const TvMetaPageData *meta,
 /* tvworker.c */
 extern void TvWorkerInit(void);
 extern bool TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e,
-							  bool try_snapshot);
+							  bool try_snapshot, bool from_scratch);
 extern void TvResidentDump(TvResidentEntry *e);
 extern PGDLLEXPORT void tv_launcher_main(Datum arg);
 extern PGDLLEXPORT void tv_database_main(Datum arg);

@@ -100,6 +100,8 @@ TvShmemStartup(void)
 		for (int i = 0; i < tv_shared->max_resident; i++)
 		{
 			tv_shared->entries[i].lock = &locks[i + 1].lock;
+			pg_atomic_init_u32(&tv_shared->entries[i].pins[0], 0);
+			pg_atomic_init_u32(&tv_shared->entries[i].pins[1], 0);
 			ConditionVariableInit(&tv_shared->entries[i].cv);
 		}
 		tv_shared->dsa_tranche = LWLockNewTrancheId();
@@ -200,6 +202,7 @@ void
 TvResidentRelease(TvResidentEntry *e)
 {
 	dsa_pointer old;
+	int			retired;
 
 	LWLockAcquire(e->lock, LW_EXCLUSIVE);
 	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
@@ -210,7 +213,9 @@ TvResidentRelease(TvResidentEntry *e)
 	e->dbid = InvalidOid;
 	e->indexid = InvalidOid;
 	LWLockRelease(tv_shared->registry_lock);
+	retired = TvResidentRetire(e);
 	LWLockRelease(e->lock);
+	TvResidentWaitUnpinned(e, retired);
 	if (DsaPointerIsValid(old))
 		dsa_free(TvResidentArea(), old);
 	ConditionVariableBroadcast(&e->cv);
@@ -294,6 +299,52 @@ TvResidentGetCopy(TvResidentEntry *e)
 }
 
 /*
+ * Scans score a copy without holding the entry lock, so that writers, who
+ * mirror into the copy under that lock while they hold buffer locks, never
+ * wait for a whole scan.  A scan pins the copy under the entry lock (shared
+ * is enough) and unpins it when done; whoever replaces, takes or frees the
+ * copy retires it under the exclusive lock and waits for its pins to go
+ * before touching it.  Pins are counted by the parity of the entry's
+ * epoch, so scans that pin the next copy are not waited for.
+ *
+ * What a scan reads while a writer mirrors into the copy: the writer only
+ * touches lanes whose rows no running scan can see (a new row, not yet
+ * committed, in a fresh lane or one VACUUM freed) and clears lanes of dead
+ * rows, so a torn read costs at most a wasted candidate, which the
+ * executor's visibility check drops.  A new block is written before the
+ * list tail that links it (barriers on both sides).
+ */
+int
+TvResidentPin(TvResidentEntry *e)
+{
+	int			pin = e->epoch & 1;
+
+	pg_atomic_fetch_add_u32(&e->pins[pin], 1);
+	return pin;
+}
+
+void
+TvResidentUnpin(TvResidentEntry *e, int pin)
+{
+	pg_atomic_fetch_sub_u32(&e->pins[pin], 1);
+}
+
+/* Caller holds the entry lock exclusively and replaces or takes the copy */
+int
+TvResidentRetire(TvResidentEntry *e)
+{
+	return e->epoch++ & 1;
+}
+
+/* Wait until no scan reads a retired copy; caller holds no lock */
+void
+TvResidentWaitUnpinned(TvResidentEntry *e, int retired)
+{
+	while (pg_atomic_read_u32(&e->pins[retired]) != 0)
+		pg_usleep(100L);		/* a scan lasts milliseconds */
+}
+
+/*
  * Does a writer mirror its change into the entry's copy?  Into a ready one,
  * and into one a rebuild has put in place while it fetches the last vectors
  * (TvResidentRebuild).  Caller holds the entry lock.
@@ -334,6 +385,8 @@ TvResidentApplyInsert(Relation index, const TvMetaPageData *meta, uint64 old_cou
 		char	   *stream = TvResidentStream(copy);
 
 		memcpy(stream + TvBlockOffset(meta, block), image, meta->block_bytes);
+		/* unlocked scans follow the list tail: the block comes first */
+		pg_write_barrier();
 		if (entry != NULL)
 			memcpy(stream + entry_off, entry, sizeof(TvListEntry));
 		memcpy(TvResidentVectors(copy) + (Size) slot * copy->dim, x,

@@ -7,6 +7,7 @@
 #define TVRESIDENT_H
 
 #include "access/xlogdefs.h"
+#include "port/atomics.h"
 #include "storage/condition_variable.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -73,6 +74,8 @@ typedef struct TvResidentEntry
 
 	/* the copy: entry lock */
 	LWLock	   *lock;
+	uint32		epoch;			/* bumped when the copy is replaced or taken */
+	pg_atomic_uint32 pins[2];	/* scans reading the copy, by epoch parity */
 	dsa_pointer data;
 	bool		filling;		/* BUILDING, in place, vectors still being fetched:
 								 * writers mirror into it */
@@ -140,6 +143,10 @@ extern bool TvResidentComing(Relation index, TvResidentEntry *e);
 extern TvResidentEntry *TvResidentWaitReady(Relation index, int timeout_ms,
 											TvResidentEntry **entry, bool *coming);
 extern TvResidentCopy *TvResidentGetCopy(TvResidentEntry *e);
+extern int	TvResidentPin(TvResidentEntry *e);
+extern void TvResidentUnpin(TvResidentEntry *e, int pin);
+extern int	TvResidentRetire(TvResidentEntry *e);
+extern void TvResidentWaitUnpinned(TvResidentEntry *e, int retired);
 extern void TvResidentApplyInsert(Relation index, const TvMetaPageData *meta,
 								  uint64 old_count, uint64 slot, const char *image,
 								  const float *x, uint64 entry_off,

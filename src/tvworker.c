@@ -245,6 +245,7 @@ SwapIn(Relation index, TvResidentEntry *e, dsa_pointer dp, Size bytes,
 	   const TvMetaPageData *meta, XLogRecPtr lsn, bool from_snapshot, bool filling)
 {
 	dsa_pointer old;
+	int			retired;
 
 	LWLockAcquire(e->lock, LW_EXCLUSIVE);
 	old = e->data;
@@ -254,6 +255,7 @@ SwapIn(Relation index, TvResidentEntry *e, dsa_pointer dp, Size bytes,
 	e->lsn = lsn;
 	e->relfilenode = TvRelFileNumber(index);
 	e->filling = filling;
+	retired = TvResidentRetire(e);
 	LWLockRelease(e->lock);
 	e->rows_done = e->rows_total = meta->nslots;
 	e->from_snapshot = from_snapshot;
@@ -264,7 +266,10 @@ SwapIn(Relation index, TvResidentEntry *e, dsa_pointer dp, Size bytes,
 		e->snap_bytes = 0;
 	}
 	if (DsaPointerIsValid(old))
+	{
+		TvResidentWaitUnpinned(e, retired);
 		dsa_free(TvResidentArea(), old);
+	}
 }
 
 /* Swap a finished copy in; caller holds the metapage share lock */
@@ -616,13 +621,14 @@ GrowCopy(dsa_pointer dp, const TvMetaPageData *meta)
 
 /*
  * The entry's copy, taken away from it for a catch-up, if it is a copy of
- * this relfilenode.  The entry is BUILDING, so once we hold its lock no
- * scan reads the copy and no writer mirrors into it: it is ours.
+ * this relfilenode.  The entry is BUILDING, so once the scans that pinned
+ * it are done no one reads it and no writer mirrors into it: it is ours.
  */
 static dsa_pointer
 DetachCopy(Relation index, TvResidentEntry *e)
 {
 	dsa_pointer dp = InvalidDsaPointer;
+	int			retired = -1;
 
 	LWLockAcquire(e->lock, LW_EXCLUSIVE);
 	if (DsaPointerIsValid(e->data) && e->relfilenode == TvRelFileNumber(index))
@@ -630,8 +636,11 @@ DetachCopy(Relation index, TvResidentEntry *e)
 		dp = e->data;
 		e->data = InvalidDsaPointer;
 		e->bytes = 0;
+		retired = TvResidentRetire(e);
 	}
 	LWLockRelease(e->lock);
+	if (retired >= 0)
+		TvResidentWaitUnpinned(e, retired);
 	return dp;
 }
 

@@ -20,7 +20,8 @@
  *
  * Lock order: metapage buffer, data page buffers, entry LWLock, registry
  * LWLock.  The registry lock guards entry identity and state; the entry
- * lock guards the copy's bytes.
+ * lock guards the copy's bytes against other writers, while scans read a
+ * pinned copy without it (TvResidentPin).
  */
 #include "postgres.h"
 

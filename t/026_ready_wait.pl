@@ -75,6 +75,17 @@ ok($node->poll_query_until('postgres',
 		"SELECT resident_state = 'too big' FROM turbo_indexes WHERE index = 'big_l2'::regclass"),
 	'big_l2 does not fit turbovec.resident_memory');
 
+# The limits size shared memory: set at server start only.
+is( $node->safe_psql(
+		'postgres',
+		"SELECT string_agg(name || '=' || setting || ':' || context, ',' ORDER BY name) "
+		  . "FROM pg_settings WHERE name IN ('turbovec.max_resident_indexes', 'turbovec.max_databases')"),
+	'turbovec.max_databases=64:postmaster,turbovec.max_resident_indexes=2:postmaster',
+	'max_resident_indexes and max_databases are postmaster settings');
+my ($ret0, $out0, $err0) = $node->psql('postgres', 'SET turbovec.max_resident_indexes = 3');
+like($err0, qr/cannot be changed without restarting the server/,
+	'max_resident_indexes cannot be SET');
+
 # Both registry entries are taken: c_l2 gets none.
 $node->safe_psql(
 	'postgres', qq{

@@ -337,12 +337,15 @@ TvResidentRetire(TvResidentEntry *e)
 	return e->epoch++ & 1;
 }
 
-/* Wait until no scan reads a retired copy; caller holds no lock */
+/* Wait until no scan reads a retired copy */
 void
 TvResidentWaitUnpinned(TvResidentEntry *e, int retired)
 {
 	while (pg_atomic_read_u32(&e->pins[retired]) != 0)
+	{
 		pg_usleep(100L);		/* a scan lasts milliseconds */
+		CHECK_FOR_INTERRUPTS();
+	}
 }
 
 /*

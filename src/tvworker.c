@@ -142,8 +142,9 @@ AllocCopy(const TvMetaPageData *meta, uint64 zero_from)
 
 /*
  * Copy the stream into a new allocation sized for the metapage plus room to
- * grow.  Returns InvalidDsaPointer when it does not fit.  Caller holds the
- * metapage share lock.
+ * grow.  Returns InvalidDsaPointer when it does not fit.  Under the metapage
+ * share lock the copy is the extent's; without it, each page is copied
+ * whole but the stream may be caught mid-change (RefreshStream repairs it).
  */
 static dsa_pointer
 CopyStream(Relation index, const TvMetaPageData *meta)
@@ -653,8 +654,8 @@ DetachCopy(Relation index, TvResidentEntry *e)
  *
  *  1. Start from the entry's own copy when it is of this relfilenode (a
  *     copy that fell behind, or a standby's copy that replay moved past);
- *     else copy the stream under the metapage share lock and fetch every
- *     live lane's vector from the table without any index lock
+ *     else copy the stream page by page, without the metapage lock, and
+ *     fetch every live lane's vector from the table without any index lock
  *     (FillVectors).
  *  2. Under the metapage share lock, compare the copy with the pages and
  *     take what changed since (RefreshStream), put the copy in place with
@@ -710,8 +711,9 @@ TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_sn
 		}
 		if (!DsaPointerIsValid(dp))
 		{
-			dp = CopyStream(index, &meta);
+			/* no need to keep writers out: step 2 compares every byte */
 			UnlockReleaseBuffer(metabuf);
+			dp = CopyStream(index, &meta);
 			if (!DsaPointerIsValid(dp))
 				break;
 			copy = dsa_get_address(TvResidentArea(), dp);

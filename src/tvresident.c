@@ -25,6 +25,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -43,6 +44,17 @@
 
 TvShared   *tv_shared = NULL;
 static dsa_area *tv_area = NULL;
+
+/* the copy this backend's scan has pinned (at most one at a time) */
+static TvResidentEntry *pinned_entry = NULL;
+static int	pinned_slot = 0;
+static bool pin_callbacks = false;
+
+static void UnpinAtAbort(XactEvent event, void *arg);
+static void UnpinAtSubAbort(SubXactEvent event, SubTransactionId mySubid,
+							SubTransactionId parentSubid, void *arg);
+static void UnpinAtExit(int code, Datum arg);
+static void UnpinLeftover(void);
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -306,7 +318,9 @@ TvResidentGetCopy(TvResidentEntry *e)
  * is enough) and unpins it when done; whoever replaces, takes or frees the
  * copy retires it under the exclusive lock and waits for its pins to go
  * before touching it.  Pins are counted by the parity of the entry's
- * epoch, so scans that pin the next copy are not waited for.
+ * epoch, so scans that pin the next copy are not waited for.  A scan holds
+ * one pin at most, and only while it scores (no user code runs); an error
+ * meanwhile gives it back at (sub)transaction abort or backend exit.
  *
  * What a scan reads while a writer mirrors into the copy: the writer only
  * touches lanes whose rows no running scan can see (a new row, not yet
@@ -320,14 +334,55 @@ TvResidentPin(TvResidentEntry *e)
 {
 	int			pin = e->epoch & 1;
 
+	if (!pin_callbacks)
+	{
+		RegisterXactCallback(UnpinAtAbort, NULL);
+		RegisterSubXactCallback(UnpinAtSubAbort, NULL);
+		before_shmem_exit(UnpinAtExit, (Datum) 0);
+		pin_callbacks = true;
+	}
+	UnpinLeftover();			/* never more than one */
 	pg_atomic_fetch_add_u32(&e->pins[pin], 1);
+	pinned_entry = e;
+	pinned_slot = pin;
 	return pin;
 }
 
 void
 TvResidentUnpin(TvResidentEntry *e, int pin)
 {
+	Assert(pinned_entry == e && pinned_slot == pin);
+	pinned_entry = NULL;
 	pg_atomic_fetch_sub_u32(&e->pins[pin], 1);
+}
+
+/* An error while scoring leaves the pin: give it back */
+static void
+UnpinLeftover(void)
+{
+	if (pinned_entry != NULL)
+		TvResidentUnpin(pinned_entry, pinned_slot);
+}
+
+static void
+UnpinAtAbort(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		UnpinLeftover();
+}
+
+static void
+UnpinAtSubAbort(SubXactEvent event, SubTransactionId mySubid,
+				SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		UnpinLeftover();
+}
+
+static void
+UnpinAtExit(int code, Datum arg)
+{
+	UnpinLeftover();
 }
 
 /* Caller holds the entry lock exclusively and replaces or takes the copy */

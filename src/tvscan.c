@@ -529,67 +529,60 @@ ResidentWindow(IndexScanDesc scan, CandidateHeap *heap, bool *ranked)
 	pin = TvResidentPin(e);
 	LWLockRelease(e->lock);
 
-	PG_TRY();
+	stream = TvResidentStream(copy);
+	nblocks = TvBlockCount(&meta);
+	cap_blocks = copy->capacity_slots / TV_LANES;
+	if (meta.lists == 0)
 	{
-		stream = TvResidentStream(copy);
-		nblocks = TvBlockCount(&meta);
-		cap_blocks = copy->capacity_slots / TV_LANES;
-		if (meta.lists == 0)
+		for (uint64 b = 0; b < nblocks; b++)
 		{
-			for (uint64 b = 0; b < nblocks; b++)
+			/* pull a block a few ahead into the caches while this one is scored */
+			if (b + TV_PREFETCH_BLOCKS < nblocks)
 			{
-				/* pull a block a few ahead into the caches while this one is scored */
-				if (b + TV_PREFETCH_BLOCKS < nblocks)
-				{
-					const char *ahead = stream + TvBlockOffset(&meta, b + TV_PREFETCH_BLOCKS);
+				const char *ahead = stream + TvBlockOffset(&meta, b + TV_PREFETCH_BLOCKS);
 
-					for (uint32 off = 0; off < meta.block_bytes; off += 64)
-						__builtin_prefetch(ahead + off);
-				}
-				ScoreBlock(so, stream + TvBlockOffset(&meta, b), b, 0, heap);
+				for (uint32 off = 0; off < meta.block_bytes; off += 64)
+					__builtin_prefetch(ahead + off);
 			}
-		}
-		else
-		{
-			const TvListEntry *entries = (const TvListEntry *) stream;
-
-			for (int k = 0; k < so->nprobe; k++)
-			{
-				uint32		next = entries[so->list_order[k]].tail;
-				uint64		steps = 0;
-				float		qc = ListOffset(so, &meta, so->list_order[k]);
-
-				/* an insert may have linked a block past meta's count since */
-				pg_read_barrier();
-				while (next != 0 && next <= cap_blocks && ++steps <= cap_blocks)
-				{
-					const char *blk = stream + TvBlockOffset(&meta, next - 1);
-
-					ScoreBlock(so, blk, next - 1, qc, heap);
-					memcpy(&next, blk + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
-				}
-			}
-		}
-
-		*ranked = vectors;
-		so->results = palloc(sizeof(TvResult) * Max(heap->n, 1));
-		so->nresults = 0;
-		for (int i = 0; i < heap->n && vectors; i++)
-		{
-			TvCandidate *c = &heap->items[i];
-
-			so->results[so->nresults].dist =
-				TvExactDistance(so->state->metric, TvResidentVectors(copy) + c->slot * copy->dim,
-								so->qfloats, copy->dim);
-			so->results[so->nresults].tid = c->tid;
-			so->nresults++;
+			ScoreBlock(so, stream + TvBlockOffset(&meta, b), b, 0, heap);
 		}
 	}
-	PG_FINALLY();
+	else
 	{
-		TvResidentUnpin(e, pin);
+		const TvListEntry *entries = (const TvListEntry *) stream;
+
+		for (int k = 0; k < so->nprobe; k++)
+		{
+			uint32		next = entries[so->list_order[k]].tail;
+			uint64		steps = 0;
+			float		qc = ListOffset(so, &meta, so->list_order[k]);
+
+			/* an insert may have linked a block past meta's count since */
+			pg_read_barrier();
+			while (next != 0 && next <= cap_blocks && ++steps <= cap_blocks)
+			{
+				const char *blk = stream + TvBlockOffset(&meta, next - 1);
+
+				ScoreBlock(so, blk, next - 1, qc, heap);
+				memcpy(&next, blk + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
+			}
+		}
 	}
-	PG_END_TRY();
+
+	*ranked = vectors;
+	so->results = palloc(sizeof(TvResult) * Max(heap->n, 1));
+	so->nresults = 0;
+	for (int i = 0; i < heap->n && vectors; i++)
+	{
+		TvCandidate *c = &heap->items[i];
+
+		so->results[so->nresults].dist =
+			TvExactDistance(so->state->metric, TvResidentVectors(copy) + c->slot * copy->dim,
+							so->qfloats, copy->dim);
+		so->results[so->nresults].tid = c->tid;
+		so->nresults++;
+	}
+	TvResidentUnpin(e, pin);
 	return true;
 }
 

@@ -48,6 +48,8 @@ bool		tv_snapshots = true;
 int			tv_worker_naptime_ms = 1000;
 int			tv_test_build_delay_ms = 0;
 bool		tv_use_resident = true;
+int			tv_max_resident = TV_DEFAULT_MAX_RESIDENT;
+int			tv_max_databases = TV_DEFAULT_MAX_DATABASES;
 
 static object_access_hook_type prev_object_access_hook = NULL;
 static void TvObjectAccess(ObjectAccessType access, Oid classId, Oid objectId,
@@ -157,6 +159,18 @@ _PG_init(void)
 								&tv_resident_memory_mb,
 								512, 16, INT_MAX / 2,
 								PGC_POSTMASTER, GUC_UNIT_MB, NULL, NULL, NULL);
+		DefineCustomIntVariable("turbovec.max_resident_indexes",
+								"Turbo indexes of the whole cluster that can have a resident copy.",
+								"Each takes a registry entry and an LWLock in shared memory; further indexes are served from their pages.",
+								&tv_max_resident,
+								TV_DEFAULT_MAX_RESIDENT, 1, 65536,
+								PGC_POSTMASTER, 0, NULL, NULL, NULL);
+		DefineCustomIntVariable("turbovec.max_databases",
+								"Databases that can have a turbovec worker at the same time.",
+								"The indexes of further databases are served from their pages.",
+								&tv_max_databases,
+								TV_DEFAULT_MAX_DATABASES, 1, 4096,
+								PGC_POSTMASTER, 0, NULL, NULL, NULL);
 		TvResidentInit();
 		TvWorkerInit();
 	}

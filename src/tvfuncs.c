@@ -763,7 +763,7 @@ turbo_wait_ready(PG_FUNCTION_ARGS)
 	if (tv_shared == NULL || index->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
 		ready = true;
 	else
-		ready = TvResidentWaitReady(index, timeout, NULL) != NULL;
+		ready = TvResidentWaitReady(index, timeout, NULL, NULL) != NULL;
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);
 	PG_RETURN_BOOL(ready);
@@ -795,8 +795,10 @@ turbo_rebuild(PG_FUNCTION_ARGS)
 	if (e == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
-				 errmsg("no room for another resident turbo index (at most %d)", TV_MAX_RESIDENT)));
-	done = TvResidentRebuild(heap, index, e, false);
+				 errmsg("no room for another resident turbo index (at most %d)",
+						tv_shared->max_resident),
+				 errhint("Raise turbovec.max_resident_indexes (needs a restart).")));
+	done = TvResidentRebuild(heap, index, e, false, true);
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);
 	PG_RETURN_BOOL(done);
@@ -836,7 +838,7 @@ turbo_resident_status(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	if (tv_shared == NULL)
 		return (Datum) 0;
-	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	for (int i = 0; i < tv_shared->max_resident; i++)
 	{
 		TvResidentEntry *e = &tv_shared->entries[i];
 		Datum		values[11];

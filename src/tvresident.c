@@ -20,16 +20,19 @@
  *
  * Lock order: metapage buffer, data page buffers, entry LWLock, registry
  * LWLock.  The registry lock guards entry identity and state; the entry
- * lock guards the copy's bytes.
+ * lock guards the copy's bytes against other writers, while scans read a
+ * pinned copy without it (TvResidentPin).
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
+#include "storage/procarray.h"
 #include "storage/shmem.h"
 #include "utils/dsa.h"
 #include "utils/memutils.h"
@@ -42,14 +45,33 @@
 TvShared   *tv_shared = NULL;
 static dsa_area *tv_area = NULL;
 
+/* the copy this backend's scan has pinned (at most one at a time) */
+static TvResidentEntry *pinned_entry = NULL;
+static int	pinned_slot = 0;
+static bool pin_callbacks = false;
+
+static void UnpinAtAbort(XactEvent event, void *arg);
+static void UnpinAtSubAbort(SubXactEvent event, SubTransactionId mySubid,
+							SubTransactionId parentSubid, void *arg);
+static void UnpinAtExit(int code, Datum arg);
+static void UnpinLeftover(void);
+
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* The fixed part: struct, worker slots and registry entries */
+static Size
+SharedHeadSize(void)
+{
+	return MAXALIGN(sizeof(TvShared)) +
+		MAXALIGN(sizeof(TvWorkerSlot) * tv_max_databases) +
+		MAXALIGN(sizeof(TvResidentEntry) * tv_max_resident);
+}
 
 static Size
 SharedSize(void)
 {
-	return MAXALIGN(offsetof(TvShared, dsa_place)) +
-		(Size) tv_resident_memory_mb * 1024 * 1024;
+	return SharedHeadSize() + (Size) tv_resident_memory_mb * 1024 * 1024;
 }
 
 static void
@@ -58,7 +80,7 @@ TvShmemRequest(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(SharedSize());
-	RequestNamedLWLockTranche("turbovec", TV_MAX_RESIDENT + 1);
+	RequestNamedLWLockTranche("turbovec", tv_max_resident + 1);
 }
 
 static void
@@ -75,13 +97,24 @@ TvShmemStartup(void)
 	{
 		LWLockPadded *locks = GetNamedLWLockTranche("turbovec");
 		Size		place_size = (Size) tv_resident_memory_mb * 1024 * 1024;
+		char	   *p = (char *) tv_shared;
 		dsa_area   *area;
 
-		MemSet(tv_shared, 0, offsetof(TvShared, dsa_place));
+		MemSet(tv_shared, 0, SharedHeadSize());
+		tv_shared->max_databases = tv_max_databases;
+		tv_shared->max_resident = tv_max_resident;
+		p += MAXALIGN(sizeof(TvShared));
+		tv_shared->dbs = (TvWorkerSlot *) p;
+		p += MAXALIGN(sizeof(TvWorkerSlot) * tv_max_databases);
+		tv_shared->entries = (TvResidentEntry *) p;
+		p += MAXALIGN(sizeof(TvResidentEntry) * tv_max_resident);
+		tv_shared->dsa_place = p;
 		tv_shared->registry_lock = &locks[0].lock;
-		for (int i = 0; i < TV_MAX_RESIDENT; i++)
+		for (int i = 0; i < tv_shared->max_resident; i++)
 		{
 			tv_shared->entries[i].lock = &locks[i + 1].lock;
+			pg_atomic_init_u32(&tv_shared->entries[i].pins[0], 0);
+			pg_atomic_init_u32(&tv_shared->entries[i].pins[1], 0);
 			ConditionVariableInit(&tv_shared->entries[i].cv);
 		}
 		tv_shared->dsa_tranche = LWLockNewTrancheId();
@@ -135,7 +168,7 @@ TvResidentLookup(Oid dbid, Oid indexid, bool create)
 	if (tv_shared == NULL)
 		return NULL;
 	LWLockAcquire(tv_shared->registry_lock, create ? LW_EXCLUSIVE : LW_SHARED);
-	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	for (int i = 0; i < tv_shared->max_resident; i++)
 	{
 		TvResidentEntry *e = &tv_shared->entries[i];
 
@@ -158,12 +191,14 @@ TvResidentLookup(Oid dbid, Oid indexid, bool create)
 		free->relfilenode = InvalidOid;
 		free->state = TV_RES_EMPTY;
 		free->data = InvalidDsaPointer;
+		free->filling = false;
 		free->bytes = 0;
 		free->change_count = 0;
 		free->rows_done = free->rows_total = 0;
 		free->ready_since = 0;
 		free->from_snapshot = false;
 		free->tried_relfilenode = InvalidOid;
+		free->builder_pid = 0;
 		free->dumping = false;
 		free->snap_change_count = 0;
 		free->snap_lsn = InvalidXLogRecPtr;
@@ -180,6 +215,7 @@ void
 TvResidentRelease(TvResidentEntry *e)
 {
 	dsa_pointer old;
+	int			retired;
 
 	LWLockAcquire(e->lock, LW_EXCLUSIVE);
 	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
@@ -190,7 +226,9 @@ TvResidentRelease(TvResidentEntry *e)
 	e->dbid = InvalidOid;
 	e->indexid = InvalidOid;
 	LWLockRelease(tv_shared->registry_lock);
+	retired = TvResidentRetire(e);
 	LWLockRelease(e->lock);
+	TvResidentWaitUnpinned(e, retired);
 	if (DsaPointerIsValid(old))
 		dsa_free(TvResidentArea(), old);
 	ConditionVariableBroadcast(&e->cv);
@@ -204,6 +242,7 @@ TvResidentSetState(TvResidentEntry *e, TvResidentState state)
 	e->state = state;
 	if (state == TV_RES_READY)
 		e->ready_since = GetCurrentTimestamp();
+	e->builder_pid = (state == TV_RES_BUILDING) ? MyProcPid : 0;
 	LWLockRelease(tv_shared->registry_lock);
 	ConditionVariableBroadcast(&e->cv);
 }
@@ -215,7 +254,7 @@ TvResidentRequestDump(Oid dbid)
 	/* wake first: that gives the database a worker slot if it had none */
 	TvResidentWakeWorker(dbid);
 	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
-	for (int i = 0; i < TV_MAX_DATABASES; i++)
+	for (int i = 0; i < tv_shared->max_databases; i++)
 		if (tv_shared->dbs[i].dbid == dbid)
 			tv_shared->dbs[i].dump = true;
 	LWLockRelease(tv_shared->registry_lock);
@@ -228,7 +267,7 @@ TvResidentWakeWorker(Oid dbid)
 	if (tv_shared == NULL)
 		return;
 	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
-	for (int i = 0; i < TV_MAX_DATABASES; i++)
+	for (int i = 0; i < tv_shared->max_databases; i++)
 	{
 		TvWorkerSlot *slot = &tv_shared->dbs[i];
 
@@ -249,7 +288,7 @@ TvResidentWakeWorker(Oid dbid)
 		}
 	}
 	/* no worker yet: ask the launcher for one */
-	for (int i = 0; i < TV_MAX_DATABASES; i++)
+	for (int i = 0; i < tv_shared->max_databases; i++)
 	{
 		if (tv_shared->dbs[i].dbid == InvalidOid)
 		{
@@ -273,6 +312,106 @@ TvResidentGetCopy(TvResidentEntry *e)
 }
 
 /*
+ * Scans score a copy without holding the entry lock, so that writers, who
+ * mirror into the copy under that lock while they hold buffer locks, never
+ * wait for a whole scan.  A scan pins the copy under the entry lock (shared
+ * is enough) and unpins it when done; whoever replaces, takes or frees the
+ * copy retires it under the exclusive lock and waits for its pins to go
+ * before touching it.  Pins are counted by the parity of the entry's
+ * epoch, so scans that pin the next copy are not waited for.  A scan holds
+ * one pin at most, and only while it scores (no user code runs); an error
+ * meanwhile gives it back at (sub)transaction abort or backend exit.
+ *
+ * What a scan reads while a writer mirrors into the copy: the writer only
+ * touches lanes whose rows no running scan can see (a new row, not yet
+ * committed, in a fresh lane or one VACUUM freed) and clears lanes of dead
+ * rows, so a torn read costs at most a wasted candidate, which the
+ * executor's visibility check drops.  A new block is written before the
+ * list tail that links it (barriers on both sides).
+ */
+int
+TvResidentPin(TvResidentEntry *e)
+{
+	int			pin = e->epoch & 1;
+
+	if (!pin_callbacks)
+	{
+		RegisterXactCallback(UnpinAtAbort, NULL);
+		RegisterSubXactCallback(UnpinAtSubAbort, NULL);
+		before_shmem_exit(UnpinAtExit, (Datum) 0);
+		pin_callbacks = true;
+	}
+	UnpinLeftover();			/* never more than one */
+	pg_atomic_fetch_add_u32(&e->pins[pin], 1);
+	pinned_entry = e;
+	pinned_slot = pin;
+	return pin;
+}
+
+void
+TvResidentUnpin(TvResidentEntry *e, int pin)
+{
+	Assert(pinned_entry == e && pinned_slot == pin);
+	pinned_entry = NULL;
+	pg_atomic_fetch_sub_u32(&e->pins[pin], 1);
+}
+
+/* An error while scoring leaves the pin: give it back */
+static void
+UnpinLeftover(void)
+{
+	if (pinned_entry != NULL)
+		TvResidentUnpin(pinned_entry, pinned_slot);
+}
+
+static void
+UnpinAtAbort(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		UnpinLeftover();
+}
+
+static void
+UnpinAtSubAbort(SubXactEvent event, SubTransactionId mySubid,
+				SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		UnpinLeftover();
+}
+
+static void
+UnpinAtExit(int code, Datum arg)
+{
+	UnpinLeftover();
+}
+
+/* Caller holds the entry lock exclusively and replaces or takes the copy */
+int
+TvResidentRetire(TvResidentEntry *e)
+{
+	return e->epoch++ & 1;
+}
+
+/* Wait until no scan reads a retired copy */
+void
+TvResidentWaitUnpinned(TvResidentEntry *e, int retired)
+{
+	while (pg_atomic_read_u32(&e->pins[retired]) != 0)
+	{
+		pg_usleep(100L);		/* a scan lasts milliseconds */
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * Does a writer mirror its change into the entry's copy?  Into a ready one,
+ * and into one a rebuild has put in place while it fetches the last vectors
+ * (TvResidentRebuild).  Caller holds the entry lock.
+ */
+#define Mirrored(e) \
+	((e)->state == TV_RES_READY || ((e)->filling && (e)->state == TV_RES_BUILDING))
+
+/*
  * An insert has written slot `slot` of block image `image` (block_bytes
  * bytes) and, for IVF, directory entry bytes at entry_off; the metapage went
  * from old_count to meta->change_count.  Mirror it into a current copy, or
@@ -291,20 +430,22 @@ TvResidentApplyInsert(Relation index, const TvMetaPageData *meta, uint64 old_cou
 		return;
 	LWLockAcquire(e->lock, LW_EXCLUSIVE);
 	copy = TvResidentGetCopy(e);
-	if (e->state != TV_RES_READY || copy == NULL || e->change_count != old_count ||
-		e->relfilenode != TvRelFileNumber(index))
+	if (!Mirrored(e) || copy == NULL || e->change_count != old_count ||
+		e->relfilenode != TvRelFileNumber(index) || slot >= copy->capacity_slots)
 	{
+		/* a full copy too: the worker makes a bigger one */
 		if (e->state == TV_RES_READY)
 			behind = true;
+		e->filling = false;		/* the rebuild that fills it sees it behind */
 	}
-	else if (slot >= copy->capacity_slots)
-		behind = true;			/* full: the worker makes a bigger copy */
 	else
 	{
 		uint64		block = slot / TV_LANES;
 		char	   *stream = TvResidentStream(copy);
 
 		memcpy(stream + TvBlockOffset(meta, block), image, meta->block_bytes);
+		/* unlocked scans follow the list tail: the block comes first */
+		pg_write_barrier();
 		if (entry != NULL)
 			memcpy(stream + entry_off, entry, sizeof(TvListEntry));
 		memcpy(TvResidentVectors(copy) + (Size) slot * copy->dim, x,
@@ -337,7 +478,7 @@ TvResidentApplyClear(Relation index, const TvMetaPageData *meta, uint64 old_coun
 		return;
 	LWLockAcquire(e->lock, LW_EXCLUSIVE);
 	copy = TvResidentGetCopy(e);
-	if (e->state == TV_RES_READY && copy != NULL && e->change_count == old_count &&
+	if (Mirrored(e) && copy != NULL && e->change_count == old_count &&
 		e->relfilenode == TvRelFileNumber(index))
 	{
 		if (cleared)
@@ -349,8 +490,12 @@ TvResidentApplyClear(Relation index, const TvMetaPageData *meta, uint64 old_coun
 		e->change_count = meta->change_count;
 		e->lsn = GetXLogInsertRecPtr();
 	}
-	else if (e->state == TV_RES_READY)
-		behind = true;
+	else
+	{
+		if (e->state == TV_RES_READY)
+			behind = true;
+		e->filling = false;
+	}
 	LWLockRelease(e->lock);
 	if (behind)
 	{
@@ -360,23 +505,96 @@ TvResidentApplyClear(Relation index, const TvMetaPageData *meta, uint64 old_coun
 }
 
 /*
+ * Is a copy of this index on its way?  It is while a live process builds
+ * it, or while it waits for its database's worker (running, or about to be
+ * started by the launcher) to pick it up.  A copy that failed or does not
+ * fit (until the index changes), one left by a builder that died, one with
+ * no registry entry left or no worker slot for its database never comes on
+ * its own: waiting for it is pointless.  e is the index's entry or NULL.
+ */
+bool
+TvResidentComing(Relation index, TvResidentEntry *e)
+{
+	int			builder = 0;
+	bool		worker = false;
+	bool		room = (e != NULL);
+
+	LWLockAcquire(tv_shared->registry_lock, LW_SHARED);
+	if (e != NULL && (e->dbid != MyDatabaseId || e->indexid != RelationGetRelid(index)))
+		room = false;			/* the entry was given to another index */
+	if (e != NULL && room)
+	{
+		switch (e->state)
+		{
+			case TV_RES_BUILDING:
+				builder = e->builder_pid;
+				break;
+			case TV_RES_TOO_BIG:
+			case TV_RES_FAILED:
+				/* retried once the index is rebuilt (a new relfilenode) */
+				room = (e->tried_relfilenode != TvRelFileNumber(index));
+				break;
+			default:
+				break;
+		}
+	}
+	else
+	{
+		/* the worker claims an entry when it first sees the index */
+		for (int i = 0; i < tv_shared->max_resident && !room; i++)
+			room = (tv_shared->entries[i].state == TV_RES_FREE);
+	}
+	if (room && builder == 0)
+	{
+		for (int i = 0; i < tv_shared->max_databases; i++)
+		{
+			TvWorkerSlot *slot = &tv_shared->dbs[i];
+
+			if (slot->dbid == MyDatabaseId)
+			{
+				/* running, or asked for: the launcher starts it */
+				worker = true;
+				builder = slot->pid;
+				break;
+			}
+		}
+	}
+	LWLockRelease(tv_shared->registry_lock);
+
+	if (!room)
+		return false;
+	if (builder != 0)
+		return BackendPidGetProc(builder) != NULL;
+	return worker;
+}
+
+/*
  * Wait, without spinning, up to timeout_ms for the copy of an index to be
  * ready.  Returns its entry when ready, else NULL (*entry gets what is
- * known, for progress reports).  Wakes the worker first.
+ * known, for progress reports).  Wakes the worker first.  Stops early when
+ * the copy is not on its way (TvResidentComing); *coming says which.
  */
 TvResidentEntry *
-TvResidentWaitReady(Relation index, int timeout_ms, TvResidentEntry **entry)
+TvResidentWaitReady(Relation index, int timeout_ms, TvResidentEntry **entry,
+					bool *coming)
 {
 	Oid			indexid = RelationGetRelid(index);
 	TvResidentEntry *e = TvResidentLookup(MyDatabaseId, indexid, false);
 	TimestampTz deadline;
+	bool		on_its_way = true;
 
 	/* a ready copy of the index before a REINDEX is not this index's */
 #define IsReady(e) ((e) != NULL && (e)->state == TV_RES_READY && \
 					(e)->relfilenode == TvRelFileNumber(index))
 
 	if (IsReady(e))
+	{
+		if (entry)
+			*entry = e;
+		if (coming)
+			*coming = true;
 		return e;
+	}
 	TvResidentWakeWorker(MyDatabaseId);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 	for (;;)
@@ -386,6 +604,9 @@ TvResidentWaitReady(Relation index, int timeout_ms, TvResidentEntry **entry)
 		if (e == NULL)
 			e = TvResidentLookup(MyDatabaseId, indexid, false);
 		if (IsReady(e))
+			break;
+		on_its_way = TvResidentComing(index, e);
+		if (!on_its_way)
 			break;
 		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 		if (left <= 0)
@@ -399,6 +620,8 @@ TvResidentWaitReady(Relation index, int timeout_ms, TvResidentEntry **entry)
 	ConditionVariableCancelSleep();
 	if (entry)
 		*entry = e;
+	if (coming)
+		*coming = on_its_way || IsReady(e);
 	return IsReady(e) ? e : NULL;
 #undef IsReady
 }

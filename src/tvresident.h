@@ -7,6 +7,7 @@
 #define TVRESIDENT_H
 
 #include "access/xlogdefs.h"
+#include "port/atomics.h"
 #include "storage/condition_variable.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -15,8 +16,9 @@
 
 #include "turbovec.h"
 
-#define TV_MAX_RESIDENT		256		/* turbo indexes with a resident copy */
-#define TV_MAX_DATABASES	64		/* databases with a worker */
+/* defaults of turbovec.max_resident_indexes and turbovec.max_databases */
+#define TV_DEFAULT_MAX_RESIDENT		256
+#define TV_DEFAULT_MAX_DATABASES	64
 
 typedef enum TvResidentState
 {
@@ -61,12 +63,17 @@ typedef struct TvResidentEntry
 	TimestampTz ready_since;
 	bool		from_snapshot;	/* the current copy came from a .tv file */
 	Oid			tried_relfilenode;	/* relfilenode of the last rebuild attempt */
+	int			builder_pid;	/* the process building the copy (BUILDING) */
 	bool		dumping;		/* a snapshot dump is in flight */
 	bool		unlogged;		/* not WAL-logged: never dumped (SNAPSHOT.md) */
 
 	/* the copy: entry lock */
 	LWLock	   *lock;
+	uint32		epoch;			/* bumped when the copy is replaced or taken */
+	pg_atomic_uint32 pins[2];	/* scans reading the copy, by epoch parity */
 	dsa_pointer data;
+	bool		filling;		/* BUILDING, in place, vectors still being fetched:
+								 * writers mirror into it */
 	Size		bytes;
 	uint64		change_count;	/* metapage counter the copy reflects */
 	XLogRecPtr	lsn;
@@ -96,9 +103,11 @@ typedef struct TvShared
 	int			dsa_tranche;
 	int			launcher_pid;
 	Latch	   *launcher_latch;
-	TvWorkerSlot dbs[TV_MAX_DATABASES];
-	TvResidentEntry entries[TV_MAX_RESIDENT];
-	char		dsa_place[FLEXIBLE_ARRAY_MEMBER];
+	int			max_databases;	/* entries of dbs */
+	int			max_resident;	/* entries of entries */
+	TvWorkerSlot *dbs;			/* in the same segment, after this struct */
+	TvResidentEntry *entries;
+	char	   *dsa_place;		/* turbovec.resident_memory bytes */
 } TvShared;
 
 extern TvShared *tv_shared;
@@ -111,6 +120,8 @@ extern bool tv_snapshots;
 extern int	tv_worker_naptime_ms;
 extern int	tv_test_build_delay_ms;
 extern bool tv_use_resident;
+extern int	tv_max_resident;
+extern int	tv_max_databases;
 
 #define TV_NOT_READY_EXTENT	0
 #define TV_NOT_READY_ERROR	1
@@ -123,9 +134,14 @@ extern void TvResidentRelease(TvResidentEntry *e);
 extern void TvResidentSetState(TvResidentEntry *e, TvResidentState state);
 extern void TvResidentWakeWorker(Oid dbid);
 extern void TvResidentRequestDump(Oid dbid);
+extern bool TvResidentComing(Relation index, TvResidentEntry *e);
 extern TvResidentEntry *TvResidentWaitReady(Relation index, int timeout_ms,
-											TvResidentEntry **entry);
+											TvResidentEntry **entry, bool *coming);
 extern TvResidentCopy *TvResidentGetCopy(TvResidentEntry *e);
+extern int	TvResidentPin(TvResidentEntry *e);
+extern void TvResidentUnpin(TvResidentEntry *e, int pin);
+extern int	TvResidentRetire(TvResidentEntry *e);
+extern void TvResidentWaitUnpinned(TvResidentEntry *e, int retired);
 extern void TvResidentApplyInsert(Relation index, const TvMetaPageData *meta,
 								  uint64 old_count, uint64 slot, const char *image,
 								  const float *x, uint64 entry_off,
@@ -136,7 +152,7 @@ extern void TvResidentApplyClear(Relation index, const TvMetaPageData *meta,
 /* tvworker.c */
 extern void TvWorkerInit(void);
 extern bool TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e,
-							  bool try_snapshot);
+							  bool try_snapshot, bool from_scratch);
 extern void TvResidentDump(TvResidentEntry *e);
 extern PGDLLEXPORT void tv_launcher_main(Datum arg);
 extern PGDLLEXPORT void tv_database_main(Datum arg);

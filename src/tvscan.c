@@ -556,7 +556,9 @@ ResidentWindow(IndexScanDesc scan, CandidateHeap *heap, bool *ranked)
 	TvResidentCopy *copy;
 	char	   *stream;
 	uint64		nblocks;
+	uint64		cap_blocks;
 	bool		vectors = (so->state->toarray == NULL && !so->nullquery);
+	int			pin;
 
 	TvReadMeta(scan->indexRelation, &meta);
 	LWLockAcquire(e->lock, LW_SHARED);
@@ -568,9 +570,13 @@ ResidentWindow(IndexScanDesc scan, CandidateHeap *heap, bool *ranked)
 		TvResidentWakeWorker(MyDatabaseId);
 		return false;
 	}
+	/* score without the lock: writers mirror into the copy meanwhile */
+	pin = TvResidentPin(e);
+	LWLockRelease(e->lock);
 
 	stream = TvResidentStream(copy);
 	nblocks = TvBlockCount(&meta);
+	cap_blocks = copy->capacity_slots / TV_LANES;
 	if (meta.lists == 0)
 	{
 		for (uint64 b = 0; b < nblocks; b++)
@@ -596,7 +602,9 @@ ResidentWindow(IndexScanDesc scan, CandidateHeap *heap, bool *ranked)
 			uint64		steps = 0;
 			float		qc = ListOffset(so, &meta, so->list_order[k]);
 
-			while (next != 0 && next <= nblocks && ++steps <= nblocks)
+			/* an insert may have linked a block past meta's count since */
+			pg_read_barrier();
+			while (next != 0 && next <= cap_blocks && ++steps <= cap_blocks)
 			{
 				const char *blk = stream + TvBlockOffset(&meta, next - 1);
 
@@ -620,7 +628,7 @@ ResidentWindow(IndexScanDesc scan, CandidateHeap *heap, bool *ranked)
 		so->results[so->nresults].est = c->est;
 		so->nresults++;
 	}
-	LWLockRelease(e->lock);
+	TvResidentUnpin(e, pin);
 	return true;
 }
 
@@ -956,17 +964,22 @@ tvrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int nord
 }
 
 /*
- * With the resident index: wait up to turbovec.ready_timeout for the copy of
- * a not-ready index, then raise "not ready" or read the extent, as
- * turbovec.not_ready says.  Returns the entry when the copy is ready.  A copy
- * that is ready but behind the extent is not waited for: its windows fall
- * back to the extent while the worker catches up.
+ * With the resident index: the entry of a ready copy, or NULL to read the
+ * extent.  With turbovec.not_ready = extent a scan never waits, since the
+ * pages answer as fast as a wait could end: it reads them and pokes the
+ * worker, and later scans use the copy once it is ready.  With error it
+ * waits up to turbovec.ready_timeout for a copy that is on its way, then
+ * raises "not ready".  A copy that can never come on its own (too big,
+ * failed, no registry entry or worker) is not waited for: the pages serve.
+ * A copy that is ready but behind the extent is not waited for either: its
+ * windows fall back to the extent while the worker catches up.
  */
 static TvResidentEntry *
 WaitResident(Relation index)
 {
 	TvResidentEntry *e;
 	TvResidentEntry *ready;
+	bool		coming;
 
 	if (tv_shared == NULL || !tv_use_resident ||
 		index->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
@@ -975,10 +988,12 @@ WaitResident(Relation index)
 	if (e != NULL && e->state == TV_RES_TOO_BIG)
 		return NULL;			/* served from its pages, and reported so */
 
-	ready = TvResidentWaitReady(index, tv_ready_timeout_ms, &e);
+	ready = TvResidentWaitReady(index,
+								tv_not_ready == TV_NOT_READY_ERROR ? tv_ready_timeout_ms : 0,
+								&e, &coming);
 	if (ready != NULL)
 		return ready;
-	if (tv_not_ready == TV_NOT_READY_ERROR)
+	if (tv_not_ready == TV_NOT_READY_ERROR && coming)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("turbo index \"%s\" is not ready", RelationGetRelationName(index)),

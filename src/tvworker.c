@@ -11,12 +11,11 @@
  * redo changes the extent behind the copies: the worker sees the metapage
  * counter move and rebuilds.
  *
- * A rebuild copies the stream under the metapage's share lock (inserters
- * wait for that copy, a few milliseconds per 20 MB), then fetches each live
- * lane's vector from the table without any index lock, then publishes the
- * copy only if the metapage counter has not moved; otherwise it starts
- * again, and the last attempt keeps the share lock throughout, so a rebuild
- * always finishes and no insert is ever missing from a published copy.
+ * A rebuild (TvResidentRebuild) never holds an index lock across table
+ * access: it reads the table without index locks, then catches up with the
+ * changes made meanwhile by comparing its copy with the pages under the
+ * metapage's share lock, and fetches the few vectors that changed after it
+ * has released the lock, while writers mirror into the copy.
  */
 #include "postgres.h"
 
@@ -112,30 +111,32 @@ FetchVector(Relation heap, Relation index, TvIndexState *state, IndexFetchTableD
 	return true;
 }
 
+/* Bytes of a copy's allocation */
+#define CopyBytes(copy) \
+	(MAXALIGN(sizeof(TvResidentCopy)) + (copy)->stream_capacity + \
+	 (copy)->capacity_slots * (copy)->dim * sizeof(float))
+
 /*
- * Copy the stream into a new allocation sized for the metapage plus room to
- * grow.  Returns InvalidDsaPointer when it does not fit.  Caller holds the
- * metapage share lock.
+ * A new copy sized for the metapage plus room to grow, its stream zeroed
+ * from zero_from on.  Returns InvalidDsaPointer when it does not fit.
  */
 static dsa_pointer
-CopyStream(Relation index, const TvMetaPageData *meta)
+AllocCopy(const TvMetaPageData *meta, uint64 zero_from)
 {
 	dsa_area   *area = TvResidentArea();
 	uint64		nblocks = TvBlockCount(meta);
 	uint64		cap_blocks = nblocks + Max(nblocks / 4, 16);
 	uint64		cap_slots = cap_blocks * TV_LANES;
 	uint64		stream_cap = TvBlockOffset(meta, cap_blocks);
-	uint64		used = TvBlockOffset(meta, nblocks);
 	Size		bytes = MAXALIGN(sizeof(TvResidentCopy)) + stream_cap +
 		cap_slots * meta->dim * sizeof(float);
 	dsa_pointer dp;
 	TvResidentCopy *copy;
-	char	   *stream;
 
 	dp = dsa_allocate_extended(area, bytes, DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
 	if (!DsaPointerIsValid(dp))
 		return InvalidDsaPointer;
-	Assert(!DsaPointerIsValid(tv_unpublished));
+	/* GrowCopy frees the copy it replaces right after */
 	tv_unpublished = dp;
 	copy = dsa_get_address(area, dp);
 	copy->dim = meta->dim;
@@ -147,8 +148,26 @@ CopyStream(Relation index, const TvMetaPageData *meta)
 	copy->nslots = meta->nslots;
 	copy->capacity_slots = cap_slots;
 	copy->stream_capacity = stream_cap;
-	stream = TvResidentStream(copy);
-	memset(stream + used, 0, stream_cap - used);
+	memset(TvResidentStream(copy) + zero_from, 0, stream_cap - zero_from);
+	return dp;
+}
+
+/*
+ * Copy the stream into a new allocation sized for the metapage plus room to
+ * grow.  Returns InvalidDsaPointer when it does not fit.  Under the metapage
+ * share lock the copy is the extent's; without it, each page is copied
+ * whole but the stream may be caught mid-change (RefreshStream repairs it).
+ */
+static dsa_pointer
+CopyStream(Relation index, const TvMetaPageData *meta)
+{
+	uint64		used = TvBlockOffset(meta, TvBlockCount(meta));
+	dsa_pointer dp = AllocCopy(meta, used);
+	char	   *stream;
+
+	if (!DsaPointerIsValid(dp))
+		return InvalidDsaPointer;
+	stream = TvResidentStream((TvResidentCopy *) dsa_get_address(TvResidentArea(), dp));
 	for (uint64 off = 0; off < used; off += TV_PAGE_PAYLOAD)
 	{
 		Buffer		buf = ReadBufferExtended(index, MAIN_FORKNUM,
@@ -234,12 +253,18 @@ FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry 
 	MemoryContextDelete(tmp);
 }
 
-/* Swap a finished copy in; caller holds the metapage share lock */
+/*
+ * Put a copy in place of the entry's; caller holds the metapage share lock.
+ * With filling, some of its vectors are still to be fetched (FillLanes):
+ * the state stays BUILDING, but writers mirror their changes into it from
+ * now on, as into a ready copy.
+ */
 static void
-Publish(Relation index, TvResidentEntry *e, dsa_pointer dp, Size bytes,
-		const TvMetaPageData *meta, XLogRecPtr lsn, bool from_snapshot)
+SwapIn(Relation index, TvResidentEntry *e, dsa_pointer dp, Size bytes,
+	   const TvMetaPageData *meta, XLogRecPtr lsn, bool from_snapshot, bool filling)
 {
 	dsa_pointer old;
+	int			retired;
 
 	LWLockAcquire(e->lock, LW_EXCLUSIVE);
 	old = e->data;
@@ -249,8 +274,11 @@ Publish(Relation index, TvResidentEntry *e, dsa_pointer dp, Size bytes,
 	e->change_count = meta->change_count;
 	e->lsn = lsn;
 	e->relfilenode = TvRelFileNumber(index);
+	e->filling = filling;
+	retired = TvResidentRetire(e);
 	LWLockRelease(e->lock);
 	e->unlogged = index->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT;
+	e->rows_done = e->rows_total = meta->nslots;
 	e->from_snapshot = from_snapshot;
 	if (!from_snapshot)
 	{
@@ -258,9 +286,20 @@ Publish(Relation index, TvResidentEntry *e, dsa_pointer dp, Size bytes,
 		e->snap_change_count = 0;
 		e->snap_bytes = 0;
 	}
-	TvResidentSetState(e, TV_RES_READY);
 	if (DsaPointerIsValid(old))
+	{
+		TvResidentWaitUnpinned(e, retired);
 		dsa_free(TvResidentArea(), old);
+	}
+}
+
+/* Swap a finished copy in; caller holds the metapage share lock */
+static void
+Publish(Relation index, TvResidentEntry *e, dsa_pointer dp, Size bytes,
+		const TvMetaPageData *meta, XLogRecPtr lsn, bool from_snapshot)
+{
+	SwapIn(index, e, dp, bytes, meta, lsn, from_snapshot, false);
+	TvResidentSetState(e, TV_RES_READY);
 }
 
 /* Read the metapage and its LSN under a share lock the caller keeps */
@@ -437,6 +476,7 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 	{
 		UnlockReleaseBuffer(metabuf);
 		dsa_free(TvResidentArea(), dp);
+		tv_unpublished = InvalidDsaPointer;
 		TvSnapshotPath(MyDatabaseId, RelationGetRelid(index), path);
 		ereport(WARNING,
 				(errcode(ERRCODE_DATA_CORRUPTED),
@@ -451,8 +491,7 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 	/* the file's stream is the extent's at this counter; use its vectors */
 	memcpy(TvResidentStream(copy), stream, hdr.stream_bytes);
 	memcpy(TvResidentVectors(copy), vectors, hdr.vector_bytes);
-	Publish(index, e, dp, MAXALIGN(sizeof(TvResidentCopy)) + copy->stream_capacity +
-			copy->capacity_slots * copy->dim * sizeof(float), &meta, lsn, true);
+	Publish(index, e, dp, CopyBytes(copy), &meta, lsn, true);
 	/* the file on disk is this state: nothing to dump until it changes */
 	e->snap_change_count = hdr.change_count;
 	e->snap_lsn = hdr.lsn;
@@ -468,62 +507,376 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 	return true;
 }
 
-/* Make a fresh resident copy of an index (or load its snapshot); see TvResidentRebuild */
-static bool
-RebuildCopy(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot)
+/* A lane whose vector a catch-up must fetch */
+typedef struct TvLaneFetch
 {
-	TvIndexState *state = TvGetIndexState(index);
+	uint64		slot;
+	ItemPointerData tid;
+} TvLaneFetch;
+
+/* The metapage fields that place a copy's blocks */
+static void
+CopyGeometry(const TvResidentCopy *copy, TvMetaPageData *m)
+{
+	MemSet(m, 0, sizeof(*m));
+	m->list_area = copy->list_area;
+	m->block_bytes = copy->block_bytes;
+	m->nslots = copy->nslots;
+}
+
+/*
+ * Bring the stream of a private copy to the extent's bytes, comparing page
+ * by page and copying only what differs; no heap access.  A block whose
+ * codes, TIDs or links changed needs the vectors of its live lanes again:
+ * they are listed in *fetch.  A block whose only change is lanes VACUUM
+ * cleared just loses them, and lanes the copy dropped because their row is
+ * gone stay dropped.  Caller holds the metapage share lock, so the extent
+ * does not move: the copy equals it afterwards, but for the listed vectors.
+ */
+static void
+RefreshStream(Relation index, const TvMetaPageData *meta, TvResidentCopy *copy,
+			  TvLaneFetch **fetch, uint64 *nfetch)
+{
+	char	   *stream = TvResidentStream(copy);
+	TvMetaPageData old;
+	uint64		nblocks = TvBlockCount(meta);
+	uint64		old_blocks;
+	uint64		used = TvBlockOffset(meta, nblocks);
+	uint64		bb = meta->block_bytes;
+	uint32	   *page_live = palloc_extended(sizeof(uint32) * Max(nblocks, 1), MCXT_ALLOC_HUGE);
+	bool	   *dirty = palloc_extended(Max(nblocks, 1), MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+	uint64		cap = 64;
+
+	CopyGeometry(copy, &old);
+	old_blocks = Min(TvBlockCount(&old), nblocks);
+	for (uint64 b = 0; b < nblocks; b++)
+	{
+		if (b < old_blocks)
+			memcpy(&page_live[b], stream + TvBlockOffset(meta, b) + TV_BLOCK_LIVE_OFFSET,
+				   sizeof(uint32));
+		else
+			page_live[b] = 0;
+	}
+
+	for (uint64 off = 0; off < used; off += TV_PAGE_PAYLOAD)
+	{
+		uint64		end = Min(off + TV_PAGE_PAYLOAD, used);
+		Buffer		buf = ReadBufferExtended(index, MAIN_FORKNUM,
+											 TV_FIRST_DATA_BLKNO + off / TV_PAGE_PAYLOAD,
+											 RBM_NORMAL, NULL);
+		const char *src;
+
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		src = TvPagePayload(BufferGetPage(buf)) - off;	/* indexed by stream offset */
+		if (memcmp(stream + off, src + off, end - off) != 0)
+		{
+			uint64		pos = off;
+
+			/* the list directory: bytes only */
+			if (pos < meta->list_area)
+			{
+				uint64		hi = Min(end, (uint64) meta->list_area);
+
+				memcpy(stream + pos, src + pos, hi - pos);
+				pos = hi;
+			}
+			while (pos < end)
+			{
+				uint64		b = (pos - meta->list_area) / bb;
+				uint64		boff = TvBlockOffset(meta, b);
+				uint64		hi = Min(end, boff + bb);
+				uint64		live_end = boff + TV_BLOCK_LIVE_OFFSET + sizeof(uint32);
+
+				/* the live word's bytes on this page: merged below */
+				for (; pos < Min(hi, live_end); pos++)
+					((char *) &page_live[b])[pos - boff - TV_BLOCK_LIVE_OFFSET] = src[pos];
+				if (pos < hi && memcmp(stream + pos, src + pos, hi - pos) != 0)
+				{
+					memcpy(stream + pos, src + pos, hi - pos);
+					dirty[b] = true;
+				}
+				pos = hi;
+			}
+		}
+		UnlockReleaseBuffer(buf);
+	}
+
+	*nfetch = 0;
+	*fetch = palloc(sizeof(TvLaneFetch) * cap);
+	for (uint64 b = 0; b < nblocks; b++)
+	{
+		char	   *blk = stream + TvBlockOffset(meta, b);
+		uint32		live;
+
+		memcpy(&live, blk + TV_BLOCK_LIVE_OFFSET, sizeof(uint32));
+		if (!dirty[b])
+			live &= page_live[b];	/* VACUUM's clears; dropped lanes stay dropped */
+		else
+		{
+			uint32		l;
+
+			live = page_live[b];
+			for (l = live; l != 0; l &= l - 1)
+			{
+				int			lane = pg_rightmost_one_pos32(l);
+
+				if (*nfetch == cap)
+				{
+					cap *= 2;
+					*fetch = repalloc_huge(*fetch, sizeof(TvLaneFetch) * cap);
+				}
+				(*fetch)[*nfetch].slot = b * TV_LANES + lane;
+				memcpy(&(*fetch)[*nfetch].tid,
+					   blk + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
+					   sizeof(ItemPointerData));
+				(*nfetch)++;
+			}
+		}
+		memcpy(blk + TV_BLOCK_LIVE_OFFSET, &live, sizeof(uint32));
+	}
+	copy->nslots = meta->nslots;
+	pfree(page_live);
+	pfree(dirty);
+}
+
+/*
+ * Fetch the listed vectors into a copy that is in place and filling, with
+ * no index lock held: writers mirror into the copy meanwhile, so each lane
+ * is written under the entry lock, and only while it still holds the TID
+ * it was fetched for.  A lane whose row is gone is dropped, as in
+ * FillVectors.
+ */
+static void
+FillLanes(Relation heap, Relation index, TvIndexState *state, TvResidentEntry *e,
+		  dsa_pointer dp, const TvLaneFetch *fetch, uint64 nfetch)
+{
+	IndexFetchTableData *scan;
+	TupleTableSlot *slot;
+	IndexInfo  *indexInfo;
+	EState	   *estate;
+	MemoryContext tmp;
+	float	   *x;
+	TvUserContext owner;
+
+	if (nfetch == 0)
+		return;
+	scan = table_index_fetch_begin(heap);
+	slot = table_slot_create(heap, NULL);
+	/* index expressions are the owner's code, as in FillVectors */
+	TvSwitchToTableOwner(heap, &owner);
+	indexInfo = BuildIndexInfo(index);
+	estate = CreateExecutorState();
+	tmp = AllocSetContextCreate(CurrentMemoryContext,
+								"turbovec catch-up temporary context",
+								ALLOCSET_DEFAULT_SIZES);
+	x = palloc(sizeof(float) * Max(state->meta.dim, 1));
+	for (uint64 i = 0; i < nfetch; i++)
+	{
+		MemoryContext old = MemoryContextSwitchTo(tmp);
+		ItemPointerData tid = fetch[i].tid;
+		bool		found;
+
+		found = FetchVector(heap, index, state, scan, slot, indexInfo, estate, &tid, x);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(tmp);
+
+		LWLockAcquire(e->lock, LW_EXCLUSIVE);
+		if (e->data == dp && e->filling)
+		{
+			TvResidentCopy *copy = dsa_get_address(TvResidentArea(), dp);
+			TvMetaPageData m;
+			char	   *blk;
+			int			lane = fetch[i].slot % TV_LANES;
+			ItemPointerData now;
+			uint32		live;
+
+			CopyGeometry(copy, &m);
+			blk = TvResidentStream(copy) + TvBlockOffset(&m, fetch[i].slot / TV_LANES);
+			memcpy(&now, blk + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
+				   sizeof(now));
+			memcpy(&live, blk + TV_BLOCK_LIVE_OFFSET, sizeof(uint32));
+			if ((live & ((uint32) 1 << lane)) != 0 && ItemPointerEquals(&now, &tid))
+			{
+				if (found && copy->dim == state->meta.dim)
+					memcpy(TvResidentVectors(copy) + fetch[i].slot * copy->dim, x,
+						   sizeof(float) * copy->dim);
+				else
+				{
+					/* a row that no longer exists is dead to every snapshot */
+					live &= ~((uint32) 1 << lane);
+					memcpy(blk + TV_BLOCK_LIVE_OFFSET, &live, sizeof(uint32));
+				}
+			}
+		}
+		LWLockRelease(e->lock);
+		if ((i & 1023) == 1023)
+			CHECK_FOR_INTERRUPTS();
+	}
+	TvRestoreUser(&owner);
+	ExecDropSingleTupleTableSlot(slot);
+	table_index_fetch_end(scan);
+	FreeExecutorState(estate);
+	MemoryContextDelete(tmp);
+	pfree(x);
+}
+
+/* A bigger home for a private copy that inserts outgrew; frees the old one */
+static dsa_pointer
+GrowCopy(dsa_pointer dp, const TvMetaPageData *meta)
+{
+	TvResidentCopy *copy = dsa_get_address(TvResidentArea(), dp);
+	TvMetaPageData m;
+	uint64		used;
+	dsa_pointer grown;
+	TvResidentCopy *bigger;
+
+	CopyGeometry(copy, &m);
+	used = TvBlockOffset(&m, TvBlockCount(&m));
+	grown = AllocCopy(meta, used);
+	if (DsaPointerIsValid(grown))
+	{
+		bigger = dsa_get_address(TvResidentArea(), grown);
+		memcpy(TvResidentStream(bigger), TvResidentStream(copy), used);
+		memcpy(TvResidentVectors(bigger), TvResidentVectors(copy),
+			   copy->nslots * copy->dim * sizeof(float));
+		bigger->nslots = copy->nslots;
+	}
+	dsa_free(TvResidentArea(), dp);
+	return grown;
+}
+
+/*
+ * The entry's copy, taken away from it for a catch-up, if it is a copy of
+ * this relfilenode.  The entry is BUILDING, so once the scans that pinned
+ * it are done no one reads it and no writer mirrors into it: it is ours.
+ */
+static dsa_pointer
+DetachCopy(Relation index, TvResidentEntry *e)
+{
+	dsa_pointer dp = InvalidDsaPointer;
+	int			retired = -1;
+
+	LWLockAcquire(e->lock, LW_EXCLUSIVE);
+	if (DsaPointerIsValid(e->data) && e->relfilenode == TvRelFileNumber(index))
+	{
+		dp = e->data;
+		e->data = InvalidDsaPointer;
+		e->bytes = 0;
+		retired = TvResidentRetire(e);
+	}
+	LWLockRelease(e->lock);
+	if (retired >= 0)
+		TvResidentWaitUnpinned(e, retired);
+	return dp;
+}
+
+/*
+ * Make the resident copy of an index current (or load its snapshot), for
+ * TvResidentRebuild, which cleans up after an error.  Returns true when a
+ * ready copy was published.
+ *
+ * No step holds an index lock across heap access, so writers (and WAL
+ * replay on a standby) wait at most for a pass over the stream in memory:
+ *
+ *  1. Start from the entry's own copy when it is of this relfilenode (a
+ *     copy that fell behind, or a standby's copy that replay moved past);
+ *     else copy the stream page by page, without the metapage lock, and
+ *     fetch every live lane's vector from the table without any index lock
+ *     (FillVectors).
+ *  2. Under the metapage share lock, compare the copy with the pages and
+ *     take what changed since (RefreshStream), put the copy in place with
+ *     the metapage's counter, and let go of the metapage.  From then on
+ *     writers mirror into it as into a ready copy.
+ *  3. Without any index lock, fetch the vectors of the lanes that changed
+ *     (FillLanes): a number bounded by the changes, not the index's size.
+ *     Then the copy is ready.
+ *
+ * With from_scratch, step 1 always copies the stream and reads the table.
+ */
+static bool
+RebuildCopy(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot,
+			bool from_scratch)
+{
+	dsa_pointer dp = InvalidDsaPointer;
 
 	if (try_snapshot && tv_snapshots && LoadSnapshot(index, e))
 		return e->state == TV_RES_READY;
+	if (!from_scratch)
+		dp = tv_unpublished = DetachCopy(index, e);
 
 	for (int attempt = 1; attempt <= TV_REBUILD_ATTEMPTS; attempt++)
 	{
 		TvMetaPageData meta;
 		XLogRecPtr	lsn;
 		Buffer		metabuf = LockMeta(index, &meta, &lsn);
-		bool		last = (attempt == TV_REBUILD_ATTEMPTS);
-		dsa_pointer dp;
 		TvResidentCopy *copy;
+		TvLaneFetch *fetch;
+		uint64		nfetch;
+		bool		ok;
 
-		dp = CopyStream(index, &meta);
-		if (!DsaPointerIsValid(dp))
+		if (DsaPointerIsValid(dp))
 		{
-			UnlockReleaseBuffer(metabuf);
-			TvResidentSetState(e, TV_RES_TOO_BIG);
-			ereport(LOG,
-					(errmsg("turbovec: index \"%s\" does not fit turbovec.resident_memory; it is served from its pages",
-							RelationGetRelationName(index))));
-			return false;
-		}
-		copy = dsa_get_address(TvResidentArea(), dp);
-		/* the last attempt keeps inserters out until it is done */
-		if (!last)
-			LockBuffer(metabuf, BUFFER_LOCK_UNLOCK);
-		if (meta.dim > 0)
-		{
-			state = TvGetIndexState(index);
-			FillVectors(heap, index, state, e, copy);
-		}
-		if (!last)
-		{
-			TvMetaPageData now;
-
-			LockBuffer(metabuf, BUFFER_LOCK_SHARE);
-			memcpy(&now, TvPageGetMeta(BufferGetPage(metabuf)), sizeof(now));
-			if (now.change_count != meta.change_count)
+			copy = dsa_get_address(TvResidentArea(), dp);
+			if (copy->dim != meta.dim || copy->bits != meta.bits ||
+				copy->metric != meta.metric || copy->lists != meta.lists ||
+				copy->list_area != meta.list_area || copy->block_bytes != meta.block_bytes)
+			{
+				/* the first vector fixed the dimension: start over */
+				dsa_free(TvResidentArea(), dp);
+				dp = tv_unpublished = InvalidDsaPointer;
+			}
+			else if (meta.nslots > copy->capacity_slots)
 			{
 				UnlockReleaseBuffer(metabuf);
-				dsa_free(TvResidentArea(), dp);
-				tv_unpublished = InvalidDsaPointer;
+				dp = GrowCopy(dp, &meta);
+				if (!DsaPointerIsValid(dp))
+					break;
 				continue;
 			}
 		}
-		Publish(index, e, dp, MAXALIGN(sizeof(TvResidentCopy)) + copy->stream_capacity +
-				copy->capacity_slots * copy->dim * sizeof(float), &meta, lsn, false);
+		if (!DsaPointerIsValid(dp))
+		{
+			/* no need to keep writers out: step 2 compares every byte */
+			UnlockReleaseBuffer(metabuf);
+			dp = CopyStream(index, &meta);
+			if (!DsaPointerIsValid(dp))
+				break;
+			copy = dsa_get_address(TvResidentArea(), dp);
+			if (meta.dim > 0)
+				FillVectors(heap, index, TvGetIndexState(index), e, copy);
+			continue;			/* catch up with what changed meanwhile */
+		}
+
+		RefreshStream(index, &meta, copy, &fetch, &nfetch);
+		SwapIn(index, e, dp, CopyBytes(copy), &meta, lsn, false, true);
 		UnlockReleaseBuffer(metabuf);
-		return true;
+
+		FillLanes(heap, index, TvGetIndexState(index), e, dp, fetch, nfetch);
+		pfree(fetch);
+
+		/* ready, unless a writer could not mirror into it meanwhile */
+		LWLockAcquire(e->lock, LW_EXCLUSIVE);
+		ok = (e->data == dp && e->filling);
+		TvResidentSetState(e, ok ? TV_RES_READY : TV_RES_STALE);
+		e->filling = false;
+		LWLockRelease(e->lock);
+		if (!ok)
+			TvResidentWakeWorker(MyDatabaseId);
+		return ok;
 	}
+
+	if (DsaPointerIsValid(dp))
+	{
+		/* the index kept changing its layout: the worker tries again */
+		dsa_free(TvResidentArea(), dp);
+		tv_unpublished = InvalidDsaPointer;
+		TvResidentSetState(e, TV_RES_STALE);
+		return false;
+	}
+	TvResidentSetState(e, TV_RES_TOO_BIG);
+	ereport(LOG,
+			(errmsg("turbovec: index \"%s\" does not fit turbovec.resident_memory; it is served from its pages",
+					RelationGetRelationName(index))));
 	return false;
 }
 
@@ -539,6 +892,8 @@ RebuildCleanup(int code, Datum arg)
 {
 	TvResidentEntry *e = tv_rebuilding;
 	bool		has_copy;
+	dsa_pointer filling = InvalidDsaPointer;
+	int			retired = -1;
 
 	if (DsaPointerIsValid(tv_unpublished))
 	{
@@ -548,9 +903,26 @@ RebuildCleanup(int code, Datum arg)
 	tv_rebuilding = NULL;
 	if (e == NULL)
 		return;
-	LWLockAcquire(e->lock, LW_SHARED);
+	LWLockAcquire(e->lock, LW_EXCLUSIVE);
+	if (DsaPointerIsValid(e->data) && e->filling)
+	{
+		/*
+		 * In place but with vectors still to fetch: a catch-up would take
+		 * its stream for current and never fetch them, so it goes.
+		 */
+		filling = e->data;
+		e->data = InvalidDsaPointer;
+		e->bytes = 0;
+		e->filling = false;
+		retired = TvResidentRetire(e);
+	}
 	has_copy = DsaPointerIsValid(e->data);
 	LWLockRelease(e->lock);
+	if (DsaPointerIsValid(filling))
+	{
+		TvResidentWaitUnpinned(e, retired);
+		dsa_free(TvResidentArea(), filling);
+	}
 	TvResidentSetState(e, has_copy ? TV_RES_STALE : TV_RES_EMPTY);
 	TvResidentWakeWorker(MyDatabaseId);
 }
@@ -561,7 +933,8 @@ RebuildCleanup(int code, Datum arg)
  * "building" and no shared memory stays allocated (RebuildCleanup).
  */
 bool
-TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot)
+TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot,
+				  bool from_scratch)
 {
 	static bool exit_hook = false;
 	bool		done;
@@ -577,7 +950,7 @@ TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_sn
 	tv_rebuilding = e;
 	PG_TRY();
 	{
-		done = RebuildCopy(heap, index, e, try_snapshot);
+		done = RebuildCopy(heap, index, e, try_snapshot, from_scratch);
 	}
 	PG_CATCH();
 	{
@@ -786,7 +1159,7 @@ UpdateShadow(List *indexes, bool boot)
 	appendStringInfoString(&sql, "}'::pg_catalog.oid[])");
 	SPI_execute(sql.data, false, 0);
 
-	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	for (int i = 0; i < tv_shared->max_resident; i++)
 	{
 		TvResidentEntry *e = &tv_shared->entries[i];
 		char		path[MAXPGPATH];
@@ -902,7 +1275,7 @@ SyncIndexGuarded(Oid indexoid, bool boot)
 			if (retry)
 			{
 				/* a fresh entry (server start, new index) may have a snapshot */
-				TvResidentRebuild(heap, index, e, boot && e->state == TV_RES_EMPTY);
+				TvResidentRebuild(heap, index, e, boot && e->state == TV_RES_EMPTY, false);
 				worked = true;
 			}
 		}
@@ -919,7 +1292,7 @@ done:
 static void
 ForgetDropped(List *live)
 {
-	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	for (int i = 0; i < tv_shared->max_resident; i++)
 	{
 		TvResidentEntry *e = &tv_shared->entries[i];
 
@@ -935,7 +1308,7 @@ ForgetDropped(List *live)
 static TvWorkerSlot *
 MySlot(void)
 {
-	for (int i = 0; i < TV_MAX_DATABASES; i++)
+	for (int i = 0; i < tv_shared->max_databases; i++)
 		if (tv_shared->dbs[i].dbid == MyDatabaseId)
 			return &tv_shared->dbs[i];
 	return NULL;
@@ -964,7 +1337,7 @@ DumpChanged(void)
 {
 	bool		any = false;
 
-	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	for (int i = 0; i < tv_shared->max_resident; i++)
 	{
 		TvResidentEntry *e = &tv_shared->entries[i];
 
@@ -1196,7 +1569,7 @@ ForgetDroppedDatabases(void)
 
 	TvSnapshotSweep(InvalidOid, dbs, true);
 
-	for (int i = 0; i < TV_MAX_RESIDENT; i++)
+	for (int i = 0; i < tv_shared->max_resident; i++)
 	{
 		TvResidentEntry *e = &tv_shared->entries[i];
 		Oid			dbid = e->dbid;
@@ -1210,7 +1583,7 @@ ForgetDroppedDatabases(void)
 		}
 	}
 	LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
-	for (int i = 0; i < TV_MAX_DATABASES; i++)
+	for (int i = 0; i < tv_shared->max_databases; i++)
 	{
 		TvWorkerSlot *slot = &tv_shared->dbs[i];
 
@@ -1238,6 +1611,7 @@ tv_launcher_main(Datum arg)
 {
 	XLogRecPtr	last_redo;
 	uint64		rounds = 0;
+	Oid		   *start;
 
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -1254,7 +1628,7 @@ tv_launcher_main(Datum arg)
 	tv_shared->launcher_pid = MyProcPid;
 	tv_shared->launcher_latch = MyLatch;
 	/* workers of a previous launcher are gone after a crash restart */
-	for (int i = 0; i < TV_MAX_DATABASES; i++)
+	for (int i = 0; i < tv_shared->max_databases; i++)
 		if (tv_shared->dbs[i].pid == 0)
 			tv_shared->dbs[i].wanted = tv_shared->dbs[i].dbid != InvalidOid;
 	LWLockRelease(tv_shared->registry_lock);
@@ -1262,10 +1636,10 @@ tv_launcher_main(Datum arg)
 
 	WantAllDatabases();
 	last_redo = GetRedoRecPtr();
+	start = MemoryContextAlloc(TopMemoryContext, sizeof(Oid) * tv_shared->max_databases);
 
 	while (!ShutdownRequestPending)
 	{
-		Oid			start[TV_MAX_DATABASES];
 		int			nstart = 0;
 		XLogRecPtr	redo;
 
@@ -1282,7 +1656,7 @@ tv_launcher_main(Datum arg)
 		{
 			last_redo = redo;
 			if (tv_snapshots)
-				for (int i = 0; i < TV_MAX_RESIDENT; i++)
+				for (int i = 0; i < tv_shared->max_resident; i++)
 				{
 					TvResidentEntry *e = &tv_shared->entries[i];
 
@@ -1293,7 +1667,7 @@ tv_launcher_main(Datum arg)
 		}
 
 		LWLockAcquire(tv_shared->registry_lock, LW_EXCLUSIVE);
-		for (int i = 0; i < TV_MAX_DATABASES; i++)
+		for (int i = 0; i < tv_shared->max_databases; i++)
 		{
 			TvWorkerSlot *slot = &tv_shared->dbs[i];
 

@@ -5,8 +5,9 @@
 # memory back and does not leave the copy "building".
 #
 #  1. An index whose expression raises an error on a rebuild: the caller
-#     gets the error, and the copy ends "failed" once the worker has tried
-#     too, never "building".
+#     gets the error and the copy is not left "building"; after a restart
+#     without snapshots the worker's own build fails too, and the copy is
+#     "failed", never "building".
 #  2. turbo_rebuild() under a statement_timeout shorter than the (slowed
 #     down) rebuild, several times over, in a turbovec.resident_memory that
 #     holds fewer copies than there are attempts: afterwards the copy is
@@ -77,13 +78,19 @@ wait_ready_ok($node, 'x_h', 'x_h is ready');
 $node->safe_psql('postgres', 'UPDATE flags SET boom = true');
 my ($ret, $out, $err) = $node->psql('postgres', "SELECT turbo_rebuild('x_h')");
 like($err, qr/h went boom/, 'turbo_rebuild() raises the expression\'s error');
-# the worker tries again at once, and fails too; before the fix the copy
-# stayed "building" forever
+isnt(indexes_row($node, 'x_h', 'resident_state'), 'building',
+	'the failed turbo_rebuild() does not leave the copy "building"');
+# The failed rebuild kept the older copy, which is still current, so the
+# worker may catch it up without evaluating anything.  Started without
+# snapshots, the worker builds the copy from the table and fails too; before
+# the fix the copy stayed "building" forever.
+$node->append_conf('postgresql.conf', 'turbovec.snapshots = off');
+$node->restart;
 ok($node->poll_query_until('postgres',
 		"SELECT resident_state = 'failed' AND NOT ready FROM turbo_indexes "
 		  . "WHERE index = 'x_h'::regclass"),
 	'once the worker failed too, turbo_indexes says "failed", not "building"');
-is(indexes_row($node, 'r_v', 'resident_state'), 'ready', 'the other copy is still ready');
+wait_ready_ok($node, 'r_v', 'the other copy is ready');
 
 # 2. Rebuilds cancelled by statement_timeout.
 set_delay('200ms');

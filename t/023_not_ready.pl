@@ -167,11 +167,7 @@ cmp_ok($resident_buffers, '<', $extent_buffers / 4,
 check_answers('ready', 2);
 
 # Slow rebuilds from now on.
-$node->safe_psql('postgres',
-	"ALTER SYSTEM SET turbovec.test_build_delay = '${delay_ms}ms'; SELECT pg_reload_conf();");
-ok( $node->poll_query_until(
-		'postgres', "SELECT current_setting('turbovec.test_build_delay') = '${delay_ms}ms'"),
-	'turbovec.test_build_delay is set');
+ok(set_build_delay($node, "${delay_ms}ms"), 'turbovec.test_build_delay is set');
 
 # 1. turbo_rebuild() in a background session.
 my ($bg_out, $bg_err) = ('', '');

@@ -45,23 +45,16 @@ CREATE INDEX w_ivf ON w USING turbo (v real_cosine_ops) WITH (lists = 16);
 });
 wait_ready_ok($node, 'w_l2',  'w_l2 is ready');
 wait_ready_ok($node, 'w_ivf', 'w_ivf is ready');
-$node->safe_psql('postgres',
-	"ALTER SYSTEM SET turbovec.test_build_delay = '${delay_ms}ms'; SELECT pg_reload_conf();");
-ok( $node->poll_query_until(
-		'postgres', "SELECT current_setting('turbovec.test_build_delay') = '${delay_ms}ms'"),
-	'turbovec.test_build_delay is set');
+ok(set_build_delay($node, "${delay_ms}ms"), 'turbovec.test_build_delay is set');
 
 my $tmp   = PostgreSQL::Test::Utils::tempdir;
-my $sets  = join('', map { "\\set x$_ random(-1000000, 1000000) / 1000000.0\n" } 1 .. $dim);
-my $array = 'ARRAY[' . join(', ', map { ":x$_" } 1 .. $dim) . ']::real[]';
-PostgreSQL::Test::Utils::append_to_file("$tmp/insert.sql",
-	"$sets" . "INSERT INTO w (v) VALUES ($array);\n");
+my $script = insert_script($tmp, 'w', $dim);
 
 my ($pb_out, $pb_err) = ('', '');
 my $pgbench = IPC::Run::start(
 	[
 		'pgbench', '-n', '-c', '2', '-j', '2', '-T', '12', '-R', '400',
-		'--random-seed=7', '-f', "$tmp/insert.sql", '-l', "--log-prefix=$tmp/ins",
+		'--random-seed=7', '-f', $script, '-l', "--log-prefix=$tmp/ins",
 		'-h', $node->host, '-p', $node->port, 'postgres'
 	],
 	'>', \$pb_out, '2>', \$pb_err,

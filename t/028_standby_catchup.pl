@@ -52,15 +52,12 @@ ok( $standby->poll_query_until(
 	'the standby\'s table passes are slow');
 
 my $tmp   = PostgreSQL::Test::Utils::tempdir;
-my $sets  = join('', map { "\\set x$_ random(-1000000, 1000000) / 1000000.0\n" } 1 .. $dim);
-my $array = 'ARRAY[' . join(', ', map { ":x$_" } 1 .. $dim) . ']::real[]';
-PostgreSQL::Test::Utils::append_to_file("$tmp/insert.sql",
-	"$sets" . "INSERT INTO s (v) VALUES ($array);\n");
+my $script = insert_script($tmp, 's', $dim);
 my ($pb_out, $pb_err) = ('', '');
 my $pgbench = IPC::Run::start(
 	[
 		'pgbench', '-n', '-c', '2', '-j', '2', '-T', '10', '-R', '200',
-		'--random-seed=11', '-f', "$tmp/insert.sql",
+		'--random-seed=11', '-f', $script,
 		'-h', $primary->host, '-p', $primary->port, 'postgres'
 	],
 	'>', \$pb_out, '2>', \$pb_err,

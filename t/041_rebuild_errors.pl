@@ -38,11 +38,7 @@ my $node = start_node('rebuild_errors',
 sub set_delay
 {
 	my ($delay) = @_;
-	$node->safe_psql('postgres',
-		"ALTER SYSTEM SET turbovec.test_build_delay = '$delay'; SELECT pg_reload_conf();");
-	$node->poll_query_until('postgres',
-		"SELECT current_setting('turbovec.test_build_delay') = '$delay'")
-	  or die "turbovec.test_build_delay is not $delay";
+	set_build_delay($node, $delay) or die "turbovec.test_build_delay is not $delay";
 }
 
 $node->safe_psql(

@@ -29,7 +29,8 @@ our @EXPORT = qw(
   start_node start_standby preload_conf wait_for_replay
   random_vector random_rows_sql top10_sql
   verify_output index_info indexes_row wait_ready_ok same_as_seq_scan
-  buffers_touched database_oid index_oid snapshot_rel read_header);
+  buffers_touched database_oid index_oid snapshot_rel read_header
+  set_build_delay insert_script);
 
 # Scan settings: an index scan only; a sequential scan only; a re-rank
 # window covering any table the tests build.
@@ -187,6 +188,30 @@ sub index_oid
 {
 	my ($node, $idx) = @_;
 	return $node->safe_psql('postgres', "SELECT '$idx'::regclass::oid");
+}
+
+# Set turbovec.test_build_delay (slows resident rebuilds down) to $delay
+# with ALTER SYSTEM, and wait until $node's sessions see it; true once they
+# do.
+sub set_build_delay
+{
+	my ($node, $delay) = @_;
+	$node->safe_psql('postgres',
+		"ALTER SYSTEM SET turbovec.test_build_delay = '$delay'; SELECT pg_reload_conf();");
+	return $node->poll_query_until('postgres',
+		"SELECT current_setting('turbovec.test_build_delay') = '$delay'");
+}
+
+# A pgbench script in $dir that inserts one random $dim-dimensional vector
+# into $table (v); its path.
+sub insert_script
+{
+	my ($dir, $table, $dim) = @_;
+	my $sets = join('', map { "\\set x$_ random(-1000000, 1000000) / 1000000.0\n" } 1 .. $dim);
+	my $array = 'ARRAY[' . join(', ', map { ":x$_" } 1 .. $dim) . ']::real[]';
+	PostgreSQL::Test::Utils::append_to_file("$dir/insert_$table.sql",
+		$sets . "INSERT INTO $table (v) VALUES ($array);\n");
+	return "$dir/insert_$table.sql";
 }
 
 # A snapshot file's path relative to the data directory.

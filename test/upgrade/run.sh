@@ -117,14 +117,15 @@ EOF
 
 # Exact answers for five queries per table: the vector of a row, each
 # element shifted, so the row itself is near but not the only answer.
-# answers_tables SETTINGS runs them through the index, answers_seq through a
-# sequential scan; one line per query, ids comma-separated.
-answers_tables() {
-	local settings=$1 out=""
+# answers SETTINGS runs them under SETTINGS; answers_tables SETTINGS through
+# the index, answers_seq through a sequential scan.  One line per query, ids
+# comma-separated.
+answers() {
+	local settings=$1 out="" spec tbl op q
 	for spec in "fl <->" "iv <=>"; do
 		read -r tbl op <<<"$spec"
 		for q in 11 22 33 44 55; do
-			out+=$(psql_q -c "SET enable_seqscan = off; SET enable_bitmapscan = off; $settings" \
+			out+=$(psql_q -c "$settings" \
 				-c "SELECT string_agg(id::text, ',') FROM (SELECT id FROM $tbl
 					ORDER BY v $op (SELECT array_agg(x + 0.01) FROM unnest((SELECT v FROM $tbl WHERE id = $q)) x)
 					LIMIT 10) s" 2>&1)
@@ -133,20 +134,8 @@ answers_tables() {
 	done
 	printf '%s' "$out"
 }
-answers_seq() {
-	local out=""
-	for spec in "fl <->" "iv <=>"; do
-		read -r tbl op <<<"$spec"
-		for q in 11 22 33 44 55; do
-			out+=$(psql_q -c "SET enable_indexscan = off; SET enable_bitmapscan = off;" \
-				-c "SELECT string_agg(id::text, ',') FROM (SELECT id FROM $tbl
-					ORDER BY v $op (SELECT array_agg(x + 0.01) FROM unnest((SELECT v FROM $tbl WHERE id = $q)) x)
-					LIMIT 10) s" 2>&1)
-			out+=$'\n'
-		done
-	done
-	printf '%s' "$out"
-}
+answers_tables() { answers "SET enable_seqscan = off; SET enable_bitmapscan = off; $1"; }
+answers_seq() { answers "SET enable_indexscan = off; SET enable_bitmapscan = off;"; }
 
 before=$(answers_tables "SET turbovec.candidates = 100000; SET turbovec.probes = 8;")
 seq_before=$(answers_seq)

@@ -58,7 +58,7 @@ PACKAGES=(postgresql-"$MAJOR" postgresql-server-dev-"$MAJOR" build-essential mak
 	perl libipc-run-perl ca-certificates)
 # What Citus's build needs (scripts/vendor.sh; Citus 13.2.2 supports up to 17)
 [ "$MAJOR" -le 17 ] && PACKAGES+=(liblz4-dev libzstd-dev libkrb5-dev libselinux1-dev
-	libxslt1-dev libpam0g-dev libreadline-dev patch)
+	libxslt1-dev libicu-dev libpam0g-dev libreadline-dev patch)
 
 ROOT=$BASE/$SUITE
 MIRROR=$(mirror)

@@ -46,7 +46,7 @@ declare -A SHA256=(
 CITUS_PATCH=citus-13.2.2-debian12-pg15.patch
 CITUS_PATCH_SHA256=5971b017e38b468f8431132e2491a36e8469cae3b89126aee15730e212a909de
 CITUS_MAJORS="15 16 17"
-CITUS_DEBS=(liblz4-dev libzstd-dev libkrb5-dev libselinux1-dev libxslt1-dev
+CITUS_DEBS=(liblz4-dev libzstd-dev libkrb5-dev libselinux1-dev libxslt1-dev libicu-dev
 	libpam0g-dev libreadline-dev patch)
 
 die() {

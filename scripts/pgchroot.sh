@@ -56,6 +56,9 @@ APT_OPTS=(-q -y -o Acquire::Retries=3)
 
 PACKAGES=(postgresql-"$MAJOR" postgresql-server-dev-"$MAJOR" build-essential make gcc libc6-dev
 	perl libipc-run-perl ca-certificates)
+# What Citus's build needs (scripts/vendor.sh; Citus 13.2.2 supports up to 17)
+[ "$MAJOR" -le 17 ] && PACKAGES+=(liblz4-dev libzstd-dev libkrb5-dev libselinux1-dev
+	libxslt1-dev libicu-dev libpam0g-dev libreadline-dev patch)
 
 ROOT=$BASE/$SUITE
 MIRROR=$(mirror)
@@ -78,13 +81,20 @@ if [ ! -f "$ROOT/.turbovec-root-complete" ]; then
 	touch "$ROOT/.turbovec-root-complete"
 fi
 
-# Copy the tree in: the work tree as it is, without build products, and the
-# previous release (for the upgrade step) from git.
+# Copy the tree in: the work tree as it is, without build products, the
+# previous release (for the upgrade step) from git, and ../shared/vendor.
 rm -rf "$ROOT/build"
 mkdir -p "$ROOT/build/turbovec"
 tar -C "$REPO" --exclude=.git --exclude='*.o' --exclude='*.bc' --exclude='*.so' \
 	--exclude=results --exclude=tmp_check --exclude=log -cf - . |
 	tar -C "$ROOT/build/turbovec" -xf -
+# The third-party archives the tests build (scripts/vendor.sh), where the
+# tree expects them: ../shared/vendor beside it.
+VENDOR=${TV_VENDOR_DIR:-$REPO/../shared/vendor}
+if [ -d "$VENDOR" ]; then
+	mkdir -p "$ROOT/build/shared/vendor"
+	cp -R "$VENDOR/." "$ROOT/build/shared/vendor/"
+fi
 PREV=${TV_PREV_RELEASE:-$(sed -n 's/^PREV_RELEASE=.*:-\([0-9a-f]*\)}$/\1/p' "$REPO/scripts/test-pg.sh")}
 if [ -n "$PREV" ] && git -C "$REPO" cat-file -e "$PREV^{commit}" 2>/dev/null; then
 	mkdir -p "$ROOT/build/prev-release"
@@ -95,7 +105,7 @@ fi
 # the caller's TV_* and PROVE_* knobs) in a file, then the inner script.
 {
 	declare -p MAJOR PACKAGES APT_OPTS
-	for v in $(compgen -e | grep -E '^(TV_|PROVE_)' || true); do
+	for v in $(compgen -e | grep -E '^(TV_|PROVE_)' | grep -vx TV_VENDOR_DIR || true); do
 		declare -p "$v"
 	done
 } >"$ROOT/build/settings.sh"

@@ -12,8 +12,12 @@
 #                  (`make -C test/fuzz fuzz FUZZ_TIME=...`); skipped, and
 #                  reported as such, when clang or libFuzzer is missing
 #   5. regress  -- pg_regress (`make installcheck`) against a throwaway server
-#   6. tap      -- TAP tests in t/ (prove, through PGXS) as the postgres user
-#   7. upgrade  -- build and install the previous release (from git), make
+#   6. vendor   -- build (or take from the cache) and install pgvector and
+#                  Citus from ../shared/vendor (scripts/vendor.sh), which the
+#                  TAP tests t/010_pgvector.pl and t/071_citus.pl need; Citus
+#                  only where it supports the major (15 to 17)
+#   7. tap      -- TAP tests in t/ (prove, through PGXS) as the postgres user
+#   8. upgrade  -- build and install the previous release (from git), make
 #                  indexes with it, reinstall this tree, ALTER EXTENSION UPDATE
 #                  and check the old indexes (test/upgrade/run.sh)
 #
@@ -71,7 +75,7 @@ TMP=
 REGRESS_DATA=
 declare -A RESULT=()
 declare -A ELAPSED=()
-STEPS=(codec snapshot fuzz regress tap upgrade)
+STEPS=(codec snapshot fuzz regress vendor tap upgrade)
 
 log() { printf '\n=== %s ===\n' "$*"; }
 
@@ -321,7 +325,21 @@ fi
 ELAPSED[regress]=$((SECONDS - t0))
 
 # ---------------------------------------------------------------------------
-# 6. TAP tests, as the postgres user, on a copy of the tree
+# 6. third-party extensions for the TAP tests, built from ../shared/vendor
+#    (cached under /var/tmp between runs)
+# ---------------------------------------------------------------------------
+log "vendor: scripts/vendor.sh pgvector citus"
+t0=$SECONDS
+if as_root env PG_CONFIG="$PG_CONFIG" timeout "$BUILD_TIMEOUT" bash scripts/vendor.sh pgvector citus; then
+	RESULT[vendor]=ok
+else
+	RESULT[vendor]=FAIL
+	echo "vendor FAILED: the pgvector and Citus tests cannot run"
+fi
+ELAPSED[vendor]=$((SECONDS - t0))
+
+# ---------------------------------------------------------------------------
+# 7. TAP tests, as the postgres user, on a copy of the tree
 # ---------------------------------------------------------------------------
 log "tap: prove t/*.pl as $PG_OS_USER"
 t0=$SECONDS
@@ -368,7 +386,7 @@ fi
 ELAPSED[tap]=$((SECONDS - t0))
 
 # ---------------------------------------------------------------------------
-# 7. upgrade from the previous release: build and install it, make indexes
+# 8. upgrade from the previous release: build and install it, make indexes
 #    with it, then reinstall this tree and ALTER EXTENSION ... UPDATE
 # ---------------------------------------------------------------------------
 t0=$SECONDS

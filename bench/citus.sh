@@ -76,8 +76,6 @@ cmd_start() {
 				jit = off
 				fsync = off
 				citus.local_hostname = '$d/socket'
-				# the turbovec worker must see the shards (docs/SCALE_OUT.md)
-				citus.show_shards_for_app_name_prefixes = '*'
 			EOF
 			as_pg "$BIN/pg_ctl" -D "$d/node$i" -l "$d/node$i.log" -w start >/dev/null ||
 				die "node $i did not start: $d/node$i.log"

@@ -28,8 +28,11 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/index.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_database.h"
+#include "catalog/pg_index.h"
 #include "commands/dbcommands.h"
+#include "commands/defrem.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -47,6 +50,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "turbovec.h"
@@ -1072,29 +1076,43 @@ TvResidentDump(TvResidentEntry *e)
 	PG_END_TRY();
 }
 
-/* The turbo indexes of this database, as OIDs */
+/*
+ * The turbo indexes of this database, as OIDs, from a scan of pg_class
+ * rather than a query: extensions that filter catalog queries (Citus hides
+ * its shard relations from other processes' queries) must not hide indexes
+ * from the worker.  Caller is in a transaction.
+ */
 static List *
 TurboIndexes(void)
 {
 	List	   *result = NIL;
-	int			ret;
+	Oid			amoid = get_index_am_oid("turbo", true);
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
 
-	ret = SPI_execute("SELECT c.oid FROM pg_catalog.pg_class c "
-					  "JOIN pg_catalog.pg_am a ON a.oid OPERATOR(pg_catalog.=) c.relam "
-					  "JOIN pg_catalog.pg_index i ON i.indexrelid OPERATOR(pg_catalog.=) c.oid "
-					  "WHERE a.amname OPERATOR(pg_catalog.=) 'turbo' "
-					  "AND c.relkind OPERATOR(pg_catalog.=) 'i' "
-					  "AND i.indisvalid AND i.indisready "
-					  "AND c.relpersistence OPERATOR(pg_catalog.<>) 't'", true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "turbovec: listing turbo indexes failed: %d", ret);
-	for (uint64 i = 0; i < SPI_processed; i++)
+	if (!OidIsValid(amoid))
+		return NIL;				/* the extension is not in this database */
+	rel = table_open(RelationRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{
-		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		Form_pg_class cls = (Form_pg_class) GETSTRUCT(tup);
+		HeapTuple	itup;
 
-		result = lappend_oid(result, DatumGetObjectId(d));
+		if (cls->relam != amoid || cls->relkind != RELKIND_INDEX ||
+			cls->relpersistence == RELPERSISTENCE_TEMP)
+			continue;
+		itup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(cls->oid));
+		if (!HeapTupleIsValid(itup))
+			continue;
+		if (((Form_pg_index) GETSTRUCT(itup))->indisvalid &&
+			((Form_pg_index) GETSTRUCT(itup))->indisready)
+			result = lappend_oid(result, cls->oid);
+		ReleaseSysCache(itup);
 	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
 	return result;
 }
 
@@ -1325,8 +1343,13 @@ DatabaseWorkerExit(int code, Datum arg)
 	{
 		slot->pid = 0;
 		slot->latch = NULL;
+		/* a poke after our last look is not lost: the launcher starts another */
+		if (slot->poke)
+			slot->wanted = true;
 		if (!slot->wanted)
 			slot->dbid = InvalidOid;
+		else if (tv_shared->launcher_latch)
+			SetLatch(tv_shared->launcher_latch);
 	}
 	LWLockRelease(tv_shared->registry_lock);
 }
@@ -1438,8 +1461,6 @@ tv_database_main(Datum arg)
 		}
 
 		StartTransactionCommand();
-		SPI_connect();
-		PushActiveSnapshot(GetTransactionSnapshot());
 		indexes = TurboIndexes();
 		{
 			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
@@ -1447,8 +1468,6 @@ tv_database_main(Datum arg)
 			indexes = list_copy(indexes);
 			MemoryContextSwitchTo(old);
 		}
-		PopActiveSnapshot();
-		SPI_finish();
 		CommitTransactionCommand();
 
 		ForgetDropped(indexes);

@@ -168,10 +168,20 @@ for name in "$@"; do
 		continue
 	fi
 	entry=$(cache_entry "$name")
-	# Copy the captured tree into place; existing directories keep their
-	# owners and modes.
-	tar -C "$entry/root" -cf - . | tar -C / --no-overwrite-dir -xf - ||
-		die "installing ${ARCHIVE[$name]} failed"
+	# Copy the captured tree into place file by file.  Directories are only
+	# created where missing, never touched where they exist: GNU tar, even
+	# with --no-overwrite-dir, sets each existing directory it extracts into
+	# to 0700 until it is done, and for / that locks every other user (the
+	# postgres servers of running tests) out of the whole file system.
+	(
+		cd "$entry/root" &&
+			find . -mindepth 1 -type d -print0 | while IFS= read -r -d '' d; do
+				[ -d "/$d" ] || install -d -m 755 "/$d" || exit 1
+			done &&
+			find . ! -type d -print0 | while IFS= read -r -d '' f; do
+				cp -a --remove-destination "$f" "/$f" || exit 1
+			done
+	) || die "installing ${ARCHIVE[$name]} failed"
 	control=$(grep -m1 '/extension/[^/]*\.control$' "$entry/files" || true)
 	[ -n "$control" ] && [ -f "/${control#./}" ] ||
 		die "${ARCHIVE[$name]}: no extension control file installed"

@@ -39,7 +39,7 @@ CREATE SCHEMA s AUTHORIZATION alice;
 $node->safe_psql(
 	'postgres', q{
 SET ROLE alice;
-CREATE TABLE s.calls (who name, super boolean, restricted boolean, path text);
+CREATE TABLE s.calls (who name, super boolean, restricted boolean, path text, backend text);
 -- g records who evaluates it, and whether SET ROLE (even to oneself) is
 -- refused, as it is under SECURITY_RESTRICTED_OPERATION; a SET ROLE that
 -- went through is rolled back with its subtransaction
@@ -56,7 +56,9 @@ BEGIN
 	EXCEPTION WHEN OTHERS THEN
 		r := SQLSTATE <> 'P0001';
 	END;
-	INSERT INTO s.calls VALUES (u, su, r, pg_catalog.current_setting('search_path'));
+	INSERT INTO s.calls VALUES (u, su, r, pg_catalog.current_setting('search_path'),
+		(SELECT backend_type FROM pg_catalog.pg_stat_activity
+		 WHERE pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()));
 	RETURN x;
 END $$;
 CREATE FUNCTION s.f(x real[]) RETURNS real[] LANGUAGE sql IMMUTABLE AS 'SELECT s.g(x)';
@@ -78,7 +80,8 @@ is($node->safe_psql('postgres', $calls),
 	'the worker evaluated the expression as alice, restricted, never as a superuser');
 is( $node->safe_psql(
 		'postgres',
-		q{SELECT count(*) FROM s.calls WHERE path = 'pg_catalog, pg_temp'}),
+		q{SELECT count(*) FROM s.calls
+		  WHERE backend = 'turbovec worker' AND path = 'pg_catalog, pg_temp'}),
 	'50',
 	'the worker evaluated it with search_path pg_catalog, pg_temp');
 

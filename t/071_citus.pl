@@ -406,8 +406,10 @@ is(mismatches(answers(settings => $covering), $exact), 0,
 # ---------------------------------------------------------------------------
 my $ivf_before = answers();
 $to->safe_psql('postgres', 'CHECKPOINT');
+# (a client session sees shard relations only with show_shards_for_app_name_prefixes)
 ok( $to->poll_query_until('postgres',
-		"SELECT count(*) = 3 FROM turbo_indexes WHERE index::text ~ '^g_ivf_[0-9]+\$' "
+		"SET citus.show_shards_for_app_name_prefixes = '*'; "
+		  . "SELECT count(*) = 3 FROM turbo_indexes WHERE index::text ~ '^g_ivf_[0-9]+\$' "
 		  . 'AND snapshot_time IS NOT NULL'),
 	'worker 2 dumps a snapshot of each shard index after a checkpoint');
 $to->restart;

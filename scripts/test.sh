@@ -15,7 +15,7 @@
 #
 # Environment: TV_PG_MAJORS (default "15 17 18") picks legs; every knob of
 # scripts/test-pg.sh applies to each leg.  The 17 and 18 legs run the soak
-# test for TV_SOAK_SECONDS (default 60 there, 150 on 15).
+# test for TV_SOAK_SECONDS (default 60 there, 120 on 15).
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2

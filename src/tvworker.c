@@ -746,6 +746,9 @@ GrowCopy(dsa_pointer dp, const TvMetaPageData *meta)
 		bigger->nslots = copy->nslots;
 	}
 	dsa_free(TvResidentArea(), dp);
+	/* the freed copy must not be freed again after an error */
+	if (!DsaPointerIsValid(grown))
+		tv_unpublished = InvalidDsaPointer;
 	return grown;
 }
 
@@ -952,6 +955,7 @@ TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_sn
 	Assert(tv_rebuilding == NULL);
 	TvResidentSetState(e, TV_RES_BUILDING);
 	tv_rebuilding = e;
+	tv_unpublished = InvalidDsaPointer;
 	PG_TRY();
 	{
 		done = RebuildCopy(heap, index, e, try_snapshot, from_scratch);
@@ -963,6 +967,8 @@ TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_sn
 	}
 	PG_END_TRY();
 	tv_rebuilding = NULL;
+	/* every copy this rebuild made is published or freed by now */
+	tv_unpublished = InvalidDsaPointer;
 	return done;
 }
 

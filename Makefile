@@ -4,7 +4,7 @@
 # time, so no -march flag belongs here.
 
 EXTENSION = turbovec
-EXTVERSION = 0.2.0
+EXTVERSION = 0.3.0
 PGVECTOR_EXTVERSION = 0.1.0
 
 MODULE_big = turbovec

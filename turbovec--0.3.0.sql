@@ -1,4 +1,4 @@
--- turbovec 0.2.0: the turbo index access method over real[] vectors.
+-- turbovec 0.3.0: the turbo index access method over real[] vectors.
 
 \echo Use "CREATE EXTENSION turbovec" to load this file. \quit
 

@@ -5,7 +5,7 @@
 
 EXTENSION = turbovec
 EXTVERSION = 0.3.0
-PGVECTOR_EXTVERSION = 0.1.0
+PGVECTOR_EXTVERSION = 0.2.0
 
 MODULE_big = turbovec
 OBJS = \
@@ -29,12 +29,16 @@ OBJS = \
 
 HEADERS = src/turbovec.h src/tvcodec.h
 
-# turbovec_pgvector: operator classes for pgvector's vector type, a second
-# extension so that turbovec itself never requires pgvector
-# Upgrade scripts: one per release step, so ALTER EXTENSION turbovec UPDATE
-# reaches $(EXTVERSION) from any earlier release.
+# turbovec_pgvector: operator classes for pgvector's vector and halfvec
+# types, a second extension so that turbovec itself never requires pgvector.
+# Its 0.1.0 script stays installed so that the tests can create 0.1.0 and
+# update it (t/011_halfvec.pl).
+# Upgrade scripts: one per release step, so ALTER EXTENSION ... UPDATE
+# reaches the current version from any earlier release.
 DATA = $(EXTENSION)--$(EXTVERSION).sql $(wildcard $(EXTENSION)--*--*.sql) \
-	turbovec_pgvector--$(PGVECTOR_EXTVERSION).sql turbovec_pgvector.control
+	turbovec_pgvector--0.1.0.sql \
+	turbovec_pgvector--$(PGVECTOR_EXTVERSION).sql \
+	$(wildcard turbovec_pgvector--*--*.sql) turbovec_pgvector.control
 
 TESTS = $(sort $(wildcard sql/*.sql))
 REGRESS = $(patsubst sql/%.sql,%,$(TESTS))

@@ -249,6 +249,9 @@ $node->safe_psql('upgraded', qq{
 				FROM generate_series(1, 8) WHERE i > 0)::vector
 		FROM generate_series(1, 200) i;
 	CREATE INDEX old_l2 ON old USING turbo (embedding vector_l2_ops);
+	-- the comment 0.1.0's control file gave (this tree's names both types)
+	COMMENT ON EXTENSION turbovec_pgvector IS
+		'turbo index operator classes for the vector type of pgvector';
 });
 is($node->safe_psql('upgraded',
 		"SELECT count(*) FROM pg_opclass WHERE opcname LIKE 'halfvec%' "

@@ -1,6 +1,7 @@
 /*
  * tvvector.c
- *	  Vectors as real[]: validation and the SQL distance functions.
+ *	  Vectors as real[]: validation and the SQL distance functions, and
+ *	  pgvector's halfvec as real[] for the halfvec operator classes.
  *
  * A vector is a one-dimensional real[] with 1 to TV_CODEC_MAX_DIM elements,
  * no NULL elements and only finite values.  Every entry point that accepts a
@@ -274,6 +275,89 @@ turbo_vector_norm(PG_FUNCTION_ARGS)
 	float	   *a = TvArrayGetFloats(PG_GETARG_ARRAYTYPE_P(0), &dim);
 
 	PG_RETURN_FLOAT8(TvNorm(a, dim));
+}
+
+/*
+ * pgvector's halfvec, as its varlena lies on disk: an int16 count of
+ * dimensions, an int16 reserved (zero), then that many IEEE 754 binary16
+ * values.  This is pgvector's storage format, which it cannot change under
+ * existing tables; only its size is relied on beyond that.
+ */
+typedef struct TvHalfVec
+{
+	int32		vl_len_;		/* varlena header */
+	int16		dim;
+	int16		unused;
+	uint16		x[FLEXIBLE_ARRAY_MEMBER];
+} TvHalfVec;
+
+/*
+ * A binary16 value as float4, exactly (every half is a float4).  Infinity
+ * and NaN, which pgvector never stores, come out as such for
+ * TvArrayGetFloats to refuse.
+ */
+static inline float
+HalfToFloat(uint16 h)
+{
+	uint32		sign = (uint32) (h & 0x8000) << 16;
+	uint32		exponent = (h >> 10) & 0x1f;
+	uint32		fraction = h & 0x3ff;
+	uint32		bits;
+	float		f;
+
+	if (exponent == 0)
+	{
+		/* zero or subnormal: fraction * 2^-24, exact in float4 */
+		f = (float) fraction * (1.0f / 16777216.0f);
+		return sign ? -f : f;
+	}
+	if (exponent == 0x1f)
+		bits = sign | 0x7f800000 | (fraction << 13);
+	else
+		bits = sign | ((exponent + 127 - 15) << 23) | (fraction << 13);
+	memcpy(&f, &bits, sizeof(f));
+	return f;
+}
+
+/*
+ * Support function 3 of the halfvec operator classes: a halfvec as real[].
+ * pgvector's own cast (halfvec_to_float4) gives the same array but builds
+ * it through a Datum per element, three to four times slower (about 70 us
+ * a 3,072-dim row, a good part of encoding it); this writes the floats
+ * straight into the array.  The arguments are those of a cast function
+ * (value, typmod, explicit); only the value is used.
+ */
+PG_FUNCTION_INFO_V1(turbo_halfvec_to_float4);
+Datum
+turbo_halfvec_to_float4(PG_FUNCTION_ARGS)
+{
+	TvHalfVec  *hv = (TvHalfVec *) PG_DETOAST_DATUM(PG_GETARG_DATUM(0));
+	Size		size = VARSIZE(hv);
+	int			dim;
+	Size		nbytes;
+	ArrayType  *result;
+	float	   *out;
+
+	if (size < offsetof(TvHalfVec, x) ||
+		(dim = hv->dim) < 1 ||
+		size != offsetof(TvHalfVec, x) + (Size) dim * sizeof(uint16))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("invalid halfvec of %zu bytes", size)));
+
+	nbytes = ARR_OVERHEAD_NONULLS(1) + (Size) dim * sizeof(float4);
+	result = (ArrayType *) palloc(nbytes);
+	SET_VARSIZE(result, nbytes);
+	result->ndim = 1;
+	result->dataoffset = 0;
+	result->elemtype = FLOAT4OID;
+	ARR_DIMS(result)[0] = dim;
+	ARR_LBOUND(result)[0] = 1;
+	out = (float *) ARR_DATA_PTR(result);
+	for (int i = 0; i < dim; i++)
+		out[i] = HalfToFloat(hv->x[i]);
+
+	PG_RETURN_ARRAYTYPE_P(result);
 }
 
 /* Support function 2 of each opclass: which metric the codes estimate */

@@ -42,6 +42,29 @@ if ($node->safe_psql('postgres', "SELECT to_regtype('halfvec') IS NULL") eq 't')
 	plan skip_all => 'pgvector has no halfvec (before 0.7.0): halfvec tests skipped';
 }
 
+# turbo_halfvec_to_float4 widens every finite binary16 value exactly: all
+# 63,488 bit patterns (exponent 31 is infinity and NaN, which halfvec
+# refuses), one vector per sign and exponent, against the float4 each came
+# from and against pgvector's own cast (text, so that -0 counts).
+$node->safe_psql('postgres', 'CREATE EXTENSION turbovec; CREATE EXTENSION turbovec_pgvector');
+is( $node->safe_psql('postgres', q{
+	WITH b AS (
+		SELECT p, p >> 15 AS s, (p >> 10) & 31 AS e, p & 1023 AS m
+		FROM generate_series(0, 65535) p WHERE (p >> 10) & 31 <> 31),
+	v AS (
+		SELECT p >> 10 AS g, array_agg(((1 - 2 * s) * CASE WHEN e = 0
+				THEN m * 2::float8 ^ -24
+				ELSE 2::float8 ^ (e - 15) * (1 + m / 1024::float8) END)::real ORDER BY p) AS a
+		FROM b GROUP BY 1)
+	SELECT count(*) || ' vectors, ' || sum(cardinality(a)) || ' values, '
+		|| count(*) FILTER (WHERE turbo_halfvec_to_float4(a::halfvec, -1, false)::text = a::text)
+		|| ' exact, '
+		|| count(*) FILTER (WHERE turbo_halfvec_to_float4(a::halfvec, -1, false)::text = a::halfvec::real[]::text)
+		|| ' as pgvector casts'
+	FROM v}),
+	'62 vectors, 63488 values, 62 exact, 62 as pgvector casts',
+	'every finite half float converts exactly, as pgvector converts it');
+
 my $dim = 12;
 
 sub random_halfvec
@@ -51,8 +74,6 @@ sub random_halfvec
 }
 
 $node->safe_psql('postgres', qq{
-	CREATE EXTENSION turbovec;
-	CREATE EXTENSION turbovec_pgvector;
 	CREATE TABLE docs (id serial PRIMARY KEY, embedding halfvec($dim));
 });
 

@@ -65,6 +65,31 @@ is( $node->safe_psql('postgres', q{
 	'62 vectors, 63488 values, 62 exact, 62 as pgvector casts',
 	'every finite half float converts exactly, as pgvector converts it');
 
+# A halfvec whose size disagrees with its dimension count (made from bytes
+# through a binary cast) is refused as corrupt, never read past its end;
+# the same bytes with the right size convert.
+foreach my $case (
+	[ '\\x0200000000003c', 'invalid halfvec of 11 bytes' ],
+	[ '\\x020000',         'invalid halfvec of 7 bytes' ],
+	[ '\\x0000000000',     'invalid halfvec of 9 bytes' ],
+	[ '\\x02000000003c0040', undef ])
+{
+	my ($bytes, $error) = @$case;
+	my ($ret, $out, $err) = $node->psql('postgres',
+		"\\set VERBOSITY verbose\n"
+		  . "BEGIN; CREATE CAST (bytea AS halfvec) WITHOUT FUNCTION;\n"
+		  . "SELECT turbo_halfvec_to_float4('$bytes'::bytea::halfvec, -1, false);\n"
+		  . "ROLLBACK;");
+	if (defined $error)
+	{
+		like($err, qr/XX001: $error/, "$bytes: $error (SQLSTATE XX001)");
+	}
+	else
+	{
+		is($out, '{1,2}', "$bytes: the halfvec [1,2] converts");
+	}
+}
+
 my $dim = 12;
 
 sub random_halfvec

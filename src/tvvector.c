@@ -281,7 +281,7 @@ turbo_vector_norm(PG_FUNCTION_ARGS)
  * pgvector's halfvec, as its varlena lies on disk: an int16 count of
  * dimensions, an int16 reserved (zero), then that many IEEE 754 binary16
  * values.  This is pgvector's storage format, which it cannot change under
- * existing tables; only its size is relied on beyond that.
+ * existing tables.  The reserved field is not read.
  */
 typedef struct TvHalfVec
 {
@@ -338,9 +338,9 @@ turbo_halfvec_to_float4(PG_FUNCTION_ARGS)
 	ArrayType  *result;
 	float	   *out;
 
-	if (size < offsetof(TvHalfVec, x) ||
-		(dim = hv->dim) < 1 ||
-		size != offsetof(TvHalfVec, x) + (Size) dim * sizeof(uint16))
+	/* the dimension count must be there and match the size */
+	dim = (size < offsetof(TvHalfVec, x)) ? 0 : hv->dim;
+	if (dim < 1 || size != offsetof(TvHalfVec, x) + (Size) dim * sizeof(uint16))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("invalid halfvec of %zu bytes", size)));

@@ -298,6 +298,7 @@ typedef struct SplitBlock
 	uint64		off;			/* stream offset of the block */
 	Size		size;			/* its bytes, the metapage's block_bytes */
 	Size		left;			/* bytes of it not seen yet */
+	bool		copy_header;	/* false: the caller reads it in place */
 	uint32		sums[TV_LANES];
 	char		header[TV_BLOCK_CODES_OFFSET];
 	int			ngroups;		/* cut groups waiting for their other part */
@@ -315,9 +316,10 @@ SplitBlockInit(SplitBlock *sb, Size S)
 }
 
 static void
-SplitBlockBegin(SplitBlock *sb, uint64 off, Size S)
+SplitBlockBegin(SplitBlock *sb, uint64 off, Size S, bool copy_header)
 {
 	sb->off = off;
+	sb->copy_header = copy_header;
 	sb->size = S;
 	sb->left = S;
 	sb->ngroups = 0;
@@ -371,7 +373,7 @@ SplitBlockAdd(TvScanOpaque so, SplitBlock *sb, const char *payload,
 
 	Assert(lo < hi && hi - lo <= sb->left);
 	/* the header */
-	if (rlo < TV_BLOCK_CODES_OFFSET)
+	if (rlo < TV_BLOCK_CODES_OFFSET && sb->copy_header)
 		memcpy(sb->header + rlo, payload + (lo - page_start),
 			   Min(rhi, TV_BLOCK_CODES_OFFSET) - rlo);
 	/* the codes on this page, [clo, chi) counted from the first code byte */
@@ -411,17 +413,20 @@ SplitBlockAdd(TvScanOpaque so, SplitBlock *sb, const char *payload,
 	return sb->left == 0;
 }
 
-/* Offer the lanes of a split block once all of it has been seen */
+/*
+ * Offer the lanes of a split block once all of it has been seen; hdr is
+ * its header, sb->header or in place.
+ */
 static void
-SplitBlockFinish(TvScanOpaque so, SplitBlock *sb, uint64 block, float qc,
-				 CandidateHeap *heap)
+SplitBlockFinish(TvScanOpaque so, SplitBlock *sb, const char *hdr,
+				 uint64 block, float qc, CandidateHeap *heap)
 {
 	float		scores[TV_LANES];
 
 	Assert(sb->left == 0 && sb->ngroups == 0);
 	if (!so->nullquery)
 		tv_finish_sums(so->lut, sb->sums, scores);
-	OfferLanes(so, sb->header, scores, block, qc, heap);
+	OfferLanes(so, hdr, scores, block, qc, heap);
 }
 
 /* What ScoreBlock adds for a list: <q, c> for residual codes, else 0 */
@@ -460,23 +465,84 @@ BrokenChain(Relation index, int list)
 			 errhint("REINDEX the index.")));
 }
 
-/* One pinned, share-locked data page at a time, for walking list chains */
+/*
+ * One pinned, share-locked data page at a time, for walking list chains.
+ * Pages are pinned through the backend's buffer hints (TvPinPage), so a
+ * page found where it was last time costs no buffer mapping lookup.  When a
+ * page has to be read in, the cursor reads ahead: it prefetches the pages
+ * below it that the rest of a laid-out list occupies, [ra_floor, page),
+ * at most TV_READAHEAD_PAGES at a time.
+ */
+#define TV_READAHEAD_PAGES		32
+
 typedef struct PageCursor
 {
+	Relation	index;
+	BufferAccessStrategy bas;
 	Buffer		buf;
 	BlockNumber blkno;
+	Buffer	   *hints;
+	BlockNumber nhints;
+	BlockNumber ra_floor;		/* lowest page the list is expected on */
+	BlockNumber ra_low;			/* pages from here up were prefetched */
 } PageCursor;
 
+static void
+CursorInit(PageCursor *pc, TvScanOpaque so, Relation index, BlockNumber npages)
+{
+	pc->index = index;
+	pc->bas = so->bas;
+	pc->buf = InvalidBuffer;
+	pc->blkno = InvalidBlockNumber;
+	pc->hints = TvBufferHints(index, npages, &pc->nhints);
+	pc->ra_floor = InvalidBlockNumber;
+	pc->ra_low = InvalidBlockNumber;
+}
+
+/* Expect the list to continue down to page floor (InvalidBlockNumber: no guess) */
+static void
+CursorExpect(PageCursor *pc, BlockNumber floor)
+{
+	pc->ra_floor = floor;
+	pc->ra_low = InvalidBlockNumber;
+}
+
+/* A page had to be read: prefetch the next pages down the list */
+static void
+CursorReadAhead(PageCursor *pc, BlockNumber blkno)
+{
+	BlockNumber from = Min(blkno, pc->ra_low);
+	BlockNumber stop;
+
+	if (pc->ra_floor == InvalidBlockNumber || effective_io_concurrency <= 0)
+		return;
+	stop = blkno > pc->ra_floor + TV_READAHEAD_PAGES ? blkno - TV_READAHEAD_PAGES : pc->ra_floor;
+	for (BlockNumber pg = from; pg > stop;)
+	{
+		PrefetchBufferResult r;
+
+		pg--;
+		r = PrefetchBuffer(pc->index, MAIN_FORKNUM, pg);
+		if (BufferIsValid(r.recent_buffer) && pg < pc->nhints)
+			pc->hints[pg] = r.recent_buffer;
+	}
+	pc->ra_low = Min(from, stop);
+}
+
 static const char *
-CursorPayload(TvScanOpaque so, Relation index, PageCursor *pc, BlockNumber blkno)
+CursorPayload(PageCursor *pc, BlockNumber blkno)
 {
 	if (pc->blkno != blkno)
 	{
+		bool		read;
+
 		if (BufferIsValid(pc->buf))
 			UnlockReleaseBuffer(pc->buf);
-		pc->buf = ReadBufferExtended(index, MAIN_FORKNUM, blkno, RBM_NORMAL, so->bas);
+		pc->buf = TvPinPage(pc->index, blkno, pc->bas, pc->hints, pc->nhints, &read);
 		LockBuffer(pc->buf, BUFFER_LOCK_SHARE);
 		pc->blkno = blkno;
+		if (read)
+			CursorReadAhead(pc, blkno);
 	}
 	return TvPagePayload(BufferGetPage(pc->buf));
 }
@@ -519,7 +585,7 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 	Size		S = meta->block_bytes;
 	TvListEntry *entries = palloc(sizeof(TvListEntry) * meta->lists);
 	SplitBlock	sb;
-	PageCursor	pc = {InvalidBuffer, InvalidBlockNumber};
+	PageCursor	pc;
 
 	TvReadStream(index, 0, sizeof(TvListEntry) * meta->lists, (char *) entries, NULL);
 	/* no data page is locked here: the metapage comes first in lock order */
@@ -532,12 +598,21 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 	nblocks = TvBlockCount(meta);
 	CheckStreamPages(index, meta, nblocks);
 	SplitBlockInit(&sb, S);
+	CursorInit(&pc, so, index, TV_FIRST_DATA_BLKNO + meta->ndatapages);
 	for (int k = 0; k < so->nprobe; k++)
 	{
 		int			list = so->list_order[k];
 		uint32		next = entries[list].tail;
+		uint32		len = entries[list].nblocks;
 		uint64		steps = 0;
 		float		qc = ListOffset(so, meta, list);
+
+		/* a laid-out list is the run of blocks [tail - nblocks, tail) */
+		if (next != 0 && len != 0 && len <= next && next <= nblocks)
+			CursorExpect(&pc, TV_FIRST_DATA_BLKNO +
+						 TvBlockOffset(meta, next - len) / TV_PAGE_PAYLOAD);
+		else
+			CursorExpect(&pc, InvalidBlockNumber);
 
 		while (next != 0)
 		{
@@ -553,24 +628,26 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 			first = TV_FIRST_DATA_BLKNO + off / TV_PAGE_PAYLOAD;
 			last = TV_FIRST_DATA_BLKNO + (off + S - 1) / TV_PAGE_PAYLOAD;
 			if (first == last)
-				p = CursorPayload(so, index, &pc, first) + off % TV_PAGE_PAYLOAD;
+				p = CursorPayload(&pc, first) + off % TV_PAGE_PAYLOAD;
 			else
 			{
 				/*
 				 * From the last page down, so the page this block starts on,
 				 * where the previous block of a laid-out list ends, stays
-				 * pinned.
+				 * pinned, and so does a header that lies on it whole.
 				 */
-				SplitBlockBegin(&sb, off, S);
+				bool		header_whole = (off % TV_PAGE_PAYLOAD + TV_BLOCK_CODES_OFFSET <= TV_PAGE_PAYLOAD);
+
+				SplitBlockBegin(&sb, off, S, !header_whole);
 				for (BlockNumber pg = last;; pg--)
 				{
 					uint64		page_start = (uint64) (pg - TV_FIRST_DATA_BLKNO) * TV_PAGE_PAYLOAD;
 
-					SplitBlockAdd(so, &sb, CursorPayload(so, index, &pc, pg), page_start);
+					SplitBlockAdd(so, &sb, CursorPayload(&pc, pg), page_start);
 					if (pg == first)
 						break;
 				}
-				p = sb.header;
+				p = header_whole ? CursorPayload(&pc, first) + off % TV_PAGE_PAYLOAD : sb.header;
 			}
 			memcpy(&owner, p + TV_BLOCK_LIST_OFFSET, sizeof(uint32));
 			if (owner != (uint32) list)
@@ -578,8 +655,15 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 			if (first == last)
 				ScoreBlock(so, p, next - 1, qc, heap);
 			else
-				SplitBlockFinish(so, &sb, next - 1, qc, heap);
-			memcpy(&next, p + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
+				SplitBlockFinish(so, &sb, p, next - 1, qc, heap);
+			{
+				uint32		here = next;
+
+				memcpy(&next, p + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
+				/* the list is not laid out after all: stop reading ahead */
+				if (next != 0 && next != here - 1)
+					CursorExpect(&pc, InvalidBlockNumber);
+			}
 			/* a long list: let go of the page now and then to take interrupts */
 			if ((steps & 255) == 0)
 			{
@@ -611,6 +695,8 @@ CollectCandidates(IndexScanDesc scan, CandidateHeap *heap)
 	uint64		block = 0;
 	Size		S;
 	SplitBlock	sb;
+	Buffer	   *hints;
+	BlockNumber nhints;
 
 	TvReadMeta(index, &meta);
 	S = meta.block_bytes;
@@ -626,15 +712,16 @@ CollectCandidates(IndexScanDesc scan, CandidateHeap *heap)
 	npages = TvStreamPages(&meta, nblocks);
 
 	SplitBlockInit(&sb, S);
+	hints = TvBufferHints(index, TV_FIRST_DATA_BLKNO + npages, &nhints);
 	for (uint64 p = 0; p < npages && block < nblocks; p++)
 	{
 		Buffer		buf;
 		const char *payload;
 		uint64		page_start = p * TV_PAGE_PAYLOAD;
 		Size		pos = 0;
+		bool		read;
 
-		buf = ReadBufferExtended(index, MAIN_FORKNUM, TV_FIRST_DATA_BLKNO + p,
-								 RBM_NORMAL, so->bas);
+		buf = TvPinPage(index, TV_FIRST_DATA_BLKNO + p, so->bas, hints, nhints, &read);
 		LockBuffer(buf, BUFFER_LOCK_SHARE);
 		payload = TvPagePayload(BufferGetPage(buf));
 
@@ -643,7 +730,7 @@ CollectCandidates(IndexScanDesc scan, CandidateHeap *heap)
 		{
 			if (SplitBlockAdd(so, &sb, payload, page_start))
 			{
-				SplitBlockFinish(so, &sb, block, 0, heap);
+				SplitBlockFinish(so, &sb, sb.header, block, 0, heap);
 				block++;
 				pos = sb.off + S - page_start;
 			}
@@ -660,7 +747,7 @@ CollectCandidates(IndexScanDesc scan, CandidateHeap *heap)
 			}
 			else
 			{
-				SplitBlockBegin(&sb, page_start + pos, S);
+				SplitBlockBegin(&sb, page_start + pos, S, true);
 				SplitBlockAdd(so, &sb, payload, page_start);
 				pos = TV_PAGE_PAYLOAD;
 			}

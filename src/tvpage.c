@@ -16,6 +16,7 @@
 #include "executor/executor.h"
 #include "executor/instrument.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "storage/bufmgr.h"
 #include "storage/lmgr.h"
 #include "utils/hsearch.h"
@@ -564,7 +565,12 @@ TvPinPage(Relation index, BlockNumber blkno, BufferAccessStrategy strategy,
 	*read = false;
 	if (blkno < nhints && BufferIsValid(hints[blkno]) &&
 		TvReadRecentBuffer(index, MAIN_FORKNUM, blkno, hints[blkno]))
+	{
+		/* counted in pg_statio_*_indexes as ReadBuffer would count it */
+		pgstat_count_buffer_read(index);
+		pgstat_count_buffer_hit(index);
 		return hints[blkno];
+	}
 	reads = pgBufferUsage.shared_blks_read + pgBufferUsage.local_blks_read;
 	buf = ReadBufferExtended(index, MAIN_FORKNUM, blkno, RBM_NORMAL, strategy);
 	*read = (pgBufferUsage.shared_blks_read + pgBufferUsage.local_blks_read != reads);

@@ -245,6 +245,9 @@ extern void TvCommitBuffer(Buffer buf, GenericXLogState *state);
 extern void TvReadStream(Relation index, uint64 offset, Size len, char *out,
 						 BufferAccessStrategy strategy);
 extern const float *TvCachedCentroids(Relation index, const float **cnorms);
+extern Buffer *TvBufferHints(Relation index, BlockNumber npages, BlockNumber *nhints);
+extern Buffer TvPinPage(Relation index, BlockNumber blkno, BufferAccessStrategy strategy,
+						Buffer *hints, BlockNumber nhints, bool *read);
 extern size_t TvEncodeWorkFloats(const TvCodec *codec);
 extern bool TvEncodeVector(const TvCodec *codec, TvMetric metric, const float *centroid,
 						   const float *x, uint8 *code, TvFactors *factors,

@@ -125,6 +125,26 @@ typedef void (*TvScoreBlockFn) (const TvQueryLut *lut,
 								const uint8_t *block_codes, float *out);
 
 extern TvScoreBlockFn tv_score_block;
+
+/*
+ * Scoring a block whose codes are not contiguous (a block that crosses
+ * index pages) in pieces.  tv_sum_groups adds, for each lane (in lane
+ * order), the LUT entries of groups [g0, g0 + ngroups) to sums; codes
+ * points at group g0's bytes, which run contiguously for the ngroups
+ * groups.  Once every group has been summed exactly once, in any order and
+ * any split, tv_finish_sums writes what tv_score_block would have: the
+ * integer sums are the same, and so are the two float operations after.
+ */
+typedef void (*TvSumGroupsFn) (const TvQueryLut *lut, const uint8_t *codes,
+							   int g0, int ngroups, uint32_t *sums);
+
+extern TvSumGroupsFn tv_sum_groups;
+extern void tv_sum_groups_scalar(const TvQueryLut *lut, const uint8_t *codes,
+								 int g0, int ngroups, uint32_t *sums);
+extern void tv_sum_groups_avx2(const TvQueryLut *lut, const uint8_t *codes,
+							   int g0, int ngroups, uint32_t *sums);
+extern void tv_finish_sums(const TvQueryLut *lut, const uint32_t *sums,
+						   float *out);
 extern void tv_score_block_scalar(const TvQueryLut *lut,
 								  const uint8_t *block_codes, float *out);
 extern bool tv_kernels_have_avx2(void);

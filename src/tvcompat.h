@@ -20,6 +20,15 @@
 #define TvRelFileNumber(rel)	((rel)->rd_node.relNode)
 #endif
 
+/* 16 gave ReadRecentBuffer() a RelFileLocator instead of a RelFileNode */
+#if PG_VERSION_NUM >= 160000
+#define TvReadRecentBuffer(rel, fork, blkno, buf) \
+	ReadRecentBuffer((rel)->rd_locator, (fork), (blkno), (buf))
+#else
+#define TvReadRecentBuffer(rel, fork, blkno, buf) \
+	ReadRecentBuffer((rel)->rd_node, (fork), (blkno), (buf))
+#endif
+
 /* 16 replaced pg_class_ownercheck() by object_ownercheck() */
 #if PG_VERSION_NUM >= 160000
 #define TvOwnerCheck(relid)	object_ownercheck(RelationRelationId, (relid), GetUserId())

@@ -38,13 +38,17 @@
 
 /* Portable until tv_kernels_init says otherwise */
 TvScoreBlockFn tv_score_block = tv_score_block_scalar;
+TvSumGroupsFn tv_sum_groups = tv_sum_groups_scalar;
 
-/* Reference kernel; it reads the layout documented in tvcodec.c */
+/*
+ * Reference summation of groups [g0, g0 + ngroups), their codes at codes;
+ * it reads the layout documented in tvcodec.c.  Adds to sums, lane order.
+ */
 void
-tv_score_block_scalar(const TvQueryLut *lut, const uint8_t *block_codes,
-					  float *out)
+tv_sum_groups_scalar(const TvQueryLut *lut, const uint8_t *codes, int g0,
+					 int ngroups, uint32_t *sums)
 {
-	uint32_t	sums[TV_LANES];
+	const uint8_t *lut0 = lut->lut + (size_t) 16 * g0;
 	int			g,
 				j;
 
@@ -53,20 +57,20 @@ tv_score_block_scalar(const TvQueryLut *lut, const uint8_t *block_codes,
 	{
 		for (j = 0; j < TV_LANES; j++)
 		{
-			const uint8_t *p = block_codes;
-			const uint8_t *t = lut->lut;
+			const uint8_t *p = codes;
+			const uint8_t *t = lut0;
 			int			lshift = 2 * (j >> 3);
 			int			hshift = j >> 2;
 			uint32_t	sum = 0;
 
-			for (g = 0; g < lut->ngroups; g++, p += 12, t += 16)
+			for (g = 0; g < ngroups; g++, p += 12, t += 16)
 			{
 				int			lo = (p[j & 7] >> lshift) & 3;
 				int			hi = (p[8 + (j & 3)] >> hshift) & 1;
 
 				sum += t[lo | (hi << 2)];
 			}
-			sums[j] = sum;
+			sums[j] += sum;
 		}
 	}
 	else
@@ -74,23 +78,42 @@ tv_score_block_scalar(const TvQueryLut *lut, const uint8_t *block_codes,
 		/* 2 and 4 bits share the nibble layout */
 		for (j = 0; j < 16; j++)
 		{
-			const uint8_t *p = block_codes + j;
-			const uint8_t *t = lut->lut;
+			const uint8_t *p = codes + j;
+			const uint8_t *t = lut0;
 			uint32_t	lo = 0,
 						hi = 0;
 
-			for (g = 0; g < lut->ngroups; g++, p += 16, t += 16)
+			for (g = 0; g < ngroups; g++, p += 16, t += 16)
 			{
 				lo += t[*p & 0x0F];
 				hi += t[*p >> 4];
 			}
-			sums[j] = lo;
-			sums[j + 16] = hi;
+			sums[j] += lo;
+			sums[j + 16] += hi;
 		}
 	}
+}
+
+/* The estimates from complete sums: the last step of every kernel */
+void
+tv_finish_sums(const TvQueryLut *lut, const uint32_t *sums, float *out)
+{
+	int			j;
 
 	for (j = 0; j < TV_LANES; j++)
 		out[j] = lut->bias + lut->scale * (float) sums[j];
+}
+
+/* Reference kernel: all groups of a contiguous block */
+void
+tv_score_block_scalar(const TvQueryLut *lut, const uint8_t *block_codes,
+					  float *out)
+{
+	uint32_t	sums[TV_LANES];
+
+	memset(sums, 0, sizeof(sums));
+	tv_sum_groups_scalar(lut, block_codes, 0, lut->ngroups, sums);
+	tv_finish_sums(lut, sums, out);
 }
 
 #ifdef TV_X86
@@ -269,28 +292,25 @@ Groups3(TvSums *s, const uint8_t *codes, const uint8_t *lut, int ngroups)
 	Flush3(s, a, b);
 }
 
-/* Vector version of the scalar kernel; same integer sums, same rounding */
-TV_AVX2 void
-tv_score_block_avx2(const TvQueryLut *lut, const uint8_t *block_codes,
-					float *out)
+/*
+ * Add groups [g0, g0 + ngroups), their codes at codes, to the sums.  The
+ * 16-bit counters are folded every 256 pairs (256 groups at 3 bits), so a
+ * piece of any length is safe.
+ */
+static inline TV_AVX2 void
+AccumulateGroups(TvSums *s, const TvQueryLut *lut, const uint8_t *codes,
+				 int g0, int ngroups)
 {
-	TvSums		s;
-	int			ngroups = lut->ngroups;
+	const uint8_t *lut0 = lut->lut + (size_t) 16 * g0;
 	int			k,
 				n;
-	__m256i		lo,
-				hi;
-	__m256		scale = _mm256_set1_ps(lut->scale);
-	__m256		bias = _mm256_set1_ps(lut->bias);
-
-	s.e[0] = s.e[1] = s.o[0] = s.o[1] = _mm256_setzero_si256();
 
 	if (lut->bits == 3)
 	{
 		for (k = 0; k < ngroups; k += n)
 		{
 			n = ngroups - k < 256 ? ngroups - k : 256;
-			Groups3(&s, block_codes + (size_t) 12 * k, lut->lut + (size_t) 16 * k, n);
+			Groups3(s, codes + (size_t) 12 * k, lut0 + (size_t) 16 * k, n);
 		}
 	}
 	else
@@ -301,24 +321,73 @@ tv_score_block_avx2(const TvQueryLut *lut, const uint8_t *block_codes,
 		for (k = 0; k < npairs; k += n)
 		{
 			n = npairs - k < 256 ? npairs - k : 256;
-			NibblePairs(&s, block_codes + (size_t) 32 * k, lut->lut + (size_t) 32 * k, n);
+			NibblePairs(s, codes + (size_t) 32 * k, lut0 + (size_t) 32 * k, n);
 		}
 		if (ngroups & 1)
-			NibbleLast(&s, block_codes + (size_t) 16 * (ngroups - 1),
-					   lut->lut + (size_t) 16 * (ngroups - 1));
+			NibbleLast(s, codes + (size_t) 16 * (ngroups - 1),
+					   lut0 + (size_t) 16 * (ngroups - 1));
 	}
+}
+
+/*
+ * The sums in lane order: lanes 16k..16k+7 in *lo8, 16k+8..16k+15 in *hi8.
+ */
+static inline TV_AVX2 void
+LaneOrder(const TvSums *s, int k, __m256i *lo8, __m256i *hi8)
+{
+	__m256i		lo = _mm256_unpacklo_epi32(s->e[k], s->o[k]);
+	__m256i		hi = _mm256_unpackhi_epi32(s->e[k], s->o[k]);
+
+	*lo8 = _mm256_permute2x128_si256(lo, hi, 0x20);
+	*hi8 = _mm256_permute2x128_si256(lo, hi, 0x31);
+}
+
+/* Vector version of the scalar kernel; same integer sums, same rounding */
+TV_AVX2 void
+tv_score_block_avx2(const TvQueryLut *lut, const uint8_t *block_codes,
+					float *out)
+{
+	TvSums		s;
+	int			k;
+	__m256		scale = _mm256_set1_ps(lut->scale);
+	__m256		bias = _mm256_set1_ps(lut->bias);
+
+	s.e[0] = s.e[1] = s.o[0] = s.o[1] = _mm256_setzero_si256();
+	AccumulateGroups(&s, lut, block_codes, 0, lut->ngroups);
 
 	/* Back to lane order, then bias + scale * sum as in the scalar code */
 	for (k = 0; k < 2; k++)
 	{
-		lo = _mm256_unpacklo_epi32(s.e[k], s.o[k]);
-		hi = _mm256_unpackhi_epi32(s.e[k], s.o[k]);
+		__m256i		a,
+					b;
+
+		LaneOrder(&s, k, &a, &b);
 		_mm256_storeu_ps(out + 16 * k,
-						 _mm256_add_ps(bias, _mm256_mul_ps(scale,
-														   _mm256_cvtepi32_ps(_mm256_permute2x128_si256(lo, hi, 0x20)))));
+						 _mm256_add_ps(bias, _mm256_mul_ps(scale, _mm256_cvtepi32_ps(a))));
 		_mm256_storeu_ps(out + 16 * k + 8,
-						 _mm256_add_ps(bias, _mm256_mul_ps(scale,
-														   _mm256_cvtepi32_ps(_mm256_permute2x128_si256(lo, hi, 0x31)))));
+						 _mm256_add_ps(bias, _mm256_mul_ps(scale, _mm256_cvtepi32_ps(b))));
+	}
+}
+
+/* Vector version of tv_sum_groups_scalar */
+TV_AVX2 void
+tv_sum_groups_avx2(const TvQueryLut *lut, const uint8_t *codes, int g0,
+				   int ngroups, uint32_t *sums)
+{
+	TvSums		s;
+	int			k;
+
+	s.e[0] = s.e[1] = s.o[0] = s.o[1] = _mm256_setzero_si256();
+	AccumulateGroups(&s, lut, codes, g0, ngroups);
+	for (k = 0; k < 2; k++)
+	{
+		__m256i		a,
+					b;
+		__m256i    *p = (__m256i *) (sums + 16 * k);
+
+		LaneOrder(&s, k, &a, &b);
+		_mm256_storeu_si256(p, _mm256_add_epi32(_mm256_loadu_si256(p), a));
+		_mm256_storeu_si256(p + 1, _mm256_add_epi32(_mm256_loadu_si256(p + 1), b));
 	}
 }
 
@@ -330,7 +399,7 @@ tv_kernels_have_avx2(void)
 	return false;
 }
 
-/* Never chosen here; kept so the symbol exists on every platform */
+/* Never chosen here; kept so the symbols exist on every platform */
 void
 tv_score_block_avx2(const TvQueryLut *lut, const uint8_t *block_codes,
 					float *out)
@@ -338,13 +407,22 @@ tv_score_block_avx2(const TvQueryLut *lut, const uint8_t *block_codes,
 	tv_score_block_scalar(lut, block_codes, out);
 }
 
+void
+tv_sum_groups_avx2(const TvQueryLut *lut, const uint8_t *codes, int g0,
+				   int ngroups, uint32_t *sums)
+{
+	tv_sum_groups_scalar(lut, codes, g0, ngroups, sums);
+}
+
 #endif							/* TV_X86 */
 
 void
 tv_kernels_init(void)
 {
-	tv_score_block = tv_kernels_have_avx2() ? tv_score_block_avx2
-		: tv_score_block_scalar;
+	bool		avx2 = tv_kernels_have_avx2();
+
+	tv_score_block = avx2 ? tv_score_block_avx2 : tv_score_block_scalar;
+	tv_sum_groups = avx2 ? tv_sum_groups_avx2 : tv_sum_groups_scalar;
 }
 
 const char *

@@ -14,7 +14,9 @@
 #include "access/generic_xlog.h"
 #include "catalog/index.h"
 #include "executor/executor.h"
+#include "executor/instrument.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "storage/bufmgr.h"
 #include "storage/lmgr.h"
 #include "utils/hsearch.h"
@@ -277,6 +279,8 @@ typedef struct TvIndexCache
 	float	   *cnorms;
 	FmgrInfo   *toarray;
 	bool		have_toarray;
+	Buffer	   *hints;			/* TvBufferHints */
+	BlockNumber nhints;
 } TvIndexCache;
 
 typedef struct TvIndexCacheRef
@@ -499,6 +503,80 @@ TvCachedCentroids(Relation index, const float **cnorms)
 	if (cnorms)
 		*cnorms = state->cnorms;
 	return state->centroids;
+}
+
+/*
+ * The buffer this backend last found each page of the index in, indexed by
+ * block number, for ReadRecentBuffer (TvPinPage): a scan that pins a page
+ * through it skips the buffer mapping table.  A hint is never trusted:
+ * ReadRecentBuffer checks that the buffer still holds the page, and a wrong
+ * hint costs only the normal lookup.  Sized for npages pages, at most
+ * TV_MAX_BUFFER_HINTS (pages past that get no hint); *nhints says how many.
+ * The array lives in the index's cache context, so it outlasts scans and
+ * relcache flushes, and goes with the relfilenode.
+ */
+#define TV_MAX_BUFFER_HINTS		(1 << 22)	/* 32 GB of index, 16 MB of hints */
+
+Buffer *
+TvBufferHints(Relation index, BlockNumber npages, BlockNumber *nhints)
+{
+	TvIndexCache *cache;
+
+	if (RelationUsesLocalBuffers(index))
+	{
+		*nhints = 0;
+		return NULL;
+	}
+	cache = GetIndexCache(index);
+	npages = Min(npages, TV_MAX_BUFFER_HINTS);
+	if (npages > cache->nhints)
+	{
+		/* grow by half again at least, so appends do not copy every time */
+		BlockNumber n = Max(npages, Min(cache->nhints + cache->nhints / 2,
+										TV_MAX_BUFFER_HINTS));
+		Buffer	   *hints = MemoryContextAllocHuge(cache->cxt, sizeof(Buffer) * n);
+
+		if (cache->hints)
+		{
+			memcpy(hints, cache->hints, sizeof(Buffer) * cache->nhints);
+			pfree(cache->hints);
+		}
+		for (BlockNumber i = cache->nhints; i < n; i++)
+			hints[i] = InvalidBuffer;
+		cache->hints = hints;
+		cache->nhints = n;
+	}
+	*nhints = cache->nhints;
+	return cache->hints;
+}
+
+/*
+ * Pin page blkno of the index, through its hint when the hint still holds
+ * (no buffer mapping lookup), else with ReadBufferExtended, and remember
+ * where it was found.  *read is set when the page had to be read in.
+ */
+Buffer
+TvPinPage(Relation index, BlockNumber blkno, BufferAccessStrategy strategy,
+		  Buffer *hints, BlockNumber nhints, bool *read)
+{
+	Buffer		buf;
+	int64		reads;
+
+	*read = false;
+	if (blkno < nhints && BufferIsValid(hints[blkno]) &&
+		TvReadRecentBuffer(index, MAIN_FORKNUM, blkno, hints[blkno]))
+	{
+		/* counted in pg_statio_*_indexes as ReadBuffer would count it */
+		pgstat_count_buffer_read(index);
+		pgstat_count_buffer_hit(index);
+		return hints[blkno];
+	}
+	reads = pgBufferUsage.shared_blks_read + pgBufferUsage.local_blks_read;
+	buf = ReadBufferExtended(index, MAIN_FORKNUM, blkno, RBM_NORMAL, strategy);
+	*read = (pgBufferUsage.shared_blks_read + pgBufferUsage.local_blks_read != reads);
+	if (blkno < nhints)
+		hints[blkno] = buf;
+	return buf;
 }
 
 /* Scratch floats TvEncodeVector needs: the codec's, then the residual */

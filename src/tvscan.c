@@ -192,25 +192,25 @@ HeapOffer(CandidateHeap *h, const TvCandidate *c)
 }
 
 /*
- * Offer the live lanes of one block (its bytes contiguous at blk).  The
- * estimates of all 32 lanes are computed in one branch-free loop over the
- * block's factor arrays; only lanes that can enter the heap go further.
+ * Offer the live lanes of one block, given its header (the bytes before its
+ * codes) and the kernel's scores of its 32 lanes (unused for a NULL query).
+ * The estimates of all 32 lanes are computed in one branch-free loop over
+ * the block's factor arrays; only lanes that can enter the heap go further.
  * qc is <q, c> of the block's list when its codes are of residuals, else 0:
  * then <q, x> ~ qc + ipscale * score, and under cosine x is a unit vector.
  */
 static void
-ScoreBlock(TvScanOpaque so, const char *blk, uint64 block, float qc,
-		   CandidateHeap *heap)
+OfferLanes(TvScanOpaque so, const char *hdr, const float *scores, uint64 block,
+		   float qc, CandidateHeap *heap)
 {
 	uint32		live;
-	float		scores[TV_LANES];
 	float		norm[TV_LANES];
 	float		ipscale[TV_LANES];
 	float		est[TV_LANES];
 	float		limit;
 	TvMetric	metric = so->state->metric;
 
-	memcpy(&live, blk + TV_BLOCK_LIVE_OFFSET, sizeof(uint32));
+	memcpy(&live, hdr + TV_BLOCK_LIVE_OFFSET, sizeof(uint32));
 	if (live == 0)
 		return;
 
@@ -218,9 +218,8 @@ ScoreBlock(TvScanOpaque so, const char *blk, uint64 block, float qc,
 		memset(est, 0, sizeof(est));
 	else
 	{
-		tv_score_block(so->lut, (const uint8 *) blk + TV_BLOCK_CODES_OFFSET, scores);
-		memcpy(norm, blk + TV_BLOCK_NORM_OFFSET, sizeof(norm));
-		memcpy(ipscale, blk + TV_BLOCK_IPSCALE_OFFSET, sizeof(ipscale));
+		memcpy(norm, hdr + TV_BLOCK_NORM_OFFSET, sizeof(norm));
+		memcpy(ipscale, hdr + TV_BLOCK_IPSCALE_OFFSET, sizeof(ipscale));
 		if (metric == TV_METRIC_L2)
 		{
 			for (int l = 0; l < TV_LANES; l++)
@@ -251,13 +250,183 @@ ScoreBlock(TvScanOpaque so, const char *blk, uint64 block, float qc,
 			continue;
 		c.est = est[lane];
 		c.slot = block * TV_LANES + lane;
-		memcpy(&c.tid, blk + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
+		memcpy(&c.tid, hdr + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
 			   sizeof(ItemPointerData));
 		if (so->seen && hash_search(so->seen, &c.tid, HASH_FIND, NULL) != NULL)
 			continue;
 		HeapOffer(heap, &c);
 		limit = (heap->n < heap->cap) ? get_float4_infinity() : heap->items[0].est;
 	}
+}
+
+/* Offer the live lanes of one block whose bytes are contiguous at blk */
+static void
+ScoreBlock(TvScanOpaque so, const char *blk, uint64 block, float qc,
+		   CandidateHeap *heap)
+{
+	uint32		live;
+	float		scores[TV_LANES];
+
+	memcpy(&live, blk + TV_BLOCK_LIVE_OFFSET, sizeof(uint32));
+	if (live == 0)
+		return;
+	if (!so->nullquery)
+		tv_score_block(so->lut, (const uint8 *) blk + TV_BLOCK_CODES_OFFSET, scores);
+	OfferLanes(so, blk, scores, block, qc, heap);
+}
+
+/*
+ * A block that crosses page boundaries, scored from the pieces each page
+ * holds, so its codes are never copied out.  The kernel sums the code groups
+ * lying wholly on a page where they lie; only the header (the bytes before
+ * the codes) and the groups a page boundary cuts in two are copied.  Stream
+ * offsets of blocks and page payloads are multiples of 8 and a group is 12
+ * or 16 bytes (CODEC.md), so a boundary can fall inside a group; each
+ * boundary cuts at most one.  The integer sums do not depend on how the
+ * groups are split or in which order the pages come, so the scores are
+ * bit for bit those of the whole block (tv_finish_sums).
+ */
+typedef struct SplitGroup
+{
+	int			group;			/* group number in the block */
+	int			filled;			/* bytes of it copied so far */
+	uint8		bytes[16];
+} SplitGroup;
+
+typedef struct SplitBlock
+{
+	uint64		off;			/* stream offset of the block */
+	Size		size;			/* its bytes, the metapage's block_bytes */
+	Size		left;			/* bytes of it not seen yet */
+	bool		copy_header;	/* false: the caller reads it in place */
+	uint32		sums[TV_LANES];
+	char		header[TV_BLOCK_CODES_OFFSET];
+	int			ngroups;		/* cut groups waiting for their other part */
+	int			maxgroups;
+	SplitGroup *groups;
+} SplitBlock;
+
+static void
+SplitBlockInit(SplitBlock *sb, Size S)
+{
+	/* a block of S bytes crosses at most S / P + 1 page boundaries */
+	sb->maxgroups = (int) (S / TV_PAGE_PAYLOAD) + 2;
+	sb->groups = palloc(sizeof(SplitGroup) * sb->maxgroups);
+	sb->left = 0;
+}
+
+static void
+SplitBlockBegin(SplitBlock *sb, uint64 off, Size S, bool copy_header)
+{
+	sb->off = off;
+	sb->copy_header = copy_header;
+	sb->size = S;
+	sb->left = S;
+	sb->ngroups = 0;
+	memset(sb->sums, 0, sizeof(sb->sums));
+}
+
+/* Copy part of a cut group; sum it once it is whole */
+static void
+SplitGroupAdd(TvScanOpaque so, SplitBlock *sb, int group, Size at,
+			  const char *src, Size n)
+{
+	int			gb = so->state->codec->group_bytes;
+	int			i;
+	SplitGroup *g;
+
+	for (i = 0; i < sb->ngroups; i++)
+		if (sb->groups[i].group == group)
+			break;
+	if (i == sb->ngroups)
+	{
+		if (sb->ngroups >= sb->maxgroups)
+			elog(ERROR, "turbo scan: too many cut groups in one block");
+		g = &sb->groups[sb->ngroups++];
+		g->group = group;
+		g->filled = 0;
+	}
+	g = &sb->groups[i];
+	Assert(at + n <= (Size) gb);
+	memcpy(g->bytes + at, src, n);
+	g->filled += (int) n;
+	if (g->filled == gb)
+	{
+		tv_sum_groups(so->lut, g->bytes, group, 1, sb->sums);
+		sb->groups[i] = sb->groups[--sb->ngroups];
+	}
+}
+
+/*
+ * Take in the part of the block that lies on the data page whose payload
+ * carries stream bytes [page_start, page_start + P).  True once every byte
+ * of the block has been seen.
+ */
+static bool
+SplitBlockAdd(TvScanOpaque so, SplitBlock *sb, const char *payload,
+			  uint64 page_start)
+{
+	uint64		lo = Max(page_start, sb->off);
+	uint64		hi = Min(page_start + TV_PAGE_PAYLOAD, sb->off + sb->size);
+	Size		rlo = lo - sb->off;
+	Size		rhi = hi - sb->off;
+
+	Assert(lo < hi && hi - lo <= sb->left);
+	/* the header */
+	if (rlo < TV_BLOCK_CODES_OFFSET && sb->copy_header)
+		memcpy(sb->header + rlo, payload + (lo - page_start),
+			   Min(rhi, TV_BLOCK_CODES_OFFSET) - rlo);
+	/* the codes on this page, [clo, chi) counted from the first code byte */
+	if (!so->nullquery && rhi > TV_BLOCK_CODES_OFFSET &&
+		rlo < TV_BLOCK_CODES_OFFSET + (Size) so->state->codec->block_code_bytes)
+	{
+		Size		gb = so->state->codec->group_bytes;
+		Size		code_bytes = so->state->codec->block_code_bytes;
+		Size		clo = Max(rlo, TV_BLOCK_CODES_OFFSET) - TV_BLOCK_CODES_OFFSET;
+		Size		chi = Min(rhi, TV_BLOCK_CODES_OFFSET + code_bytes) - TV_BLOCK_CODES_OFFSET;
+		Size		gfirst = (clo + gb - 1) / gb;	/* first whole group */
+		Size		gend = chi / gb;	/* past the last whole group */
+
+#define CodeAt(c) (payload + (sb->off + TV_BLOCK_CODES_OFFSET + (c) - page_start))
+		if (gfirst < gend)
+			tv_sum_groups(so->lut, (const uint8 *) CodeAt(gfirst * gb),
+						  (int) gfirst, (int) (gend - gfirst), sb->sums);
+		if (clo % gb != 0)
+		{
+			/* the group the page starts inside */
+			Size		g = clo / gb;
+			Size		end = Min(chi, (g + 1) * gb);
+
+			SplitGroupAdd(so, sb, (int) g, clo - g * gb, CodeAt(clo), end - clo);
+		}
+		if (chi % gb != 0 && (clo % gb == 0 || chi / gb != clo / gb))
+		{
+			/* the group the page ends inside, if not the one above */
+			Size		g = chi / gb;
+			Size		start = Max(clo, g * gb);
+
+			SplitGroupAdd(so, sb, (int) g, start - g * gb, CodeAt(start), chi - start);
+		}
+#undef CodeAt
+	}
+	sb->left -= hi - lo;
+	return sb->left == 0;
+}
+
+/*
+ * Offer the lanes of a split block once all of it has been seen; hdr is
+ * its header, sb->header or in place.
+ */
+static void
+SplitBlockFinish(TvScanOpaque so, SplitBlock *sb, const char *hdr,
+				 uint64 block, float qc, CandidateHeap *heap)
+{
+	float		scores[TV_LANES];
+
+	Assert(sb->left == 0 && sb->ngroups == 0);
+	if (!so->nullquery)
+		tv_finish_sums(so->lut, sb->sums, scores);
+	OfferLanes(so, hdr, scores, block, qc, heap);
 }
 
 /* What ScoreBlock adds for a list: <q, c> for residual codes, else 0 */
@@ -296,23 +465,84 @@ BrokenChain(Relation index, int list)
 			 errhint("REINDEX the index.")));
 }
 
-/* One pinned, share-locked data page at a time, for walking list chains */
+/*
+ * One pinned, share-locked data page at a time, for walking list chains.
+ * Pages are pinned through the backend's buffer hints (TvPinPage), so a
+ * page found where it was last time costs no buffer mapping lookup.  When a
+ * page has to be read in, the cursor reads ahead: it prefetches the pages
+ * below it that the rest of a laid-out list occupies, [ra_floor, page),
+ * at most TV_READAHEAD_PAGES at a time.
+ */
+#define TV_READAHEAD_PAGES		32
+
 typedef struct PageCursor
 {
+	Relation	index;
+	BufferAccessStrategy bas;
 	Buffer		buf;
 	BlockNumber blkno;
+	Buffer	   *hints;
+	BlockNumber nhints;
+	BlockNumber ra_floor;		/* lowest page the list is expected on */
+	BlockNumber ra_low;			/* pages from here up were prefetched */
 } PageCursor;
 
+static void
+CursorInit(PageCursor *pc, TvScanOpaque so, Relation index, BlockNumber npages)
+{
+	pc->index = index;
+	pc->bas = so->bas;
+	pc->buf = InvalidBuffer;
+	pc->blkno = InvalidBlockNumber;
+	pc->hints = TvBufferHints(index, npages, &pc->nhints);
+	pc->ra_floor = InvalidBlockNumber;
+	pc->ra_low = InvalidBlockNumber;
+}
+
+/* Expect the list to continue down to page floor (InvalidBlockNumber: no guess) */
+static void
+CursorExpect(PageCursor *pc, BlockNumber floor)
+{
+	pc->ra_floor = floor;
+	pc->ra_low = InvalidBlockNumber;
+}
+
+/* A page had to be read: prefetch the next pages down the list */
+static void
+CursorReadAhead(PageCursor *pc, BlockNumber blkno)
+{
+	BlockNumber from = Min(blkno, pc->ra_low);
+	BlockNumber stop;
+
+	if (pc->ra_floor == InvalidBlockNumber || effective_io_concurrency <= 0)
+		return;
+	stop = blkno > pc->ra_floor + TV_READAHEAD_PAGES ? blkno - TV_READAHEAD_PAGES : pc->ra_floor;
+	for (BlockNumber pg = from; pg > stop;)
+	{
+		PrefetchBufferResult r;
+
+		pg--;
+		r = PrefetchBuffer(pc->index, MAIN_FORKNUM, pg);
+		if (BufferIsValid(r.recent_buffer) && pg < pc->nhints)
+			pc->hints[pg] = r.recent_buffer;
+	}
+	pc->ra_low = Min(from, stop);
+}
+
 static const char *
-CursorPayload(TvScanOpaque so, Relation index, PageCursor *pc, BlockNumber blkno)
+CursorPayload(PageCursor *pc, BlockNumber blkno)
 {
 	if (pc->blkno != blkno)
 	{
+		bool		read;
+
 		if (BufferIsValid(pc->buf))
 			UnlockReleaseBuffer(pc->buf);
-		pc->buf = ReadBufferExtended(index, MAIN_FORKNUM, blkno, RBM_NORMAL, so->bas);
+		pc->buf = TvPinPage(pc->index, blkno, pc->bas, pc->hints, pc->nhints, &read);
 		LockBuffer(pc->buf, BUFFER_LOCK_SHARE);
 		pc->blkno = blkno;
+		if (read)
+			CursorReadAhead(pc, blkno);
 	}
 	return TvPagePayload(BufferGetPage(pc->buf));
 }
@@ -354,8 +584,8 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 	uint64		nblocks;
 	Size		S = meta->block_bytes;
 	TvListEntry *entries = palloc(sizeof(TvListEntry) * meta->lists);
-	char	   *blk = palloc(S);
-	PageCursor	pc = {InvalidBuffer, InvalidBlockNumber};
+	SplitBlock	sb;
+	PageCursor	pc;
 
 	TvReadStream(index, 0, sizeof(TvListEntry) * meta->lists, (char *) entries, NULL);
 	/* no data page is locked here: the metapage comes first in lock order */
@@ -367,12 +597,22 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 	meta = &now;
 	nblocks = TvBlockCount(meta);
 	CheckStreamPages(index, meta, nblocks);
+	SplitBlockInit(&sb, S);
+	CursorInit(&pc, so, index, TV_FIRST_DATA_BLKNO + meta->ndatapages);
 	for (int k = 0; k < so->nprobe; k++)
 	{
 		int			list = so->list_order[k];
 		uint32		next = entries[list].tail;
+		uint32		len = entries[list].nblocks;
 		uint64		steps = 0;
 		float		qc = ListOffset(so, meta, list);
+
+		/* a laid-out list is the run of blocks [tail - nblocks, tail) */
+		if (next != 0 && len != 0 && len <= next && next <= nblocks)
+			CursorExpect(&pc, TV_FIRST_DATA_BLKNO +
+						 TvBlockOffset(meta, next - len) / TV_PAGE_PAYLOAD);
+		else
+			CursorExpect(&pc, InvalidBlockNumber);
 
 		while (next != 0)
 		{
@@ -388,27 +628,42 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 			first = TV_FIRST_DATA_BLKNO + off / TV_PAGE_PAYLOAD;
 			last = TV_FIRST_DATA_BLKNO + (off + S - 1) / TV_PAGE_PAYLOAD;
 			if (first == last)
-				p = CursorPayload(so, index, &pc, first) + off % TV_PAGE_PAYLOAD;
+				p = CursorPayload(&pc, first) + off % TV_PAGE_PAYLOAD;
 			else
 			{
+				/*
+				 * From the last page down, so the page this block starts on,
+				 * where the previous block of a laid-out list ends, stays
+				 * pinned, and so does a header that lies on it whole.
+				 */
+				bool		header_whole = (off % TV_PAGE_PAYLOAD + TV_BLOCK_CODES_OFFSET <= TV_PAGE_PAYLOAD);
+
+				SplitBlockBegin(&sb, off, S, !header_whole);
 				for (BlockNumber pg = last;; pg--)
 				{
 					uint64		page_start = (uint64) (pg - TV_FIRST_DATA_BLKNO) * TV_PAGE_PAYLOAD;
-					uint64		lo = Max(page_start, off);
-					uint64		hi = Min(page_start + TV_PAGE_PAYLOAD, off + S);
 
-					memcpy(blk + (lo - off),
-						   CursorPayload(so, index, &pc, pg) + (lo - page_start), hi - lo);
+					SplitBlockAdd(so, &sb, CursorPayload(&pc, pg), page_start);
 					if (pg == first)
 						break;
 				}
-				p = blk;
+				p = header_whole ? CursorPayload(&pc, first) + off % TV_PAGE_PAYLOAD : sb.header;
 			}
 			memcpy(&owner, p + TV_BLOCK_LIST_OFFSET, sizeof(uint32));
 			if (owner != (uint32) list)
 				BrokenChain(index, list);
-			ScoreBlock(so, p, next - 1, qc, heap);
-			memcpy(&next, p + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
+			if (first == last)
+				ScoreBlock(so, p, next - 1, qc, heap);
+			else
+				SplitBlockFinish(so, &sb, p, next - 1, qc, heap);
+			{
+				uint32		here = next;
+
+				memcpy(&next, p + TV_BLOCK_PREV_OFFSET, sizeof(uint32));
+				/* the list is not laid out after all: stop reading ahead */
+				if (next != 0 && next != here - 1)
+					CursorExpect(&pc, InvalidBlockNumber);
+			}
 			/* a long list: let go of the page now and then to take interrupts */
 			if ((steps & 255) == 0)
 			{
@@ -421,13 +676,13 @@ CollectListCandidates(IndexScanDesc scan, const TvMetaPageData *meta, CandidateH
 		CHECK_FOR_INTERRUPTS();
 	}
 	pfree(entries);
-	pfree(blk);
+	pfree(sb.groups);
 }
 
 /*
  * Read the whole block stream once and collect the window's candidates.
  * Blocks that lie inside one page are scored in place; a block that
- * straddles pages is assembled first.
+ * straddles pages is scored from its pieces on each page (SplitBlock).
  */
 static void
 CollectCandidates(IndexScanDesc scan, CandidateHeap *heap)
@@ -439,8 +694,9 @@ CollectCandidates(IndexScanDesc scan, CandidateHeap *heap)
 	uint64		npages;
 	uint64		block = 0;
 	Size		S;
-	Size		have = 0;
-	char	   *assembly;
+	SplitBlock	sb;
+	Buffer	   *hints;
+	BlockNumber nhints;
 
 	TvReadMeta(index, &meta);
 	S = meta.block_bytes;
@@ -455,21 +711,35 @@ CollectCandidates(IndexScanDesc scan, CandidateHeap *heap)
 	CheckStreamPages(index, &meta, nblocks);
 	npages = TvStreamPages(&meta, nblocks);
 
-	assembly = palloc(S);
+	SplitBlockInit(&sb, S);
+	hints = TvBufferHints(index, TV_FIRST_DATA_BLKNO + npages, &nhints);
 	for (uint64 p = 0; p < npages && block < nblocks; p++)
 	{
 		Buffer		buf;
 		const char *payload;
+		uint64		page_start = p * TV_PAGE_PAYLOAD;
 		Size		pos = 0;
+		bool		read;
 
-		buf = ReadBufferExtended(index, MAIN_FORKNUM, TV_FIRST_DATA_BLKNO + p,
-								 RBM_NORMAL, so->bas);
+		buf = TvPinPage(index, TV_FIRST_DATA_BLKNO + p, so->bas, hints, nhints, &read);
 		LockBuffer(buf, BUFFER_LOCK_SHARE);
 		payload = TvPagePayload(BufferGetPage(buf));
 
+		/* the rest of a block begun on an earlier page */
+		if (sb.left > 0)
+		{
+			if (SplitBlockAdd(so, &sb, payload, page_start))
+			{
+				SplitBlockFinish(so, &sb, sb.header, block, 0, heap);
+				block++;
+				pos = sb.off + S - page_start;
+			}
+			else
+				pos = TV_PAGE_PAYLOAD;
+		}
 		while (pos < TV_PAGE_PAYLOAD && block < nblocks)
 		{
-			if (have == 0 && pos + S <= TV_PAGE_PAYLOAD)
+			if (pos + S <= TV_PAGE_PAYLOAD)
 			{
 				ScoreBlock(so, payload + pos, block, 0, heap);
 				pos += S;
@@ -477,24 +747,16 @@ CollectCandidates(IndexScanDesc scan, CandidateHeap *heap)
 			}
 			else
 			{
-				Size		n = Min(S - have, TV_PAGE_PAYLOAD - pos);
-
-				memcpy(assembly + have, payload + pos, n);
-				have += n;
-				pos += n;
-				if (have == S)
-				{
-					ScoreBlock(so, assembly, block, 0, heap);
-					have = 0;
-					block++;
-				}
+				SplitBlockBegin(&sb, page_start + pos, S, true);
+				SplitBlockAdd(so, &sb, payload, page_start);
+				pos = TV_PAGE_PAYLOAD;
 			}
 		}
 		UnlockReleaseBuffer(buf);
 		/* no buffer lock held here */
 		CHECK_FOR_INTERRUPTS();
 	}
-	pfree(assembly);
+	pfree(sb.groups);
 }
 
 static int

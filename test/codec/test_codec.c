@@ -787,6 +787,96 @@ TestKernels(void)
 	}
 }
 
+/*
+ * Scoring a block in pieces (a block across index pages): any split of the
+ * groups, summed in any order, each piece from its own copy of the codes
+ * (so no piece can read past its end unnoticed), finishes to exactly what
+ * tv_score_block writes.
+ */
+static void
+TestSplitSums(void)
+{
+	static const int dims[] = {1, 2, 3, 31, 100, 511, 512, 513, 767, 768, 1000, 1536, 16000};
+	bool		avx2 = tv_kernels_have_avx2();
+	int			k,
+				b;
+
+	for (k = 0; k < (int) (sizeof(dims) / sizeof(dims[0])); k++)
+	{
+		int			dim = dims[k];
+
+		for (b = 0; b < 3; b++)
+		{
+			TvCodec    *c = MakeCodec(dim, bits_list[b]);
+			TvQueryLut *lut = Alloc(tv_query_lut_size(c));
+			uint8_t    *block = Alloc(c->block_code_bytes);
+			float	   *q = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * tv_codec_work_floats(c));
+			int		   *cuts = Alloc(sizeof(int) * (c->ngroups + 2));
+			int			trial,
+						same = 1;
+
+			TestSeed(11 + dim * 3 + b);
+			for (trial = 0; trial < 6; trial++)
+			{
+				float		ref[TV_LANES],
+							out[TV_LANES];
+				uint32_t	sums[TV_LANES];
+				int			ncuts = 0,
+							i,
+							kk;
+
+				FillBytes(block, c->block_code_bytes);
+				FillNormal(q, dim);
+				tv_query_prepare(c, q, lut, work);
+				if (trial == 5)
+				{
+					/* the largest bytes: counters at their limit */
+					memset(lut->lut, 0xFF, (size_t) c->ngroups * 16);
+				}
+				tv_score_block_scalar(lut, block, ref);
+
+				/* cuts: none, every group, or a few random ones */
+				cuts[ncuts++] = 0;
+				for (i = 1; i < c->ngroups; i++)
+					if (trial == 1 || (trial > 1 && TestNext() % 97 < (uint64_t) (trial * 3)))
+						cuts[ncuts++] = i;
+				cuts[ncuts] = c->ngroups;
+
+				for (kk = 0; kk < (avx2 ? 2 : 1); kk++)
+				{
+					TvSumGroupsFn fn = kk ? tv_sum_groups_avx2 : tv_sum_groups_scalar;
+
+					memset(sums, 0, sizeof(sums));
+					/* last piece first, as a scan walking down a list does */
+					for (i = ncuts - 1; i >= 0; i--)
+					{
+						int			g0 = cuts[i];
+						int			n = cuts[i + 1] - g0;
+						size_t		len = (size_t) n * c->group_bytes;
+						uint8_t    *piece = Alloc(len);
+
+						memcpy(piece, block + (size_t) g0 * c->group_bytes, len);
+						fn(lut, piece, g0, n, sums);
+						free(piece);
+					}
+					tv_finish_sums(lut, sums, out);
+					if (memcmp(ref, out, sizeof(ref)) != 0)
+						same = 0;
+				}
+			}
+			Check(same, "pieces differ from the whole block, dim %d bits %d",
+				  dim, bits_list[b]);
+			free(c);
+			free(lut);
+			free(block);
+			free(q);
+			free(work);
+			free(cuts);
+		}
+	}
+}
+
 /* All-255 LUT at the largest dim: sums must not wrap */
 static void
 TestOverflow(void)
@@ -1041,6 +1131,7 @@ main(int argc, char **argv)
 	TestInnerProduct(verbose);
 	TestBlockRoundTrip();
 	TestKernels();
+	TestSplitSums();
 	TestOverflow();
 	TestQuantization();
 

@@ -27,7 +27,7 @@ use TurboVecTest;
 srand(20261203);
 
 my $dim      = 16;
-my $delay_ms = 6000;
+my $delay_ms = 10000;
 
 my $node = start_node('resident_pin',
 	conf => preload_conf('turbovec.snapshots = off'));
@@ -78,7 +78,7 @@ ok($node->poll_query_until('postgres', $asleep),
 # An insert into the index, in the background; while it runs, or once it
 # is done, a second scan through the copy.  Waits on LWLocks and buffer
 # locks cannot be cancelled, so the test times them.
-my $quick = $delay_ms / 3000;
+my $quick = $delay_ms / 2000;
 my ($ins_out, $ins_err) = ('', '');
 my $ins_start = time();
 my $insert = IPC::Run::start(

@@ -778,33 +778,6 @@ DetachCopy(Relation index, TvResidentEntry *e)
 }
 
 /*
- * At server start, until the copy is ready, scans read the index pages,
- * and after a restart every one of them misses shared_buffers: the first
- * queries pay a read for every block they touch.
- * Read the pages into shared_buffers before loading the copy, when the
- * index takes at most 1/TV_PREWARM_FRACTION of them.  Loading reads them
- * anyway (to check a snapshot, or to copy the stream), so this costs no
- * extra reads: it only moves them ahead of the snapshot file's.
- */
-#define TV_PREWARM_FRACTION 8
-
-static void
-PrewarmPages(Relation index)
-{
-	BlockNumber nblocks = RelationGetNumberOfBlocks(index);
-
-	if (nblocks > (BlockNumber) (NBuffers / TV_PREWARM_FRACTION))
-		return;
-	for (BlockNumber blkno = 0; blkno < nblocks; blkno++)
-	{
-		CHECK_FOR_INTERRUPTS();
-		ReleaseBuffer(ReadBufferExtended(index, MAIN_FORKNUM, blkno, RBM_NORMAL, NULL));
-	}
-	elog(DEBUG1, "turbovec read the %u pages of index \"%s\" into shared_buffers",
-		 nblocks, RelationGetRelationName(index));
-}
-
-/*
  * Make the resident copy of an index current (or load its snapshot), for
  * TvResidentRebuild, which cleans up after an error.  Returns true when a
  * ready copy was published.
@@ -826,8 +799,6 @@ PrewarmPages(Relation index)
  *     Then the copy is ready.
  *
  * With from_scratch, step 1 always copies the stream and reads the table.
- * With try_snapshot (a fresh entry at worker start), the pages are read
- * into shared_buffers first (PrewarmPages), then the snapshot is tried.
  */
 static bool
 RebuildCopy(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot,
@@ -835,8 +806,6 @@ RebuildCopy(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot
 {
 	dsa_pointer dp = InvalidDsaPointer;
 
-	if (try_snapshot)
-		PrewarmPages(index);
 	if (try_snapshot && tv_snapshots && LoadSnapshot(index, e))
 		return e->state == TV_RES_READY;
 	if (!from_scratch)

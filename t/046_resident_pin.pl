@@ -11,7 +11,9 @@
 # few seconds with the copy pinned; meanwhile an INSERT into the same
 # index and a second resident scan must both finish, while the first scan
 # is still asleep.  Were the lock held across the scoring, the insert would
-# wait for the whole sleep, and the second scan behind it.
+# wait for the whole sleep, and the second scan behind it.  A scan
+# cancelled during the sleep gives its pin back, so a rebuild, which waits
+# for the pins of the copy it replaces, is not stuck behind it.
 use strict;
 use warnings;
 
@@ -112,8 +114,29 @@ my $took = time() - $start;
 cmp_ok($took, '>=', $delay_ms / 1000 - 0.5, 'the first scan slept');
 my ($first) = grep { /,/ } split /\n/, $out;
 is($first, $expect, 'the first scan gives the sequential scan\'s answer');
+is($err, '', 'the first scan had no error');
+
+# A scan cancelled while it holds the pin gives it back at abort: a
+# rebuild, which waits for the pins of the copy it replaces, finishes.
+$in .= "$top10;\nSELECT 'cancelled scan done';\n";
+while (length $in)
+{
+	$slow->pump_nb;
+	usleep(10_000);
+}
+ok($node->poll_query_until('postgres', $asleep), 'another scan sleeps in the copy');
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
+$slow->pump until $out =~ /cancelled scan done/;
+like($err, qr/canceling statement due to user request/, 'the scan was cancelled');
+# (a leaked pin would hold it forever, uncancellable: give up after 60 s)
+my ($rout, $rerr, $timed_out) = ('', '', 0);
+my $rret = $node->psql(
+	'postgres', "SELECT turbo_rebuild('n_l2')",
+	stdout => \$rout, stderr => \$rerr,
+	timeout => 60, timed_out => \$timed_out);
+ok(!$timed_out && $rret == 0, 'a rebuild after the cancel does not wait for a pin')
+  or diag($rerr);
 $in .= "\\q\n";
 $slow->finish;
-is($err, '', 'the first scan had no error');
 
 done_testing();

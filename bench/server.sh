@@ -5,6 +5,7 @@
 #   bench/server.sh env      print the connection env of the running cluster
 #   bench/server.sh status   say whether it runs
 #   bench/server.sh stop     stop it and delete its temp dir
+#   bench/server.sh restart  restart it (fast shutdown), keeping its data
 #
 # `eval "$(bench/server.sh start)"` sets PGHOST/PGPORT/PGUSER/PGDATABASE.
 # Messages go to stderr, only the export lines to stdout.
@@ -144,6 +145,13 @@ cmd_stop() {
     rm -f "$STATE"
 }
 
+cmd_restart() {
+    local d
+    d="$(current_dir)" && running "$d" || die "no cluster running on port $PORT"
+    as_pg "$(bindir)/pg_ctl" -D "$d/data" -l "$d/server.log" -m fast -w -t 120 restart >/dev/null \
+        || { tail -n 30 "$d/server.log" >&2; die "server did not restart"; }
+}
+
 cmd_env() {
     local d
     d="$(current_dir)" && running "$d" || die "no cluster running on port $PORT"
@@ -163,8 +171,9 @@ cmd_status() {
 case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
+    restart) cmd_restart ;;
     env) cmd_env ;;
     status) cmd_status ;;
     log) d="$(current_dir)" && cat "$d/server.log" ;;
-    *) echo "usage: $SELF start|stop|status|env|log" >&2; exit 2 ;;
+    *) echo "usage: $SELF start|stop|restart|status|env|log" >&2; exit 2 ;;
 esac

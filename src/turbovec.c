@@ -47,6 +47,7 @@ int			tv_not_ready = TV_NOT_READY_EXTENT;
 bool		tv_snapshots = true;
 int			tv_worker_naptime_ms = 1000;
 int			tv_test_build_delay_ms = 0;
+int			tv_test_scan_delay_ms = 0;
 bool		tv_use_resident = true;
 int			tv_max_resident = TV_DEFAULT_MAX_RESIDENT;
 int			tv_max_databases = TV_DEFAULT_MAX_DATABASES;
@@ -146,6 +147,12 @@ _PG_init(void)
 							&tv_test_build_delay_ms,
 							0, 0, 60 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS | GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
+	DefineCustomIntVariable("turbovec.test_scan_delay",
+							"Testing only: sleep this long in each resident scan while it holds the copy pinned.",
+							NULL,
+							&tv_test_scan_delay_ms,
+							0, 0, 60 * 1000,
+							PGC_SUSET, GUC_UNIT_MS | GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
 
 	/*
 	 * PostgreSQL allows postmaster-only settings only while preloading, so a

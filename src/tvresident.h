@@ -119,6 +119,7 @@ extern int	tv_not_ready;
 extern bool tv_snapshots;
 extern int	tv_worker_naptime_ms;
 extern int	tv_test_build_delay_ms;
+extern int	tv_test_scan_delay_ms;
 extern bool tv_use_resident;
 extern int	tv_max_resident;
 extern int	tv_max_databases;

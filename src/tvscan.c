@@ -41,6 +41,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/bufmgr.h"
+#include "storage/latch.h"
 #include "utils/array.h"
 #include "utils/float.h"
 #include "utils/memutils.h"
@@ -804,6 +805,27 @@ ExactDistance(IndexScanDesc scan, ItemPointer tid, double *dist)
 }
 
 /*
+ * turbovec.test_scan_delay: hold the copy pinned for a while, as a slow
+ * scan of a large copy would, so tests can show that writers and other
+ * scans do not wait for it.  Cancellable: an abort gives the pin back.
+ */
+static void
+TestScanDelay(void)
+{
+	TimestampTz end = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												  tv_test_scan_delay_ms);
+	long		left;
+
+	while ((left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), end)) > 0)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 left, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
  * Collect a window from the resident copy, re-ranked on its vectors for
  * real[] columns (with the same arithmetic as the SQL distance functions)
  * and on the table rows otherwise.  False when the copy is not current:
@@ -835,6 +857,8 @@ ResidentWindow(IndexScanDesc scan, CandidateHeap *heap, bool *ranked)
 	/* score without the lock: writers mirror into the copy meanwhile */
 	pin = TvResidentPin(e);
 	LWLockRelease(e->lock);
+	if (tv_test_scan_delay_ms > 0)
+		TestScanDelay();
 
 	stream = TvResidentStream(copy);
 	nblocks = TvBlockCount(&meta);

@@ -45,25 +45,8 @@ my $covering = $ALL_CANDIDATES;
 
 my $node = start_node('defects', conf => preload_conf('restart_after_crash = on'));
 
-# CRC-32C (Castagnoli): reflected polynomial 0x82F63B78, initial value and
-# final XOR 0xFFFFFFFF, as docs/SNAPSHOT.md specifies.
-my @crc_table;
-for my $n (0 .. 255)
-{
-	my $c = $n;
-	$c = ($c & 1) ? (($c >> 1) ^ 0x82F63B78) : ($c >> 1) for 1 .. 8;
-	$crc_table[$n] = $c;
-}
-
-sub crc32c
-{
-	my $crc = 0xFFFFFFFF;
-	foreach my $data (@_)
-	{
-		$crc = $crc_table[ ($crc ^ $_) & 0xFF ] ^ ($crc >> 8) for unpack('C*', $data);
-	}
-	return $crc ^ 0xFFFFFFFF;
-}
+# crc32c (TurboVecTest) is CRC-32C as docs/SNAPSHOT.md specifies: reflected
+# polynomial 0x82F63B78, initial value and final XOR 0xFFFFFFFF.
 is(crc32c('123456789'), 0xE3069283, 'CRC-32C check value');
 
 # The 120-byte header: magic, 12 uint32 (version .. reserved), 7 uint64
@@ -93,38 +76,6 @@ sub seal
 	$h->{header_crc}   = 0;
 	$h->{header_crc}   = crc32c(pack($layout, @{$h}{@fields}));
 	return pack($layout, @{$h}{@fields}) . $stream . $vectors;
-}
-
-sub read_bytes
-{
-	my ($path) = @_;
-	open(my $fh, '<', $path) or die "open $path: $!";
-	binmode $fh;
-	local $/;
-	my $bytes = <$fh>;
-	close $fh;
-	return $bytes;
-}
-
-sub write_bytes
-{
-	my ($path, $bytes) = @_;
-	open(my $fh, '>', $path) or die "open $path: $!";
-	binmode $fh;
-	print $fh $bytes;
-	close $fh or die "close $path: $!";
-}
-
-# Poll the server log from $offset for $re, at most $secs seconds.
-sub log_has
-{
-	my ($re, $offset, $secs) = @_;
-	for (1 .. ($secs // 30) * 10)
-	{
-		return 1 if slurp_file($node->logfile, $offset) =~ $re;
-		usleep(100_000);
-	}
-	return 0;
 }
 
 $node->safe_psql(
@@ -202,7 +153,7 @@ my $offset = -s $node->logfile;
 $node->start;
 foreach my $idx (@indexes)
 {
-	ok(log_has(qr/turbovec loaded snapshot "\Q$rel{$idx}\E" for index "$idx"/, $offset),
+	ok(log_has($node, qr/turbovec loaded snapshot "\Q$rel{$idx}\E" for index "$idx"/, $offset),
 		"clean start: $idx loaded from its snapshot");
 }
 
@@ -265,14 +216,14 @@ foreach my $case (@cases)
 	$node->start;
 
 	my $warning = qr/WARNING:  turbovec snapshot "\Q$rel{d_l2}\E" not used: $reason/;
-	ok(log_has($warning, $offset), "$label: WARNING names the file and the reason")
+	ok(log_has($node, $warning, $offset), "$label: WARNING names the file and the reason")
 	  or diag(join("\n", grep { /turbovec/ } split /\n/, slurp_file($node->logfile, $offset)));
 	wait_ready_ok($node, 'd_l2', "$label: d_l2 becomes ready");
 	is(indexes_row($node, 'd_l2', 'ready, resident_state, from_snapshot'),
 		't|ready|f',
 		"$label: d_l2 is ready, rebuilt (not from the snapshot)");
 	wait_ready_ok($node, 'd_cos', "$label: d_cos becomes ready");
-	ok(log_has(qr/turbovec loaded snapshot "\Q$rel{d_cos}\E" for index "d_cos"/, $offset),
+	ok(log_has($node, qr/turbovec loaded snapshot "\Q$rel{d_cos}\E" for index "d_cos"/, $offset),
 		"$label: d_cos still loads its own snapshot");
 	check_answers($label, \%baseline);
 
@@ -304,6 +255,7 @@ write_bytes($file{d_l2}, 'TURBOTV');
 $offset = -s $node->logfile;
 $node->start;
 ok( log_has(
+		$node,
 		qr/WARNING:  XX001: turbovec snapshot "\Q$rel{d_l2}\E" not used: (truncated|bad magic)/,
 		$offset),
 	'the WARNING has SQLSTATE XX001');
@@ -331,7 +283,7 @@ for (1 .. 100)
 like($pid, qr/^\d+$/, 'found the turbovec worker');
 $offset = -s $node->logfile;
 kill 'KILL', $pid if $pid =~ /^\d+$/;
-ok(log_has(qr/database system is ready to accept connections/, $offset, 60),
+ok(log_has($node, qr/database system is ready to accept connections/, $offset, 60),
 	'crash restart after the SIGKILL of the worker');
 wait_ready_ok($node, 'd_l2', 'after the crash: d_l2 is ready');
 my $log = slurp_file($node->logfile, $offset);

@@ -34,46 +34,10 @@ my $dim  = 16;
 my $node = start_node('currency',
 	conf => preload_conf('wal_writer_delay = 10000ms', 'restart_after_crash = on'));
 
-my @crc_table;
-for my $n (0 .. 255)
-{
-	my $c = $n;
-	$c = ($c & 1) ? (($c >> 1) ^ 0x82F63B78) : ($c >> 1) for 1 .. 8;
-	$crc_table[$n] = $c;
-}
-
-sub crc32c
-{
-	my $crc = 0xFFFFFFFF;
-	foreach my $data (@_)
-	{
-		$crc = $crc_table[ ($crc ^ $_) & 0xFF ] ^ ($crc >> 8) for unpack('C*', $data);
-	}
-	return $crc ^ 0xFFFFFFFF;
-}
-
 my @fields = qw(magic version header_bytes dboid indexoid relfilenode dim bits
   metric lists list_area block_bytes reserved seed lsn change_count nslots
   live stream_bytes vector_bytes body_crc header_crc);
 my $layout = 'a8 V12 Q<7 V2';
-
-sub read_bytes
-{
-	my ($path) = @_;
-	open(my $fh, '<:raw', $path) or die "open $path: $!";
-	local $/;
-	my $bytes = <$fh>;
-	close $fh;
-	return $bytes;
-}
-
-sub write_bytes
-{
-	my ($path, $bytes) = @_;
-	open(my $fh, '>:raw', $path) or die "open $path: $!";
-	print $fh $bytes;
-	close $fh or die "close $path: $!";
-}
 
 # $bytes with $edit applied to its (header hash, stream, vectors), re-sealed
 sub edited
@@ -88,17 +52,6 @@ sub edited
 	$h{header_crc} = 0;
 	$h{header_crc} = crc32c(pack($layout, @h{@fields}));
 	return pack($layout, @h{@fields}) . $stream . $vectors;
-}
-
-sub log_has
-{
-	my ($re, $offset, $secs) = @_;
-	for (1 .. ($secs // 30) * 10)
-	{
-		return 1 if slurp_file($node->logfile, $offset) =~ $re;
-		usleep(100_000);
-	}
-	return 0;
 }
 
 $node->safe_psql(
@@ -180,7 +133,7 @@ foreach my $case (@cases)
 	write_bytes($file{s_l2}, edited($good, $edit));
 	my $offset = -s $node->logfile;
 	$node->start;
-	ok(log_has(qr/WARNING:.*snapshot ".*" not used: $reason/, $offset),
+	ok(log_has($node, qr/WARNING:.*snapshot ".*" not used: $reason/, $offset),
 		"$label: the snapshot is refused with a WARNING");
 	wait_ready_ok($node, 's_l2', "$label: s_l2 is ready");
 	is(indexes_row($node, 's_l2', 'from_snapshot'), 'f', "$label: the copy was rebuilt");
@@ -194,7 +147,7 @@ foreach my $case (@cases)
 write_bytes($file{s_l2}, $good);
 my $offset = -s $node->logfile;
 $node->start;
-ok(log_has(qr/turbovec loaded snapshot ".*" for index "s_l2"/, $offset),
+ok(log_has($node, qr/turbovec loaded snapshot ".*" for index "s_l2"/, $offset),
 	'the unchanged snapshot is loaded');
 same_answers('loaded');
 

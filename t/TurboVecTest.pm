@@ -22,7 +22,9 @@ use warnings;
 
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(
   $FORCE_INDEX $FORCE_SEQ $ALL_CANDIDATES
@@ -30,7 +32,7 @@ our @EXPORT = qw(
   random_vector random_rows_sql top10_sql
   verify_output index_info indexes_row wait_ready_ok same_as_seq_scan
   buffers_touched database_oid index_oid snapshot_rel read_header
-  set_build_delay insert_script);
+  set_build_delay insert_script log_has crc32c read_bytes write_bytes);
 
 # Scan settings: an index scan only; a sequential scan only; a re-rank
 # window covering any table the tests build.
@@ -219,6 +221,59 @@ sub snapshot_rel
 {
 	my ($dboid, $indexoid) = @_;
 	return "pgsql_tmp_turbovec/${dboid}_$indexoid.tv";
+}
+
+# True once $node's server log, read from byte $offset, matches $re;
+# polls for at most $secs seconds (default 30).
+sub log_has
+{
+	my ($node, $re, $offset, $secs) = @_;
+	for (1 .. ($secs // 30) * 10)
+	{
+		return 1 if slurp_file($node->logfile, $offset) =~ $re;
+		usleep(100_000);
+	}
+	return 0;
+}
+
+# CRC-32C (Castagnoli, reflected, as PostgreSQL and .tv files use it) of
+# the concatenated byte strings @_.
+my @crc_table;
+for my $n (0 .. 255)
+{
+	my $c = $n;
+	$c = ($c & 1) ? (($c >> 1) ^ 0x82F63B78) : ($c >> 1) for 1 .. 8;
+	$crc_table[$n] = $c;
+}
+
+sub crc32c
+{
+	my $crc = 0xFFFFFFFF;
+	foreach my $data (@_)
+	{
+		$crc = $crc_table[ ($crc ^ $_) & 0xFF ] ^ ($crc >> 8) for unpack('C*', $data);
+	}
+	return $crc ^ 0xFFFFFFFF;
+}
+
+# The whole of file $path, as bytes.
+sub read_bytes
+{
+	my ($path) = @_;
+	open(my $fh, '<:raw', $path) or die "open $path: $!";
+	local $/;
+	my $bytes = <$fh>;
+	close $fh;
+	return $bytes;
+}
+
+# Replace file $path's contents with $bytes.
+sub write_bytes
+{
+	my ($path, $bytes) = @_;
+	open(my $fh, '>:raw', $path) or die "open $path: $!";
+	print $fh $bytes;
+	close $fh or die "close $path: $!";
 }
 
 # The first 120 bytes (a .tv header) of $path: (bytes read, bytes).

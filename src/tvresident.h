@@ -16,6 +16,13 @@
 
 #include "turbovec.h"
 
+/*
+ * Default of turbovec.resident_memory (MB): a copy of 1M x 768-d rows at 4
+ * bits with its headroom (983 MB).  Reserved at start-up, but untouched
+ * pages take no RAM (docs/RESIDENT.md, "Settings").
+ */
+#define TV_DEFAULT_RESIDENT_MEMORY	1024
+
 /* defaults of turbovec.max_resident_indexes and turbovec.max_databases */
 #define TV_DEFAULT_MAX_RESIDENT		256
 #define TV_DEFAULT_MAX_DATABASES	64

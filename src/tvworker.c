@@ -902,9 +902,20 @@ RebuildCopy(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot
 		return false;
 	}
 	TvResidentSetState(e, TV_RES_TOO_BIG);
-	ereport(LOG,
-			(errmsg("turbovec: index \"%s\" does not fit turbovec.resident_memory; it is served from its pages",
-					RelationGetRelationName(index))));
+	{
+		TvMetaPageData meta;
+		uint64		cap_slots;
+		uint64		stream_cap;
+
+		TvReadMeta(index, &meta);
+		ereport(LOG,
+				(errmsg("turbovec: index \"%s\" does not fit turbovec.resident_memory; it is served from its pages",
+						RelationGetRelationName(index)),
+				 errdetail("Its resident copy needs " UINT64_FORMAT " MB; turbovec.resident_memory is %d MB, shared by all copies.",
+						   (TvResidentCopyBytes(&meta, &cap_slots, &stream_cap) + 1024 * 1024 - 1) / (1024 * 1024),
+						   tv_resident_memory_mb),
+				 errhint("turbo_indexes.resident_bytes_needed shows what each index needs.")));
+	}
 	return false;
 }
 

@@ -75,6 +75,11 @@ CREATE INDEX big_l2 ON big USING turbo (v real_l2_ops);
 ok($node->poll_query_until('postgres',
 		"SELECT resident_state = 'too big' FROM turbo_indexes WHERE index = 'big_l2'::regclass"),
 	'big_l2 does not fit turbovec.resident_memory');
+cmp_ok(indexes_row($node, 'big_l2', 'resident_bytes_needed'), '>', 16 * 1024 * 1024,
+	'big_l2: turbo_indexes says its copy needs more than turbovec.resident_memory');
+like(slurp_file($node->logfile),
+	qr/index "big_l2" does not fit turbovec.resident_memory.*\n.*DETAIL:  Its resident copy needs \d+ MB; turbovec.resident_memory is 16 MB/,
+	'the log says how much memory big_l2 needs');
 
 # The limits size shared memory: set at server start only.
 is( $node->safe_psql(

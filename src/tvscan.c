@@ -762,10 +762,11 @@ EstimateScale(TvMetric metric, double dist)
 /*
  * strict_order: how many of the window's sorted rows to return before the
  * next window.  worst is the window's worst estimate, full says whether it
- * took all it could, last whether no row is left for a later window.  Rows the next window takes have estimates no better than
- * this window's worst, and their exact distances lie above their estimates
- * by about what this window's did, at worst the most negative error seen.
- * Rows nearer than that bound are returned; the rest wait and are merged
+ * took all it could, last whether no row is left for a later window.  Rows
+ * the next window takes have estimates no better than this window's worst,
+ * and their exact distances lie above their estimates by about what this
+ * window's did, at worst the most negative error seen.  Rows nearer than
+ * that bound are returned; the rest wait and are merged
  * into the next window, so the rows a later window finds nearer than one
  * returned (which strict_order must leave out) are few.
  *
@@ -777,8 +778,9 @@ EstimateScale(TvMetric metric, double dist)
  * centroid): every row waits for the window of the wider probe, and rows of
  * lists probed later that are nearer than one returned are left out.
  *
- * A batch of a refined resident window is a window of its own here: later
- * batches hold rows of larger refined estimates.
+ * For a resident window this decides only after its last batch, with the
+ * window's estimates on the codes (TvResult.est, pool_worst): the batches
+ * before it are ordered among themselves by NextWindow.
  */
 static int
 StrictEmitCount(TvScanOpaque so, float worst, bool full, bool last)

@@ -728,17 +728,29 @@ CandidateSortCmp(const void *a, const void *b)
 
 /*
  * The next batch of a refined resident window: the best candidates not
- * yet fetched, 16 at first, twice as many each time.  The heap is only
+ * yet fetched, 16 at first, twice as many each time, and with them every
+ * candidate whose refined estimate lies within two margins of the last
+ * one's, so that NextWindow can return about all of the first ones (the
+ * next candidate's estimate, less a margin, still lies above their exact
+ * distances) instead of fetching another batch for them.  The heap is only
  * read from now on (sorted, not a heap).
  */
 static void
 TakeBatch(TvScanOpaque so, CandidateHeap *heap)
 {
 	int			n;
+	int			left = so->npending - so->pendnext;
 
 	if (so->batch == 0)
 		so->batch = TV_RESIDENT_BATCH;
-	n = Min(so->batch, so->npending - so->pendnext);
+	n = Min(so->batch, left);
+	if (n > 0)
+	{
+		double		reach = so->pending[so->pendnext + n - 1].est + 2 * so->refine_margin;
+
+		while (n < left && so->pending[so->pendnext + n].est <= reach)
+			n++;
+	}
 	heap->items = so->pending + so->pendnext;
 	heap->n = heap->cap = n;
 	so->pendnext += n;

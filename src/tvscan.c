@@ -969,6 +969,9 @@ NextWindow(IndexScanDesc scan)
 									so->pool_full, so->exhausted);
 	else
 		so->nemit = so->nresults;
+	elog(DEBUG2, "turbo scan of \"%s\": %s of %d rows read from the table, %d to return",
+		 RelationGetRelationName(scan->indexRelation), refined ? "batch" : "window",
+		 heap.n, so->nemit);
 	MemoryContextSwitchTo(oldCtx);
 }
 

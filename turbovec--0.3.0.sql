@@ -128,6 +128,11 @@ CREATE FUNCTION turbo_index_layout(index regclass,
 	OUT dim int, OUT bits int, OUT metric text, OUT layout text, OUT lists int)
 	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;
 
+-- Shared memory a resident copy of the index would take now (with room
+-- for inserts), to compare with turbovec.resident_memory.
+CREATE FUNCTION turbo_resident_needed(index regclass) RETURNS bigint
+	AS 'MODULE_PATHNAME' LANGUAGE C STRICT;
+
 -- The persisted shadow of the live state, written by the background worker
 -- (never on a standby).  The live state in shared memory is authoritative.
 CREATE TABLE turbovec_index_state (
@@ -159,7 +164,8 @@ CREATE VIEW turbo_indexes AS
 		   r.snapshot_time, r.snapshot_lsn, r.snapshot_bytes,
 		   s.ready AS persisted_ready, s.ready_since AS persisted_ready_since,
 		   s.snapshot_time AS persisted_snapshot_time, s.snapshot_lsn AS persisted_snapshot_lsn,
-		   s.snapshot_bytes AS persisted_snapshot_bytes, s.snapshot_path AS persisted_snapshot_path
+		   s.snapshot_bytes AS persisted_snapshot_bytes, s.snapshot_path AS persisted_snapshot_path,
+		   turbo_resident_needed(c.oid) AS resident_bytes_needed
 	FROM pg_class c
 	JOIN pg_index i ON i.indexrelid = c.oid
 	JOIN pg_am a ON a.oid = c.relam AND a.amname = 'turbo'

@@ -41,7 +41,7 @@ int			tv_candidates = TV_DEFAULT_CANDIDATES;
 int			tv_probes = TV_DEFAULT_PROBES;
 int			tv_max_scan_tuples = TV_DEFAULT_MAX_SCAN_TUPLES;
 int			tv_iterative_scan = TV_ITERATIVE_STRICT;
-int			tv_resident_memory_mb = 512;
+int			tv_resident_memory_mb = TV_DEFAULT_RESIDENT_MEMORY;
 int			tv_ready_timeout_ms = 500;
 int			tv_not_ready = TV_NOT_READY_EXTENT;
 bool		tv_snapshots = true;
@@ -164,7 +164,7 @@ _PG_init(void)
 								"Shared memory for resident copies of turbo indexes.",
 								"An index whose copy does not fit is served from its pages.",
 								&tv_resident_memory_mb,
-								512, 16, INT_MAX / 2,
+								TV_DEFAULT_RESIDENT_MEMORY, 16, INT_MAX / 2,
 								PGC_POSTMASTER, GUC_UNIT_MB, NULL, NULL, NULL);
 		DefineCustomIntVariable("turbovec.max_resident_indexes",
 								"Turbo indexes of the whole cluster that can have a resident copy.",

@@ -1086,3 +1086,142 @@ tv_block_get_code(const TvCodec *codec, const uint8_t *block_codes,
 			break;
 	}
 }
+
+/* ----------------------------------------------------------------
+ * Refinement codes (the resident copy's second stage, docs/CODEC.md)
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * The cells of the first-stage codebook as [lo, lo + 16 * step): inner
+ * cells are the intervals between thresholds, the two outer ones reach to
+ * +-TV_REFINE_LIMIT (past it, P < 1e-5 per coordinate, a value is clamped).
+ */
+static void
+RefineCells(const TvCodec *codec, float *lo, float *step)
+{
+	int			n = 1 << codec->bits;
+	int			c;
+
+	for (c = 0; c < n; c++)
+	{
+		float		a = (c == 0) ? -TV_REFINE_LIMIT : codec->thresholds[c - 1];
+		float		b = (c == n - 1) ? TV_REFINE_LIMIT : codec->thresholds[c];
+
+		lo[c] = a;
+		step[c] = (b - a) / 16.0f;
+	}
+}
+
+size_t
+tv_refine_bytes(int dim)
+{
+	return TV_REFINE_BYTES(dim);
+}
+
+bool
+tv_codec_encode_refine(const TvCodec *codec, const float *v, uint8_t *refine,
+					   float *work)
+{
+	int			dim = codec->dim;
+	int			nthr = (1 << codec->bits) - 1;
+	uint8_t    *nib = refine + 4;
+	float		lo[16];
+	float		step[16];
+	double		norm2;
+	double		norm;
+	double		mult;
+	double		dot = 0.0;
+	float		rscale;
+	int			i;
+
+	memset(refine, 0, tv_refine_bytes(dim));
+	norm2 = SumSquares(v, dim);
+	if (!(norm2 > 0.0))
+		return false;
+	norm = sqrt(norm2);
+	RefineCells(codec, lo, step);
+
+	/* y exactly as tv_codec_encode computes it, so the cells are its codes */
+	mult = sqrt((double) dim) / norm;
+	for (i = 0; i < dim; i++)
+		work[i] = (float) ((double) v[i] * mult);
+	RotateWork(codec, work, work + dim);
+
+	for (i = 0; i < dim; i++)
+	{
+		float		y = work[i];
+		int			c = 0;
+		int			f;
+		float		pos;
+		float		yhat;
+
+		/* the number of thresholds below y, as QuantizeAll counts */
+		for (int k = 0; k < nthr; k++)
+			c += (y > codec->thresholds[k]);
+		pos = (y - lo[c]) / step[c];
+		f = (pos >= 15.0f) ? 15 : (pos > 0.0f ? (int) pos : 0);
+		yhat = lo[c] + ((float) f + 0.5f) * step[c];
+		dot += (double) y * yhat;
+		nib[i >> 1] |= (uint8_t) (f << ((i & 1) * 4));
+	}
+
+	/* ||v|| / <x, xtilde>, as the first stage's ipscale; <x, xtilde> > 0 */
+	rscale = (dot > 0.0) ? (float) (norm * dim / dot) : (float) norm;
+	memcpy(refine, &rscale, sizeof(float));
+	return true;
+}
+
+void
+tv_refine_prepare(const TvCodec *codec, const float *q, float *qr)
+{
+	double		s = 1.0 / sqrt((double) codec->dim);
+
+	tv_codec_rotate(codec, q, qr);
+	for (int i = 0; i < codec->dim; i++)
+		qr[i] = (float) (qr[i] * s);
+}
+
+float
+tv_refine_block_ip(const TvCodec *codec, const uint8_t *block_codes, int lane,
+				   const uint8_t *refine, const float *qr, float *sd)
+{
+	int			dim = codec->dim;
+	const uint8_t *nib = refine + 4;
+	float		lo[16];
+	float		step[16];
+	float		rscale;
+	double		sum = 0.0;
+	double		var = 0.0;
+	int			i;
+
+	RefineCells(codec, lo, step);
+	memcpy(&rscale, refine, sizeof(float));
+	for (i = 0; i < dim; i++)
+	{
+		int			c;
+		int			f = (nib[i >> 1] >> ((i & 1) * 4)) & 15;
+
+		switch (codec->bits)
+		{
+			case 2:
+				{
+					int			n = NibbleGet(block_codes + (size_t) (i >> 1) * 16, lane);
+
+					c = (i & 1) ? (n >> 2) : (n & 3);
+				}
+				break;
+			case 3:
+				c = Get3(block_codes + (size_t) i * 12, lane);
+				break;
+			default:
+				c = NibbleGet(block_codes + (size_t) i * 16, lane);
+				break;
+		}
+		sum += (double) (lo[c] + ((float) f + 0.5f) * step[c]) * qr[i];
+		var += (double) step[c] * step[c] * qr[i] * qr[i];
+	}
+	/* each coordinate's error is uniform over its step: variance step^2/12 */
+	*sd = (float) (fabs(rscale) * sqrt(var / 12.0));
+	return (float) (rscale * sum);
+}

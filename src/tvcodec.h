@@ -151,6 +151,31 @@ extern bool tv_kernels_have_avx2(void);
 extern void tv_score_block_avx2(const TvQueryLut *lut,
 								const uint8_t *block_codes, float *out);
 
+/*
+ * Refinement codes: the resident copy's second stage (docs/CODEC.md).  Each
+ * rotated coordinate's first-stage cell is cut into 16 equal steps and the
+ * step is stored as a nibble, after a float scale (||v|| / <x, xtilde>, as
+ * ipscale): tv_refine_bytes(dim) bytes.  With the lane's first-stage code
+ * it gives an estimate of <v, q> about 16 times finer than the code alone.
+ */
+#define TV_REFINE_LIMIT		4.5f	/* outer cells end here (N(0,1) scale) */
+#define TV_REFINE_BYTES(dim) \
+	((((size_t) 4 + ((size_t) (dim) + 1) / 2) + 3) & ~(size_t) 3)
+
+extern size_t tv_refine_bytes(int dim);
+/* Refinement of v (false, all zero, for the zero vector); work as encode */
+extern bool tv_codec_encode_refine(const TvCodec *codec, const float *v,
+								   uint8_t *refine, float *work);
+/* qr = R q / sqrt(dim), dim floats: the query side of tv_refine_block_ip */
+extern void tv_refine_prepare(const TvCodec *codec, const float *q, float *qr);
+/*
+ * Estimate of <v, q> from lane's code in a block and its refinement; *sd
+ * is the standard deviation of its error (steps uniform, independent)
+ */
+extern float tv_refine_block_ip(const TvCodec *codec, const uint8_t *block_codes,
+								int lane, const uint8_t *refine, const float *qr,
+								float *sd);
+
 /* Pick the fastest kernel this CPU supports; call once at load */
 extern void tv_kernels_init(void);
 extern const char *tv_kernels_name(void);

@@ -904,3 +904,32 @@ turbo_index_layout(PG_FUNCTION_ARGS)
 	table_close(heap, AccessShareLock);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
+
+/*
+ * turbo_resident_needed(index regclass): bytes of shared memory a resident
+ * copy of the index would take now (TvResidentCopyBytes: its stream, a
+ * refinement code per slot and room for inserts), whether or not the
+ * server is preloaded.  NULL for a role that cannot read the table, as
+ * turbo_index_layout, since the turbo_indexes view calls both.
+ */
+PG_FUNCTION_INFO_V1(turbo_resident_needed);
+Datum
+turbo_resident_needed(PG_FUNCTION_ARGS)
+{
+	Oid			indexoid = PG_GETARG_OID(0);
+	Relation	heap;
+	Relation	index;
+	TvMetaPageData meta;
+	uint64		cap_slots;
+	uint64		stream_cap;
+	uint64		bytes;
+
+	if (!CanReadIndexTable(indexoid))
+		PG_RETURN_NULL();
+	index = OpenTurboIndex(indexoid, AccessShareLock, &heap);
+	TvReadMeta(index, &meta);
+	bytes = TvResidentCopyBytes(&meta, &cap_slots, &stream_cap);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+	PG_RETURN_INT64((int64) Min(bytes, (uint64) PG_INT64_MAX));
+}

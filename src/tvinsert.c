@@ -203,6 +203,18 @@ InsertVector(Relation index, TvIndexState *state, const float *x, int list,
 	uint64		entry_off = 0;
 	Buffer		dirbuf = InvalidBuffer;
 	BlockNumber dirblk = InvalidBlockNumber;
+	uint8	   *refine = NULL;
+
+	/* the resident copy's refinement code, made before any lock is taken */
+	if (tv_shared != NULL)
+	{
+		const float *centroid = NULL;
+
+		if (state->meta.lists > 0 && TvMetaResidual(&state->meta))
+			centroid = TvCachedCentroids(index, NULL) + (Size) list * state->meta.dim;
+		refine = palloc(tv_refine_bytes(state->meta.dim));
+		TvResidentEncodeRefine(state->codec, state->metric, centroid, x, refine);
+	}
 
 	metabuf = ReadBuffer(index, TV_METAPAGE_BLKNO);
 	LockBuffer(metabuf, BUFFER_LOCK_EXCLUSIVE);
@@ -364,7 +376,7 @@ InsertVector(Relation index, TvIndexState *state, const float *x, int list,
 	GenericXLogFinish(xlog);
 
 	/* the resident copy follows while the metapage is still ours */
-	TvResidentApplyInsert(index, &after, meta.change_count, slot, image, x,
+	TvResidentApplyInsert(index, &after, meta.change_count, slot, image, refine,
 						  entry_off, meta.lists > 0 ? &entry : NULL);
 
 	for (int i = 0; i < nbufs; i++)

@@ -1,8 +1,9 @@
 /*
  * tvresident.c
  *	  The resident index: a shared-memory copy of each turbo index's stream
- *	  (list area and 32-lane blocks, page boundaries removed) plus one float
- *	  vector per slot for exact re-ranking, and the readiness of each copy.
+ *	  (list area and 32-lane blocks, page boundaries removed) plus one
+ *	  refinement code per slot for re-ranking in memory, and the readiness
+ *	  of each copy.
  *
  * Exists only with shared_preload_libraries = 'turbovec'.  Copies live in a
  * dynamic shared area created in place in the fixed shared memory
@@ -404,6 +405,74 @@ TvResidentWaitUnpinned(TvResidentEntry *e, int retired)
 }
 
 /*
+ * Bytes of a copy for an index of this metapage: its stream and a
+ * refinement code per slot, with room for a quarter more blocks (at least
+ * 16) for inserts.  Also the slots and stream bytes it has room for.
+ * Computed in 64 bits from the metapage's 32- and 64-bit fields: no
+ * overflow for any stream the pages can hold.
+ */
+uint64
+TvResidentCopyBytes(const TvMetaPageData *meta, uint64 *cap_slots, uint64 *stream_cap)
+{
+	uint64		nblocks = TvBlockCount(meta);
+	uint64		cap_blocks = nblocks + Max(nblocks / 4, 16);
+
+	*cap_slots = cap_blocks * TV_LANES;
+	*stream_cap = TvBlockOffset(meta, cap_blocks);
+	return MAXALIGN(sizeof(TvResidentCopy)) + *stream_cap +
+		*cap_slots * tv_refine_bytes(meta->dim);
+}
+
+/*
+ * The centroid a lane's codes are relative to: its block's list's when the
+ * index codes residuals (centroids is then TvCachedCentroids, fetched by
+ * the caller before it takes any lock), else NULL.  blk is the lane's block.
+ */
+const float *
+TvResidentCentroid(const float *centroids, const TvMetaPageData *meta, const char *blk)
+{
+	uint32		list;
+
+	if (centroids == NULL || meta->lists == 0)
+		return NULL;
+	memcpy(&list, blk + TV_BLOCK_LIST_OFFSET, sizeof(uint32));
+	if (list >= meta->lists)
+		return NULL;			/* a torn or damaged block: a wasted candidate */
+	return centroids + (Size) list * meta->dim;
+}
+
+/*
+ * The refinement code of vector x (codec->dim floats) for a copy: of the
+ * same vector the index codes (TvEncodeVector), the residual to centroid
+ * when it is not NULL, so the refinement cuts the cells of the lane's code.
+ */
+void
+TvResidentEncodeRefine(const TvCodec *codec, TvMetric metric, const float *centroid,
+					   const float *x, uint8 *refine)
+{
+	int			dim = codec->dim;
+	float	   *work = palloc(sizeof(float) * (tv_codec_work_floats(codec) + dim));
+	float	   *r = work + tv_codec_work_floats(codec);
+
+	if (centroid == NULL)
+		tv_codec_encode_refine(codec, x, refine, work);
+	else
+	{
+		double		norm = TvNorm(x, dim);
+
+		for (int i = 0; i < dim; i++)
+		{
+			if (metric == TV_METRIC_COSINE)
+				r[i] = (norm > 0) ? (float) (x[i] / norm) - centroid[i] : 0;
+			else
+				r[i] = x[i] - centroid[i];
+		}
+		tv_codec_encode_refine(codec, r, refine, work);
+	}
+	pfree(work);
+}
+
+/*
  * Does a writer mirror its change into the entry's copy?  Into a ready one,
  * and into one a rebuild has put in place while it fetches the last vectors
  * (TvResidentRebuild).  Caller holds the entry lock.
@@ -413,13 +482,14 @@ TvResidentWaitUnpinned(TvResidentEntry *e, int retired)
 
 /*
  * An insert has written slot `slot` of block image `image` (block_bytes
- * bytes) and, for IVF, directory entry bytes at entry_off; the metapage went
+ * bytes), whose refinement code is `refine` (TvResidentEncodeRefine; NULL
+ * if the caller made none) and, for IVF, directory entry bytes at entry_off; the metapage went
  * from old_count to meta->change_count.  Mirror it into a current copy, or
  * mark the copy behind.  Called with the metapage exclusively locked.
  */
 void
 TvResidentApplyInsert(Relation index, const TvMetaPageData *meta, uint64 old_count,
-					  uint64 slot, const char *image, const float *x,
+					  uint64 slot, const char *image, const uint8 *refine,
 					  uint64 entry_off, const TvListEntry *entry)
 {
 	TvResidentEntry *e = TvResidentLookup(MyDatabaseId, RelationGetRelid(index), false);
@@ -431,7 +501,8 @@ TvResidentApplyInsert(Relation index, const TvMetaPageData *meta, uint64 old_cou
 	LWLockAcquire(e->lock, LW_EXCLUSIVE);
 	copy = TvResidentGetCopy(e);
 	if (!Mirrored(e) || copy == NULL || e->change_count != old_count ||
-		e->relfilenode != TvRelFileNumber(index) || slot >= copy->capacity_slots)
+		e->relfilenode != TvRelFileNumber(index) || slot >= copy->capacity_slots ||
+		refine == NULL || copy->dim != meta->dim)
 	{
 		/* a full copy too: the worker makes a bigger one */
 		if (e->state == TV_RES_READY)
@@ -448,8 +519,7 @@ TvResidentApplyInsert(Relation index, const TvMetaPageData *meta, uint64 old_cou
 		pg_write_barrier();
 		if (entry != NULL)
 			memcpy(stream + entry_off, entry, sizeof(TvListEntry));
-		memcpy(TvResidentVectors(copy) + (Size) slot * copy->dim, x,
-			   sizeof(float) * copy->dim);
+		memcpy(TvResidentRefine(copy, slot), refine, copy->refine_bytes);
 		copy->nslots = meta->nslots;
 		e->change_count = meta->change_count;
 		e->lsn = GetXLogInsertRecPtr();

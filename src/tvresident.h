@@ -16,6 +16,13 @@
 
 #include "turbovec.h"
 
+/*
+ * Default of turbovec.resident_memory (MB): a copy of 1M x 768-d rows at 4
+ * bits with its headroom (983 MB).  Reserved at start-up, but untouched
+ * pages take no RAM (docs/RESIDENT.md, "Settings").
+ */
+#define TV_DEFAULT_RESIDENT_MEMORY	1024
+
 /* defaults of turbovec.max_resident_indexes and turbovec.max_databases */
 #define TV_DEFAULT_MAX_RESIDENT		256
 #define TV_DEFAULT_MAX_DATABASES	64
@@ -43,13 +50,19 @@ typedef struct TvResidentCopy
 	uint64		nslots;			/* slots in use, as in the metapage */
 	uint64		capacity_slots; /* slots the allocation has room for */
 	uint64		stream_capacity;	/* bytes reserved for the stream */
-	/* stream (list area + blocks), then capacity_slots vectors of dim floats */
+	uint32		refine_bytes;	/* tv_refine_bytes(dim): one slot's refinement */
+	/*
+	 * stream (list area + blocks), then capacity_slots refinement codes of
+	 * refine_bytes each, in slot order (docs/RESIDENT.md)
+	 */
 } TvResidentCopy;
 
 #define TvResidentStream(copy) \
 	((char *) (copy) + MAXALIGN(sizeof(TvResidentCopy)))
-#define TvResidentVectors(copy) \
-	((float *) (TvResidentStream(copy) + (copy)->stream_capacity))
+#define TvResidentRefines(copy) \
+	((uint8 *) TvResidentStream(copy) + (copy)->stream_capacity)
+#define TvResidentRefine(copy, slot) \
+	(TvResidentRefines(copy) + (Size) (slot) * (copy)->refine_bytes)
 
 typedef struct TvResidentEntry
 {
@@ -145,8 +158,15 @@ extern int	TvResidentRetire(TvResidentEntry *e);
 extern void TvResidentWaitUnpinned(TvResidentEntry *e, int retired);
 extern void TvResidentApplyInsert(Relation index, const TvMetaPageData *meta,
 								  uint64 old_count, uint64 slot, const char *image,
-								  const float *x, uint64 entry_off,
+								  const uint8 *refine, uint64 entry_off,
 								  const TvListEntry *entry);
+extern const float *TvResidentCentroid(const float *centroids,
+									   const TvMetaPageData *meta, const char *blk);
+extern void TvResidentEncodeRefine(const TvCodec *codec, TvMetric metric,
+								   const float *centroid, const float *x,
+								   uint8 *refine);
+extern uint64 TvResidentCopyBytes(const TvMetaPageData *meta, uint64 *cap_slots,
+								  uint64 *stream_cap);
 extern void TvResidentApplyClear(Relation index, const TvMetaPageData *meta,
 								 uint64 old_count, uint64 block, uint32 cleared);
 

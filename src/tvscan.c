@@ -56,9 +56,15 @@
 /* How far ahead the resident scan prefetches */
 #define TV_PREFETCH_BLOCKS		4
 
+/* Rows of a resident window's first batch fetched from the table */
+#define TV_RESIDENT_BATCH		16
+/* Standard deviations of a refined estimate's error a batch allows for */
+#define TV_REFINE_SIGMAS		6
+
 typedef struct TvCandidate
 {
 	float		est;
+	float		est4;			/* resident windows: est on the codes alone */
 	ItemPointerData tid;
 	uint64		slot;			/* block * 32 + lane */
 } TvCandidate;
@@ -67,7 +73,7 @@ typedef struct TvResult
 {
 	double		dist;
 	ItemPointerData tid;
-	float		est;			/* the candidate's estimate */
+	float		est;			/* the candidate's estimate on its codes */
 } TvResult;
 
 typedef struct TvScanOpaqueData
@@ -111,6 +117,20 @@ typedef struct TvScanOpaqueData
 
 	/* the resident copy, when preloaded and ready (tvresident.c) */
 	TvResidentEntry *resident;
+
+	/*
+	 * A resident window's candidates, ranked on their refinement codes and
+	 * taken from the table in batches (ResidentWindow, NextWindow)
+	 */
+	float	   *qrot;			/* the query for tv_refine_block_ip */
+	TvCandidate *pending;		/* by refined estimate, in queryCtx */
+	int			npending;
+	int			pendnext;		/* the next one to fetch */
+	int			batch;			/* rows of the next batch */
+	double		refine_margin;	/* TV_REFINE_SIGMAS of the window's worst error */
+	float		pool_worst;		/* the window's worst estimate on the codes */
+	bool		pool_full;		/* the window took as many as it could */
+	bool		first_window;	/* the current window is the scan's first */
 
 	/* fetching table rows to re-rank */
 	IndexFetchTableData *fetch;
@@ -826,13 +846,88 @@ TestScanDelay(void)
 }
 
 /*
- * Collect a window from the resident copy, re-ranked on its vectors for
- * real[] columns (with the same arithmetic as the SQL distance functions)
- * and on the table rows otherwise.  False when the copy is not current:
- * the caller reads the extent instead.
+ * Refined estimates of a resident window's candidates: from each lane's
+ * code in its block and its refinement code (tv_refine_block_ip), on the
+ * scale of ScoreBlock's estimates.  The copy is pinned.
+ */
+static void
+RefineCandidates(TvScanOpaque so, const TvMetaPageData *meta, TvResidentCopy *copy,
+				 CandidateHeap *heap)
+{
+	const TvCodec *codec = so->state->codec;
+	const char *stream = TvResidentStream(copy);
+	TvMetric	metric = so->state->metric;
+	double		worst_sd = 0;
+
+	if (so->qrot == NULL)
+	{
+		MemoryContext oldCtx = MemoryContextSwitchTo(so->queryCtx);
+		float	   *q = so->qfloats;
+
+		/* the query the lookup tables were made for: unit under cosine */
+		if (metric == TV_METRIC_COSINE)
+		{
+			double		norm = TvNorm(q, codec->dim);
+
+			q = palloc(sizeof(float) * codec->dim);
+			for (int i = 0; i < codec->dim; i++)
+				q[i] = (float) (so->qfloats[i] / norm);
+		}
+		so->qrot = palloc(sizeof(float) * codec->dim);
+		tv_refine_prepare(codec, q, so->qrot);
+		MemoryContextSwitchTo(oldCtx);
+	}
+
+	for (int i = 0; i < heap->n; i++)
+	{
+		TvCandidate *c = &heap->items[i];
+		const char *blk = stream + TvBlockOffset(meta, c->slot / TV_LANES);
+		int			lane = c->slot % TV_LANES;
+		float		norm;
+		float		qc = 0;
+		float		ip;
+		float		sd;
+
+		if (so->residual)
+		{
+			uint32		list;
+
+			memcpy(&list, blk + TV_BLOCK_LIST_OFFSET, sizeof(uint32));
+			/* a block torn by a writer: a wasted candidate, never a fault */
+			if (list < meta->lists)
+				qc = ListOffset(so, meta, list);
+		}
+		memcpy(&norm, blk + TV_BLOCK_NORM_OFFSET + lane * sizeof(float), sizeof(float));
+		ip = qc + tv_refine_block_ip(codec, (const uint8 *) blk + TV_BLOCK_CODES_OFFSET, lane,
+									 TvResidentRefine(copy, c->slot), so->qrot, &sd);
+		c->est4 = c->est;
+		if (metric == TV_METRIC_L2)
+		{
+			c->est = so->qnorm2 + norm * norm - 2 * ip;
+			sd *= 2;
+		}
+		else if (metric == TV_METRIC_IP || so->residual)
+			c->est = -ip;
+		else
+		{
+			c->est = -ip / Max(norm, FLT_MIN);
+			sd /= Max(norm, FLT_MIN);
+		}
+		worst_sd = Max(worst_sd, sd);
+		if ((i & 255) == 255)
+			CHECK_FOR_INTERRUPTS();
+	}
+	so->refine_margin = TV_REFINE_SIGMAS * worst_sd;
+}
+
+/*
+ * Collect a window from the resident copy: its candidates on the codes,
+ * then their estimates refined in memory (*refined), so that NextWindow
+ * fetches from the table, in batches, only the rows it returns.  False
+ * when the copy is not current: the caller reads the extent instead.
  */
 static bool
-ResidentWindow(IndexScanDesc scan, CandidateHeap *heap, bool *ranked)
+ResidentWindow(IndexScanDesc scan, CandidateHeap *heap, bool *refined)
 {
 	TvScanOpaque so = (TvScanOpaque) scan->opaque;
 	TvResidentEntry *e = so->resident;
@@ -841,14 +936,14 @@ ResidentWindow(IndexScanDesc scan, CandidateHeap *heap, bool *ranked)
 	char	   *stream;
 	uint64		nblocks;
 	uint64		cap_blocks;
-	bool		vectors = (so->state->toarray == NULL && !so->nullquery);
 	int			pin;
 
 	TvReadMeta(scan->indexRelation, &meta);
 	LWLockAcquire(e->lock, LW_SHARED);
 	copy = TvResidentGetCopy(e);
 	if (e->state != TV_RES_READY || copy == NULL || e->change_count != meta.change_count ||
-		e->relfilenode != TvRelFileNumber(scan->indexRelation))
+		e->relfilenode != TvRelFileNumber(scan->indexRelation) ||
+		copy->dim != meta.dim || copy->refine_bytes != tv_refine_bytes(meta.dim))
 	{
 		LWLockRelease(e->lock);
 		TvResidentWakeWorker(MyDatabaseId);
@@ -900,22 +995,52 @@ ResidentWindow(IndexScanDesc scan, CandidateHeap *heap, bool *ranked)
 		}
 	}
 
-	*ranked = vectors;
-	so->results = palloc(sizeof(TvResult) * Max(heap->n, 1));
-	so->nresults = 0;
-	for (int i = 0; i < heap->n && vectors; i++)
+	*refined = !so->nullquery;
+	if (*refined)
 	{
-		TvCandidate *c = &heap->items[i];
-
-		so->results[so->nresults].dist =
-			TvExactDistance(so->state->metric, TvResidentVectors(copy) + c->slot * copy->dim,
-							so->qfloats, copy->dim);
-		so->results[so->nresults].tid = c->tid;
-		so->results[so->nresults].est = c->est;
-		so->nresults++;
+		/* a max-heap: items[0] is the worst on the codes */
+		so->pool_worst = heap->n > 0 ? heap->items[0].est : 0;
+		RefineCandidates(so, &meta, copy, heap);
 	}
 	TvResidentUnpin(e, pin);
 	return true;
+}
+
+static int
+CandidateSortCmp(const void *a, const void *b)
+{
+	return CandidateCmp((const TvCandidate *) a, (const TvCandidate *) b);
+}
+
+/*
+ * The next batch of a refined resident window: the best candidates not
+ * yet fetched, 16 at first, twice as many each time, and with them every
+ * candidate whose refined estimate lies within two margins of the last
+ * one's, so that NextWindow can return about all of the first ones (the
+ * next candidate's estimate, less a margin, still lies above their exact
+ * distances) instead of fetching another batch for them.  The heap is only
+ * read from now on (sorted, not a heap).
+ */
+static void
+TakeBatch(TvScanOpaque so, CandidateHeap *heap)
+{
+	int			n;
+	int			left = so->npending - so->pendnext;
+
+	if (so->batch == 0)
+		so->batch = TV_RESIDENT_BATCH;
+	n = Min(so->batch, left);
+	if (n > 0)
+	{
+		double		reach = so->pending[so->pendnext + n - 1].est + 2 * so->refine_margin;
+
+		while (n < left && so->pending[so->pendnext + n].est <= reach)
+			n++;
+	}
+	heap->items = so->pending + so->pendnext;
+	heap->n = heap->cap = n;
+	so->pendnext += n;
+	so->batch = (int) Min((int64) so->batch * 2, (int64) INT_MAX / 2);
 }
 
 /*
@@ -934,10 +1059,12 @@ EstimateScale(TvMetric metric, double dist)
 
 /*
  * strict_order: how many of the window's sorted rows to return before the
- * next window.  Rows the next window takes have estimates no better than
- * this window's worst, and their exact distances lie above their estimates
- * by about what this window's did, at worst the most negative error seen.
- * Rows nearer than that bound are returned; the rest wait and are merged
+ * next window.  worst is the window's worst estimate, full says whether it
+ * took all it could, last whether no row is left for a later window.  Rows
+ * the next window takes have estimates no better than this window's worst,
+ * and their exact distances lie above their estimates by about what this
+ * window's did, at worst the most negative error seen.  Rows nearer than
+ * that bound are returned; the rest wait and are merged
  * into the next window, so the rows a later window finds nearer than one
  * returned (which strict_order must leave out) are few.
  *
@@ -948,61 +1075,56 @@ EstimateScale(TvMetric metric, double dist)
  * more lists no bound is known (a list's rows can lie anywhere around its
  * centroid): every row waits for the window of the wider probe, and rows of
  * lists probed later that are nearer than one returned are left out.
+ *
+ * For a resident window this decides only after its last batch, with the
+ * window's estimates on the codes (TvResult.est, pool_worst): the batches
+ * before it are ordered among themselves by NextWindow.
  */
 static int
-StrictEmitCount(TvScanOpaque so, const CandidateHeap *heap)
+StrictEmitCount(TvScanOpaque so, float worst, bool full, bool last)
 {
 	TvMetric	metric = so->state->metric;
 	double		lowest = get_float8_infinity();
 	double		bound;
 	int			n = 0;
 
-	if (so->exhausted || so->nullquery)
+	if (last || so->nullquery)
 		return so->nresults;
 	/* IVF ran out of probed lists: rows of the next ones may be nearer */
-	if (heap->n < heap->cap)
+	if (!full)
 		return 0;
 	for (int i = 0; i < so->nresults; i++)
 		lowest = Min(lowest, EstimateScale(metric, so->results[i].dist) - so->results[i].est);
-	/* a max-heap: items[0] is the window's worst estimate */
-	bound = heap->items[0].est + Min(lowest, 0);
+	bound = worst + Min(lowest, 0);
 	while (n < so->nresults && EstimateScale(metric, so->results[n].dist) <= bound)
 		n++;
 	return n;
 }
 
-/* Collect, re-rank and sort the next window */
+/*
+ * Collect the candidates of the next window into *heap: from the resident
+ * copy, refined (*refined: heap then holds its first batch, the rest wait
+ * in so->pending), or from the pages.  Every candidate is marked seen.
+ */
 static void
-NextWindow(IndexScanDesc scan)
+ScanWindow(IndexScanDesc scan, CandidateHeap *heap, bool *refined)
 {
 	TvScanOpaque so = (TvScanOpaque) scan->opaque;
-	MemoryContext oldCtx;
-	CandidateHeap heap;
-	bool		ranked = false;
-	TvResult   *carry = NULL;
-	int			ncarry = so->nresults - so->next;
-	bool		first = (so->taken == 0);
 
-	/* strict_order: rows held back from the last window join this one */
-	if (ncarry > 0)
+	*refined = false;
+	so->first_window = (so->taken == 0);
+	heap->cap = (int) Min((int64) so->window, so->max_taken - so->taken);
+	heap->n = 0;
+	heap->items = palloc(sizeof(TvCandidate) * heap->cap);
+	if (so->resident == NULL || !ResidentWindow(scan, heap, refined))
 	{
-		carry = MemoryContextAlloc(so->queryCtx, sizeof(TvResult) * ncarry);
-		memcpy(carry, so->results + so->next, sizeof(TvResult) * ncarry);
+		heap->n = 0;
+		*refined = false;
+		CollectCandidates(scan, heap);
 	}
-	MemoryContextReset(so->windowCtx);
-	oldCtx = MemoryContextSwitchTo(so->windowCtx);
+	so->pool_full = (heap->n == heap->cap);
 
-	heap.cap = (int) Min((int64) so->window, so->max_taken - so->taken);
-	heap.n = 0;
-	heap.items = palloc(sizeof(TvCandidate) * heap.cap);
-	if (so->resident == NULL || !ResidentWindow(scan, &heap, &ranked))
-	{
-		heap.n = 0;
-		ranked = false;
-		CollectCandidates(scan, &heap);
-	}
-
-	if (heap.n < heap.cap)
+	if (heap->n < heap->cap)
 	{
 		/* what was probed is used up: probe more lists, or stop */
 		if (so->list_order != NULL && so->nprobe < so->state->meta.lists)
@@ -1010,7 +1132,7 @@ NextWindow(IndexScanDesc scan)
 		else
 			so->exhausted = true;
 	}
-	so->taken += heap.n;
+	so->taken += heap->n;
 	if (!so->exhausted && so->taken >= so->max_taken)
 	{
 		/* the bound on a scan's candidates: stop, as if the index ended */
@@ -1025,27 +1147,74 @@ NextWindow(IndexScanDesc scan)
 		ctl.keysize = sizeof(ItemPointerData);
 		ctl.entrysize = sizeof(ItemPointerData);
 		ctl.hcxt = so->queryCtx;
-		so->seen = hash_create("turbovec seen TIDs", Max(heap.n, 16), &ctl,
+		so->seen = hash_create("turbovec seen TIDs", Max(heap->n, 16), &ctl,
 							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
-	so->next = 0;
-	if (!ranked)
+	/* every candidate of the window is taken, fetched now or in a batch */
+	for (int i = 0; i < heap->n && so->seen; i++)
+		hash_search(so->seen, &heap->items[i].tid, HASH_ENTER, NULL);
+
+	if (*refined)
 	{
-		so->results = palloc(sizeof(TvResult) * Max(heap.n, 1));
-		so->nresults = 0;
+		/* the best refined estimates first; fetch a batch of them */
+		qsort(heap->items, heap->n, sizeof(TvCandidate), CandidateSortCmp);
+		if (so->pending)
+			pfree(so->pending);
+		so->pending = MemoryContextAlloc(so->queryCtx, sizeof(TvCandidate) * Max(heap->n, 1));
+		memcpy(so->pending, heap->items, sizeof(TvCandidate) * heap->n);
+		so->npending = heap->n;
+		so->pendnext = 0;
+		TakeBatch(so, heap);
 	}
+
+	/* double the window, up to what one allocation holds */
+	so->window = (int) Min((int64) so->window * 2,
+						   (int64) (MaxAllocSize / sizeof(TvCandidate)));
+}
+
+/* Collect, re-rank and sort the next window (or batch) */
+static void
+NextWindow(IndexScanDesc scan)
+{
+	TvScanOpaque so = (TvScanOpaque) scan->opaque;
+	MemoryContext oldCtx;
+	CandidateHeap heap;
+	bool		refined;
+	TvResult   *carry = NULL;
+	int			ncarry = so->nresults - so->next;
+	bool		more;
+
+	/* strict_order: rows held back from the last window join this one */
+	if (ncarry > 0)
+	{
+		carry = MemoryContextAlloc(so->queryCtx, sizeof(TvResult) * ncarry);
+		memcpy(carry, so->results + so->next, sizeof(TvResult) * ncarry);
+	}
+	MemoryContextReset(so->windowCtx);
+	oldCtx = MemoryContextSwitchTo(so->windowCtx);
+
+	if (so->pendnext < so->npending)
+	{
+		/* the next batch of a resident window: no scan */
+		TakeBatch(so, &heap);
+		refined = true;
+	}
+	else
+		ScanWindow(scan, &heap, &refined);
+
+	so->next = 0;
+	so->results = palloc(sizeof(TvResult) * Max(heap.n, 1));
+	so->nresults = 0;
 	for (int i = 0; i < heap.n; i++)
 	{
 		TvCandidate *c = &heap.items[i];
 		double		dist;
 
-		if (so->seen)
-			hash_search(so->seen, &c->tid, HASH_ENTER, NULL);
-		if (!ranked && ExactDistance(scan, &c->tid, &dist))
+		if (ExactDistance(scan, &c->tid, &dist))
 		{
 			so->results[so->nresults].dist = dist;
 			so->results[so->nresults].tid = c->tid;
-			so->results[so->nresults].est = c->est;
+			so->results[so->nresults].est = refined ? c->est4 : c->est;
 			so->nresults++;
 		}
 		if ((i & 63) == 63)
@@ -1062,11 +1231,33 @@ NextWindow(IndexScanDesc scan)
 		pfree(carry);
 	}
 	qsort(so->results, so->nresults, sizeof(TvResult), ResultCmp);
-	so->nemit = (so->strict && !first) ? StrictEmitCount(so, &heap) : so->nresults;
+	more = refined && so->pendnext < so->npending;
+	if (more)
+	{
+		/*
+		 * Rows of this window wait in later batches, their refined
+		 * estimates no better than the next one's: return only rows that
+		 * none of them can precede, allowing for the refinement's error.
+		 * The rest join the next batch, so a window comes out in exact order
+		 * (in both iterative_scan modes) as when it was fetched whole.
+		 */
+		double		bound = so->pending[so->pendnext].est - so->refine_margin;
+		int			n = 0;
 
-	/* double the window, up to what one allocation holds */
-	so->window = (int) Min((int64) so->window * 2,
-						   (int64) (MaxAllocSize / sizeof(TvCandidate)));
+		while (n < so->nresults &&
+			   EstimateScale(so->state->metric, so->results[n].dist) <= bound)
+			n++;
+		so->nemit = n;
+	}
+	else if (so->strict && !so->first_window)
+		so->nemit = StrictEmitCount(so,
+									refined ? so->pool_worst : (heap.n > 0 ? heap.items[0].est : 0),
+									so->pool_full, so->exhausted);
+	else
+		so->nemit = so->nresults;
+	elog(DEBUG2, "turbo scan of \"%s\": %s of %d rows read from the table, %d to return",
+		 RelationGetRelationName(scan->indexRelation), refined ? "batch" : "window",
+		 heap.n, so->nemit);
 	MemoryContextSwitchTo(oldCtx);
 }
 
@@ -1245,6 +1436,15 @@ tvrescan(IndexScanDesc scan, ScanKey keys, int nkeys, ScanKey orderbys, int nord
 	so->next = 0;
 	so->lut = NULL;
 	so->state = NULL;
+	so->qrot = NULL;
+	so->pending = NULL;
+	so->npending = 0;
+	so->pendnext = 0;
+	so->batch = 0;
+	so->refine_margin = 0;
+	so->pool_worst = 0;
+	so->pool_full = false;
+	so->first_window = false;
 	MemoryContextReset(so->windowCtx);
 	MemoryContextReset(so->queryCtx);
 }
@@ -1344,7 +1544,7 @@ tvgettuple(IndexScanDesc scan, ScanDirection dir)
 
 		while (so->next >= so->nemit)
 		{
-			if (so->exhausted)
+			if (so->exhausted && so->pendnext >= so->npending)
 				return false;
 			NextWindow(scan);
 		}

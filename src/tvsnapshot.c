@@ -40,7 +40,7 @@
 #define OFF_NSLOTS			80
 #define OFF_LIVE			88
 #define OFF_STREAM_BYTES	96
-#define OFF_VECTOR_BYTES	104
+#define OFF_REFINE_BYTES	104
 #define OFF_BODY_CRC		112
 #define OFF_HEADER_CRC		116
 
@@ -175,7 +175,7 @@ tv_snapshot_encode_header(const TvSnapshotHeader *hdr, uint8_t *out)
 	Put64(out + OFF_NSLOTS, hdr->nslots);
 	Put64(out + OFF_LIVE, hdr->live);
 	Put64(out + OFF_STREAM_BYTES, hdr->stream_bytes);
-	Put64(out + OFF_VECTOR_BYTES, hdr->vector_bytes);
+	Put64(out + OFF_REFINE_BYTES, hdr->refine_bytes);
 	Put32(out + OFF_BODY_CRC, hdr->body_crc);
 	Put32(out + OFF_HEADER_CRC, hdr->header_crc);
 }
@@ -204,7 +204,7 @@ tv_snapshot_decode_header(const uint8_t *in, TvSnapshotHeader *hdr)
 	hdr->nslots = Get64(in + OFF_NSLOTS);
 	hdr->live = Get64(in + OFF_LIVE);
 	hdr->stream_bytes = Get64(in + OFF_STREAM_BYTES);
-	hdr->vector_bytes = Get64(in + OFF_VECTOR_BYTES);
+	hdr->refine_bytes = Get64(in + OFF_REFINE_BYTES);
 	hdr->body_crc = Get32(in + OFF_BODY_CRC);
 	hdr->header_crc = Get32(in + OFF_HEADER_CRC);
 }
@@ -235,16 +235,16 @@ ListAreaBytes(uint32_t lists, uint32_t dim)
 }
 
 /*
- * Stream and vector sizes implied by the shape fields, or false when either
+ * Stream and refinement sizes implied by the shape fields, or false when either
  * would overflow 64 bits.  Blocks are ceil(nslots / 32), formed without
  * nslots + 31 overflowing.
  */
 static bool
-BodySizes(const TvSnapshotHeader *h, uint64_t *stream_bytes, uint64_t *vector_bytes)
+BodySizes(const TvSnapshotHeader *h, uint64_t *stream_bytes, uint64_t *refine_bytes)
 {
 	uint64_t	nblocks = h->nslots / TV_SNAPSHOT_LANES +
 		(h->nslots % TV_SNAPSHOT_LANES != 0);
-	uint64_t	per_slot = (uint64_t) h->dim * sizeof(float);
+	uint64_t	per_slot = TV_REFINE_BYTES(h->dim);
 
 	if (h->block_bytes != 0 &&
 		nblocks > (UINT64_MAX - h->list_area) / h->block_bytes)
@@ -252,7 +252,7 @@ BodySizes(const TvSnapshotHeader *h, uint64_t *stream_bytes, uint64_t *vector_by
 	if (per_slot != 0 && h->nslots > UINT64_MAX / per_slot)
 		return false;
 	*stream_bytes = h->list_area + nblocks * h->block_bytes;
-	*vector_bytes = h->nslots * per_slot;
+	*refine_bytes = h->nslots * per_slot;
 	return true;
 }
 
@@ -270,7 +270,7 @@ tv_snapshot_parse_header(const uint8_t *buf, size_t avail, uint64_t file_len,
 	uint32_t	version;
 	uint32_t	header_bytes;
 	uint64_t	stream_bytes;
-	uint64_t	vector_bytes;
+	uint64_t	refine_bytes;
 	uint64_t	total;
 	size_t		n;
 
@@ -328,13 +328,13 @@ tv_snapshot_parse_header(const uint8_t *buf, size_t avail, uint64_t file_len,
 					  h.live, h.nslots);
 
 	/* Sizes: consistent with the shape, then with the file */
-	if (!BodySizes(&h, &stream_bytes, &vector_bytes))
+	if (!BodySizes(&h, &stream_bytes, &refine_bytes))
 		return "sizes inconsistent (overflow)";
-	if (h.stream_bytes != stream_bytes || h.vector_bytes != vector_bytes)
+	if (h.stream_bytes != stream_bytes || h.refine_bytes != refine_bytes)
 		return "sizes inconsistent";
-	if (stream_bytes > UINT64_MAX - TV_SNAPSHOT_HEADER_BYTES - vector_bytes)
+	if (stream_bytes > UINT64_MAX - TV_SNAPSHOT_HEADER_BYTES - refine_bytes)
 		return "sizes inconsistent (overflow)";
-	total = TV_SNAPSHOT_HEADER_BYTES + stream_bytes + vector_bytes;
+	total = TV_SNAPSHOT_HEADER_BYTES + stream_bytes + refine_bytes;
 	if (file_len < total)
 		return "truncated";
 	if (file_len > total)
@@ -455,12 +455,12 @@ CheckStream(const TvSnapshotHeader *h, const uint8_t *stream)
 /* Body CRC, then the stream's structure; hdr passed tv_snapshot_parse_header */
 const char *
 tv_snapshot_check_body(const TvSnapshotHeader *hdr, const uint8_t *stream,
-					   const uint8_t *vectors)
+					   const uint8_t *refines)
 {
 	uint32_t	crc = TV_CRC32C_INIT;
 
 	crc = tv_snapshot_crc32c(crc, stream, (size_t) hdr->stream_bytes);
-	crc = tv_snapshot_crc32c(crc, vectors, (size_t) hdr->vector_bytes);
+	crc = tv_snapshot_crc32c(crc, refines, (size_t) hdr->refine_bytes);
 	if (TV_CRC32C_FINISH(crc) != hdr->body_crc)
 		return "body CRC mismatch";
 	return CheckStream(hdr, stream);
@@ -470,7 +470,7 @@ tv_snapshot_check_body(const TvSnapshotHeader *hdr, const uint8_t *stream,
 const char *
 tv_snapshot_parse(const uint8_t *buf, size_t len, const TvSnapshotExpect *expect,
 				  TvSnapshotHeader *hdr, const uint8_t **stream,
-				  const uint8_t **vectors)
+				  const uint8_t **refines)
 {
 	TvSnapshotHeader h;
 	const char *why;
@@ -478,11 +478,11 @@ tv_snapshot_parse(const uint8_t *buf, size_t len, const TvSnapshotExpect *expect
 	const uint8_t *v;
 
 	*stream = NULL;
-	*vectors = NULL;
+	*refines = NULL;
 	why = tv_snapshot_parse_header(buf, len, (uint64_t) len, expect, &h);
 	if (why)
 		return why;
-	/* parse_header proved len == header + stream_bytes + vector_bytes */
+	/* parse_header proved len == header + stream_bytes + refine_bytes */
 	s = buf + TV_SNAPSHOT_HEADER_BYTES;
 	v = s + h.stream_bytes;
 	why = tv_snapshot_check_body(&h, s, v);
@@ -490,14 +490,14 @@ tv_snapshot_parse(const uint8_t *buf, size_t len, const TvSnapshotExpect *expect
 		return why;
 	*hdr = h;
 	*stream = s;
-	*vectors = v;
+	*refines = v;
 	return NULL;
 }
 
 /* Fill the derived fields and both CRCs of a header about to be written */
 void
 tv_snapshot_seal(TvSnapshotHeader *hdr, const uint8_t *stream,
-				 const uint8_t *vectors)
+				 const uint8_t *refines)
 {
 	uint64_t	nblocks = hdr->nslots / TV_SNAPSHOT_LANES +
 		(hdr->nslots % TV_SNAPSHOT_LANES != 0);
@@ -508,10 +508,10 @@ tv_snapshot_seal(TvSnapshotHeader *hdr, const uint8_t *stream,
 	hdr->header_bytes = TV_SNAPSHOT_HEADER_BYTES;
 	hdr->reserved = 0;
 	hdr->stream_bytes = hdr->list_area + nblocks * hdr->block_bytes;
-	hdr->vector_bytes = hdr->nslots * hdr->dim * sizeof(float);
+	hdr->refine_bytes = hdr->nslots * TV_REFINE_BYTES(hdr->dim);
 
 	crc = tv_snapshot_crc32c(crc, stream, (size_t) hdr->stream_bytes);
-	crc = tv_snapshot_crc32c(crc, vectors, (size_t) hdr->vector_bytes);
+	crc = tv_snapshot_crc32c(crc, refines, (size_t) hdr->refine_bytes);
 	hdr->body_crc = TV_CRC32C_FINISH(crc);
 	hdr->header_crc = 0;
 	hdr->header_crc = tv_snapshot_header_crc(hdr);

@@ -1,7 +1,7 @@
 /*
  * tvsnapshot.h
  *	  The .tv snapshot file: a dump of one turbo index's resident copy (its
- *	  stream bytes and one float4 vector per slot) that start-up may load
+ *	  stream bytes and one refinement code per slot) that start-up may load
  *	  instead of rebuilding from the index and the table.
  *
  * A snapshot is only a cache.  Whatever is wrong with a file (torn, stale,
@@ -19,11 +19,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tvcodec.h"			/* TV_REFINE_BYTES */
+
 /* "TURBOTV" and a 0x01 byte: the first 8 bytes of every .tv file */
 #define TV_SNAPSHOT_MAGIC		"TURBOTV\x01"
 #define TV_SNAPSHOT_MAGIC_LEN	8
-#define TV_SNAPSHOT_VERSION		1
-/* Bytes of the version 1 header on disk (see the offsets in SNAPSHOT.md) */
+#define TV_SNAPSHOT_VERSION		2
+/* Bytes of the version 2 header on disk (see the offsets in SNAPSHOT.md) */
 #define TV_SNAPSHOT_HEADER_BYTES 120
 
 /* Limits the reader holds a header to (the same as the index's) */
@@ -63,7 +65,7 @@ typedef struct TvSnapshotHeader
 	uint64_t	nslots;			/* slots handed out */
 	uint64_t	live;			/* live lanes, for information (<= nslots) */
 	uint64_t	stream_bytes;	/* list_area + ceil(nslots / 32) * block_bytes */
-	uint64_t	vector_bytes;	/* nslots * dim * 4 */
+	uint64_t	refine_bytes;	/* nslots * TV_REFINE_BYTES(dim) */
 	uint32_t	body_crc;		/* CRC-32C over stream bytes, then vector bytes */
 	uint32_t	header_crc;		/* CRC-32C over the encoded header, this field 0 */
 } TvSnapshotHeader;
@@ -111,8 +113,8 @@ extern uint32_t tv_snapshot_header_crc(const TvSnapshotHeader *hdr);
  * when it is whole and matches *expect, else a string naming the defect
  * ("bad magic", "truncated", "stale: change counter 5, expected 9", ...).
  * The string is static storage, valid until the next call.  On success *hdr
- * is filled and *stream / *vectors point into buf (unaligned: copy before
- * using the floats in place).  Never reads outside buf, never trusts a
+ * is filled and *stream / *refines point into buf (unaligned: copy before
+ * using the values in place).  Never reads outside buf, never trusts a
  * length before checking it against len, never overflows on hostile sizes.
  *
  * Besides expect, a caller must check hdr->lists, list_area and block_bytes
@@ -124,7 +126,7 @@ extern const char *tv_snapshot_parse(const uint8_t *buf, size_t len,
 									 const TvSnapshotExpect *expect,
 									 TvSnapshotHeader *hdr,
 									 const uint8_t **stream,
-									 const uint8_t **vectors);
+									 const uint8_t **refines);
 
 /*
  * The two halves of tv_snapshot_parse, for a reader that loads the header
@@ -139,16 +141,16 @@ extern const char *tv_snapshot_parse_header(const uint8_t *buf, size_t avail,
 											TvSnapshotHeader *hdr);
 extern const char *tv_snapshot_check_body(const TvSnapshotHeader *hdr,
 										  const uint8_t *stream,
-										  const uint8_t *vectors);
+										  const uint8_t *refines);
 
 /*
- * Fill magic, version, header_bytes, reserved, stream_bytes, vector_bytes
+ * Fill magic, version, header_bytes, reserved, stream_bytes, refine_bytes
  * and both CRCs for writing.  The caller fills identity and shape (dboid ..
- * block_bytes, seed, lsn, change_count, nslots, live); stream and vectors
- * hold stream_bytes and vector_bytes bytes.  Pure.
+ * block_bytes, seed, lsn, change_count, nslots, live); stream and refines
+ * hold stream_bytes and refine_bytes bytes.  Pure.
  */
 extern void tv_snapshot_seal(TvSnapshotHeader *hdr, const uint8_t *stream,
-							 const uint8_t *vectors);
+							 const uint8_t *refines);
 
 /*
  * Backend part (tvsnapshotio.c).  Declared only when PostgreSQL headers are
@@ -159,9 +161,9 @@ extern void tv_snapshot_seal(TvSnapshotHeader *hdr, const uint8_t *stream,
 
 extern void TvSnapshotPath(uint32 dboid, uint32 indexoid, char *path);
 extern bool TvSnapshotWrite(const TvSnapshotHeader *hdr, const char *stream,
-							const float *vectors, Size *size);
+							const char *refines, Size *size);
 extern bool TvSnapshotRead(const TvSnapshotExpect *expect, TvSnapshotHeader *hdr,
-						   char **stream, float **vectors, const char **why);
+						   char **stream, char **refines, const char **why);
 extern void TvSnapshotRemove(uint32 dboid, uint32 indexoid);
 extern void TvSnapshotSweep(uint32 dboid, const List *keep, bool keep_listed);
 #endif

@@ -172,13 +172,13 @@ DiscardTemp(int fd, const char *tmppath)
 /*
  * Write a snapshot atomically: <path>.tmp, fsync, close, durable_rename.
  * hdr's identity and shape fields must be filled; the derived fields and the
- * CRCs are computed here on a copy (tv_snapshot_seal), so stream and vectors
+ * CRCs are computed here on a copy (tv_snapshot_seal), so stream and refines
  * must not change during the call.  On failure: one WARNING, no temp file
  * left, any older snapshot untouched, false.  *size gets the file size.
  */
 bool
 TvSnapshotWrite(const TvSnapshotHeader *hdr, const char *stream,
-				const float *vectors, Size *size)
+				const char *refines, Size *size)
 {
 	TvSnapshotHeader h = *hdr;
 	uint8		raw[TV_SNAPSHOT_HEADER_BYTES];
@@ -188,7 +188,7 @@ TvSnapshotWrite(const TvSnapshotHeader *hdr, const char *stream,
 
 	*size = 0;
 	UseServerCrc32c();
-	tv_snapshot_seal(&h, (const uint8 *) stream, (const uint8 *) vectors);
+	tv_snapshot_seal(&h, (const uint8 *) stream, (const uint8 *) refines);
 	tv_snapshot_encode_header(&h, raw);
 
 	if (!EnsureSnapshotDir())
@@ -206,7 +206,7 @@ TvSnapshotWrite(const TvSnapshotHeader *hdr, const char *stream,
 	}
 	if (!WriteAll(fd, (const char *) raw, sizeof(raw)) ||
 		!WriteAll(fd, stream, h.stream_bytes) ||
-		!WriteAll(fd, (const char *) vectors, h.vector_bytes))
+		!WriteAll(fd, (const char *) refines, h.refine_bytes))
 	{
 		DiscardTemp(fd, tmppath);
 		ereport(WARNING,
@@ -237,7 +237,7 @@ TvSnapshotWrite(const TvSnapshotHeader *hdr, const char *stream,
 		DiscardTemp(-1, tmppath);
 		return false;
 	}
-	*size = (Size) (TV_SNAPSHOT_HEADER_BYTES + h.stream_bytes + h.vector_bytes);
+	*size = (Size) (TV_SNAPSHOT_HEADER_BYTES + h.stream_bytes + h.refine_bytes);
 	return true;
 }
 
@@ -247,11 +247,11 @@ TvSnapshotWrite(const TvSnapshotHeader *hdr, const char *stream,
  * reason for the caller's one WARNING.  The header is checked against the
  * file size before anything is allocated, so a hostile size never drives an
  * allocation; the body must end exactly at end of file.  On success the
- * stream and vectors are palloc'd (huge) in CurrentMemoryContext.
+ * stream and refines are palloc'd (huge) in CurrentMemoryContext.
  */
 bool
 TvSnapshotRead(const TvSnapshotExpect *expect, TvSnapshotHeader *hdr,
-			   char **stream, float **vectors, const char **why)
+			   char **stream, char **refines, const char **why)
 {
 	char		path[MAXPGPATH];
 	uint8		raw[TV_SNAPSHOT_HEADER_BYTES];
@@ -266,7 +266,7 @@ TvSnapshotRead(const TvSnapshotExpect *expect, TvSnapshotHeader *hdr,
 
 	*why = NULL;
 	*stream = NULL;
-	*vectors = NULL;
+	*refines = NULL;
 	UseServerCrc32c();
 	TvSnapshotPath(expect->dboid, expect->indexoid, path);
 
@@ -313,14 +313,14 @@ TvSnapshotRead(const TvSnapshotExpect *expect, TvSnapshotHeader *hdr,
 	}
 
 	/* Sizes now match the file; they still must fit one huge allocation */
-	if (h.stream_bytes + h.vector_bytes > (uint64) MaxAllocHugeSize)
+	if (h.stream_bytes + h.refine_bytes > (uint64) MaxAllocHugeSize)
 	{
 		*why = "too large to load";
 		goto fail;
 	}
 	s = palloc_extended(Max((Size) h.stream_bytes, 1),
 						MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
-	v = palloc_extended(Max((Size) h.vector_bytes, 1),
+	v = palloc_extended(Max((Size) h.refine_bytes, 1),
 						MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
 	if (s == NULL || v == NULL)
 	{
@@ -331,7 +331,7 @@ TvSnapshotRead(const TvSnapshotExpect *expect, TvSnapshotHeader *hdr,
 	/* The file may have changed since fstat: insist on exactly the sizes */
 	got = ReadAll(fd, s, h.stream_bytes);
 	if (got >= 0 && (uint64) got == h.stream_bytes)
-		got = ReadAll(fd, v, h.vector_bytes);
+		got = ReadAll(fd, v, h.refine_bytes);
 	else if (got >= 0)
 		got = -2;
 	if (got == -1)
@@ -339,7 +339,7 @@ TvSnapshotRead(const TvSnapshotExpect *expect, TvSnapshotHeader *hdr,
 		*why = psprintf("could not read file: %m");
 		goto fail;
 	}
-	if (got == -2 || (uint64) got != h.vector_bytes)
+	if (got == -2 || (uint64) got != h.refine_bytes)
 	{
 		*why = "truncated";
 		goto fail;
@@ -362,7 +362,7 @@ TvSnapshotRead(const TvSnapshotExpect *expect, TvSnapshotHeader *hdr,
 
 	*hdr = h;
 	*stream = s;
-	*vectors = (float *) v;
+	*refines = v;
 	return true;
 
 fail:

@@ -115,10 +115,19 @@ FetchVector(Relation heap, Relation index, TvIndexState *state, IndexFetchTableD
 	return true;
 }
 
+/* The centroids refinement codes are relative to, or NULL (no lock held) */
+static const float *
+ResidualCentroids(Relation index, const TvMetaPageData *meta)
+{
+	if (meta->lists == 0 || !TvMetaResidual(meta))
+		return NULL;
+	return TvCachedCentroids(index, NULL);
+}
+
 /* Bytes of a copy's allocation */
 #define CopyBytes(copy) \
 	(MAXALIGN(sizeof(TvResidentCopy)) + (copy)->stream_capacity + \
-	 (copy)->capacity_slots * (copy)->dim * sizeof(float))
+	 (copy)->capacity_slots * (copy)->refine_bytes)
 
 /*
  * A new copy sized for the metapage plus room to grow, its stream zeroed
@@ -128,12 +137,9 @@ static dsa_pointer
 AllocCopy(const TvMetaPageData *meta, uint64 zero_from)
 {
 	dsa_area   *area = TvResidentArea();
-	uint64		nblocks = TvBlockCount(meta);
-	uint64		cap_blocks = nblocks + Max(nblocks / 4, 16);
-	uint64		cap_slots = cap_blocks * TV_LANES;
-	uint64		stream_cap = TvBlockOffset(meta, cap_blocks);
-	Size		bytes = MAXALIGN(sizeof(TvResidentCopy)) + stream_cap +
-		cap_slots * meta->dim * sizeof(float);
+	uint64		cap_slots;
+	uint64		stream_cap;
+	Size		bytes = (Size) TvResidentCopyBytes(meta, &cap_slots, &stream_cap);
 	dsa_pointer dp;
 	TvResidentCopy *copy;
 
@@ -152,6 +158,7 @@ AllocCopy(const TvMetaPageData *meta, uint64 zero_from)
 	copy->nslots = meta->nslots;
 	copy->capacity_slots = cap_slots;
 	copy->stream_capacity = stream_cap;
+	copy->refine_bytes = tv_refine_bytes(meta->dim);
 	memset(TvResidentStream(copy) + zero_from, 0, stream_cap - zero_from);
 	return dp;
 }
@@ -186,7 +193,10 @@ CopyStream(Relation index, const TvMetaPageData *meta)
 	return dp;
 }
 
-/* Fill the vectors of every live lane; lanes whose row is gone are cleared */
+/*
+ * Fill the refinement codes of every live lane from the table's vectors;
+ * lanes whose row is gone are cleared
+ */
 static void
 FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry *e,
 			TvResidentCopy *copy)
@@ -202,6 +212,8 @@ FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry 
 	char	   *stream = TvResidentStream(copy);
 	uint64		nblocks;
 	TvUserContext owner;
+	float	   *x = palloc(sizeof(float) * Max(copy->dim, 1));
+	const float *centroids = ResidualCentroids(index, &state->meta);
 
 	meta.list_area = copy->list_area;
 	meta.block_bytes = copy->block_bytes;
@@ -232,9 +244,12 @@ FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry 
 			l &= l - 1;
 			memcpy(&tid, blk + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
 				   sizeof(tid));
-			if (!FetchVector(heap, index, state, fetch, slot, indexInfo, estate, &tid,
-							 TvResidentVectors(copy) + (b * TV_LANES + lane) * copy->dim))
+			if (!FetchVector(heap, index, state, fetch, slot, indexInfo, estate, &tid, x))
 				gone |= (uint32) 1 << lane;
+			else
+				TvResidentEncodeRefine(state->codec, state->metric,
+									   TvResidentCentroid(centroids, &meta, blk), x,
+									   TvResidentRefine(copy, b * TV_LANES + lane));
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(tmp);
 		}
@@ -255,6 +270,7 @@ FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry 
 	table_index_fetch_end(fetch);
 	FreeExecutorState(estate);
 	MemoryContextDelete(tmp);
+	pfree(x);
 }
 
 /*
@@ -404,7 +420,7 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 	TvSnapshotExpect expect;
 	TvSnapshotHeader hdr;
 	char	   *stream;
-	float	   *vectors;
+	char	   *refines;
 	const char *why = NULL;
 	TvMetaPageData meta;
 	XLogRecPtr	lsn;
@@ -435,7 +451,7 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 	expect.change_count = meta.change_count;
 	/* the dump saw the record that set this counter, so its LSN is no older */
 	expect.min_lsn = lsn;
-	if (!TvSnapshotRead(&expect, &hdr, &stream, &vectors, &why))
+	if (!TvSnapshotRead(&expect, &hdr, &stream, &refines, &why))
 	{
 		if (why != NULL)
 		{
@@ -489,17 +505,17 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 				 errdetail("The resident copy of index \"%s\" is rebuilt from the index and its table.",
 						   RelationGetRelationName(index))));
 		pfree(stream);
-		pfree(vectors);
+		pfree(refines);
 		return false;
 	}
-	/* the file's stream is the extent's at this counter; use its vectors */
+	/* the file's stream is the extent's at this counter; use its refinements */
 	memcpy(TvResidentStream(copy), stream, hdr.stream_bytes);
-	memcpy(TvResidentVectors(copy), vectors, hdr.vector_bytes);
+	memcpy(TvResidentRefines(copy), refines, hdr.refine_bytes);
 	Publish(index, e, dp, CopyBytes(copy), &meta, lsn, true);
 	/* the file on disk is this state: nothing to dump until it changes */
 	e->snap_change_count = hdr.change_count;
 	e->snap_lsn = hdr.lsn;
-	e->snap_bytes = TV_SNAPSHOT_HEADER_BYTES + hdr.stream_bytes + hdr.vector_bytes;
+	e->snap_bytes = TV_SNAPSHOT_HEADER_BYTES + hdr.stream_bytes + hdr.refine_bytes;
 	e->snap_time = GetCurrentTimestamp();
 	UnlockReleaseBuffer(metabuf);
 	TvSnapshotPath(MyDatabaseId, RelationGetRelid(index), path);
@@ -507,7 +523,7 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 			(errmsg("turbovec loaded snapshot \"%s\" for index \"%s\" (" UINT64_FORMAT " slots)",
 					path, RelationGetRelationName(index), hdr.nslots)));
 	pfree(stream);
-	pfree(vectors);
+	pfree(refines);
 	return true;
 }
 
@@ -526,6 +542,8 @@ CopyGeometry(const TvResidentCopy *copy, TvMetaPageData *m)
 	m->list_area = copy->list_area;
 	m->block_bytes = copy->block_bytes;
 	m->nslots = copy->nslots;
+	m->lists = copy->lists;
+	m->dim = copy->dim;
 }
 
 /*
@@ -661,9 +679,11 @@ FillLanes(Relation heap, Relation index, TvIndexState *state, TvResidentEntry *e
 	MemoryContext tmp;
 	float	   *x;
 	TvUserContext owner;
+	const float *centroids;
 
 	if (nfetch == 0)
 		return;
+	centroids = ResidualCentroids(index, &state->meta);
 	scan = table_index_fetch_begin(heap);
 	slot = table_slot_create(heap, NULL);
 	/* index expressions are the owner's code, as in FillVectors */
@@ -702,8 +722,9 @@ FillLanes(Relation heap, Relation index, TvIndexState *state, TvResidentEntry *e
 			if ((live & ((uint32) 1 << lane)) != 0 && ItemPointerEquals(&now, &tid))
 			{
 				if (found && copy->dim == state->meta.dim)
-					memcpy(TvResidentVectors(copy) + fetch[i].slot * copy->dim, x,
-						   sizeof(float) * copy->dim);
+					TvResidentEncodeRefine(state->codec, state->metric,
+										   TvResidentCentroid(centroids, &m, blk), x,
+										   TvResidentRefine(copy, fetch[i].slot));
 				else
 				{
 					/* a row that no longer exists is dead to every snapshot */
@@ -741,8 +762,8 @@ GrowCopy(dsa_pointer dp, const TvMetaPageData *meta)
 	{
 		bigger = dsa_get_address(TvResidentArea(), grown);
 		memcpy(TvResidentStream(bigger), TvResidentStream(copy), used);
-		memcpy(TvResidentVectors(bigger), TvResidentVectors(copy),
-			   copy->nslots * copy->dim * sizeof(float));
+		memcpy(TvResidentRefines(bigger), TvResidentRefines(copy),
+			   copy->nslots * copy->refine_bytes);
 		bigger->nslots = copy->nslots;
 	}
 	dsa_free(TvResidentArea(), dp);
@@ -881,9 +902,20 @@ RebuildCopy(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot
 		return false;
 	}
 	TvResidentSetState(e, TV_RES_TOO_BIG);
-	ereport(LOG,
-			(errmsg("turbovec: index \"%s\" does not fit turbovec.resident_memory; it is served from its pages",
-					RelationGetRelationName(index))));
+	{
+		TvMetaPageData meta;
+		uint64		cap_slots;
+		uint64		stream_cap;
+
+		TvReadMeta(index, &meta);
+		ereport(LOG,
+				(errmsg("turbovec: index \"%s\" does not fit turbovec.resident_memory; it is served from its pages",
+						RelationGetRelationName(index)),
+				 errdetail("Its resident copy needs " UINT64_FORMAT " MB; turbovec.resident_memory is %d MB, shared by all copies.",
+						   (TvResidentCopyBytes(&meta, &cap_slots, &stream_cap) + 1024 * 1024 - 1) / (1024 * 1024),
+						   tv_resident_memory_mb),
+				 errhint("turbo_indexes.resident_bytes_needed shows what each index needs.")));
+	}
 	return false;
 }
 
@@ -979,10 +1011,10 @@ DumpCopy(TvResidentEntry *e)
 	TvSnapshotHeader hdr;
 	TvResidentCopy *copy;
 	char	   *stream;
-	float	   *vectors;
+	char	   *refines;
 	Size		size;
 	uint64		stream_bytes;
-	uint64		vector_bytes;
+	uint64		refine_bytes;
 	TvMetaPageData meta;
 
 	LWLockAcquire(e->lock, LW_SHARED);
@@ -997,7 +1029,7 @@ DumpCopy(TvResidentEntry *e)
 	meta.block_bytes = copy->block_bytes;
 	meta.nslots = copy->nslots;
 	stream_bytes = TvBlockOffset(&meta, TvBlockCount(&meta));
-	vector_bytes = copy->nslots * copy->dim * sizeof(float);
+	refine_bytes = copy->nslots * copy->refine_bytes;
 	MemSet(&hdr, 0, sizeof(hdr));
 	hdr.dboid = e->dbid;
 	hdr.indexoid = e->indexid;
@@ -1013,9 +1045,9 @@ DumpCopy(TvResidentEntry *e)
 	hdr.change_count = e->change_count;
 	hdr.nslots = copy->nslots;
 	stream = palloc_extended(Max(stream_bytes, 1), MCXT_ALLOC_HUGE);
-	vectors = palloc_extended(Max(vector_bytes, 1), MCXT_ALLOC_HUGE);
+	refines = palloc_extended(Max(refine_bytes, 1), MCXT_ALLOC_HUGE);
 	memcpy(stream, TvResidentStream(copy), stream_bytes);
-	memcpy(vectors, TvResidentVectors(copy), vector_bytes);
+	memcpy(refines, TvResidentRefines(copy), refine_bytes);
 	LWLockRelease(e->lock);
 
 	/* no lock held while writing: the copy we write is our own */
@@ -1039,7 +1071,7 @@ DumpCopy(TvResidentEntry *e)
 	 */
 	if (!RecoveryInProgress())
 		XLogFlush(hdr.lsn);
-	if (TvSnapshotWrite(&hdr, stream, vectors, &size))
+	if (TvSnapshotWrite(&hdr, stream, refines, &size))
 	{
 		e->snap_change_count = hdr.change_count;
 		e->snap_lsn = hdr.lsn;
@@ -1047,7 +1079,7 @@ DumpCopy(TvResidentEntry *e)
 		e->snap_bytes = (int64) size;
 	}
 	pfree(stream);
-	pfree(vectors);
+	pfree(refines);
 }
 
 /*

@@ -127,7 +127,7 @@ foreach my $idx (@indexes)
 	is($n, 120, "$idx: the file has a whole header");
 	my ($magic, $version, $hbytes, $db, $ix, $relfilenode, $d) = unpack('a8 V7', $hdr);
 	is($magic, "TURBOTV\x01", "$idx: magic");
-	is("$version $hbytes $db $ix $d", "1 120 $dboid $oid{$idx} $dim",
+	is("$version $hbytes $db $ix $d", "2 120 $dboid $oid{$idx} $dim",
 		"$idx: version, header size, database, index and dimension");
 	is($relfilenode, $node->safe_psql('postgres', "SELECT pg_relation_filenode('$idx')"),
 		"$idx: relfilenode");

@@ -50,10 +50,10 @@ my $node = start_node('defects', conf => preload_conf('restart_after_crash = on'
 is(crc32c('123456789'), 0xE3069283, 'CRC-32C check value');
 
 # The 120-byte header: magic, 12 uint32 (version .. reserved), 7 uint64
-# (seed .. vector_bytes), body_crc, header_crc; all little-endian.
+# (seed .. refine_bytes), body_crc, header_crc; all little-endian.
 my @fields = qw(magic version header_bytes dboid indexoid relfilenode dim bits
   metric lists list_area block_bytes reserved seed lsn change_count nslots
-  live stream_bytes vector_bytes body_crc header_crc);
+  live stream_bytes refine_bytes body_crc header_crc);
 my $layout = 'a8 V12 Q<7 V2';
 
 sub split_file
@@ -62,20 +62,20 @@ sub split_file
 	my %h;
 	@h{@fields} = unpack($layout, substr($bytes, 0, 120));
 	my $stream  = substr($bytes, 120, $h{stream_bytes});
-	my $vectors = substr($bytes, 120 + $h{stream_bytes});
-	return (\%h, $stream, $vectors);
+	my $refines = substr($bytes, 120 + $h{stream_bytes});
+	return (\%h, $stream, $refines);
 }
 
 # Header and body with sizes and both CRCs made consistent again.
 sub seal
 {
-	my ($h, $stream, $vectors) = @_;
+	my ($h, $stream, $refines) = @_;
 	$h->{stream_bytes} = length($stream);
-	$h->{vector_bytes} = length($vectors);
-	$h->{body_crc}     = crc32c($stream, $vectors);
+	$h->{refine_bytes} = length($refines);
+	$h->{body_crc}     = crc32c($stream, $refines);
 	$h->{header_crc}   = 0;
 	$h->{header_crc}   = crc32c(pack($layout, @{$h}{@fields}));
-	return pack($layout, @{$h}{@fields}) . $stream . $vectors;
+	return pack($layout, @{$h}{@fields}) . $stream . $refines;
 }
 
 $node->safe_psql(
@@ -141,11 +141,11 @@ my ($gh, $gstream, $gvectors) = split_file($good{d_l2});
 is($gh->{header_crc}, do { my %h = %$gh; $h{header_crc} = 0; crc32c(pack($layout, @h{@fields})) },
 	'the dumped header CRC is CRC-32C of the header with that field zeroed');
 is($gh->{body_crc}, crc32c($gstream, $gvectors),
-	'the dumped body CRC is CRC-32C of stream then vectors');
-is(length($good{d_l2}), 120 + $gh->{stream_bytes} + $gh->{vector_bytes},
-	'the file is header, stream and vectors');
-is("$gh->{dim} $gh->{nslots} $gh->{vector_bytes}", "$dim 3000 " . (3000 * $dim * 4),
-	'header dimension, slots and vector bytes');
+	'the dumped body CRC is CRC-32C of stream then refinement codes');
+is(length($good{d_l2}), 120 + $gh->{stream_bytes} + $gh->{refine_bytes},
+	'the file is header, stream and refinement codes');
+is("$gh->{dim} $gh->{nslots} $gh->{refine_bytes}", "$dim 3000 " . (3000 * refine_bytes($dim)),
+	'header dimension, slots and refinement bytes (one code per slot)');
 is(seal({%$gh}, $gstream, $gvectors), $good{d_l2}, 're-sealing a good file changes nothing');
 
 # A clean start loads both.
@@ -157,18 +157,26 @@ foreach my $idx (@indexes)
 		"clean start: $idx loaded from its snapshot");
 }
 
+# Bytes of one slot's refinement code: a float, then a nibble per
+# dimension, rounded up to 4 (TV_REFINE_BYTES in src/tvcodec.h).
+sub refine_bytes
+{
+	my ($d) = @_;
+	return (4 + int(($d + 1) / 2) + 3) & ~3;
+}
+
 # A re-sealed header with one field changed.
 sub resealed
 {
 	my (%change) = @_;
-	my ($h, $stream, $vectors) = split_file($good{d_l2});
+	my ($h, $stream, $refines) = split_file($good{d_l2});
 	$h->{$_} = $change{$_} for keys %change;
 	if ($change{dim})
 	{
-		# a consistent file of that dimension: vectors cut to match
-		$vectors = substr($vectors, 0, $h->{nslots} * $change{dim} * 4);
+		# a consistent file of that dimension: refinement codes cut to match
+		$refines = substr($refines, 0, $h->{nslots} * refine_bytes($change{dim}));
 	}
-	return seal($h, $stream, $vectors);
+	return seal($h, $stream, $refines);
 }
 
 sub flip
@@ -182,7 +190,8 @@ my $cc   = $gh->{change_count};
 my $len  = length($good{d_l2});
 my @cases = (
 	[ 'bad magic', 'X' . substr($good{d_l2}, 1), qr/bad magic/ ],
-	[ 'wrong version (re-sealed)', resealed(version => 2), qr/unsupported version 2/ ],
+	[ 'version 1 (0.2.0, float vectors; re-sealed)', resealed(version => 1), qr/unsupported version 1/ ],
+	[ 'wrong version (re-sealed)', resealed(version => 3), qr/unsupported version 3/ ],
 	[ 'header byte flipped', flip($good{d_l2}, 88), qr/header CRC mismatch/ ],
 	[ 'body byte flipped', flip($good{d_l2}, $len - 7), qr/body CRC mismatch/ ],
 	[ 'stream byte flipped', flip($good{d_l2}, 120 + 500), qr/body CRC mismatch/ ],

@@ -27,7 +27,9 @@ use FindBin;
 use lib $FindBin::RealBin;
 use TurboVecTest;
 
-my $dim      = 32;
+# 128 dimensions: copies of about 2.7 MB (codes and refinement codes), so
+# that $attempts leaked ones fill the 16 MB and three fit
+my $dim      = 128;
 my $nrows    = 15000;
 my $attempts = 6;
 my $budget   = 16 * 1024 * 1024;

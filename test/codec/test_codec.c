@@ -1112,6 +1112,122 @@ Bench(void)
 	}
 }
 
+/*
+ * Refinement codes: the estimate from a lane's block code plus its
+ * refinement must be much finer than the first stage alone (the cells are
+ * cut in 16, so about 16 times at 4 bits), for every lane of a block; the
+ * zero vector gives a zero refinement.  Errors in units of
+ * ||v|| ||q|| / sqrt(dim), as in TestInnerProduct.
+ */
+static void
+TestRefine(bool verbose)
+{
+	static const int dims[] = {16, 100, 768};
+	static const double bound[3] = {0.045, 0.025, 0.012};	/* by bits */
+	size_t		d;
+	int			b;
+
+	for (d = 0; d < sizeof(dims) / sizeof(dims[0]); d++)
+	{
+		for (b = 0; b < 3; b++)
+		{
+			int			dim = dims[d];
+			TvCodec    *c = MakeCodec(dim, bits_list[b]);
+			float	   *v = Alloc(sizeof(float) * dim);
+			float	   *q = Alloc(sizeof(float) * dim);
+			float	   *qr = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * tv_codec_work_floats(c));
+			uint8_t    *code = Alloc(c->code_bytes);
+			uint8_t    *block = Alloc(c->block_code_bytes);
+			size_t		rb = tv_refine_bytes(dim);
+			uint8_t    *refine = Alloc(rb * TV_LANES);
+			double		e1 = 0.0,
+						e2 = 0.0,
+						z2 = 0.0;
+			int			lane,
+						i;
+
+			Check(rb % 4 == 0 && rb >= 4 + (size_t) (dim + 1) / 2 && rb <= 7 + (size_t) (dim + 1) / 2,
+				  "refine bytes %zu for dim %d", rb, dim);
+			TestSeed(4242 + dim);
+			FillNormal(q, dim);
+			tv_refine_prepare(c, q, qr);
+			for (lane = 0; lane < TV_LANES; lane++)
+			{
+				TvFactors	f;
+				double		exact = 0.0,
+							nv = 0.0,
+							nq = 0.0,
+							unit;
+
+				FillNormal(v, dim);
+				for (i = 0; i < dim; i++)
+					v[i] *= 3.0f;
+				tv_codec_encode(c, v, code, &f, work);
+				tv_block_put_code(c, block, lane, code);
+				Check(tv_codec_encode_refine(c, v, refine + lane * rb, work),
+					  "refine of a non-zero vector failed");
+				for (i = 0; i < dim; i++)
+				{
+					exact += (double) v[i] * q[i];
+					nv += (double) v[i] * v[i];
+					nq += (double) q[i] * q[i];
+				}
+				unit = sqrt(nv) * sqrt(nq) / sqrt((double) dim);
+				e1 += fabs(f.ipscale * tv_code_inner_product(c, code, q, work) - exact) / unit;
+			}
+			for (lane = 0; lane < TV_LANES; lane++)
+			{
+				double		exact = 0.0,
+							nv = 0.0,
+							nq = 0.0;
+
+				/* the same vectors again, to compare against the block */
+				if (lane == 0)
+					TestSeed(4242 + dim), FillNormal(q, dim);
+				FillNormal(v, dim);
+				for (i = 0; i < dim; i++)
+				{
+					v[i] *= 3.0f;
+					exact += (double) v[i] * q[i];
+					nv += (double) v[i] * v[i];
+					nq += (double) q[i] * q[i];
+				}
+				{
+					float		sd;
+					double		err = tv_refine_block_ip(c, block, lane, refine + lane * rb, qr, &sd) - exact;
+
+					e2 += fabs(err) / (sqrt(nv) * sqrt(nq) / sqrt((double) dim));
+					z2 += (err / sd) * (err / sd);
+				}
+			}
+			e1 /= TV_LANES;
+			e2 /= TV_LANES;
+			z2 = sqrt(z2 / TV_LANES);
+			if (verbose)
+				printf("refine dim %d bits %d: mean error %.5f, first stage %.5f, rms error / sd %.2f\n",
+					   dim, bits_list[b], e2, e1, z2);
+			/* the scan allows 6 sd: the reported sd must not be too small */
+			Check(z2 > 0.3 && z2 < 2.0, "refine dim %d bits %d: rms error / sd %.2f",
+				  dim, bits_list[b], z2);
+			Check(e2 < bound[b] && e2 < e1 / 5,
+				  "refine dim %d bits %d: mean error %.5f (first stage %.5f)",
+				  dim, bits_list[b], e2, e1);
+			memset(v, 0, sizeof(float) * dim);
+			Check(!tv_codec_encode_refine(c, v, refine, work) && refine[0] == 0 &&
+				  refine[rb - 1] == 0, "zero vector refinement not zero");
+			free(c);
+			free(v);
+			free(q);
+			free(qr);
+			free(work);
+			free(code);
+			free(block);
+			free(refine);
+		}
+	}
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1134,6 +1250,7 @@ main(int argc, char **argv)
 	TestSplitSums();
 	TestOverflow();
 	TestQuantization();
+	TestRefine(verbose);
 
 	printf("codec: %d passed, %d failed\n", npassed, nfailed);
 	return nfailed ? 1 : 0;

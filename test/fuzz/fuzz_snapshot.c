@@ -30,7 +30,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	TvSnapshotExpect expect;
 	TvSnapshotHeader hdr;
 	const uint8_t *stream;
-	const uint8_t *vectors;
+	const uint8_t *refines;
 	const char *why;
 
 	if (size < 1)
@@ -88,13 +88,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		expect.change_count = 1;
 	}
 
-	why = tv_snapshot_parse(buf, len, &expect, &hdr, &stream, &vectors);
+	why = tv_snapshot_parse(buf, len, &expect, &hdr, &stream, &refines);
 	if (why == NULL)
 	{
 		/* accepted: the claimed sizes must describe exactly this buffer */
 		if (stream != buf + TV_SNAPSHOT_HEADER_BYTES ||
-			vectors != stream + hdr.stream_bytes ||
-			hdr.stream_bytes + hdr.vector_bytes + TV_SNAPSHOT_HEADER_BYTES != len ||
+			refines != stream + hdr.stream_bytes ||
+			hdr.stream_bytes + hdr.refine_bytes + TV_SNAPSHOT_HEADER_BYTES != len ||
 			hdr.live > hdr.nslots)
 			abort();
 		/* touch every accepted byte, so ASan checks the bounds */

@@ -95,7 +95,7 @@ Build(const Shape *sh)
 	uint64_t	nblocks = (sh->nslots + 31) / 32;
 	uint32_t	list_area = 0;
 	uint8_t    *stream;
-	uint8_t    *vectors;
+	uint8_t    *refines;
 	uint64_t	b;
 	uint64_t	i;
 	uint64_t	live = 0;
@@ -118,10 +118,10 @@ Build(const Shape *sh)
 	h.nslots = sh->nslots;
 
 	s.len = TV_SNAPSHOT_HEADER_BYTES + list_area + nblocks * h.block_bytes +
-		sh->nslots * sh->dim * 4;
+		sh->nslots * TV_REFINE_BYTES(sh->dim);
 	s.buf = malloc(s.len + 1);
 	stream = s.buf + TV_SNAPSHOT_HEADER_BYTES;
-	vectors = stream + list_area + nblocks * h.block_bytes;
+	refines = stream + list_area + nblocks * h.block_bytes;
 	for (i = TV_SNAPSHOT_HEADER_BYTES; i < s.len; i++)
 		s.buf[i] = (uint8_t) Rand32();
 
@@ -162,7 +162,7 @@ Build(const Shape *sh)
 		PutNative32(e + 12, 0);
 	}
 	h.live = live;
-	tv_snapshot_seal(&h, stream, vectors);
+	tv_snapshot_seal(&h, stream, refines);
 	tv_snapshot_encode_header(&h, s.buf);
 
 	s.expect.dboid = h.dboid;
@@ -225,7 +225,7 @@ ResealBody(uint8_t *buf, TvSnapshotHeader *h)
 	uint32_t	crc = TV_CRC32C_INIT;
 
 	crc = tv_crc32c_update(crc, buf + TV_SNAPSHOT_HEADER_BYTES,
-						   (size_t) (h->stream_bytes + h->vector_bytes));
+						   (size_t) (h->stream_bytes + h->refine_bytes));
 	h->body_crc = TV_CRC32C_FINISH(crc);
 	Reseal(buf, h);
 }
@@ -266,7 +266,7 @@ TestSnapshot(const Snap *s)
 		return;
 	Check(st == s->buf + TV_SNAPSHOT_HEADER_BYTES &&
 		  ve == st + got.stream_bytes &&
-		  got.stream_bytes + got.vector_bytes + TV_SNAPSHOT_HEADER_BYTES == s->len,
+		  got.stream_bytes + got.refine_bytes + TV_SNAPSHOT_HEADER_BYTES == s->len,
 		  s->name, "stream and vector pointers", NULL);
 	e = s->expect;
 	e.min_lsn = 0;
@@ -298,8 +298,14 @@ TestSnapshot(const Snap *s)
 	Refused(s, m, s->len, &s->expect, "version 7", "unsupported version 7");
 	free(m);
 	m = Mutate(s, &h);
-	m[8] = 2;
-	Refused(s, m, s->len, &s->expect, "version 2 unsealed", "unsupported version 2");
+	m[8] = 3;
+	Refused(s, m, s->len, &s->expect, "version 3 unsealed", "unsupported version 3");
+	free(m);
+	/* a version 1 file (float vectors, before refinement codes): refused */
+	m = Mutate(s, &h);
+	h.version = 1;
+	Reseal(m, &h);
+	Refused(s, m, s->len, &s->expect, "version 1", "unsupported version 1");
 	free(m);
 
 	/* header size */
@@ -434,7 +440,7 @@ TestSnapshot(const Snap *s)
 	free(m);
 	m = Mutate(s, &h);
 	h.stream_bytes += 8;
-	h.vector_bytes -= h.vector_bytes ? 4 : 0;
+	h.refine_bytes -= h.refine_bytes ? 4 : 0;
 	Reseal(m, &h);
 	Refused(s, m, s->len, &s->expect, "sizes disagree with shape", "sizes inconsistent");
 	free(m);
@@ -442,7 +448,7 @@ TestSnapshot(const Snap *s)
 	m = Mutate(s, &h);
 	h.nslots += 32;
 	h.stream_bytes += h.block_bytes;
-	h.vector_bytes += 32 * (uint64_t) h.dim * 4;
+	h.refine_bytes += 32 * (uint64_t) TV_REFINE_BYTES(h.dim);
 	Reseal(m, &h);
 	Refused(s, m, s->len, &s->expect, "nslots beyond the file", "truncated");
 	free(m);
@@ -467,7 +473,7 @@ TestSnapshot(const Snap *s)
 			h.live = 0;
 			/* what a wrapping writer would claim */
 			h.stream_bytes = h.nslots / 32 * h.block_bytes;
-			h.vector_bytes = h.nslots * 16000 * 4;
+			h.refine_bytes = h.nslots * TV_REFINE_BYTES(16000);
 			Reseal(m, &h);
 			Refused(s, m, s->len, &s->expect, "huge nslots, huge blocks", "sizes inconsistent");
 			h.block_bytes = 64008;
@@ -478,7 +484,7 @@ TestSnapshot(const Snap *s)
 			h.nslots = huge[k] >> 24;
 			h.nslots -= h.nslots % 32;
 			h.stream_bytes = h.nslots / 32 * h.block_bytes;
-			h.vector_bytes = h.nslots * 16000 * 4;
+			h.refine_bytes = h.nslots * TV_REFINE_BYTES(16000);
 			Reseal(m, &h);
 			Refused(s, m, s->len, &s->expect, "large nslots, small file", NULL);
 			/* header claims, then the file is just the header */
@@ -488,15 +494,16 @@ TestSnapshot(const Snap *s)
 	}
 
 	/*
-	 * Sizes that wrap to exactly a header-only file: 2^55 slots of 16000
-	 * floats is 2^64 * 125 bytes, 2^50 blocks of 2^18 bytes is 2^68.  Only
+	 * Sizes that wrap to exactly a header-only file: 2^62 slots of 8004
+	 * refinement bytes (dim 16000) is 2^64 * 2001 bytes, 2^57 blocks of
+	 * 2^18 bytes is 2^75.  Only
 	 * the overflow checks stop this one, even with a matching expect.
 	 */
 	{
 		uint8_t		raw[TV_SNAPSHOT_HEADER_BYTES];
 
 		m = Mutate(s, &h);
-		h.nslots = UINT64_C(1) << 55;
+		h.nslots = UINT64_C(1) << 62;
 		h.dim = 16000;
 		h.bits = 4;
 		h.lists = 0;
@@ -504,7 +511,7 @@ TestSnapshot(const Snap *s)
 		h.block_bytes = 1u << 18;
 		h.live = 0;
 		h.stream_bytes = 0;
-		h.vector_bytes = 0;
+		h.refine_bytes = 0;
 		h.body_crc = 0;			/* CRC-32C of no bytes */
 		Reseal(raw, &h);
 		e = s->expect;

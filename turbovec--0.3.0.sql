@@ -150,7 +150,7 @@ CREATE TABLE turbovec_index_state (
 
 CREATE VIEW turbo_indexes AS
 	SELECT c.oid::regclass AS index,
-		   i.indrelid::regclass AS "table",
+		   c.indrelid::regclass AS "table",
 		   'turbo'::text AS kind,
 		   CASE WHEN NOT turbo_preloaded() OR c.relpersistence = 't' THEN true
 				ELSE coalesce(r.state = 'ready', false) END AS ready,
@@ -166,14 +166,18 @@ CREATE VIEW turbo_indexes AS
 		   s.snapshot_time AS persisted_snapshot_time, s.snapshot_lsn AS persisted_snapshot_lsn,
 		   s.snapshot_bytes AS persisted_snapshot_bytes, s.snapshot_path AS persisted_snapshot_path,
 		   turbo_resident_needed(c.oid) AS resident_bytes_needed
-	FROM pg_class c
-	JOIN pg_index i ON i.indexrelid = c.oid
-	JOIN pg_am a ON a.oid = c.relam AND a.amname = 'turbo'
+	FROM (SELECT c.oid, c.relpersistence, c.reltuples, i.indrelid
+		  FROM pg_class c
+		  JOIN pg_index i ON i.indexrelid = c.oid
+		  JOIN pg_am a ON a.oid = c.relam AND a.amname = 'turbo'
+		  WHERE c.relkind = 'i' AND i.indisvalid
+			AND (c.relpersistence <> 't' OR c.relnamespace = pg_my_temp_schema())
+		  -- a fence: the functions below refuse other indexes, so no filter
+		  -- of the caller's may run them before this one has kept only turbo's
+		  OFFSET 0) c
 	CROSS JOIN LATERAL turbo_index_layout(c.oid) l
 	LEFT JOIN turbo_resident_status() r ON r.indexrelid = c.oid
-	LEFT JOIN turbovec_index_state s ON s.indexrelid = c.oid
-	WHERE c.relkind = 'i' AND i.indisvalid
-	  AND (c.relpersistence <> 't' OR c.relnamespace = pg_my_temp_schema());
+	LEFT JOIN turbovec_index_state s ON s.indexrelid = c.oid;
 
 REVOKE ALL ON turbovec_index_state FROM PUBLIC;
 GRANT SELECT ON turbovec_index_state TO PUBLIC;

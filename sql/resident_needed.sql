@@ -23,3 +23,12 @@ RESET ROLE;
 DROP ROLE rn_nobody;
 SELECT turbo_resident_needed('rn'::regclass);
 DROP TABLE rn;
+-- the view filtered by table, when the table also has indexes of other
+-- access methods: only turbo indexes reach turbo_index_layout()
+CREATE TABLE rn2 (id int PRIMARY KEY, v real[]);
+CREATE INDEX rn2_id_btree ON rn2 (id, v);
+INSERT INTO rn2 SELECT i, ARRAY[i, 1, 2]::real[] FROM generate_series(1, 50) i;
+CREATE INDEX rn2_v ON rn2 USING turbo (v real_l2_ops);
+SELECT index, dim, rows FROM turbo_indexes WHERE "table" = 'rn2'::regclass;
+SELECT count(*) FROM turbo_indexes WHERE "table" = 'rn2'::regclass AND dim = 3;
+DROP TABLE rn2;

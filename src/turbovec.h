@@ -308,6 +308,7 @@ typedef struct TvEncodeInput
 	uint64		n;				/* vectors */
 	int			chunk_vectors;	/* vector k is in chunks[k / chunk_vectors] */
 	float	  **chunks;			/* chunk_vectors * dim floats each (the last: the rest) */
+	uint64		progress_base;	/* vectors coded before these, for progress */
 } TvEncodeInput;
 
 typedef struct TvKmeansParallel TvKmeansParallel;

@@ -142,10 +142,15 @@ typedef struct TvBuildState
 	TvFactors  *coded_factors;
 	ItemPointerData *coded_tids;
 
-	/* vectors waiting to be assigned and encoded */
-	float	   *batch;			/* TV_BUILD_BATCH * dim */
-	ItemPointerData batch_tids[TV_BUILD_BATCH];
+	/*
+	 * Vectors of a heap pass waiting to be assigned and encoded: a batch of
+	 * TV_BUILD_BATCH, or with parallel workers a window of whole spool
+	 * chunks that they code together (HeapWindowVectors)
+	 */
+	float	   *batch;			/* batch_cap * dim */
+	ItemPointerData *batch_tids;
 	int			batch_n;
+	int			batch_cap;
 	float	   *cnorms;			/* ||c||^2 per list, for L2 assignment */
 
 	uint64		encoded;		/* vectors coded by AddVectors */
@@ -676,6 +681,55 @@ FlushCoded(TvBuildState *bs)
 }
 
 /*
+ * Parallel workers for coding the spool: max_parallel_maintenance_workers,
+ * once the vectors are at least min_parallel_table_scan_size (below that,
+ * starting workers costs more than they save).
+ */
+static int
+SpoolWorkers(TvBuildState *bs, uint64 n)
+{
+	double		bytes = (double) n * bs->dim * sizeof(float);
+
+	if (bytes < (double) min_parallel_table_scan_size * BLCKSZ)
+		return 0;
+	return max_parallel_maintenance_workers;
+}
+
+/*
+ * Vectors a heap pass collects for parallel workers to code together:
+ * whole spool chunks, at most 128 MB and an eighth of maintenance_work_mem,
+ * and enough for workers to pay (SpoolWorkers); otherwise one batch, coded
+ * serially.  With the workers' segment (a quarter of maintenance_work_mem
+ * at most, tvparallel.c) that leaves the kept codes at least half.
+ */
+static int
+HeapWindowVectors(TvBuildState *bs)
+{
+	double		bytes = Min(128.0 * 1024 * 1024, (double) maintenance_work_mem * 1024 / 8);
+	int			chunks = (int) (bytes / ((double) sizeof(float) * bs->dim) / TV_SPOOL_CHUNK);
+
+	if (max_parallel_maintenance_workers <= 0 || chunks < 1 ||
+		SpoolWorkers(bs, (uint64) chunks * TV_SPOOL_CHUNK) == 0)
+		return TV_BUILD_BATCH;
+	return chunks * TV_SPOOL_CHUNK;
+}
+
+/*
+ * Memory a heap pass holds beside the codes it keeps: a window for workers
+ * and their shared segment (a serial batch is too small to count)
+ */
+static double
+HeapWindowBytes(TvBuildState *bs)
+{
+	int			n = HeapWindowVectors(bs);
+
+	if (n == TV_BUILD_BATCH)
+		return 0;
+	return (double) n * (sizeof(float) * bs->dim + sizeof(ItemPointerData) + CodedBytes(bs)) +
+		(double) TvParallelSegmentBytes(bs->codec, Max(bs->lists, 1), TV_SPOOL_CHUNK);
+}
+
+/*
  * Keep one coded vector of the heap pass.  False when there is no room in
  * maintenance_work_mem beside the sample and the blocks being filled: then
  * what was kept is laid out and the rest of the pass writes its blocks as
@@ -689,7 +743,7 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 	if (bs->ncoded == bs->coded_cap)
 	{
 		double		budget = (double) maintenance_work_mem * 1024 -
-			FixedBuildBytes(bs, bs->nsamples);
+			FixedBuildBytes(bs, bs->nsamples) - HeapWindowBytes(bs);
 		uint64		cap = Max(bs->coded_cap * 2, 1024);
 
 		if (budget < (double) cap * CodedBytes(bs))
@@ -697,7 +751,7 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 		if (cap <= bs->coded_cap)
 		{
 			/* the sampling pass counted the vectors: say what would have fit */
-			double		need = MemoryNeedMB(bs, CodedBytes(bs), 0);
+			double		need = MemoryNeedMB(bs, CodedBytes(bs), HeapWindowBytes(bs));
 
 			ereport(NOTICE,
 					(errmsg("turbo index \"%s\" interleaves the blocks of its lists after " UINT64_FORMAT " vectors",
@@ -784,11 +838,61 @@ AddVectors(TvBuildState *bs, const float *xs, const ItemPointerData *tids, int n
 		TvTestBuildDelay();
 }
 
+/*
+ * Code a window with parallel workers (tvparallel.c), then put or keep
+ * each vector in heap order, exactly as AddVectors would have
+ */
+static void
+EncodeWindow(TvBuildState *bs)
+{
+	int			n = bs->batch_n;
+	int			code_bytes = bs->codec->code_bytes;
+	int		   *listof = palloc(sizeof(int) * n);
+	uint8	   *codes = palloc_extended((Size) code_bytes * n, MCXT_ALLOC_HUGE);
+	TvFactors  *factors = palloc(sizeof(TvFactors) * n);
+	TvEncodeInput in;
+
+	in.codec = bs->codec;
+	in.metric = bs->metric;
+	in.lists = bs->lists;
+	in.residual = bs->residual && bs->lists > 0;
+	in.centroids = bs->centroids;
+	in.cnorms = bs->cnorms;
+	in.n = n;
+	in.chunk_vectors = bs->batch_cap;
+	in.chunks = &bs->batch;
+	in.progress_base = bs->encoded;
+	(void) TvEncodeSpooled(&in, SpoolWorkers(bs, n), listof, codes, factors);
+
+	for (int k = 0; k < n; k++)
+	{
+		memcpy(bs->code, codes + (Size) k * code_bytes, code_bytes);
+		if (!KeepCoded(bs, listof[k], &factors[k], &bs->batch_tids[k]))
+			PutCoded(bs, listof[k], bs->code, &factors[k], &bs->batch_tids[k]);
+	}
+	bs->encoded += n;
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, (int64) bs->encoded);
+	pfree(listof);
+	pfree(codes);
+	pfree(factors);
+}
+
 static void
 FlushBatch(TvBuildState *bs)
 {
-	if (bs->batch_n > 0)
-		AddVectors(bs, bs->batch, bs->batch_tids, bs->batch_n);
+	if (bs->batch_n == 0)
+		return;
+	if (bs->fill == NULL)
+		StartFill(bs);
+	/* a window big enough for workers; else batches as always */
+	if (bs->batch_cap > TV_BUILD_BATCH && SpoolWorkers(bs, bs->batch_n) > 0)
+		EncodeWindow(bs);
+	else
+	{
+		for (int i = 0; i < bs->batch_n; i += TV_BUILD_BATCH)
+			AddVectors(bs, bs->batch + (Size) i * bs->dim, &bs->batch_tids[i],
+					   Min(TV_BUILD_BATCH, bs->batch_n - i));
+	}
 	bs->batch_n = 0;
 }
 
@@ -808,28 +912,19 @@ BuildCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	if (x != NULL)
 	{
 		if (bs->batch == NULL)
-			bs->batch = palloc(sizeof(float) * TV_BUILD_BATCH * dim);
+		{
+			if (bs->codec == NULL)
+				StartCodec(bs, dim);
+			bs->batch_cap = HeapWindowVectors(bs);
+			bs->batch = palloc_extended(sizeof(float) * bs->batch_cap * dim, MCXT_ALLOC_HUGE);
+			bs->batch_tids = palloc(sizeof(ItemPointerData) * bs->batch_cap);
+		}
 		memcpy(bs->batch + (Size) bs->batch_n * dim, x, sizeof(float) * dim);
 		bs->batch_tids[bs->batch_n++] = *tid;
-		if (bs->batch_n == TV_BUILD_BATCH)
+		if (bs->batch_n == bs->batch_cap)
 			FlushBatch(bs);
 	}
 	MemoryContextReset(bs->tmpCtx);
-}
-
-/*
- * Parallel workers for coding the spool: max_parallel_maintenance_workers,
- * once the vectors are at least min_parallel_table_scan_size (below that,
- * starting workers costs more than they save).
- */
-static int
-SpoolWorkers(TvBuildState *bs, uint64 n)
-{
-	double		bytes = (double) n * bs->dim * sizeof(float);
-
-	if (bytes < (double) min_parallel_table_scan_size * BLCKSZ)
-		return 0;
-	return max_parallel_maintenance_workers;
 }
 
 /*
@@ -877,6 +972,7 @@ EncodeSpool(TvBuildState *bs)
 	in.n = n;
 	in.chunk_vectors = TV_SPOOL_CHUNK;
 	in.chunks = vectors;
+	in.progress_base = 0;
 	launched = TvEncodeSpooled(&in, SpoolWorkers(bs, n), listof, codes, factors);
 	elog(DEBUG1, "turbo index \"%s\": " UINT64_FORMAT " vectors coded with %d parallel workers",
 		 RelationGetRelationName(bs->index), n, launched);
@@ -1086,7 +1182,7 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 
 		ereport(NOTICE,
 				(errmsg("turbo index \"%s\" reads its table twice", RelationGetRelationName(index)),
-				 errdetail("Its " UINT64_FORMAT " vectors do not fit in maintenance_work_mem (%d kB), so the build reads them again and codes them without parallel workers.",
+				 errdetail("Its " UINT64_FORMAT " vectors do not fit in maintenance_work_mem (%d kB), so the build reads them again.",
 						   bs.seen, maintenance_work_mem),
 				 errhint("With maintenance_work_mem at %.0f MB or more the build reads the table once.",
 						 MemoryNeedMB(&bs, per_vector, extra))));

@@ -291,6 +291,7 @@ EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 
 		/* the leader takes part too */
 		job = SharedJob(sh, codec, &chunk);
+		job.progress_base += in->progress_base;
 		job.progress = true;
 		RunEncodeJob(&job, &sh->next);
 		WaitForParallelWorkersToFinish(pcxt);
@@ -332,7 +333,7 @@ TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes
 	job.listof = listof;
 	job.codes = codes;
 	job.factors = factors;
-	job.progress_base = 0;
+	job.progress_base = in->progress_base;
 	job.progress = true;
 	pg_atomic_init_u64(&next, 0);
 	RunEncodeJob(&job, &next);

@@ -320,7 +320,8 @@ extern void TvKmeansParallelAssign(TvKmeansParallel *kp, const float *centroids,
 extern void TvKmeansParallelEnd(TvKmeansParallel *kp);
 extern int	TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof,
 							uint8 *codes, TvFactors *factors);
-extern Size TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors);
+extern Size TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors,
+								   int mem_kb);
 
 extern float TvCentroidDot(const float *centroids, int dim, int list, const float *q);
 extern void TvListDistances(const float *centroids, int lists, int dim, TvMetric metric,

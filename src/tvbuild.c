@@ -385,7 +385,8 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 
 		/* and parallel workers a shared segment */
 		if (max_parallel_maintenance_workers > 0)
-			limit -= (double) TvParallelSegmentBytes(bs->codec, bs->lists, TV_SPOOL_CHUNK);
+			limit -= (double) TvParallelSegmentBytes(bs->codec, Max(PlannedLists(bs), 1),
+													 TV_SPOOL_CHUNK, maintenance_work_mem);
 
 		if ((double) bs->spool_bytes + bytes + outputs > limit)
 		{
@@ -726,7 +727,8 @@ HeapWindowBytes(TvBuildState *bs)
 	if (n == TV_BUILD_BATCH)
 		return 0;
 	return (double) n * (sizeof(float) * bs->dim + sizeof(ItemPointerData) + CodedBytes(bs)) +
-		(double) TvParallelSegmentBytes(bs->codec, Max(bs->lists, 1), TV_SPOOL_CHUNK);
+		(double) TvParallelSegmentBytes(bs->codec, Max(bs->lists, 1), TV_SPOOL_CHUNK,
+										maintenance_work_mem);
 }
 
 /*
@@ -751,7 +753,19 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 		if (cap <= bs->coded_cap)
 		{
 			/* the sampling pass counted the vectors: say what would have fit */
-			double		need = MemoryNeedMB(bs, CodedBytes(bs), HeapWindowBytes(bs));
+			double		need = MemoryNeedMB(bs, CodedBytes(bs), 0);
+
+			/* with workers, their window (an eighth) and segment come on top */
+			if (HeapWindowVectors(bs) > TV_BUILD_BATCH)
+			{
+				double		base = need;
+
+				for (int i = 0; i < 4; i++)
+					need = ceil((base + TvParallelSegmentBytes(bs->codec, Max(bs->lists, 1),
+															   TV_SPOOL_CHUNK,
+															   (int) Min(need * 1024, MAX_KILOBYTES)) /
+								 (1024.0 * 1024.0)) * 8 / 7);
+			}
 
 			ereport(NOTICE,
 					(errmsg("turbo index \"%s\" interleaves the blocks of its lists after " UINT64_FORMAT " vectors",
@@ -1176,16 +1190,20 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 	{
 		/* whole spool chunks, the codes, and the parallel segment */
 		double		per_vector = sizeof(float) * bs.dim + sizeof(ItemPointerData) + CodedBytes(&bs);
-		double		extra = (double) TV_SPOOL_CHUNK * per_vector +
-			(max_parallel_maintenance_workers > 0 ?
-			 (double) TvParallelSegmentBytes(bs.codec, bs.lists, TV_SPOOL_CHUNK) : 0);
+		double		base = MemoryNeedMB(&bs, per_vector, (double) TV_SPOOL_CHUNK * per_vector);
+		double		need = base;
 
+		/* the segment grows with maintenance_work_mem: settle on a size */
+		for (int i = 0; i < 4 && max_parallel_maintenance_workers > 0; i++)
+			need = base + ceil((double) TvParallelSegmentBytes(bs.codec, bs.lists, TV_SPOOL_CHUNK,
+															   (int) Min(need * 1024, MAX_KILOBYTES)) /
+							   (1024.0 * 1024.0));
 		ereport(NOTICE,
 				(errmsg("turbo index \"%s\" reads its table twice", RelationGetRelationName(index)),
 				 errdetail("Its " UINT64_FORMAT " vectors do not fit in maintenance_work_mem (%d kB), so the build reads them again.",
 						   bs.seen, maintenance_work_mem),
 				 errhint("With maintenance_work_mem at %.0f MB or more the build reads the table once.",
-						 MemoryNeedMB(&bs, per_vector, extra))));
+						 need)));
 	}
 	if (bs.lists > 0 && !bs.spool_off)
 	{

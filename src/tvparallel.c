@@ -45,8 +45,8 @@
  * 64 MB and one 188 MB window were slower)
  */
 #define TV_PARALLEL_WINDOW_MAX		((Size) 32 * 1024 * 1024)
-#define TvParallelWindowBytes() \
-	Min(TV_PARALLEL_WINDOW_MAX, (Size) maintenance_work_mem * 1024 / 4)
+#define TvParallelWindowBytes(mem_kb) \
+	Min(TV_PARALLEL_WINDOW_MAX, (Size) (mem_kb) * 1024 / 4)
 
 /* Where the arrays go in the segment (after the header), and the window */
 typedef struct SegmentPlan
@@ -186,13 +186,13 @@ Carve(Size *total, Size bytes)
 }
 
 static SegmentPlan
-PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors)
+PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors, int mem_kb)
 {
 	Size		vector_bytes = sizeof(float) * codec->dim;
 	SegmentPlan plan;
 
 	/* whole chunks per window, at least one */
-	plan.capacity = Max(TvParallelWindowBytes() / vector_bytes / chunk_vectors, 1) *
+	plan.capacity = Max(TvParallelWindowBytes(mem_kb) / vector_bytes / chunk_vectors, 1) *
 		chunk_vectors;
 	plan.capacity = Min(plan.capacity, n);
 	plan.total = 0;
@@ -208,17 +208,17 @@ PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors)
 
 /*
  * The most shared memory a parallel coding of this index's spool takes,
- * whatever the number of vectors: the build keeps it out of the spool's
- * share of maintenance_work_mem.
+ * whatever the number of vectors, with maintenance_work_mem at mem_kb: the
+ * build keeps it out of the spool's share of maintenance_work_mem.
  */
 Size
-TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors)
+TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors, int mem_kb)
 {
-	return PlanSegment(codec, lists, PG_UINT64_MAX, chunk_vectors).total;
+	return PlanSegment(codec, lists, PG_UINT64_MAX, chunk_vectors, mem_kb).total;
 }
 
 /*
- * With workers: rounds of at most TvParallelWindowBytes() of vectors.
+ * With workers: rounds of at most TvParallelWindowBytes of vectors.
  * Returns the number of workers that took part in the first round, or -1
  * when no segment could be had (the caller then works alone).
  */
@@ -228,7 +228,8 @@ EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 {
 	const TvCodec *codec = in->codec;
 	Size		vector_bytes = sizeof(float) * codec->dim;
-	SegmentPlan plan = PlanSegment(codec, in->lists, in->n, in->chunk_vectors);
+	SegmentPlan plan = PlanSegment(codec, in->lists, in->n, in->chunk_vectors,
+								   maintenance_work_mem);
 	uint64		capacity = plan.capacity;
 	ParallelContext *pcxt;
 	TvEncodeShared *sh;

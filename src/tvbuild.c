@@ -242,7 +242,7 @@ FlushListBlock(TvBuildState *bs, int j)
  * not given: flat below TV_AUTO_MIN_ROWS, where scoring every code costs
  * about a millisecond or less; above, about sqrt(rows) lists up to 128
  * dimensions, half that from 512, and in between a factor falling with
- * log2(dim) (GloVe-100, 340k x 100: 583; Fashion-MNIST, 60k x 784: 122;
+ * log2(dim) (GloVe-100, 340k x 100: 584; Fashion-MNIST, 60k x 784: 122;
  * 1M x 768: 500), as measured in bench/README.md: at high dimension
  * k-means and the assignment cost more per list, and a probed list is
  * cheap to scan next to the lists' centroids.

@@ -4,7 +4,9 @@
  *	  end to end in the page stream.
  *
  * Flat layout: one pass fills 32-lane blocks in heap order.  IVF layout
- * (lists > 0): a first pass samples vectors, k-means trains the centroids
+ * (lists > 0, or lists not given: TvAutoLists decides after the first
+ * pass): a first pass samples vectors (by a hash of their TIDs, so the
+ * sample does not depend on scan order), k-means trains the centroids
  * (tvivf.c), and the encoding pass sends each vector to the block being
  * filled for its nearest list; a full block is appended to the stream and
  * linked to the previous block of its list.  The first pass also spools
@@ -12,10 +14,12 @@
  * pass reads the spool instead of the heap and writes the lists one after
  * the other, each list's blocks contiguous (parallel workers may do the
  * coding, tvparallel.c).  When the vectors do not fit, the heap pass keeps
- * the codes instead to lay the lists out the same way, and only when those
- * do not fit either are blocks appended as they fill, lists interleaved.  Vectors are assigned in batches, which lets the
- * list assignment use the blocked kernel.  The list area (directory and
- * centroids) is reserved at the start of the stream and written last.
+ * the codes instead to lay the lists out the same way (coding windows of
+ * vectors with parallel workers), and only when those do not fit either
+ * are blocks appended as they fill, lists interleaved.  Vectors are
+ * assigned in batches, which lets the list assignment use the blocked
+ * kernel.  The list area (directory and centroids) is reserved at the start
+ * of the stream and written last.
  *
  * Pages are written through shared buffers, only marked dirty, and the
  * whole relation is WAL-logged once at the end (log_newpage_range), which

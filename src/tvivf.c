@@ -514,11 +514,12 @@ AssignSamples(const TvKmeansInput *in, TvKmeansParallel *kp, const float *centro
  * Lloyd's k-means over the sample, seeded by k-means++ with the private
  * generator; an empty cluster takes a fresh random sample.  The seeding
  * draws from the first TV_KMEANS_SEED_PER_LIST * lists samples only, and
- * at least TV_KMEANS_SEED_MIN (the
- * build hands them over in random order): every pick rescans its pool, so
- * seeding from the whole sample cost lists^2 * 32 distances and dominated
- * the build (1,000 lists at 768 dimensions: 30 s of a 55 s build), while
- * the Lloyd rounds that follow use the whole sample anyway.
+ * at least TV_KMEANS_SEED_MIN (the build hands them over in random order):
+ * every pick rescans its pool, so seeding from the whole sample cost
+ * lists^2 * 32 distances and dominated the build (1,000 lists at 768
+ * dimensions: 30 s of a 55 s build), while the Lloyd rounds that follow use
+ * the whole sample anyway.  The rounds' assignments go to parallel workers
+ * (tvparallel.c) once the sample reaches min_parallel_table_scan_size.
  * Progress: tuples_total is iterations * samples, tuples_done the samples
  * assigned so far (a round that settles skips the rest).
  * Returns lists * dim floats in CurrentMemoryContext.  Cosine samples are

@@ -313,9 +313,9 @@ def bench_dataset(conn, name, a):
     index = "%s_turbo_idx" % table
     cur.execute("DROP INDEX IF EXISTS %s" % index)
     cur.execute("CHECKPOINT")
-    with_clause = "bits = %d" % a.bits
+    # lists = 0 spelled out: without it the build chooses lists itself
+    with_clause = "bits = %d, lists = %d" % (a.bits, a.lists)
     if a.lists:
-        with_clause += ", lists = %d" % a.lists
         if a.residual:
             with_clause += ", residual = %s" % a.residual
     create = "CREATE INDEX %s ON %s USING turbo (v %s) WITH (%s)" % (
@@ -407,7 +407,7 @@ def main(argv=None):
                          % DEFAULT_CANDIDATES)
     ap.add_argument("--lists", type=int, default=0,
                     help="IVF lists in the CREATE INDEX WITH clause (default 0 = flat "
-                         "layout, no lists option)")
+                         "layout)")
     ap.add_argument("--residual", choices=("on", "off"),
                     help="IVF: the residual reloption (default: not given, i.e. on)")
     ap.add_argument("--probes",

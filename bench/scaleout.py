@@ -102,7 +102,7 @@ def main(argv=None):
                 "GROUP BY 1 ORDER BY 1", (dist,))
     run.note("shards per worker port: %s" % dict(cur.fetchall()))
 
-    with_clause = "bits = 4" + (", lists = %d" % a.lists if a.lists else "")
+    with_clause = "bits = 4, lists = %d" % a.lists
     build = {}
     for table in (local, dist):
         index = "%s_turbo" % table

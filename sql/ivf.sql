@@ -128,7 +128,7 @@ SELECT lists, residual FROM turbo_index_info('ivr_vec');
 SELECT ivr_overlap('<->') >= 40 AS l2_vector;
 DROP INDEX ivr_vec;
 CREATE INDEX ivr_res ON ivr USING turbo (v real_cosine_ops) WITH (lists = 8);
-SELECT ivr_overlap('<=>') >= 80 AS cosine_residual;
+SELECT ivr_overlap('<=>') >= 70 AS cosine_residual;
 DROP INDEX ivr_res;
 CREATE INDEX ivr_vec ON ivr USING turbo (v real_cosine_ops) WITH (lists = 8, residual = off);
 SELECT ivr_overlap('<=>') >= 40 AS cosine_vector;
@@ -230,7 +230,30 @@ RESET enable_indexscan;
 RESET turbovec.probes;
 RESET turbovec.candidates;
 DROP TABLE wide, wide_builds, wide_answers;
-DROP FUNCTION wideids(real[]), wide_pages(regclass), wide_record(text, regclass);
+DROP FUNCTION wideids(real[]), wide_record(text, regclass);
+
+-- a build that reads its table twice codes the second pass in windows
+-- with parallel workers, and writes the pages of a serial build
+CREATE TABLE nar (id int PRIMARY KEY, v real[]);
+INSERT INTO nar
+	SELECT i, array_agg(((i % 4) * 3 + sin(i * 3.7 + j * 0.1))::real ORDER BY j)
+	FROM generate_series(1, 3000) i, generate_series(1, 64) j GROUP BY i;
+SET max_parallel_maintenance_workers = 0;
+CREATE INDEX nar_idx ON nar USING turbo (v real_l2_ops) WITH (lists = 4);
+CREATE TEMP TABLE nar_builds AS SELECT 'serial, in memory' AS build, wide_pages('nar_idx') AS pages;
+DROP INDEX nar_idx;
+SET maintenance_work_mem = '1MB';
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_maintenance_workers = 2;
+CREATE INDEX nar_idx ON nar USING turbo (v real_l2_ops) WITH (lists = 4);
+INSERT INTO nar_builds SELECT 'parallel, read twice', wide_pages('nar_idx');
+RESET max_parallel_maintenance_workers;
+RESET min_parallel_table_scan_size;
+RESET maintenance_work_mem;
+SELECT * FROM turbo_verify('nar_idx');
+SELECT count(DISTINCT pages) AS distinct_pages, count(*) AS builds FROM nar_builds;
+DROP TABLE nar, nar_builds;
+DROP FUNCTION wide_pages(regclass);
 DROP EXTENSION pageinspect;
 
 -- too few rows for the lists asked: fewer lists, and a NOTICE

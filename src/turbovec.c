@@ -81,7 +81,7 @@ _PG_init(void)
 					  TV_DEFAULT_BITS, TV_MIN_BITS, TV_MAX_BITS,
 					  AccessExclusiveLock);
 	add_int_reloption(tv_relopt_kind, "lists",
-					  "Number of IVF lists (0 for the flat layout)",
+					  "Number of IVF lists (0 for the flat layout; not given: chosen from the rows and dimension)",
 					  TV_DEFAULT_LISTS, TV_MIN_LISTS, TV_MAX_LISTS,
 					  AccessExclusiveLock);
 	add_bool_reloption(tv_relopt_kind, "residual",
@@ -142,7 +142,7 @@ _PG_init(void)
 							 &tv_use_resident, true,
 							 PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("turbovec.test_build_delay",
-							"Testing only: sleep this long after every 1024 rows of a resident rebuild.",
+							"Testing only: sleep this long after every 1024 rows of a resident rebuild or of a CREATE INDEX phase, and after every k-means round.",
 							NULL,
 							&tv_test_build_delay_ms,
 							0, 0, 60 * 1000,
@@ -267,10 +267,10 @@ tvcostestimate(PlannerInfo *root, IndexPath *path, double loop_count,
 
 	rerank = Min((double) tv_candidates, Max(path->indexinfo->tuples, 1.0));
 
-	/* an IVF scan reads the probed lists only */
+	/* an IVF scan reads the probed lists only (the lists the build made) */
 	{
 		Relation	index = index_open(path->indexinfo->indexoid, NoLock);
-		int			lists = TvGetLists(index);
+		int			lists = TvGetIndexState(index)->meta.lists;
 
 		index_close(index, NoLock);
 		if (lists > 0)
@@ -300,6 +300,8 @@ tvbuildphasename(int64 phasenum)
 			return "sampling vectors";
 		case TV_PHASE_KMEANS:
 			return "training lists";
+		case TV_PHASE_LAYOUT:
+			return "writing lists";
 		default:
 			return NULL;
 	}

@@ -48,7 +48,7 @@
 #define TV_MAX_CANDIDATES		100000
 #define TV_DEFAULT_MAX_SCAN_TUPLES	20000
 #define TV_MIN_LISTS			0	/* 0: flat layout */
-#define TV_DEFAULT_LISTS		0
+#define TV_DEFAULT_LISTS		(-1)	/* not given: TvAutoLists at build */
 #define TV_DEFAULT_RESIDUAL		true
 #define TV_MAX_LISTS			32768
 #define TV_MIN_PROBES			0	/* 0: automatic, TvProbes() */
@@ -74,6 +74,7 @@ typedef enum TvMetric
 #define TV_PHASE_ENCODE			2
 #define TV_PHASE_SAMPLE			3
 #define TV_PHASE_KMEANS			4
+#define TV_PHASE_LAYOUT			5
 
 /* Page identity */
 #define TV_MAGIC_NUMBER			0x54555242	/* "TURB" */
@@ -278,7 +279,20 @@ typedef struct TvKmeansInput
 	float	   *samples;		/* nsamples * dim */
 	TvMetric	metric;
 	uint64		seed;
+	bool		progress;		/* report to pg_stat_progress_create_index */
+	int			nworkers;		/* parallel workers for the assignment rounds */
 } TvKmeansInput;
+
+/* k-means assigns samples in batches of this many, serial or parallel */
+#define TV_ASSIGN_BATCH				256
+
+/* k-means++ seeds from the first this many samples per list, at least MIN */
+#define TV_KMEANS_SEED_PER_LIST		4
+#define TV_KMEANS_SEED_MIN			4096
+
+/* tvbuild.c */
+extern int	TvAutoLists(double rows, int dim);
+extern void TvTestBuildDelay(void);
 
 extern float *TvKmeans(const TvKmeansInput *in, int lists, int iterations);
 extern float *TvCentroidNorms(const float *centroids, int lists, int dim);
@@ -297,11 +311,20 @@ typedef struct TvEncodeInput
 	uint64		n;				/* vectors */
 	int			chunk_vectors;	/* vector k is in chunks[k / chunk_vectors] */
 	float	  **chunks;			/* chunk_vectors * dim floats each (the last: the rest) */
+	uint64		progress_base;	/* vectors coded before these, for progress */
 } TvEncodeInput;
 
+typedef struct TvKmeansParallel TvKmeansParallel;
+extern TvKmeansParallel *TvKmeansParallelBegin(const float *samples, int nsamples,
+											   int dim, int lists, TvMetric metric,
+											   int nworkers);
+extern void TvKmeansParallelAssign(TvKmeansParallel *kp, const float *centroids,
+								   const float *cnorms, int *assign);
+extern void TvKmeansParallelEnd(TvKmeansParallel *kp);
 extern int	TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof,
 							uint8 *codes, TvFactors *factors);
-extern Size TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors);
+extern Size TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors,
+								   int mem_kb);
 
 extern float TvCentroidDot(const float *centroids, int dim, int list, const float *q);
 extern void TvListDistances(const float *centroids, int lists, int dim, TvMetric metric,

@@ -4,7 +4,9 @@
  *	  end to end in the page stream.
  *
  * Flat layout: one pass fills 32-lane blocks in heap order.  IVF layout
- * (lists > 0): a first pass samples vectors, k-means trains the centroids
+ * (lists > 0, or lists not given: TvAutoLists decides after the first
+ * pass): a first pass samples vectors (by a hash of their TIDs, so the
+ * sample does not depend on scan order), k-means trains the centroids
  * (tvivf.c), and the encoding pass sends each vector to the block being
  * filled for its nearest list; a full block is appended to the stream and
  * linked to the previous block of its list.  The first pass also spools
@@ -12,10 +14,12 @@
  * pass reads the spool instead of the heap and writes the lists one after
  * the other, each list's blocks contiguous (parallel workers may do the
  * coding, tvparallel.c).  When the vectors do not fit, the heap pass keeps
- * the codes instead to lay the lists out the same way, and only when those
- * do not fit either are blocks appended as they fill, lists interleaved.  Vectors are assigned in batches, which lets the
- * list assignment use the blocked kernel.  The list area (directory and
- * centroids) is reserved at the start of the stream and written last.
+ * the codes instead to lay the lists out the same way (coding windows of
+ * vectors with parallel workers), and only when those do not fit either
+ * are blocks appended as they fill, lists interleaved.  Vectors are
+ * assigned in batches, which lets the list assignment use the blocked
+ * kernel.  The list area (directory and centroids) is reserved at the start
+ * of the stream and written last.
  *
  * Pages are written through shared buffers, only marked dirty, and the
  * whole relation is WAL-logged once at the end (log_newpage_range), which
@@ -35,6 +39,7 @@
 #include "pgstat.h"
 #include "storage/bufmgr.h"
 #include "utils/array.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
@@ -44,6 +49,12 @@
 /* k-means: samples per list, and Lloyd iterations */
 #define TV_SAMPLES_PER_LIST		32
 #define TV_KMEANS_ITERATIONS	10
+
+/*
+ * Automatic lists (the lists reloption not given): a table with fewer
+ * indexed vectors than this stays flat; see TvAutoLists
+ */
+#define TV_AUTO_MIN_ROWS		50000
 
 /* vectors assigned to lists and encoded together */
 #define TV_BUILD_BATCH			64
@@ -104,12 +115,17 @@ typedef struct TvBuildState
 	BlockNumber ndatapages;
 	uint64		nblocks;		/* blocks appended */
 
-	/* IVF sampling */
+	/*
+	 * IVF sampling: the vectors whose hash is below sample_tau (halved
+	 * whenever more than SampleLimit are kept), with their hashes
+	 */
+	bool		auto_lists;		/* lists not given: chosen after sampling */
 	float	   *samples;
+	uint64	   *sample_hash;
 	int			nsamples;
-	int			maxsamples;
+	int			sample_cap;		/* allocated */
+	uint64		sample_tau;
 	uint64		seen;
-	uint64		rng;
 
 	/* IVF spool; spool_off once it outgrew its memory */
 	SpoolChunk *spool_head;
@@ -131,17 +147,34 @@ typedef struct TvBuildState
 	TvFactors  *coded_factors;
 	ItemPointerData *coded_tids;
 
-	/* vectors waiting to be assigned and encoded */
-	float	   *batch;			/* TV_BUILD_BATCH * dim */
-	ItemPointerData batch_tids[TV_BUILD_BATCH];
+	/*
+	 * Vectors of a heap pass waiting to be assigned and encoded: a batch of
+	 * TV_BUILD_BATCH, or with parallel workers a window of whole spool
+	 * chunks that they code together (HeapWindowVectors)
+	 */
+	float	   *batch;			/* batch_cap * dim */
+	ItemPointerData *batch_tids;
 	int			batch_n;
+	int			batch_cap;
 	float	   *cnorms;			/* ||c||^2 per list, for L2 assignment */
 
+	uint64		encoded;		/* vectors coded by AddVectors */
 	uint64		nslots;
 	double		reltuples;
 	double		indtuples;
 	MemoryContext tmpCtx;
 } TvBuildState;
+
+/*
+ * turbovec.test_build_delay: slow a build down where it reports progress,
+ * so a test can watch every phase
+ */
+void
+TvTestBuildDelay(void)
+{
+	if (tv_test_build_delay_ms > 0)
+		pg_usleep(tv_test_build_delay_ms * 1000L);
+}
 
 /* Write the page being filled as the next data page */
 static void
@@ -209,26 +242,71 @@ FlushListBlock(TvBuildState *bs, int j)
 	bs->entries[j].nblocks++;
 }
 
+/*
+ * Lists for `rows` vectors of `dim` dimensions when the lists reloption is
+ * not given: flat below TV_AUTO_MIN_ROWS, where scoring every code costs
+ * about a millisecond or less; above, about sqrt(rows) lists up to 128
+ * dimensions, half that from 512, and in between a factor falling with
+ * log2(dim) (GloVe-100, 340k x 100: 584; Fashion-MNIST, 60k x 784: 122;
+ * 1M x 768: 500), as measured in bench/README.md: at high dimension
+ * k-means and the assignment cost more per list, and a probed list is
+ * cheap to scan next to the lists' centroids.
+ */
+int
+TvAutoLists(double rows, int dim)
+{
+	double		factor;
+
+	if (rows < TV_AUTO_MIN_ROWS)
+		return 0;
+	if (dim <= 128)
+		factor = 1.0;
+	else if (dim >= 512)
+		factor = 0.5;
+	else
+		factor = 1.0 - 0.25 * log2((double) dim / 128);
+	return (int) Min(rint(sqrt(rows) * factor), (double) TV_MAX_LISTS);
+}
+
+/*
+ * Lists the build plans for while it samples: the reloption, or for
+ * automatic lists what TvAutoLists gives the vectors seen so far, as if
+ * the table were at least big enough for lists
+ */
+static int
+PlannedLists(TvBuildState *bs)
+{
+	if (!bs->auto_lists)
+		return bs->lists;
+	return TvAutoLists(Max((double) bs->seen, TV_AUTO_MIN_ROWS), bs->dim);
+}
+
 /* The first vector fixes the dimension of the index */
 static void
 StartCodec(TvBuildState *bs, int dim)
 {
-	int			nfill = Max(bs->lists, 1);
-
 	bs->dim = dim;
 	bs->codec = TvCreateCodec(dim, bs->bits, bs->seed, CurrentMemoryContext);
 	bs->block_bytes = TvBlockBytes(bs->codec);
+	bs->code = palloc0(bs->codec->code_bytes);
+	bs->work = palloc(sizeof(float) * TvEncodeWorkFloats(bs->codec));
+}
+
+/* One block being filled per list (one when flat), once lists are known */
+static void
+StartFill(TvBuildState *bs)
+{
+	int			nfill = Max(bs->lists, 1);
+
 	if ((double) nfill * bs->block_bytes > (double) maintenance_work_mem * 1024)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("turbo index build needs %.0f kB for its %d lists of %d dimensions",
-						(double) nfill * bs->block_bytes / 1024, nfill, dim),
+						(double) nfill * bs->block_bytes / 1024, nfill, bs->dim),
 				 errhint("Increase maintenance_work_mem or use fewer lists.")));
 	bs->fill = palloc0(sizeof(FillBlock) * nfill);
 	for (int j = 0; j < nfill; j++)
 		bs->fill[j].bytes = palloc0(bs->block_bytes);
-	bs->code = palloc0(bs->codec->code_bytes);
-	bs->work = palloc(sizeof(float) * TvEncodeWorkFloats(bs->codec));
 }
 
 /* Read and check one vector of the build scan; NULL when not indexed */
@@ -258,7 +336,22 @@ BuildVector(TvBuildState *bs, Relation index, Datum value, int *dim)
 static double
 FixedBuildBytes(TvBuildState *bs, double samples)
 {
-	return samples * bs->dim * sizeof(float) + (double) bs->lists * bs->block_bytes;
+	return samples * bs->dim * sizeof(float) + (double) PlannedLists(bs) * bs->block_bytes;
+}
+
+/*
+ * Most vectors the sampling pass keeps: twice what k-means trains on, so
+ * that halving sample_tau leaves enough, and at most half of
+ * maintenance_work_mem
+ */
+static int
+SampleLimit(TvBuildState *bs)
+{
+	double		fit = (double) maintenance_work_mem * 1024 / 2 /
+		(sizeof(float) * bs->dim + sizeof(uint64));
+	double		want = 2.0 * TV_SAMPLES_PER_LIST * Max(PlannedLists(bs), 1);
+
+	return (int) Max(Min(want, fit), 1);
 }
 
 /*
@@ -270,7 +363,7 @@ static double
 MemoryNeedMB(TvBuildState *bs, double per_vector, double extra)
 {
 	/* the whole sample: with more memory the build samples more */
-	double		fixed = FixedBuildBytes(bs, Min((double) bs->lists * TV_SAMPLES_PER_LIST,
+	double		fixed = FixedBuildBytes(bs, Min(2.0 * bs->lists * TV_SAMPLES_PER_LIST,
 												(double) bs->seen));
 
 	return ceil((fixed + extra + (double) bs->seen * per_vector) / (1024.0 * 1024.0));
@@ -290,14 +383,15 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 			sizeof(float) * TV_SPOOL_CHUNK * bs->dim;
 		/* the sample and the blocks being filled have their share */
 		double		limit = (double) maintenance_work_mem * 1024 -
-			FixedBuildBytes(bs, bs->maxsamples);
+			FixedBuildBytes(bs, SampleLimit(bs));
 
 		/* and each spooled vector its list, code, factors, TID and place */
 		double		outputs = (double) (bs->spooled + TV_SPOOL_CHUNK) * CodedBytes(bs);
 
 		/* and parallel workers a shared segment */
 		if (max_parallel_maintenance_workers > 0)
-			limit -= (double) TvParallelSegmentBytes(bs->codec, bs->lists, TV_SPOOL_CHUNK);
+			limit -= (double) TvParallelSegmentBytes(bs->codec, Max(PlannedLists(bs), 1),
+													 TV_SPOOL_CHUNK, maintenance_work_mem);
 
 		if ((double) bs->spool_bytes + bytes + outputs > limit)
 		{
@@ -329,7 +423,137 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 	chunk->n++;
 }
 
-/* First IVF pass: reservoir-sample the vectors k-means trains on */
+/*
+ * The sampling hash of a row: a bijection of (seed, TID), so the sample is
+ * the same whatever order the rows come in
+ */
+static uint64
+SampleHash(uint64 seed, ItemPointer tid)
+{
+	uint64		z = seed ^ (((uint64) ItemPointerGetBlockNumberNoCheck(tid) << 16) |
+							ItemPointerGetOffsetNumberNoCheck(tid));
+
+	z = (z ^ (z >> 30)) * UINT64CONST(0xBF58476D1CE4E5B9);
+	z = (z ^ (z >> 27)) * UINT64CONST(0x94D049BB133111EB);
+	return z ^ (z >> 31);
+}
+
+/*
+ * Keep a vector in the training sample when its hash is below sample_tau;
+ * past SampleLimit, halve sample_tau and drop what is now above it.  The
+ * sample is then every row whose hash is below the final sample_tau: a
+ * uniform sample that depends on the seed and the TIDs alone, not on the
+ * order of the scan.
+ */
+static void
+SampleVector(TvBuildState *bs, ItemPointer tid, const float *x)
+{
+	uint64		h = SampleHash(bs->seed, tid);
+	int			limit;
+
+	if (h >= bs->sample_tau)
+		return;
+	limit = SampleLimit(bs);
+	if (bs->nsamples == bs->sample_cap)
+	{
+		int			cap = Max(Min(bs->sample_cap * 2, limit + 1), 64);
+
+		if (bs->samples == NULL)
+		{
+			bs->samples = palloc_extended((Size) cap * bs->dim * sizeof(float), MCXT_ALLOC_HUGE);
+			bs->sample_hash = palloc_extended((Size) cap * sizeof(uint64), MCXT_ALLOC_HUGE);
+		}
+		else
+		{
+			bs->samples = repalloc_huge(bs->samples, (Size) cap * bs->dim * sizeof(float));
+			bs->sample_hash = repalloc_huge(bs->sample_hash, (Size) cap * sizeof(uint64));
+		}
+		bs->sample_cap = cap;
+	}
+	memcpy(bs->samples + (Size) bs->nsamples * bs->dim, x, sizeof(float) * bs->dim);
+	bs->sample_hash[bs->nsamples++] = h;
+
+	while (bs->nsamples > limit)
+	{
+		int			kept = 0;
+
+		bs->sample_tau /= 2;
+		for (int i = 0; i < bs->nsamples; i++)
+		{
+			if (bs->sample_hash[i] >= bs->sample_tau)
+				continue;
+			if (kept != i)
+			{
+				bs->sample_hash[kept] = bs->sample_hash[i];
+				memcpy(bs->samples + (Size) kept * bs->dim,
+					   bs->samples + (Size) i * bs->dim, sizeof(float) * bs->dim);
+			}
+			kept++;
+		}
+		bs->nsamples = kept;
+	}
+}
+
+static int
+CompareHashOrder(const void *a, const void *b, void *arg)
+{
+	const uint64 *hash = (const uint64 *) arg;
+	uint64		ha = hash[*(const int *) a];
+	uint64		hb = hash[*(const int *) b];
+
+	return (ha > hb) - (ha < hb);
+}
+
+/*
+ * Put the sample in hash order, which is random, and keep the first `want`
+ * vectors: a uniform subsample, the first of which seed k-means.  In place,
+ * following the cycles of the permutation.
+ */
+static void
+FinishSample(TvBuildState *bs, int want)
+{
+	int			n = bs->nsamples;
+	int		   *order = palloc(sizeof(int) * Max(n, 1));
+	bool	   *placed = palloc0(sizeof(bool) * Max(n, 1));
+	float	   *tmp = palloc(sizeof(float) * bs->dim);
+	Size		vbytes = sizeof(float) * bs->dim;
+
+	for (int i = 0; i < n; i++)
+		order[i] = i;
+	qsort_arg(order, n, sizeof(int), CompareHashOrder, bs->sample_hash);
+	/* position i takes the vector at order[i] */
+	for (int i = 0; i < n; i++)
+	{
+		int			j = i;
+
+		if (placed[i])
+			continue;
+		memcpy(tmp, bs->samples + (Size) i * bs->dim, vbytes);
+		while (order[j] != i)
+		{
+			memcpy(bs->samples + (Size) j * bs->dim,
+				   bs->samples + (Size) order[j] * bs->dim, vbytes);
+			placed[j] = true;
+			j = order[j];
+		}
+		memcpy(bs->samples + (Size) j * bs->dim, tmp, vbytes);
+		placed[j] = true;
+	}
+	pfree(order);
+	pfree(placed);
+	pfree(tmp);
+	pfree(bs->sample_hash);
+	bs->sample_hash = NULL;
+	bs->nsamples = Min(n, want);
+	/* k-means may copy the sample for parallel workers: free the rest first */
+	if (bs->nsamples > 0 && bs->nsamples < bs->sample_cap)
+	{
+		bs->samples = repalloc_huge(bs->samples, (Size) bs->nsamples * vbytes);
+		bs->sample_cap = bs->nsamples;
+	}
+}
+
+/* First IVF pass: sample the vectors k-means trains on, and spool them */
 static void
 SampleCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 			   bool tupleIsAlive, void *state)
@@ -337,7 +561,6 @@ SampleCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	TvBuildState *bs = (TvBuildState *) state;
 	float	   *x;
 	int			dim;
-	int64		slot;
 
 	if (isnull[0])
 		return;
@@ -346,31 +569,15 @@ SampleCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	{
 		if (bs->codec == NULL)
 			StartCodec(bs, dim);
-		if (bs->samples == NULL)
-		{
-			/* memory for the sample is bounded by maintenance_work_mem */
-			double		fit = (double) maintenance_work_mem * 1024 / 2 / (sizeof(float) * dim);
-
-			bs->maxsamples = (int) Min((double) bs->lists * TV_SAMPLES_PER_LIST, fit);
-			bs->maxsamples = Max(bs->maxsamples, 1);
-			bs->samples = palloc_extended((Size) bs->maxsamples * dim * sizeof(float),
-										  MCXT_ALLOC_HUGE);
-		}
 		bs->seen++;
-		if (bs->nsamples < bs->maxsamples)
-			slot = bs->nsamples++;
-		else
-		{
-			/* splitmix64 step, so the sample depends on the seed alone */
-			uint64		z = (bs->rng += UINT64CONST(0x9E3779B97F4A7C15));
-
-			z = (z ^ (z >> 30)) * UINT64CONST(0xBF58476D1CE4E5B9);
-			z = (z ^ (z >> 27)) * UINT64CONST(0x94D049BB133111EB);
-			slot = (int64) ((z ^ (z >> 31)) % bs->seen);
-		}
-		if (slot < bs->maxsamples)
-			memcpy(bs->samples + (Size) slot * dim, x, sizeof(float) * dim);
+		SampleVector(bs, tid, x);
 		SpoolVector(bs, tid, x);
+		if ((bs->seen & 1023) == 0)
+		{
+			pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
+										 (int64) bs->seen);
+			TvTestBuildDelay();
+		}
 	}
 	MemoryContextReset(bs->tmpCtx);
 }
@@ -420,6 +627,15 @@ LayOutCoded(TvBuildState *bs, uint64 n, const int *listof, const uint8 *codes,
 	uint64	   *start = palloc0(sizeof(uint64) * (bs->lists + 1));
 	uint64	   *order = palloc_extended(sizeof(uint64) * Max(n, 1), MCXT_ALLOC_HUGE);
 	uint64	   *pos = palloc(sizeof(uint64) * bs->lists);
+	int64		laid = 0;
+	const int	progress_index[] = {
+		PROGRESS_CREATEIDX_SUBPHASE,
+		PROGRESS_CREATEIDX_TUPLES_TOTAL,
+		PROGRESS_CREATEIDX_TUPLES_DONE
+	};
+	int64		progress_value[] = {TV_PHASE_LAYOUT, (int64) n, 0};
+
+	pgstat_progress_update_multi_param(3, progress_index, progress_value);
 
 	/* counting sort by list, stable */
 	for (uint64 k = 0; k < n; k++)
@@ -438,18 +654,17 @@ LayOutCoded(TvBuildState *bs, uint64 n, const int *listof, const uint8 *codes,
 			uint64		k = order[i];
 
 			PutCoded(bs, j, codes + k * code_bytes, &factors[k], &tids[k]);
-			if ((i & 1023) == 1023)
+			if ((++laid & 1023) == 0)
 			{
-				pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
-											 (int64) bs->indtuples);
+				pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, laid);
+				TvTestBuildDelay();
 				CHECK_FOR_INTERRUPTS();
 			}
 		}
 		if (bs->fill[j].lanes > 0)
 			FlushListBlock(bs, j);
 	}
-	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
-								 (int64) bs->indtuples);
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, laid);
 	pfree(order);
 	pfree(start);
 }
@@ -472,6 +687,56 @@ FlushCoded(TvBuildState *bs)
 }
 
 /*
+ * Parallel workers for coding the spool: max_parallel_maintenance_workers,
+ * once the vectors are at least min_parallel_table_scan_size (below that,
+ * starting workers costs more than they save).
+ */
+static int
+SpoolWorkers(TvBuildState *bs, uint64 n)
+{
+	double		bytes = (double) n * bs->dim * sizeof(float);
+
+	if (bytes < (double) min_parallel_table_scan_size * BLCKSZ)
+		return 0;
+	return max_parallel_maintenance_workers;
+}
+
+/*
+ * Vectors a heap pass collects for parallel workers to code together:
+ * whole spool chunks, at most 128 MB and an eighth of maintenance_work_mem,
+ * and enough for workers to pay (SpoolWorkers); otherwise one batch, coded
+ * serially.  With the workers' segment (a quarter of maintenance_work_mem
+ * at most, tvparallel.c) that leaves the kept codes at least half.
+ */
+static int
+HeapWindowVectors(TvBuildState *bs)
+{
+	double		bytes = Min(128.0 * 1024 * 1024, (double) maintenance_work_mem * 1024 / 8);
+	int			chunks = (int) (bytes / ((double) sizeof(float) * bs->dim) / TV_SPOOL_CHUNK);
+
+	if (max_parallel_maintenance_workers <= 0 || chunks < 1 ||
+		SpoolWorkers(bs, (uint64) chunks * TV_SPOOL_CHUNK) == 0)
+		return TV_BUILD_BATCH;
+	return chunks * TV_SPOOL_CHUNK;
+}
+
+/*
+ * Memory a heap pass holds beside the codes it keeps: a window for workers
+ * and their shared segment (a serial batch is too small to count)
+ */
+static double
+HeapWindowBytes(TvBuildState *bs)
+{
+	int			n = HeapWindowVectors(bs);
+
+	if (n == TV_BUILD_BATCH)
+		return 0;
+	return (double) n * (sizeof(float) * bs->dim + sizeof(ItemPointerData) + CodedBytes(bs)) +
+		(double) TvParallelSegmentBytes(bs->codec, Max(bs->lists, 1), TV_SPOOL_CHUNK,
+										maintenance_work_mem);
+}
+
+/*
  * Keep one coded vector of the heap pass.  False when there is no room in
  * maintenance_work_mem beside the sample and the blocks being filled: then
  * what was kept is laid out and the rest of the pass writes its blocks as
@@ -485,7 +750,7 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 	if (bs->ncoded == bs->coded_cap)
 	{
 		double		budget = (double) maintenance_work_mem * 1024 -
-			FixedBuildBytes(bs, bs->maxsamples);
+			FixedBuildBytes(bs, bs->nsamples) - HeapWindowBytes(bs);
 		uint64		cap = Max(bs->coded_cap * 2, 1024);
 
 		if (budget < (double) cap * CodedBytes(bs))
@@ -494,6 +759,18 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 		{
 			/* the sampling pass counted the vectors: say what would have fit */
 			double		need = MemoryNeedMB(bs, CodedBytes(bs), 0);
+
+			/* with workers, their window (an eighth) and segment come on top */
+			if (HeapWindowVectors(bs) > TV_BUILD_BATCH)
+			{
+				double		base = need;
+
+				for (int i = 0; i < 4; i++)
+					need = ceil((base + TvParallelSegmentBytes(bs->codec, Max(bs->lists, 1),
+															   TV_SPOOL_CHUNK,
+															   (int) Min(need * 1024, MAX_KILOBYTES)) /
+								 (1024.0 * 1024.0)) * 8 / 7);
+			}
 
 			ereport(NOTICE,
 					(errmsg("turbo index \"%s\" interleaves the blocks of its lists after " UINT64_FORMAT " vectors",
@@ -561,6 +838,8 @@ AddVectors(TvBuildState *bs, const float *xs, const ItemPointerData *tids, int n
 	Assert(n <= TV_BUILD_BATCH);
 	if (bs->codec == NULL)
 		StartCodec(bs, bs->dim);
+	if (bs->fill == NULL)
+		StartFill(bs);
 	if (bs->lists > 0)
 		TvNearestLists(bs->centroids, bs->cnorms, bs->lists, bs->dim, bs->metric,
 					   xs, n, nearest);
@@ -569,15 +848,70 @@ AddVectors(TvBuildState *bs, const float *xs, const ItemPointerData *tids, int n
 
 	for (int i = 0; i < n; i++)
 		PutVector(bs, nearest[i], xs + (Size) i * bs->dim, &tids[i]);
+	/* coded, whether put in blocks or kept to lay out later */
+	bs->encoded += n;
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
-								 (int64) bs->indtuples);
+								 (int64) bs->encoded);
+	/* crossed a multiple of 1024 */
+	if ((bs->encoded >> 10) != ((bs->encoded - n) >> 10))
+		TvTestBuildDelay();
+}
+
+/*
+ * Code a window with parallel workers (tvparallel.c), then put or keep
+ * each vector in heap order, exactly as AddVectors would have
+ */
+static void
+EncodeWindow(TvBuildState *bs)
+{
+	int			n = bs->batch_n;
+	int			code_bytes = bs->codec->code_bytes;
+	int		   *listof = palloc(sizeof(int) * n);
+	uint8	   *codes = palloc_extended((Size) code_bytes * n, MCXT_ALLOC_HUGE);
+	TvFactors  *factors = palloc(sizeof(TvFactors) * n);
+	TvEncodeInput in;
+
+	in.codec = bs->codec;
+	in.metric = bs->metric;
+	in.lists = bs->lists;
+	in.residual = bs->residual && bs->lists > 0;
+	in.centroids = bs->centroids;
+	in.cnorms = bs->cnorms;
+	in.n = n;
+	in.chunk_vectors = bs->batch_cap;
+	in.chunks = &bs->batch;
+	in.progress_base = bs->encoded;
+	(void) TvEncodeSpooled(&in, SpoolWorkers(bs, n), listof, codes, factors);
+
+	for (int k = 0; k < n; k++)
+	{
+		memcpy(bs->code, codes + (Size) k * code_bytes, code_bytes);
+		if (!KeepCoded(bs, listof[k], &factors[k], &bs->batch_tids[k]))
+			PutCoded(bs, listof[k], bs->code, &factors[k], &bs->batch_tids[k]);
+	}
+	bs->encoded += n;
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, (int64) bs->encoded);
+	pfree(listof);
+	pfree(codes);
+	pfree(factors);
 }
 
 static void
 FlushBatch(TvBuildState *bs)
 {
-	if (bs->batch_n > 0)
-		AddVectors(bs, bs->batch, bs->batch_tids, bs->batch_n);
+	if (bs->batch_n == 0)
+		return;
+	if (bs->fill == NULL)
+		StartFill(bs);
+	/* a window big enough for workers; else batches as always */
+	if (bs->batch_cap > TV_BUILD_BATCH && SpoolWorkers(bs, bs->batch_n) > 0)
+		EncodeWindow(bs);
+	else
+	{
+		for (int i = 0; i < bs->batch_n; i += TV_BUILD_BATCH)
+			AddVectors(bs, bs->batch + (Size) i * bs->dim, &bs->batch_tids[i],
+					   Min(TV_BUILD_BATCH, bs->batch_n - i));
+	}
 	bs->batch_n = 0;
 }
 
@@ -597,28 +931,19 @@ BuildCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	if (x != NULL)
 	{
 		if (bs->batch == NULL)
-			bs->batch = palloc(sizeof(float) * TV_BUILD_BATCH * dim);
+		{
+			if (bs->codec == NULL)
+				StartCodec(bs, dim);
+			bs->batch_cap = HeapWindowVectors(bs);
+			bs->batch = palloc_extended(sizeof(float) * bs->batch_cap * dim, MCXT_ALLOC_HUGE);
+			bs->batch_tids = palloc(sizeof(ItemPointerData) * bs->batch_cap);
+		}
 		memcpy(bs->batch + (Size) bs->batch_n * dim, x, sizeof(float) * dim);
 		bs->batch_tids[bs->batch_n++] = *tid;
-		if (bs->batch_n == TV_BUILD_BATCH)
+		if (bs->batch_n == bs->batch_cap)
 			FlushBatch(bs);
 	}
 	MemoryContextReset(bs->tmpCtx);
-}
-
-/*
- * Parallel workers for coding the spool: max_parallel_maintenance_workers,
- * once the vectors are at least min_parallel_table_scan_size (below that,
- * starting workers costs more than they save).
- */
-static int
-SpoolWorkers(TvBuildState *bs, uint64 n)
-{
-	double		bytes = (double) n * bs->dim * sizeof(float);
-
-	if (bytes < (double) min_parallel_table_scan_size * BLCKSZ)
-		return 0;
-	return max_parallel_maintenance_workers;
 }
 
 /*
@@ -666,6 +991,7 @@ EncodeSpool(TvBuildState *bs)
 	in.n = n;
 	in.chunk_vectors = TV_SPOOL_CHUNK;
 	in.chunks = vectors;
+	in.progress_base = 0;
 	launched = TvEncodeSpooled(&in, SpoolWorkers(bs, n), listof, codes, factors);
 	elog(DEBUG1, "turbo index \"%s\": " UINT64_FORMAT " vectors coded with %d parallel workers",
 		 RelationGetRelationName(bs->index), n, launched);
@@ -686,35 +1012,90 @@ EncodeSpool(TvBuildState *bs)
 	bs->spool_head = bs->spool_tail = NULL;
 }
 
-/* Train the lists; afterwards bs->lists is what the index will have */
+/*
+ * The flat layout from the spool, when automatic lists chose it after the
+ * sampling pass: the same blocks in the same (heap) order as a heap pass
+ */
+static void
+EncodeSpoolFlat(TvBuildState *bs)
+{
+	for (SpoolChunk *c = bs->spool_head; c != NULL;)
+	{
+		SpoolChunk *next = c->next;
+
+		for (int i = 0; i < c->n; i += TV_BUILD_BATCH)
+			AddVectors(bs, c->vectors + (Size) i * bs->dim, &c->tids[i],
+					   Min(TV_BUILD_BATCH, c->n - i));
+		pfree(c);
+		c = next;
+		CHECK_FOR_INTERRUPTS();
+	}
+	bs->spool_head = bs->spool_tail = NULL;
+}
+
+/*
+ * Sampling pass and training; afterwards bs->lists is what the index will
+ * have (automatic lists: from the vectors the pass counted)
+ */
 static void
 TrainLists(TvBuildState *bs, Relation heap, Relation index, IndexInfo *indexInfo)
 {
 	TvKmeansInput in;
+	int			want;
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, TV_PHASE_SAMPLE);
-	bs->rng = bs->seed;
+	bs->sample_tau = PG_UINT64_MAX;
 	bs->reltuples = table_index_build_scan(heap, index, indexInfo, true, true,
 										   SampleCallback, bs, NULL);
 
-	if (bs->nsamples < bs->lists)
+	if (bs->auto_lists)
 	{
-		ereport(NOTICE,
-				(errmsg("turbo index \"%s\" has %d lists instead of %d",
-						RelationGetRelationName(index), bs->nsamples, bs->lists),
-				 errdetail("The table has only %d vectors to train lists on.", bs->nsamples),
-				 errhint("REINDEX the index once the table holds its data.")));
+		/* as many as fit beside the blocks being filled, should memory be tiny */
+		bs->lists = TvAutoLists((double) bs->seen, bs->dim);
+		if (bs->lists > 0)
+			bs->lists = (int) Min((double) bs->lists,
+								  (double) maintenance_work_mem * 1024 / 2 / bs->block_bytes);
+		elog(DEBUG1, "turbo index \"%s\": %d lists for " UINT64_FORMAT " vectors of %d dimensions",
+			 RelationGetRelationName(index), bs->lists, bs->seen, bs->dim);
+	}
+	if (bs->lists > 0 && bs->nsamples < bs->lists)
+	{
+		if (bs->seen < (uint64) bs->lists)
+			ereport(NOTICE,
+					(errmsg("turbo index \"%s\" has %d lists instead of %d",
+							RelationGetRelationName(index), bs->nsamples, bs->lists),
+					 errdetail("The table has only %d vectors to train lists on.", bs->nsamples),
+					 errhint("REINDEX the index once the table holds its data.")));
+		else
+			ereport(NOTICE,
+					(errmsg("turbo index \"%s\" has %d lists instead of %d",
+							RelationGetRelationName(index), bs->nsamples, bs->lists),
+					 errdetail("maintenance_work_mem (%d kB) holds only %d vectors to train lists on.",
+							   maintenance_work_mem, bs->nsamples),
+					 errhint("Increase maintenance_work_mem or use fewer lists.")));
 		bs->lists = bs->nsamples;
 	}
 	if (bs->lists == 0)
+	{
+		if (bs->samples)
+			pfree(bs->samples);
+		if (bs->sample_hash)
+			pfree(bs->sample_hash);
+		bs->samples = NULL;
+		bs->sample_hash = NULL;
 		return;
+	}
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, TV_PHASE_KMEANS);
+	want = (int) Min((double) bs->lists * TV_SAMPLES_PER_LIST, (double) PG_INT32_MAX);
+	FinishSample(bs, want);
 	in.dim = bs->dim;
 	in.nsamples = bs->nsamples;
 	in.samples = bs->samples;
 	in.metric = bs->metric;
 	in.seed = bs->seed;
+	in.progress = true;
+	in.nworkers = max_parallel_maintenance_workers;
 	bs->centroids = TvKmeans(&in, bs->lists, TV_KMEANS_ITERATIONS);
 	bs->cnorms = TvCentroidNorms(bs->centroids, bs->lists, bs->dim);
 	pfree(bs->samples);
@@ -788,6 +1169,7 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 	bs.index = index;
 	bs.bits = TvGetBits(index);
 	bs.lists = TvGetLists(index);
+	bs.auto_lists = (bs.lists < 0);
 	bs.residual = TvGetResidual(index);
 	bs.metric = TvGetMetric(index);
 	bs.seed = TV_CODEC_DEFAULT_SEED;
@@ -802,24 +1184,31 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 	Assert(BufferGetBlockNumber(metabuf) == TV_METAPAGE_BLKNO);
 	LockBuffer(metabuf, BUFFER_LOCK_UNLOCK);
 
-	if (bs.lists > 0)
+	if (bs.lists != 0)
 		TrainLists(&bs, heap, index, indexInfo);
+	if (bs.codec != NULL && bs.fill == NULL)
+		StartFill(&bs);
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, TV_PHASE_ENCODE);
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, 0);
 	if (bs.lists > 0 && bs.spool_off)
 	{
 		/* whole spool chunks, the codes, and the parallel segment */
 		double		per_vector = sizeof(float) * bs.dim + sizeof(ItemPointerData) + CodedBytes(&bs);
-		double		extra = (double) TV_SPOOL_CHUNK * per_vector +
-			(max_parallel_maintenance_workers > 0 ?
-			 (double) TvParallelSegmentBytes(bs.codec, bs.lists, TV_SPOOL_CHUNK) : 0);
+		double		base = MemoryNeedMB(&bs, per_vector, (double) TV_SPOOL_CHUNK * per_vector);
+		double		need = base;
 
+		/* the segment grows with maintenance_work_mem: settle on a size */
+		for (int i = 0; i < 4 && max_parallel_maintenance_workers > 0; i++)
+			need = base + ceil((double) TvParallelSegmentBytes(bs.codec, bs.lists, TV_SPOOL_CHUNK,
+															   (int) Min(need * 1024, MAX_KILOBYTES)) /
+							   (1024.0 * 1024.0));
 		ereport(NOTICE,
 				(errmsg("turbo index \"%s\" reads its table twice", RelationGetRelationName(index)),
-				 errdetail("Its " UINT64_FORMAT " vectors do not fit in maintenance_work_mem (%d kB), so the build reads them again and codes them without parallel workers.",
+				 errdetail("Its " UINT64_FORMAT " vectors do not fit in maintenance_work_mem (%d kB), so the build reads them again.",
 						   bs.seen, maintenance_work_mem),
 				 errhint("With maintenance_work_mem at %.0f MB or more the build reads the table once.",
-						 MemoryNeedMB(&bs, per_vector, extra))));
+						 need)));
 	}
 	if (bs.lists > 0 && !bs.spool_off)
 	{
@@ -827,6 +1216,13 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_TOTAL,
 									 (int64) bs.seen);
 		EncodeSpool(&bs);
+	}
+	else if (bs.auto_lists && bs.spool_head != NULL)
+	{
+		/* automatic lists chose the flat layout: code the spool in heap order */
+		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_TOTAL,
+									 (int64) bs.seen);
+		EncodeSpoolFlat(&bs);
 	}
 	else
 	{

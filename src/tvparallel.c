@@ -24,7 +24,9 @@
 
 #include "access/parallel.h"
 #include "access/xact.h"
+#include "commands/progress.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "port/atomics.h"
 #include "storage/shm_toc.h"
 
@@ -43,8 +45,8 @@
  * 64 MB and one 188 MB window were slower)
  */
 #define TV_PARALLEL_WINDOW_MAX		((Size) 32 * 1024 * 1024)
-#define TvParallelWindowBytes() \
-	Min(TV_PARALLEL_WINDOW_MAX, (Size) maintenance_work_mem * 1024 / 4)
+#define TvParallelWindowBytes(mem_kb) \
+	Min(TV_PARALLEL_WINDOW_MAX, (Size) (mem_kb) * 1024 / 4)
 
 /* Where the arrays go in the segment (after the header), and the window */
 typedef struct SegmentPlan
@@ -86,6 +88,8 @@ typedef struct EncodeJob
 	int		   *listof;
 	uint8	   *codes;
 	TvFactors  *factors;
+	uint64		progress_base;	/* the leader: report first vector + this */
+	bool		progress;
 } EncodeJob;
 
 PGDLLEXPORT void TvParallelEncodeMain(dsm_segment *seg, shm_toc *toc);
@@ -107,6 +111,12 @@ RunEncodeJob(const EncodeJob *job, pg_atomic_uint64 *next)
 
 		if (k0 >= in->n)
 			break;
+		if (job->progress && k0 % 1024 == 0)
+		{
+			pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
+										 (int64) (job->progress_base + k0));
+			TvTestBuildDelay();
+		}
 		m = (int) Min((uint64) TV_ENCODE_BATCH, in->n - k0);
 		xs = in->chunks[k0 / in->chunk_vectors] +
 			(Size) (k0 % in->chunk_vectors) * dim;
@@ -149,6 +159,8 @@ SharedJob(TvEncodeShared *sh, const TvCodec *codec, float **chunk)
 	job.listof = (int *) (base + sh->plan.off_listof);
 	job.codes = (uint8 *) (base + sh->plan.off_codes);
 	job.factors = (TvFactors *) (base + sh->plan.off_factors);
+	job.progress_base = sh->first;
+	job.progress = false;
 	return job;
 }
 
@@ -174,13 +186,13 @@ Carve(Size *total, Size bytes)
 }
 
 static SegmentPlan
-PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors)
+PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors, int mem_kb)
 {
 	Size		vector_bytes = sizeof(float) * codec->dim;
 	SegmentPlan plan;
 
 	/* whole chunks per window, at least one */
-	plan.capacity = Max(TvParallelWindowBytes() / vector_bytes / chunk_vectors, 1) *
+	plan.capacity = Max(TvParallelWindowBytes(mem_kb) / vector_bytes / chunk_vectors, 1) *
 		chunk_vectors;
 	plan.capacity = Min(plan.capacity, n);
 	plan.total = 0;
@@ -196,17 +208,17 @@ PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors)
 
 /*
  * The most shared memory a parallel coding of this index's spool takes,
- * whatever the number of vectors: the build keeps it out of the spool's
- * share of maintenance_work_mem.
+ * whatever the number of vectors, with maintenance_work_mem at mem_kb: the
+ * build keeps it out of the spool's share of maintenance_work_mem.
  */
 Size
-TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors)
+TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors, int mem_kb)
 {
-	return PlanSegment(codec, lists, PG_UINT64_MAX, chunk_vectors).total;
+	return PlanSegment(codec, lists, PG_UINT64_MAX, chunk_vectors, mem_kb).total;
 }
 
 /*
- * With workers: rounds of at most TvParallelWindowBytes() of vectors.
+ * With workers: rounds of at most TvParallelWindowBytes of vectors.
  * Returns the number of workers that took part in the first round, or -1
  * when no segment could be had (the caller then works alone).
  */
@@ -216,7 +228,8 @@ EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 {
 	const TvCodec *codec = in->codec;
 	Size		vector_bytes = sizeof(float) * codec->dim;
-	SegmentPlan plan = PlanSegment(codec, in->lists, in->n, in->chunk_vectors);
+	SegmentPlan plan = PlanSegment(codec, in->lists, in->n, in->chunk_vectors,
+								   maintenance_work_mem);
 	uint64		capacity = plan.capacity;
 	ParallelContext *pcxt;
 	TvEncodeShared *sh;
@@ -279,6 +292,8 @@ EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 
 		/* the leader takes part too */
 		job = SharedJob(sh, codec, &chunk);
+		job.progress_base += in->progress_base;
+		job.progress = true;
 		RunEncodeJob(&job, &sh->next);
 		WaitForParallelWorkersToFinish(pcxt);
 
@@ -319,7 +334,155 @@ TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes
 	job.listof = listof;
 	job.codes = codes;
 	job.factors = factors;
+	job.progress_base = in->progress_base;
+	job.progress = true;
 	pg_atomic_init_u64(&next, 0);
 	RunEncodeJob(&job, &next);
 	return 0;
+}
+
+/*
+ * k-means assignment rounds with parallel workers.  The samples go into a
+ * segment once; each Lloyd round copies the centroids in, and every
+ * participant claims batches of TV_ASSIGN_BATCH samples and writes their
+ * nearest lists by position.  Batches start at multiples of the batch
+ * size, as in the serial rounds (tvivf.c), so TvNearestLists groups the
+ * rows the same way and the assignment is the same whoever computes it.
+ */
+#define TV_PARALLEL_KEY_KMEANS		UINT64CONST(0x7475726226FE0002)
+
+typedef struct TvKmeansShared
+{
+	int			dim;
+	int			metric;
+	int			lists;
+	int			nsamples;
+	pg_atomic_uint64 next;
+	Size		off_centroids;
+	Size		off_cnorms;
+	Size		off_samples;
+	Size		off_assign;
+} TvKmeansShared;
+
+struct TvKmeansParallel
+{
+	ParallelContext *pcxt;
+	TvKmeansShared *sh;
+	int			rounds;
+};
+
+PGDLLEXPORT void TvParallelKmeansMain(dsm_segment *seg, shm_toc *toc);
+
+static void
+RunKmeansJob(TvKmeansShared *sh)
+{
+	char	   *base = (char *) sh;
+	const float *samples = (const float *) (base + sh->off_samples);
+	int		   *assign = (int *) (base + sh->off_assign);
+
+	for (;;)
+	{
+		uint64		k0 = pg_atomic_fetch_add_u64(&sh->next, TV_ASSIGN_BATCH);
+		int			m;
+
+		if (k0 >= (uint64) sh->nsamples)
+			break;
+		m = (int) Min((uint64) TV_ASSIGN_BATCH, (uint64) sh->nsamples - k0);
+		TvNearestLists((const float *) (base + sh->off_centroids),
+					   (const float *) (base + sh->off_cnorms), sh->lists, sh->dim,
+					   (TvMetric) sh->metric, samples + (Size) k0 * sh->dim, m,
+					   assign + k0);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/* Entry point of a parallel k-means worker */
+void
+TvParallelKmeansMain(dsm_segment *seg, shm_toc *toc)
+{
+	RunKmeansJob(shm_toc_lookup(toc, TV_PARALLEL_KEY_KMEANS, false));
+}
+
+/*
+ * Set up parallel assignment of the samples to lists, or NULL when no
+ * segment can be had (the caller then works alone).  The segment holds a
+ * copy of the samples: the build counts them twice against
+ * maintenance_work_mem.
+ */
+TvKmeansParallel *
+TvKmeansParallelBegin(const float *samples, int nsamples, int dim, int lists,
+					  TvMetric metric, int nworkers)
+{
+	TvKmeansParallel *kp;
+	ParallelContext *pcxt;
+	Size		total = 0;
+	Size		off_centroids,
+				off_cnorms,
+				off_samples,
+				off_assign;
+	TvKmeansShared *sh;
+
+	if (nworkers <= 0 || IsInParallelMode())
+		return NULL;
+	(void) Carve(&total, sizeof(TvKmeansShared));
+	off_centroids = Carve(&total, (Size) lists * dim * sizeof(float));
+	off_cnorms = Carve(&total, (Size) lists * sizeof(float));
+	off_samples = Carve(&total, (Size) nsamples * dim * sizeof(float));
+	off_assign = Carve(&total, (Size) nsamples * sizeof(int));
+
+	EnterParallelMode();
+	pcxt = CreateParallelContext("turbovec", "TvParallelKmeansMain", nworkers);
+	shm_toc_estimate_chunk(&pcxt->estimator, total);
+	shm_toc_estimate_keys(&pcxt->estimator, 1);
+	InitializeParallelDSM(pcxt);
+	if (pcxt->seg == NULL)
+	{
+		DestroyParallelContext(pcxt);
+		ExitParallelMode();
+		return NULL;
+	}
+	sh = shm_toc_allocate(pcxt->toc, total);
+	sh->dim = dim;
+	sh->metric = (int) metric;
+	sh->lists = lists;
+	sh->nsamples = nsamples;
+	sh->off_centroids = off_centroids;
+	sh->off_cnorms = off_cnorms;
+	sh->off_samples = off_samples;
+	sh->off_assign = off_assign;
+	pg_atomic_init_u64(&sh->next, 0);
+	memcpy((char *) sh + off_samples, samples, (Size) nsamples * dim * sizeof(float));
+	shm_toc_insert(pcxt->toc, TV_PARALLEL_KEY_KMEANS, sh);
+
+	kp = palloc0(sizeof(TvKmeansParallel));
+	kp->pcxt = pcxt;
+	kp->sh = sh;
+	return kp;
+}
+
+/* One assignment round: the nearest list of every sample into assign[] */
+void
+TvKmeansParallelAssign(TvKmeansParallel *kp, const float *centroids,
+					   const float *cnorms, int *assign)
+{
+	TvKmeansShared *sh = kp->sh;
+	char	   *base = (char *) sh;
+
+	memcpy(base + sh->off_centroids, centroids, (Size) sh->lists * sh->dim * sizeof(float));
+	memcpy(base + sh->off_cnorms, cnorms, (Size) sh->lists * sizeof(float));
+	pg_atomic_write_u64(&sh->next, 0);
+	if (kp->rounds++ > 0)
+		ReinitializeParallelDSM(kp->pcxt);
+	LaunchParallelWorkers(kp->pcxt);
+	RunKmeansJob(sh);
+	WaitForParallelWorkersToFinish(kp->pcxt);
+	memcpy(assign, base + sh->off_assign, (Size) sh->nsamples * sizeof(int));
+}
+
+void
+TvKmeansParallelEnd(TvKmeansParallel *kp)
+{
+	DestroyParallelContext(kp->pcxt);
+	ExitParallelMode();
+	pfree(kp);
 }

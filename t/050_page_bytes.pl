@@ -29,7 +29,7 @@ use TurboVecTest;
 my %pinned = (
 	fl4_l2 => '37468e642c4d08e7ba8e499c5695e0e5b04b5ba6906c28a411fd38ade23c29d1',
 	fl3_ip => '24e9b1e813decebf4d567f2989349acc473ef5c2a3da0f78f8cc14ac2da97149',
-	iv_cos => '1b5ceae44629f54670c40b9a2480761439c83c7a93193efddb912218eed30b53');
+	iv_cos => '02684cb8e4a81b612125f247d77a052b70cf5dfa98900652ae01fcb317b8e443');
 
 my $node = start_node(
 	'pages',

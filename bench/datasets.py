@@ -13,6 +13,42 @@ for the pgvector baseline, so numbers compare:
             60,000 training images as 784 raw pixel values (0..255) stored as
             real, queries = the first 1,000 test images.  Metric: L2.
 
+and generated embedding-like sets, named embedD[-N[k|m]] (embed768 and
+embed1536 are 1,000,000 rows; embed768-200k is 200,000 x 768; any D from 8,
+any N from 100), metric cosine, built to have the structure of text and
+image embeddings (clustered, low intrinsic dimension, anisotropic):
+
+  - latent space of L = min(64, max(32, D/16)) dimensions (48 at 768, 64 at
+    1536) with a decaying spectrum: axis j scaled by (1+j)^-1/2;
+  - 2,000 Gaussian clusters there: centres N(0, 1) per (scaled) axis, Zipf
+    weights (cluster of rank r drawn with probability ~ r^-0.8, so sizes
+    run from 5.4 % of the rows down to 0.012 %), each with its own spread
+    (0.45 x lognormal(0, 0.35) of the centres' spread);
+  - lifted to D dimensions by a fixed random map and a nonlinearity,
+    x = tanh(z A + b) + mu, A Gaussian, b a small random bias, mu a common
+    offset (real embeddings share a mean direction: random pairs have cosine
+    about 0.33 here, a query's nearest neighbour about 0.87);
+  - plus isotropic Gaussian noise, std 0.25 x the std of a lifted
+    coordinate (the top 48 principal components carry ~84 % of the variance
+    at 768-d, the rest is this noise);
+  - 1,000 queries drawn from the same distribution (their own stream);
+  - exact top-100 ground truth by cosine in float32: both sides normalised,
+    blocked matrix products over 50,000 base rows at a time, merged, ties
+    by the lower id (near-ties may order differently from a float64
+    computation: 1 top-10 entry in 10,000 at 20k x 768).
+
+Everything is seeded (numpy default_rng([EMBED_SEED, D, stream, chunk]),
+rows made in fixed chunks of 65,536), so a set is the same on every run and
+a smaller set is the prefix of a larger one of the same D (same queries).
+Generation streams into base.npy through np.lib.format.open_memmap, so
+memory stays at a few hundred MB even for 1M x 1536 (6.1 GB on disk).
+Ground truth needs a fast BLAS: Debian's reference libblas takes about 20
+minutes at 1M x 768, OpenBLAS a few minutes (LD_LIBRARY_PATH to the
+openblas-pthread directory of the libopenblas0-pthread package works
+without installing it).  Such data indicates speed and memory, NOT the
+recall of real embeddings: the recall figures measured on it are only
+comparable between indexes on the same set.
+
 Everything lands in a cache directory (${TURBOVEC_DATA:-/var/tmp/turbovec-data}),
 one sub-directory per data set:
 
@@ -28,9 +64,14 @@ one sub-directory per data set:
 Later runs find the cache and return at once.
 
 Command line:
-  datasets.py prepare [glove100|fmnist|all]
+  datasets.py prepare [glove100|fmnist|all|embed768|embed1536-200k|...]
   datasets.py info
-  datasets.py load DATASET [--table T] [--slice N]      (PG* env for the server)
+  datasets.py load DATASET [--table T] [--slice N] [--type real[]|vector]
+                   [--text]                              (PG* env for the server)
+      binary COPY by default (PGCOPY: real[] in array_send format with
+      float4 elements, pgvector's vector in vector_send format), streamed in
+      chunks of 4,096 rows; --text is the old text COPY (9 significant
+      digits).  Both store the same float4 bits.
   datasets.py export-slice --out sql/data/glove3k.data [--rows 3000]
                            [--queries 50] [--digits 6]
       one COPY text file: ids 1..3000 = the first 3,000 base vectors,

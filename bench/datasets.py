@@ -38,8 +38,12 @@ image embeddings (clustered, low intrinsic dimension, anisotropic):
     computation: 1 top-10 entry in 10,000 at 20k x 768).
 
 Everything is seeded (numpy default_rng([EMBED_SEED, D, stream, chunk]),
-rows made in fixed chunks of 65,536), so a set is the same on every run and
-a smaller set is the prefix of a larger one of the same D (same queries).
+rows made in chunks of 65,536), so a set is the same on every run, and all
+sets of one D share the 1,000 queries.  A smaller set is the prefix of a
+larger one only when its N is a multiple of 65,536 (a chunk's draws depend
+on its row count, and the last chunk is cut to N): embed768-200k is not the
+first 200,000 rows of embed768, embed768-196608 is.  (The lift is a float64
+matrix product: another BLAS may round a rare value differently.)
 Generation streams into base.npy through np.lib.format.open_memmap, so
 memory stays at a few hundred MB even for 1M x 1536 (6.1 GB on disk).
 Ground truth needs a fast BLAS: Debian's reference libblas takes about 20
@@ -338,8 +342,8 @@ class EmbedModel:
     """The fixed parameters of the generator for one dimension (not the rows).
 
     Everything derives from numpy default_rng([EMBED_SEED, dim, stream]), so a
-    set is the same on every machine, and a smaller set of the same dimension
-    is a prefix of a larger one (its queries are the same).
+    set is the same on every machine, and all sets of one dimension share
+    the queries (and full chunks of rows).
     """
 
     def __init__(self, dim):

@@ -13,6 +13,46 @@ for the pgvector baseline, so numbers compare:
             60,000 training images as 784 raw pixel values (0..255) stored as
             real, queries = the first 1,000 test images.  Metric: L2.
 
+and generated embedding-like sets, named embedD[-N[k|m]] (embed768 and
+embed1536 are 1,000,000 rows; embed768-200k is 200,000 x 768; any D from 8,
+any N from 100), metric cosine, built to have the structure of text and
+image embeddings (clustered, low intrinsic dimension, anisotropic):
+
+  - latent space of L = min(64, max(32, D/16)) dimensions (48 at 768, 64 at
+    1536) with a decaying spectrum: axis j scaled by (1+j)^-1/2;
+  - 2,000 Gaussian clusters there: centres N(0, 1) per (scaled) axis, Zipf
+    weights (cluster of rank r drawn with probability ~ r^-0.8, so sizes
+    run from 5.4 % of the rows down to 0.012 %), each with its own spread
+    (0.45 x lognormal(0, 0.35) of the centres' spread);
+  - lifted to D dimensions by a fixed random map and a nonlinearity,
+    x = tanh(z A + b) + mu, A Gaussian, b a small random bias, mu a common
+    offset (real embeddings share a mean direction: random pairs have cosine
+    about 0.33 here, a query's nearest neighbour about 0.87);
+  - plus isotropic Gaussian noise, std 0.25 x the std of a lifted
+    coordinate (the top 48 principal components carry ~84 % of the variance
+    at 768-d, the rest is this noise);
+  - 1,000 queries drawn from the same distribution (their own stream);
+  - exact top-100 ground truth by cosine in float32: both sides normalised,
+    blocked matrix products over 50,000 base rows at a time, merged, ties
+    by the lower id (near-ties may order differently from a float64
+    computation: 1 top-10 entry in 10,000 at 20k x 768).
+
+Everything is seeded (numpy default_rng([EMBED_SEED, D, stream, chunk]),
+rows made in chunks of 65,536), so a set is the same on every run, and all
+sets of one D share the 1,000 queries.  A smaller set is the prefix of a
+larger one only when its N is a multiple of 65,536 (a chunk's draws depend
+on its row count, and the last chunk is cut to N): embed768-200k is not the
+first 200,000 rows of embed768, embed768-196608 is.  (The lift is a float64
+matrix product: another BLAS may round a rare value differently.)
+Generation streams into base.npy through np.lib.format.open_memmap, so
+memory stays at a few hundred MB even for 1M x 1536 (6.1 GB on disk).
+Ground truth needs a fast BLAS: Debian's reference libblas takes about 20
+minutes at 1M x 768, OpenBLAS a few minutes (LD_LIBRARY_PATH to the
+openblas-pthread directory of the libopenblas0-pthread package works
+without installing it).  Such data indicates speed and memory, NOT the
+recall of real embeddings: the recall figures measured on it are only
+comparable between indexes on the same set.
+
 Everything lands in a cache directory (${TURBOVEC_DATA:-/var/tmp/turbovec-data}),
 one sub-directory per data set:
 
@@ -28,9 +68,14 @@ one sub-directory per data set:
 Later runs find the cache and return at once.
 
 Command line:
-  datasets.py prepare [glove100|fmnist|all]
+  datasets.py prepare [glove100|fmnist|all|embed768|embed1536-200k|...]
   datasets.py info
-  datasets.py load DATASET [--table T] [--slice N]      (PG* env for the server)
+  datasets.py load DATASET [--table T] [--slice N] [--type real[]|vector]
+                   [--text]                              (PG* env for the server)
+      binary COPY by default (PGCOPY: real[] in array_send format with
+      float4 elements, pgvector's vector in vector_send format), streamed in
+      chunks of 4,096 rows; --text is the old text COPY (9 significant
+      digits).  Both store the same float4 bits.
   datasets.py export-slice --out sql/data/glove3k.data [--rows 3000]
                            [--queries 50] [--digits 6]
       one COPY text file: ids 1..3000 = the first 3,000 base vectors,
@@ -45,6 +90,7 @@ import argparse
 import gzip
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -259,6 +305,185 @@ def prepare_fmnist():
     })
 
 
+# --------------------------------------------------------------------------
+# Generated embedding-like sets (embed768, embed1536, embed768-200k, ...)
+
+EMBED_SEED = 20261203
+EMBED_DEFAULT_ROWS = 1_000_000
+EMBED_NQUERIES = 1000
+EMBED_CLUSTERS = 2000
+EMBED_ZIPF = 0.8            # cluster weight of rank r ~ 1 / r**EMBED_ZIPF
+EMBED_CHUNK = 65536         # generation unit: the data depend on it, keep it fixed
+EMBED_NOISE = 0.25          # isotropic noise std relative to a lifted coordinate's std
+EMBED_VERSION = 1           # bump when the construction changes
+EMBED_RE = re.compile(r"^embed(\d+)(?:-(\d+)([km]?))?$")
+
+
+def embed_params(name):
+    """(dim, rows) of a generated set name, or None: embed768 = 1M x 768,
+    embed1536-200k = 200,000 x 1536, embed768-50000 = 50,000 x 768."""
+    m = EMBED_RE.match(name)
+    if not m:
+        return None
+    dim = int(m.group(1))
+    rows = EMBED_DEFAULT_ROWS
+    if m.group(2):
+        rows = int(m.group(2)) * {"": 1, "k": 1000, "m": 1000000}[m.group(3)]
+    if not (8 <= dim <= 16000) or not (100 <= rows <= 100_000_000):
+        return None
+    return dim, rows
+
+
+def embed_latent_dim(dim):
+    return min(64, max(32, dim // 16))
+
+
+class EmbedModel:
+    """The fixed parameters of the generator for one dimension (not the rows).
+
+    Everything derives from numpy default_rng([EMBED_SEED, dim, stream]), so a
+    set is the same on every machine, and all sets of one dimension share
+    the queries (and full chunks of rows).
+    """
+
+    def __init__(self, dim):
+        self.dim = dim
+        L = self.latent = embed_latent_dim(dim)
+        rng = np.random.default_rng([EMBED_SEED, dim, 0])
+        # anisotropic latent space: a decaying spectrum over the L axes
+        spec = (1.0 + np.arange(L)) ** -0.5
+        self.centres = rng.standard_normal((EMBED_CLUSTERS, L)) * spec
+        # cluster spread varies: lognormal around 0.45 of the centres' spread
+        self.spread = 0.45 * np.exp(0.35 * rng.standard_normal(EMBED_CLUSTERS))
+        self.spec = spec
+        w = (1.0 + np.arange(EMBED_CLUSTERS)) ** -EMBED_ZIPF
+        self.weights = w / w.sum()
+        # the lift: tanh(z A + b) + mu, A Gaussian with gain 1.5 per latent unit
+        self.A = rng.standard_normal((L, dim)) * (1.5 / np.sqrt(spec @ spec))
+        self.b = 0.3 * rng.standard_normal(dim)
+        # a common offset direction: real embeddings share a mean (all pairs
+        # have positive cosine), so add one of about the signal's size
+        mu = rng.standard_normal(dim)
+        self.mu = 0.5 * mu / np.sqrt(np.mean(mu * mu))
+        # per-coordinate std of the lifted signal, from a probe sample, so the
+        # noise level is relative
+        z, _ = self._latent(np.random.default_rng([EMBED_SEED, dim, 1]), 20000)
+        self.sig = float(np.std(np.tanh(z @ self.A + self.b)))
+
+    def _latent(self, rng, n):
+        cl = rng.choice(EMBED_CLUSTERS, size=n, p=self.weights)
+        z = self.centres[cl] + rng.standard_normal((n, self.latent)) * (
+            self.spread[cl, None] * self.spec)
+        return z, cl
+
+    def sample(self, rng, n):
+        z, _ = self._latent(rng, n)
+        x = np.tanh(z @ self.A + self.b) + self.mu
+        x += rng.standard_normal((n, self.dim)) * (EMBED_NOISE * self.sig)
+        return x.astype(np.float32)
+
+    def chunk(self, c, n):
+        """Rows c*EMBED_CHUNK .. c*EMBED_CHUNK+n-1 of the base."""
+        return self.sample(np.random.default_rng([EMBED_SEED, self.dim, 2, c]), n)
+
+    def queries(self, n=EMBED_NQUERIES):
+        return self.sample(np.random.default_rng([EMBED_SEED, self.dim, 3]), n)
+
+
+def topk_cosine_f32(base, queries, k=GT_K, block_rows=50000):
+    """Exact top-k (cosine) of queries over base, in float32, blocked over base.
+
+    Both sides are normalised; a block of base rows is scored with one matrix
+    product, its top-k merged into the running top-k.  Ties go to the lower id
+    (rows tied with the k-th value of a block are all kept for the merge).
+    """
+    q = np.asarray(queries, dtype=np.float32)
+    qn = np.linalg.norm(q, axis=1)
+    qn[qn == 0] = 1
+    q = q / qn[:, None]
+    nq = q.shape[0]
+    best_s = np.full((nq, 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((nq, 0), dtype=np.int64)
+    n = base.shape[0]
+    for s in range(0, n, block_rows):
+        b = np.asarray(base[s:s + block_rows], dtype=np.float32)
+        bn = np.linalg.norm(b, axis=1)
+        bn[bn == 0] = 1
+        b = b / bn[:, None]
+        sims = q @ b.T                                   # (nq, rows of block)
+        kk = min(k, sims.shape[1])
+        part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        ps = np.take_along_axis(sims, part, axis=1)
+        kth = ps.min(axis=1)
+        ties = np.nonzero((sims >= kth[:, None]).sum(axis=1) > kk)[0]
+        cs = np.concatenate([best_s, ps], axis=1)
+        ci = np.concatenate([best_i, part + s], axis=1)
+        m = min(k, cs.shape[1])
+        order = np.lexsort((ci, -cs), axis=1)[:, :m]
+        ns = np.take_along_axis(cs, order, axis=1)
+        ni = np.take_along_axis(ci, order, axis=1)
+        for r in ties:  # rare: more rows than kk share the k-th value
+            idx = np.nonzero(sims[r] >= kth[r])[0]
+            rs = np.concatenate([best_s[r], sims[r, idx]])
+            ri = np.concatenate([best_i[r], idx + s])
+            o = np.lexsort((ri, -rs))[:m]
+            ns[r], ni[r] = rs[o], ri[o]
+        best_s, best_i = ns, ni
+    return best_i.astype(np.int32)
+
+
+def prepare_embed(name):
+    d = dataset_dir(name)
+    if os.path.exists(os.path.join(d, "gt100.npy")):
+        return
+    dim, rows = embed_params(name)
+    need = rows * dim * 4
+    os.makedirs(d, exist_ok=True)
+    free = shutil.disk_usage(d).free
+    if free < need * 1.2 + (2 << 30):
+        sys.exit("%s: base.npy needs %.1f GB, only %.1f GB free under %s"
+                 % (name, need / 1e9, free / 1e9, d))
+    log("%s: generating %d x %d (%.1f GB), latent %d, %d clusters"
+        % (name, rows, dim, need / 1e9, embed_latent_dim(dim), EMBED_CLUSTERS))
+    t0 = time.time()
+    model = EmbedModel(dim)
+    tmp = os.path.join(d, "base.tmp.npy")
+    base = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                     shape=(rows, dim))
+    for c, s in enumerate(range(0, rows, EMBED_CHUNK)):
+        n = min(EMBED_CHUNK, rows - s)
+        base[s:s + n] = model.chunk(c, n)
+    base.flush()
+    del base
+    os.replace(tmp, os.path.join(d, "base.npy"))
+    queries = model.queries()
+    np.save(os.path.join(d, "queries.npy"), queries)
+    log("%s: generated in %.1f s; exact top-%d (cosine, float32, blocked)"
+        % (name, time.time() - t0, GT_K))
+    t0 = time.time()
+    base = np.load(os.path.join(d, "base.npy"), mmap_mode="r")
+    gt = topk_cosine_f32(base, queries)
+    log("%s: ground truth in %.1f s" % (name, time.time() - t0))
+    meta = {"name": name, "metric": "cosine", "dim": dim, "rows": rows,
+            "queries": EMBED_NQUERIES, "gt_k": GT_K,
+            "gt": "exact, float32 blocked matrix products on normalised vectors, "
+                  "ties by lower id",
+            "source": "generated (bench/datasets.py EmbedModel, version %d): "
+                      "%d Gaussian clusters (Zipf %.1f weights) in a %d-dim "
+                      "anisotropic latent space, lifted by tanh(zA+b)+mu, plus "
+                      "isotropic noise %.2f; seed %d"
+                      % (EMBED_VERSION, EMBED_CLUSTERS, EMBED_ZIPF,
+                         embed_latent_dim(dim), EMBED_NOISE, EMBED_SEED),
+            "query_selection": "1,000 draws from the same distribution "
+                               "(default_rng([seed, dim, 3]))",
+            "note": "synthetic: indicates speed and memory, not real-world recall"}
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    tmp = os.path.join(d, "gt100.tmp.npy")
+    np.save(tmp, gt)
+    os.replace(tmp, os.path.join(d, "gt100.npy"))
+
+
 def write_dataset(d, name, base, queries, extra):
     metric = METRICS[name]
     log("%s: %d base x %d dims, %d queries; exact top-%d (%s, float64)"
@@ -280,13 +505,21 @@ def write_dataset(d, name, base, queries, extra):
     os.replace(tmp, os.path.join(d, "gt100.npy"))
 
 
+def known(name):
+    """True for glove100, fmnist and generated names (embed768, embed1536-200k)."""
+    return name in DATASETS or embed_params(name) is not None
+
+
 def prepare(name):
     if name == "glove100":
         prepare_glove()
     elif name == "fmnist":
         prepare_fmnist()
+    elif embed_params(name) is not None:
+        prepare_embed(name)
     else:
-        sys.exit("unknown data set %r (choose from %s)" % (name, ", ".join(DATASETS)))
+        sys.exit("unknown data set %r (choose from %s, or embedD[-N[k|m]])"
+                 % (name, ", ".join(DATASETS)))
 
 
 class Dataset:
@@ -402,33 +635,135 @@ class CopyStream:
     readline = read
 
 
-def load_table(conn, ds, table, unlogged=False, storage=None):
-    """(Re)create `table (id int PRIMARY KEY, v real[])` and COPY ds.base in.
+# --------------------------------------------------------------------------
+# Binary COPY (the default loader)
 
+PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+PGCOPY_TRAILER = struct.pack(">h", -1)
+FLOAT4OID = 700
+
+
+def binary_row_dtype(dim, coltype):
+    """numpy dtype of one PGCOPY binary tuple (id int4, v real[] | vector).
+
+    real[]: the array_send format, 1 dimension, no nulls, element type float4
+    (oid 700), lower bound 1, then per element its length (4) and the value.
+    vector: pgvector's vector_send format, int16 dim, int16 unused (0), then
+    dim float4 values.  Everything big-endian.
+    """
+    head = [("nfields", ">i2"), ("idlen", ">i4"), ("id", ">i4"), ("vlen", ">i4")]
+    if coltype == "real[]":
+        return np.dtype(head + [("ndim", ">i4"), ("hasnull", ">i4"), ("elemtype", ">i4"),
+                                ("n", ">i4"), ("lbound", ">i4"),
+                                ("x", [("len", ">i4"), ("val", ">f4")], (dim,))])
+    if coltype == "vector":
+        return np.dtype(head + [("dim", ">i2"), ("unused", ">i2"), ("x", ">f4", (dim,))])
+    raise ValueError("unknown column type %r" % coltype)
+
+
+class BinaryCopyStream:
+    """File-like object yielding PGCOPY binary data of base rows, chunk by chunk."""
+
+    def __init__(self, base, coltype="real[]", first_id=0, chunk_rows=4096):
+        self.base = base
+        self.dim = base.shape[1]
+        self.dtype = binary_row_dtype(self.dim, coltype)
+        self.coltype = coltype
+        self.first_id = first_id
+        self.chunk_rows = chunk_rows
+        self.pos = 0
+        self.buf = bytearray(PGCOPY_HEADER)
+        self.done = False
+
+    def _fill(self):
+        n = self.base.shape[0]
+        if self.pos >= n:
+            if not self.done:
+                self.buf += PGCOPY_TRAILER
+                self.done = True
+                return True
+            return False
+        end = min(n, self.pos + self.chunk_rows)
+        block = np.asarray(self.base[self.pos:end], dtype=np.float32)
+        rec = np.empty(end - self.pos, dtype=self.dtype)
+        rec["nfields"] = 2
+        rec["idlen"] = 4
+        rec["id"] = np.arange(self.first_id + self.pos, self.first_id + end)
+        rec["vlen"] = self.dtype.itemsize - 14
+        if self.coltype == "real[]":
+            rec["ndim"] = 1
+            rec["hasnull"] = 0
+            rec["elemtype"] = FLOAT4OID
+            rec["n"] = self.dim
+            rec["lbound"] = 1
+            rec["x"]["len"] = 4
+            rec["x"]["val"] = block
+        else:
+            rec["dim"] = self.dim
+            rec["unused"] = 0
+            rec["x"] = block
+        self.buf += rec.tobytes()
+        self.pos = end
+        return True
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            size = 1 << 62
+        while len(self.buf) < size and self._fill():
+            pass
+        out = bytes(self.buf[:size])
+        del self.buf[:size]
+        return out
+
+    readline = read
+
+
+def load_table(conn, ds, table, unlogged=False, storage=None, coltype="real[]",
+               binary=True):
+    """(Re)create `table (id int PRIMARY KEY, v real[] | vector(d))` and COPY
+    ds.base in.
+
+    binary (the default) streams PGCOPY binary (BinaryCopyStream), else text
+    (CopyStream, 9 significant digits); both store the same float4 values.
+    coltype "vector" needs pgvector (CREATE EXTENSION vector) and binary.
     The primary key is added after the COPY (faster than maintaining it).
     storage (plain|external|extended|main) sets the column's storage before
-    the COPY; the default (extended) compresses large arrays.
-    Returns the load time in seconds.
+    the COPY; the default (extended for real[], external for vector)
+    compresses large arrays.  Returns the load time in seconds.
     """
     import psycopg2.extensions  # noqa: F401 - clear error if missing
+    if coltype not in ("real[]", "vector"):
+        raise ValueError("bad column type %r" % coltype)
+    if coltype == "vector" and not binary:
+        raise ValueError("text COPY of vector columns is not implemented")
     t0 = time.time()
     old_autocommit = conn.autocommit
     conn.autocommit = False
     with conn.cursor() as cur:
         cur.execute("DROP TABLE IF EXISTS %s" % table)
-        cur.execute("CREATE %s TABLE %s (id int NOT NULL, v real[])"
-                    % ("UNLOGGED" if unlogged else "", table))
+        sqltype = "vector(%d)" % ds.dim if coltype == "vector" else "real[]"
+        cur.execute("CREATE %s TABLE %s (id int NOT NULL, v %s)"
+                    % ("UNLOGGED" if unlogged else "", table, sqltype))
         if storage:
             if storage.lower() not in ("plain", "external", "extended", "main"):
                 raise ValueError("bad storage %r" % storage)
             cur.execute("ALTER TABLE %s ALTER COLUMN v SET STORAGE %s" % (table, storage))
         # same transaction as CREATE TABLE: COPY can skip WAL with wal_level=minimal
-        cur.copy_expert("COPY %s (id, v) FROM STDIN" % table,
-                        CopyStream(ds.base), size=1 << 20)
+        if binary:
+            cur.copy_expert("COPY %s (id, v) FROM STDIN (FORMAT binary)" % table,
+                            BinaryCopyStream(ds.base, coltype), size=4 << 20)
+        else:
+            cur.copy_expert("COPY %s (id, v) FROM STDIN" % table,
+                            CopyStream(ds.base), size=1 << 20)
+        t_copy = time.time() - t0
         cur.execute("ALTER TABLE %s ADD PRIMARY KEY (id)" % table)
     conn.commit()
     conn.autocommit = old_autocommit
-    return time.time() - t0
+    secs = time.time() - t0
+    log("%s: COPY %s of %d rows in %.1f s (%.0f rows/s), with primary key %.1f s"
+        % (table, "binary" if binary else "text", ds.rows, t_copy,
+           ds.rows / max(t_copy, 1e-9), secs))
+    return secs
 
 
 def connect(dsn=None):
@@ -477,10 +812,15 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare", help="fetch, convert and compute ground truth")
     p.add_argument("dataset", nargs="?", default="all",
-                   choices=DATASETS + ("all",))
+                   help="glove100, fmnist, all (these two), or a generated set "
+                        "embedD[-N[k|m]] (embed768 = 1M x 768, embed1536-200k)")
     sub.add_parser("info", help="describe the cached data sets")
     p = sub.add_parser("load", help="load a data set into a table (PG* env)")
-    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("dataset")
+    p.add_argument("--text", action="store_true",
+                   help="text COPY instead of binary COPY (real[] only)")
+    p.add_argument("--type", choices=("real[]", "vector"), default="real[]",
+                   help="column type: real[] (default) or pgvector's vector(d)")
     p.add_argument("--table", help="table name (default: the data set name)")
     p.add_argument("--slice", type=int, help="load only the first N base rows")
     p.add_argument("--dsn", default="", help="libpq connection string")
@@ -494,12 +834,17 @@ def main(argv=None):
     p.add_argument("--digits", type=int, default=6)
     a = ap.parse_args(argv)
 
+    if a.cmd in ("prepare", "load") and a.dataset != "all" and not known(a.dataset):
+        ap.error("unknown data set %r" % a.dataset)
     if a.cmd == "prepare":
         for name in (DATASETS if a.dataset == "all" else (a.dataset,)):
             prepare(name)
             print(json.dumps(get(name).meta))
     elif a.cmd == "info":
-        for name in DATASETS:
+        root = cache_root()
+        extra = sorted(n for n in (os.listdir(root) if os.path.isdir(root) else [])
+                       if n not in DATASETS and known(n))
+        for name in list(DATASETS) + extra:
             p = os.path.join(dataset_dir(name), "meta.json")
             if os.path.exists(p):
                 with open(p) as f:
@@ -509,9 +854,15 @@ def main(argv=None):
     elif a.cmd == "load":
         ds = get(a.dataset, a.slice)
         conn = connect(a.dsn)
-        secs = load_table(conn, ds, a.table or a.dataset, storage=a.storage)
+        if a.type == "vector":
+            conn.cursor().execute("CREATE EXTENSION IF NOT EXISTS vector")
+        secs = load_table(conn, ds, a.table or a.dataset, storage=a.storage,
+                          coltype=a.type, binary=not a.text)
         print(json.dumps({"dataset": ds.name, "table": a.table or a.dataset,
-                          "rows": ds.rows, "dim": ds.dim, "load_s": round(secs, 2)}))
+                          "rows": ds.rows, "dim": ds.dim, "type": a.type,
+                          "copy": "text" if a.text else "binary",
+                          "load_s": round(secs, 2),
+                          "rows_per_s": round(ds.rows / secs)}))
     elif a.cmd == "export-slice":
         export_slice(a.out, a.rows, a.queries, a.digits)
 

@@ -76,13 +76,19 @@ def scalar(cur, sql, args=None):
     return row[0] if row else None
 
 
-def table_ready(cur, table, rows, dim):
-    """True when `table` exists with the expected row count and dimension."""
+def table_ready(cur, table, rows, dim, vector=False):
+    """True when `table` exists with the expected row count and dimension
+    (vector: a pgvector `vector` column, else real[])."""
     if scalar(cur, "SELECT to_regclass(%s) IS NOT NULL", (table,)) is not True:
+        return False
+    if scalar(cur, "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid"
+                   " = %s::regclass AND attname = 'v'", (table,)) != (
+                       "vector" if vector else "real[]"):
         return False
     if scalar(cur, "SELECT count(*) FROM %s" % table) != rows:
         return False
-    return scalar(cur, "SELECT array_length(v, 1) FROM %s LIMIT 1" % table) == dim
+    dims = "vector_dims(v)" if vector else "array_length(v, 1)"
+    return scalar(cur, "SELECT %s FROM %s LIMIT 1" % (dims, table)) == dim
 
 
 def explain_uses(cur, stmt, index_name):
@@ -184,10 +190,13 @@ def frontier_lines(recs):
                 out.append("  recall >= %.2f: not reached" % thr)
                 continue
             b = max(ok, key=lambda r: r["qps"])
-            out.append("  recall >= %.2f: probes %s, candidates %s -> recall %.4f, %.1f QPS,"
-                       " p50 %.3f ms, p99 %.3f ms" % (thr, b.get("probes"), b.get("value"),
-                                                      b["recall"], b["qps"], b["p50_ms"],
-                                                      b["p99_ms"]))
+            if index == "turbo":
+                where = "probes %s, candidates %s" % (b.get("probes"), b.get("value"))
+            else:
+                where = "%s %s" % (b.get("knob"), b.get("value"))
+            out.append("  recall >= %.2f: %s -> recall %.4f, %.1f QPS,"
+                       " p50 %.3f ms, p99 %.3f ms" % (thr, where, b["recall"], b["qps"],
+                                                      b["p50_ms"], b["p99_ms"]))
     return out
 
 
@@ -274,18 +283,25 @@ def show_example(cur, ds, table, op, word):
 def bench_dataset(conn, name, a):
     cur = conn.cursor()
     ds = datasets.get(name, a.slice, with_words=bool(a.example))
-    table = a.table or (name if not a.slice else "%s_%d" % (name, a.slice))
+    pgv = a.method != "turbo"
+    table = a.table or ((name if not a.slice else "%s_%d" % (name, a.slice))
+                        + ("_vec" if pgv else ""))
     op, opclass = OPS[ds.metric]
     nq = min(a.queries or len(ds.queries), len(ds.queries))
     queries = ds.queries[:nq]
     gt = ds.gt[:nq]
     literals = [datasets.array_literal(q) for q in queries]
+    if pgv:
+        literals = ["[" + lit[1:-1] + "]" for lit in literals]
 
-    if a.reuse and table_ready(cur, table, ds.rows, ds.dim):
+    if a.reuse and table_ready(cur, table, ds.rows, ds.dim, vector=pgv):
         note("%s: reusing table %s (%d rows)" % (name, table, ds.rows))
     else:
-        note("%s: loading %d rows x %d dims into %s via COPY" % (name, ds.rows, ds.dim, table))
-        secs = datasets.load_table(conn, ds, table, storage=a.storage)
+        note("%s: loading %d rows x %d dims into %s via %s COPY"
+             % (name, ds.rows, ds.dim, table, "text" if a.text_copy else "binary"))
+        secs = datasets.load_table(conn, ds, table, storage=a.storage,
+                                   coltype="vector" if pgv else "real[]",
+                                   binary=not a.text_copy)
         note("%s: loaded in %.1f s; VACUUM ANALYZE" % (name, secs))
         cur.execute("VACUUM ANALYZE %s" % table)
     note("%s: table %s, %s, v storage %s" % (name, table, scalar(
@@ -310,9 +326,10 @@ def bench_dataset(conn, name, a):
         cur.execute("RESET enable_bitmapscan")
         return [rec]
 
+    if pgv:
+        return bench_pgvector(conn, cur, ds, table, op, literals, gt, a)
+
     index = "%s_turbo_idx" % table
-    cur.execute("DROP INDEX IF EXISTS %s" % index)
-    cur.execute("CHECKPOINT")
     # lists = 0 spelled out: without it the build chooses lists itself
     with_clause = "bits = %d, lists = %d" % (a.bits, a.lists)
     if a.lists:
@@ -320,13 +337,22 @@ def bench_dataset(conn, name, a):
             with_clause += ", residual = %s" % a.residual
     create = "CREATE INDEX %s ON %s USING turbo (v %s) WITH (%s)" % (
         index, table, opclass, with_clause)
-    note("%s: %s" % (name, create))
-    t0 = time.perf_counter()
-    cur.execute(create)
-    build_s = time.perf_counter() - t0
+    if a.reuse and a.keep_index and scalar(
+            cur, "SELECT to_regclass(%s) IS NOT NULL", (index,)):
+        # measure a kept index again (its definition is the caller's business)
+        note("%s: reusing index %s (build time not measured): %s" % (
+            name, index, scalar(cur, "SELECT pg_get_indexdef(%s::regclass)", (index,))))
+        build_s = None
+    else:
+        cur.execute("DROP INDEX IF EXISTS %s" % index)
+        cur.execute("CHECKPOINT")
+        note("%s: %s" % (name, create))
+        t0 = time.perf_counter()
+        cur.execute(create)
+        build_s = time.perf_counter() - t0
     index_mb = scalar(cur, "SELECT pg_relation_size(%s)", (index,)) / (1 << 20)
-    note("%s: built in %.2f s, index %.1f MB (table %s)" % (
-        name, build_s, index_mb,
+    note("%s: built in %s s, index %.1f MB (table %s)" % (
+        name, "?" if build_s is None else "%.2f" % build_s, index_mb,
         scalar(cur, "SELECT pg_size_pretty(pg_total_relation_size(%s))", (table,))))
     try:
         cur.execute("SELECT row_to_json(i) FROM turbo_index_info(%s::regclass) i", (index,))
@@ -396,10 +422,86 @@ def bench_dataset(conn, name, a):
     return recs
 
 
+def bench_pgvector(conn, cur, ds, table, op, literals, gt, a):
+    """pgvector's ivfflat (lists = --lists, sweep ivfflat.probes over --probes)
+    or hnsw (m, ef_construction; sweep hnsw.ef_search over --ef-search) on the
+    vector(d) table, measured like the turbo index."""
+    name = ds.name
+    opclass = {"<=>": "vector_cosine_ops", "<->": "vector_l2_ops",
+               "<#>": "vector_ip_ops"}[op]
+    index = "%s_%s_idx" % (table, a.method)
+    if a.method == "ivfflat":
+        with_clause = "lists = %d" % a.lists
+        knob = "ivfflat.probes"
+        values = [int(v) for v in (a.probes or "1,2,4,8,16,32").split(",") if v.strip()]
+    else:
+        with_clause = "m = %d, ef_construction = %d" % (a.m, a.ef_construction)
+        knob = "hnsw.ef_search"
+        values = [int(v) for v in a.ef_search.split(",") if v.strip()]
+    if a.reuse and a.keep_index and scalar(
+            cur, "SELECT to_regclass(%s) IS NOT NULL", (index,)):
+        build_s = None
+        note("%s: reusing index %s (build time not measured)" % (name, index))
+    else:
+        cur.execute("DROP INDEX IF EXISTS %s" % index)
+        cur.execute("CHECKPOINT")
+        create = "CREATE INDEX %s ON %s USING %s (v %s) WITH (%s)" % (
+            index, table, a.method, opclass, with_clause)
+        note("%s: %s" % (name, create))
+        t0 = time.perf_counter()
+        cur.execute(create)
+        build_s = time.perf_counter() - t0
+    index_mb = scalar(cur, "SELECT pg_relation_size(%s)", (index,)) / (1 << 20)
+    note("%s: %s built in %s s, index %.1f MB (table %s)" % (
+        name, a.method, "?" if build_s is None else "%.2f" % build_s, index_mb,
+        scalar(cur, "SELECT pg_size_pretty(pg_total_relation_size(%s))", (table,))))
+    cur.execute("ANALYZE %s" % table)
+    if a.no_seqscan:
+        cur.execute("SET enable_seqscan = off")
+    cur.execute("DEALLOCATE ALL")
+    cur.execute("PREPARE q(vector) AS SELECT id FROM %s ORDER BY v %s $1 LIMIT 10"
+                % (table, op))
+    explain_stmt = "EXECUTE q(%s)" % cur.mogrify("%s", (literals[0],)).decode()
+    uses, plan = explain_uses(cur, explain_stmt, index)
+    if not uses:
+        sys.exit("FATAL: %s: the query does not use index %s:\n%s" % (name, index, plan))
+    recs = []
+    for val in values:
+        cur.execute("SET %s = %d" % (knob, val))
+        results, lat, wall = run_queries(conn, cur, literals, min(a.warmup, len(literals)),
+                                         a.ready_wait)
+        rec = measurement(ds, a.method, None, build_s, index_mb, knob, val, results, lat,
+                          wall, gt, lists=a.lists if a.method == "ivfflat" else None)
+        if a.method == "hnsw":
+            rec["m"], rec["ef_construction"] = a.m, a.ef_construction
+        emit(rec)
+        recs.append(rec)
+        uses, plan = explain_uses(cur, explain_stmt, index)
+        if not uses:
+            sys.exit("FATAL: %s: the (generic) plan no longer uses %s:\n%s"
+                     % (name, index, plan))
+        cur.execute("RESET %s" % knob)
+    cur.execute("RESET enable_seqscan")
+    if not a.keep_index:
+        cur.execute("DROP INDEX %s" % index)
+    return recs
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("datasets", nargs="*", default=list(datasets.DATASETS),
-                    help="glove100 and/or fmnist (default both)")
+                    help="glove100 and/or fmnist (default both), or generated sets "
+                         "embedD[-N[k|m]] (e.g. embed768 = 1M x 768)")
+    ap.add_argument("--method", choices=("turbo", "ivfflat", "hnsw"), default="turbo",
+                    help="index: turbo (default) or pgvector's ivfflat / hnsw on a "
+                         "vector(d) copy of the table (default name: <table>_vec)")
+    ap.add_argument("--m", type=int, default=16, help="hnsw: m (default 16)")
+    ap.add_argument("--ef-construction", type=int, default=64,
+                    help="hnsw: ef_construction (default 64)")
+    ap.add_argument("--ef-search", default="40,80,160,320,640",
+                    help="hnsw: comma list of hnsw.ef_search values swept")
+    ap.add_argument("--text-copy", action="store_true",
+                    help="load with text COPY instead of binary COPY")
     ap.add_argument("--bits", type=int, default=4, choices=(2, 3, 4))
     ap.add_argument("--candidates", default=DEFAULT_CANDIDATES,
                     help="comma list of turbovec.candidates values; 'default' = the "
@@ -451,7 +553,7 @@ def main(argv=None):
     if a.lists < 0:
         ap.error("--lists must be >= 0")
     for d in a.datasets:
-        if d not in datasets.DATASETS:
+        if not datasets.known(d):
             ap.error("unknown data set %r" % d)
     if a.no_extension and not a.exact:
         ap.error("--no-extension needs --exact")
@@ -460,6 +562,12 @@ def main(argv=None):
 
     conn = datasets.connect(dsn_from_args(a))
     cur = conn.cursor()
+    if a.method != "turbo":
+        if a.exact:
+            ap.error("--exact measures the real[] table; use it without --method")
+        if a.method == "ivfflat" and not a.lists:
+            ap.error("--method ivfflat needs --lists")
+        cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
     if not a.no_extension:
         cur.execute("CREATE EXTENSION IF NOT EXISTS turbovec")
     note("server %s; shared_buffers %s; maintenance_work_mem %s; preload '%s'" % (

@@ -52,7 +52,8 @@ TvGetBits(Relation index)
 	return opts ? opts->bits : TV_DEFAULT_BITS;
 }
 
-/* The lists reloption of an index (0, the flat layout, when unset) */
+/* The lists reloption of an index: TV_DEFAULT_LISTS (-1) when not given, so
+ * the build chooses (TvAutoLists); 0 asks for the flat layout */
 int
 TvGetLists(Relation index)
 {

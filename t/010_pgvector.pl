@@ -16,20 +16,13 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use FindBin;
 use lib $FindBin::RealBin;
-use TurboVecTest qw(start_node);
+use TurboVecTest qw(start_node skip_without_pgvector);
 
 srand(20241125);
 
 my $node = start_node('pgvector');
 
-my $available = $node->safe_psql('postgres',
-	"SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'");
-if ($available ne '1')
-{
-	$node->stop;
-	plan skip_all => 'pgvector (extension "vector") is not installed: '
-	  . 'turbovec_pgvector tests skipped';
-}
+skip_without_pgvector($node);
 
 my $dim = 12;
 

@@ -27,14 +27,7 @@ srand(20261203);
 my $node = start_node('halfvec',
 	conf => preload_conf('turbovec.resident_memory = 64MB'));
 
-my $available = $node->safe_psql('postgres',
-	"SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'");
-if ($available ne '1')
-{
-	$node->stop;
-	plan skip_all => 'pgvector (extension "vector") is not installed: '
-	  . 'turbovec_pgvector tests skipped';
-}
+skip_without_pgvector($node);
 $node->safe_psql('postgres', 'CREATE EXTENSION vector');
 if ($node->safe_psql('postgres', "SELECT to_regtype('halfvec') IS NULL") eq 't')
 {

@@ -22,14 +22,7 @@ srand(20261203);
 
 my $node = start_node('pgvres', conf => preload_conf('turbovec.snapshots = off'));
 
-my $available = $node->safe_psql('postgres',
-	"SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'");
-if ($available ne '1')
-{
-	$node->stop;
-	plan skip_all => 'pgvector (extension "vector") is not installed: '
-	  . 'turbovec_pgvector tests skipped';
-}
+skip_without_pgvector($node);
 
 my $dim = 24;
 

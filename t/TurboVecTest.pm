@@ -32,13 +32,27 @@ our @EXPORT = qw(
   random_vector random_rows_sql top10_sql
   verify_output index_info indexes_row wait_ready_ok same_as_seq_scan
   buffers_touched database_oid index_oid snapshot_rel read_header
-  set_build_delay insert_script log_has crc32c read_bytes write_bytes);
+  set_build_delay insert_script log_has crc32c read_bytes write_bytes
+  skip_without_pgvector);
 
 # Scan settings: an index scan only; a sequential scan only; a re-rank
 # window covering any table the tests build.
 our $FORCE_INDEX    = 'SET enable_seqscan = off; SET enable_bitmapscan = off;';
 our $FORCE_SEQ      = 'SET enable_indexscan = off; SET enable_bitmapscan = off;';
 our $ALL_CANDIDATES = 'SET turbovec.candidates = 100000;';
+
+# End the test file as skipped when pgvector is not installed for $node's
+# server (the suite installs it from ../shared/vendor; a bare checkout may not).
+sub skip_without_pgvector
+{
+	my ($node) = @_;
+	my $available = $node->safe_psql('postgres',
+		"SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'");
+	return if $available eq '1';
+	$node->stop;
+	plan skip_all => 'pgvector (extension "vector") is not installed: '
+	  . 'turbovec_pgvector tests skipped';
+}
 
 # A started node: init(%{ $opts{init} }), then $opts{conf} (if any) appended
 # to postgresql.conf.

@@ -594,7 +594,24 @@ def array_literal(vec, digits=9):
     return "{" + fmt % tuple(np.asarray(vec, dtype=np.float64).tolist()) + "}"
 
 
-class CopyStream:
+class ChunkedStream:
+    """File-like object for copy_expert: read() hands out self.buf, which
+    the subclass's _fill() tops up one chunk of rows at a time (False when
+    the rows are used up)."""
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            size = 1 << 62
+        while len(self.buf) < size and self._fill():
+            pass
+        out = bytes(self.buf[:size])
+        del self.buf[:size]
+        return out
+
+    readline = read
+
+
+class CopyStream(ChunkedStream):
     """File-like object that yields the COPY text of base rows on demand."""
 
     def __init__(self, base, first_id=0, chunk_rows=2000, digits=9):
@@ -606,7 +623,7 @@ class CopyStream:
             np.all(np.abs(b0) < 2 ** 24))
         self.fmt = row_format(base.shape[1], self.integral, digits)
         self.pos = 0
-        self.buf = b""
+        self.buf = bytearray()
 
     def _fill(self):
         n = self.base.shape[0]
@@ -624,15 +641,6 @@ class CopyStream:
         self.pos = end
         return True
 
-    def read(self, size=-1):
-        if size is None or size < 0:
-            size = 1 << 62
-        while len(self.buf) < size and self._fill():
-            pass
-        out, self.buf = self.buf[:size], self.buf[size:]
-        return out
-
-    readline = read
 
 
 # --------------------------------------------------------------------------
@@ -661,7 +669,7 @@ def binary_row_dtype(dim, coltype):
     raise ValueError("unknown column type %r" % coltype)
 
 
-class BinaryCopyStream:
+class BinaryCopyStream(ChunkedStream):
     """File-like object yielding PGCOPY binary data of base rows, chunk by chunk."""
 
     def __init__(self, base, coltype="real[]", first_id=0, chunk_rows=4096):
@@ -706,16 +714,6 @@ class BinaryCopyStream:
         self.pos = end
         return True
 
-    def read(self, size=-1):
-        if size is None or size < 0:
-            size = 1 << 62
-        while len(self.buf) < size and self._fill():
-            pass
-        out = bytes(self.buf[:size])
-        del self.buf[:size]
-        return out
-
-    readline = read
 
 
 def load_table(conn, ds, table, unlogged=False, storage=None, coltype="real[]",

@@ -12,6 +12,7 @@
 #    resident bytes, and the copy's change counter is the metapage's;
 #  - a scan through the copy reads (almost) no index pages, unlike a scan
 #    of the extent (EXPLAIN BUFFERS), so the copy really is what answers;
+#  - a LIMIT 10 query reads few more than 10 rows from the table;
 #  - LIMIT 10 answers through the copy equal the extent's at the default
 #    re-rank window, and a sequential scan's with a covering window;
 #  - inserts, deletes and VACUUM are mirrored into the copy: it stays ready
@@ -158,6 +159,31 @@ foreach my $idx (@indexes)
 }
 
 check_answers('after build', 4);
+
+# A LIMIT 10 query through the copy reads from the table only the rows it
+# returns and those the refined estimates cannot yet place behind them, not
+# batches of 16 and more (a 768-d real[] row is a TOAST fetch, the dearest
+# step of a query).  With 100 candidates: at most 25 rows here, where the
+# batches read 30-52 (32-d codes leave a wider margin than 768-d ones,
+# where about 11 rows are read).
+foreach my $idx (@indexes)
+{
+	my @read;
+	for my $i (1 .. 5)
+	{
+		my $q = random_vector($dim);
+		my ($ret, $out, $err) = $node->psql('postgres',
+			"$force SET turbovec.use_resident = on; SET turbovec.candidates = 100; "
+			  . "SET client_min_messages = debug2; "
+			  . top10_sql('t', $opclass{$idx}, $q));
+		my $rows = 0;
+		$rows += $1 while $err =~ /batch of (\d+) rows read from the table/g;
+		push @read, $rows;
+	}
+	my $most = (sort { $b <=> $a } @read)[0];
+	cmp_ok($most, '>=', 10, "$idx: LIMIT 10 through the copy reads at least 10 rows (@read)");
+	cmp_ok($most, '<=', 25, "$idx: LIMIT 10 through the copy reads at most 25 rows (@read)");
+}
 
 # Writes afterwards are mirrored into the copy, which stays ready.
 insert_rows(700, 0.77);

@@ -246,6 +246,8 @@ extern void TvCommitBuffer(Buffer buf, GenericXLogState *state);
 extern void TvReadStream(Relation index, uint64 offset, Size len, char *out,
 						 BufferAccessStrategy strategy);
 extern const float *TvCachedCentroids(Relation index, const float **cnorms);
+extern const int8 *TvCachedRankCentroids(Relation index, const float **scales,
+										const float **cnorms);
 extern Buffer *TvBufferHints(Relation index, BlockNumber npages, BlockNumber *nhints);
 extern Buffer TvPinPage(Relation index, BlockNumber blkno, BufferAccessStrategy strategy,
 						Buffer *hints, BlockNumber nhints, bool *read);
@@ -329,6 +331,13 @@ extern Size TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_ve
 extern float TvCentroidDot(const float *centroids, int dim, int list, const float *q);
 extern void TvListDistances(const float *centroids, int lists, int dim, TvMetric metric,
 							const float *q, float *dist);
+extern float TvListDistance(const float *centroids, int dim, TvMetric metric,
+							const float *q, int list);
+extern void TvQuantizeCentroids(const float *centroids, int lists, int dim, int8 *codes,
+								float *scales);
+extern void TvApproxListDistances(const int8 *codes, const float *scales, const float *cnorms,
+								  int lists, int dim, TvMetric metric, const float *q,
+								  float *dist);
 extern float *TvReadCentroids(Relation index, const TvMetaPageData *meta,
 							  TvListEntry **entries, MemoryContext cxt);
 extern void TvIvfInit(void);

@@ -412,6 +412,99 @@ TvNearestLists(const float *centroids, const float *cnorms, int lists, int dim,
 	}
 }
 
+/*
+ * Centroids as 8-bit integers for ranking lists: c ~ scale[j] * k[j][i],
+ * scale[j] = max |c_ji| / 127.  A query at 1M x 768 with 2,000 lists read
+ * 6 MB of float centroids to rank them (a sixth of its time, bound by
+ * memory); the bytes are a quarter of that.  Scans rank with these and
+ * recompute the nearest lists exactly (TvListDistance), so the error only
+ * matters far from the lists probed.
+ */
+void
+TvQuantizeCentroids(const float *centroids, int lists, int dim, int8 *codes, float *scales)
+{
+	for (int j = 0; j < lists; j++)
+	{
+		const float *c = centroids + (Size) j * dim;
+		int8	   *k = codes + (Size) j * dim;
+		float		amax = 0;
+
+		for (int i = 0; i < dim; i++)
+			amax = Max(amax, fabsf(c[i]));
+		scales[j] = amax / 127;
+		for (int i = 0; i < dim; i++)
+			k[i] = (int8) (amax > 0 ? lrintf(c[i] * 127 / amax) : 0);
+	}
+}
+
+static float
+DotInt8Scalar(const int8 *k, const float *q, int dim)
+{
+	float		s = 0;
+
+	for (int i = 0; i < dim; i++)
+		s += k[i] * q[i];
+	return s;
+}
+
+#ifdef TV_IVF_X86
+__attribute__((target("avx2,fma")))
+static float
+DotInt8Avx2(const int8 *k, const float *q, int dim)
+{
+	__m256		s0 = _mm256_setzero_ps();
+	__m256		s1 = _mm256_setzero_ps();
+	int			i = 0;
+	float		tail = 0;
+
+	for (; i + 16 <= dim; i += 16)
+	{
+		__m128i		b = _mm_loadu_si128((const __m128i *) (k + i));
+		__m256		lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+		__m256		hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(b, b)));
+
+		s0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(q + i), s0);
+		s1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(q + i + 8), s1);
+	}
+	for (; i < dim; i++)
+		tail += k[i] * q[i];
+	return HorizontalSum(_mm256_add_ps(s0, s1)) + tail;
+}
+#endif
+
+/*
+ * Approximate list distances from TvQuantizeCentroids' codes, on the scale
+ * of ListDistance (under L2 ||c||^2 - 2<c, q> + ||q||^2, cnorms from
+ * TvCentroidNorms), so that exact and approximate values can be compared.
+ */
+void
+TvApproxListDistances(const int8 *codes, const float *scales, const float *cnorms,
+					  int lists, int dim, TvMetric metric, const float *q, float *dist)
+{
+	float		(*dot) (const int8 *, const float *, int) = DotInt8Scalar;
+	float		qnorm2 = 0;
+
+#ifdef TV_IVF_X86
+	if (Dot == DotAvx2)
+		dot = DotInt8Avx2;
+#endif
+	if (metric == TV_METRIC_L2)
+		qnorm2 = Dot(q, q, dim);
+	for (int j = 0; j < lists; j++)
+	{
+		float		ip = scales[j] * dot(codes + (Size) j * dim, q, dim);
+
+		dist[j] = (metric == TV_METRIC_L2) ? cnorms[j] - 2 * ip + qnorm2 : -ip;
+	}
+}
+
+/* The exact ListDistance of one list */
+float
+TvListDistance(const float *centroids, int dim, TvMetric metric, const float *q, int list)
+{
+	return ListDistance(centroids + (Size) list * dim, dim, metric, q);
+}
+
 /* <q, c> for one list's centroid: what a residual code's estimate adds */
 float
 TvCentroidDot(const float *centroids, int dim, int list, const float *q)

@@ -278,6 +278,8 @@ typedef struct TvIndexCache
 	TvCodec    *codec;
 	float	   *centroids;
 	float	   *cnorms;
+	int8	   *rank_codes;		/* TvCachedRankCentroids */
+	float	   *rank_scales;
 	FmgrInfo   *toarray;
 	bool		have_toarray;
 	Buffer	   *hints;			/* TvBufferHints */
@@ -504,6 +506,32 @@ TvCachedCentroids(Relation index, const float **cnorms)
 	if (cnorms)
 		*cnorms = state->cnorms;
 	return state->centroids;
+}
+
+/*
+ * The centroids as 8-bit codes for ranking lists (TvQuantizeCentroids),
+ * with their scales and squared norms, made once per relfilenode beside
+ * TvCachedCentroids.
+ */
+const int8 *
+TvCachedRankCentroids(Relation index, const float **scales, const float **cnorms)
+{
+	TvIndexState *state = TvGetIndexState(index);
+	const float *centroids = TvCachedCentroids(index, cnorms);
+	TvIndexCache *cache = GetIndexCache(index);
+
+	if (cache->rank_codes == NULL)
+	{
+		int8	   *codes = MemoryContextAllocHuge(cache->cxt,
+												   (Size) state->meta.lists * state->meta.dim);
+		float	   *s = MemoryContextAlloc(cache->cxt, sizeof(float) * state->meta.lists);
+
+		TvQuantizeCentroids(centroids, state->meta.lists, state->meta.dim, codes, s);
+		cache->rank_scales = s;
+		cache->rank_codes = codes;
+	}
+	*scales = cache->rank_scales;
+	return cache->rank_codes;
 }
 
 /*

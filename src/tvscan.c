@@ -56,6 +56,9 @@
 /* How far ahead the resident scan prefetches */
 #define TV_PREFETCH_BLOCKS		4
 
+/* Lists past twice the probed ones whose centroid distance is exact */
+#define TV_EXACT_RANK_SPARE		32
+
 /* Standard deviations of a refined estimate's error a batch allows for */
 #define TV_REFINE_SIGMAS		6
 
@@ -1384,20 +1387,46 @@ OrderLists(IndexScanDesc scan, const float *q)
 	}
 	{
 		float	   *dist = palloc(sizeof(float) * lists);
+		int			exact;
 
+		so->nprobe = TvProbes(lists);
 		so->ranks = palloc(sizeof(ListRank) * lists);
 		so->centroids = TvCachedCentroids(scan->indexRelation, NULL);
 		so->residual = TvMetaResidual(meta);
 		so->qlists = q;
-		TvListDistances(so->centroids, lists, meta->dim, so->state->metric, q, dist);
+
+		/*
+		 * Rank on the 8-bit centroids, then recompute the nearest lists,
+		 * twice and more the lists probed, exactly: a list past them would
+		 * need an error larger than the gap to win a place, and a scan that
+		 * widens can take the rest in approximate order.
+		 */
+		exact = (int) Min((int64) lists, 2 * (int64) so->nprobe + TV_EXACT_RANK_SPARE);
+		if (exact < lists)
+		{
+			const float *scales;
+			const float *cnorms;
+			const int8 *codes = TvCachedRankCentroids(scan->indexRelation, &scales, &cnorms);
+
+			TvApproxListDistances(codes, scales, cnorms, lists, meta->dim,
+								  so->state->metric, q, dist);
+		}
+		else
+			TvListDistances(so->centroids, lists, meta->dim, so->state->metric, q, dist);
 		for (int j = 0; j < lists; j++)
 		{
 			so->ranks[j].dist = dist[j];
 			so->ranks[j].list = j;
 		}
 		pfree(dist);
+		if (exact < lists)
+		{
+			SelectNearestLists(so->ranks, lists, exact);
+			for (int j = 0; j < exact; j++)
+				so->ranks[j].dist = TvListDistance(so->centroids, meta->dim, so->state->metric,
+												   q, so->ranks[j].list);
+		}
 	}
-	so->nprobe = TvProbes(lists);
 	OrderProbes(so, so->nprobe);
 }
 

@@ -350,7 +350,7 @@ extern int	TvParallelScanWorkers(TvParallelScan *ps);
 extern void TvParallelScanDrain(TvParallelScan *ps, TvScanConsumer consume, void *arg);
 extern double TvParallelScanEnd(TvParallelScan *ps, IndexInfo *indexInfo,
 								TvScanConsumer consume, void *arg);
-extern Size TvParallelScanBytes(int nworkers);
+extern Size TvParallelScanBytes(int nworkers, int mem_kb);
 
 extern float TvCentroidDot(const float *centroids, int dim, int list, const float *q);
 extern void TvListDistances(const float *centroids, int lists, int dim, TvMetric metric,

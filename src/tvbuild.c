@@ -394,11 +394,13 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 		/* and each spooled vector its list, code, factors, TID and place */
 		double		outputs = (double) (bs->spooled + TV_SPOOL_CHUNK) * CodedBytes(bs);
 
-		/* and parallel workers a shared segment, and the scan's queues */
+		/* and parallel workers a shared segment */
 		if (max_parallel_maintenance_workers > 0)
 			limit -= (double) TvParallelSegmentBytes(bs->codec, Max(PlannedLists(bs), 1),
-													 TV_SPOOL_CHUNK, maintenance_work_mem) +
-				(double) TvParallelScanBytes(max_parallel_maintenance_workers);
+													 TV_SPOOL_CHUNK, maintenance_work_mem);
+		/* and a parallel scan its queues */
+		if (bs->pscan != NULL)
+			limit -= (double) TvParallelScanBytes(bs->scan_workers, maintenance_work_mem);
 
 		if ((double) bs->spool_bytes + bytes + outputs > limit)
 		{
@@ -794,13 +796,17 @@ HeapWindowVectors(TvBuildState *bs)
 
 /*
  * Memory a heap pass holds beside the codes it keeps: a window for workers
- * and their shared segment (a serial batch is too small to count)
+ * and their shared segment (a serial batch is too small to count), or the
+ * queues of a parallel scan
  */
 static double
 HeapWindowBytes(TvBuildState *bs)
 {
 	int			n = HeapWindowVectors(bs);
 
+	/* a parallel scan's queues */
+	if (bs->pscan != NULL)
+		return (double) TvParallelScanBytes(bs->scan_workers, maintenance_work_mem);
 	if (n == TV_BUILD_BATCH)
 		return 0;
 	return (double) n * (sizeof(float) * bs->dim + sizeof(ItemPointerData) + CodedBytes(bs)) +
@@ -850,6 +856,10 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 															   (int) Min(need * 1024, MAX_KILOBYTES)) /
 								 (1024.0 * 1024.0)) * 8 / 7);
 			}
+			else if (bs->pscan != NULL)
+				need += ceil((double) TvParallelScanBytes(bs->scan_workers,
+														  (int) Min(need * 1024, MAX_KILOBYTES)) /
+							 (1024.0 * 1024.0));
 
 			ereport(NOTICE,
 					(errmsg("turbo index \"%s\" interleaves the blocks of its lists after " UINT64_FORMAT " vectors",
@@ -1415,8 +1425,10 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 
 		/* the segment grows with maintenance_work_mem: settle on a size */
 		for (int i = 0; i < 4 && max_parallel_maintenance_workers > 0; i++)
-			need = base + ceil((double) TvParallelSegmentBytes(bs.codec, bs.lists, TV_SPOOL_CHUNK,
-															   (int) Min(need * 1024, MAX_KILOBYTES)) /
+			need = base + ceil(((double) TvParallelSegmentBytes(bs.codec, bs.lists, TV_SPOOL_CHUNK,
+																(int) Min(need * 1024, MAX_KILOBYTES)) +
+								(double) TvParallelScanBytes(bs.scan_workers,
+															 (int) Min(need * 1024, MAX_KILOBYTES))) /
 							   (1024.0 * 1024.0));
 		ereport(NOTICE,
 				(errmsg("turbo index \"%s\" reads its table twice", RelationGetRelationName(index)),

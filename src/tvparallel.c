@@ -513,8 +513,13 @@ TvKmeansParallelEnd(TvKmeansParallel *kp)
 #define TV_PARALLEL_KEY_SCAN		UINT64CONST(0x7475726226FE0003)
 #define TV_PARALLEL_KEY_TABLESCAN	UINT64CONST(0x7475726226FE0004)
 
-/* queue per worker; a message carries up to TV_SCAN_MSG_BYTES of records */
-#define TV_SCAN_QUEUE_BYTES			((Size) 2 * 1024 * 1024)
+/*
+ * Queue per worker: 2 MB, or a sixteenth of maintenance_work_mem when that
+ * is less (at least 64 kB); a message carries up to TV_SCAN_MSG_BYTES of
+ * records
+ */
+#define TvScanQueueBytes(mem_kb) \
+	MAXALIGN(Min((Size) 2 * 1024 * 1024, Max((Size) 64 * 1024, (Size) (mem_kb) * 1024 / 16)))
 #define TV_SCAN_MSG_BYTES			((Size) 64 * 1024)
 
 typedef struct TvScanShared
@@ -523,6 +528,7 @@ typedef struct TvScanShared
 	Oid			indexrelid;
 	bool		isconcurrent;
 	int			nqueues;
+	Size		queue_bytes;
 	Size		off_queues;
 
 	/* encoding pass: the codec and the lists; lists < 0 in the sampling pass */
@@ -698,7 +704,7 @@ TvParallelScanBegin(Relation heap, Relation index, IndexInfo *indexInfo,
 		snapshot = RegisterSnapshot(GetTransactionSnapshot());
 
 	(void) Carve(&total, sizeof(TvScanShared));
-	off_queues = Carve(&total, TV_SCAN_QUEUE_BYTES * nworkers);
+	off_queues = Carve(&total, TvScanQueueBytes(maintenance_work_mem) * nworkers);
 	if (encode)
 	{
 		off_centroids = Carve(&total, sizeof(float) * (Size) lists * dim);
@@ -728,6 +734,7 @@ TvParallelScanBegin(Relation heap, Relation index, IndexInfo *indexInfo,
 	sh->isconcurrent = indexInfo->ii_Concurrent;
 	sh->nqueues = nworkers;
 	sh->off_queues = off_queues;
+	sh->queue_bytes = TvScanQueueBytes(maintenance_work_mem);
 	sh->lists = -1;
 	if (encode)
 	{
@@ -749,8 +756,8 @@ TvParallelScanBegin(Relation heap, Relation index, IndexInfo *indexInfo,
 	SpinLockInit(&sh->mutex);
 	for (int i = 0; i < nworkers; i++)
 	{
-		shm_mq	   *mq = shm_mq_create((char *) sh + off_queues + TV_SCAN_QUEUE_BYTES * i,
-									   TV_SCAN_QUEUE_BYTES);
+		shm_mq	   *mq = shm_mq_create((char *) sh + off_queues + sh->queue_bytes * i,
+									   sh->queue_bytes);
 
 		shm_mq_set_receiver(mq, MyProc);
 	}
@@ -779,7 +786,7 @@ TvParallelScanBegin(Relation heap, Relation index, IndexInfo *indexInfo,
 	ps->mqh = palloc0(sizeof(shm_mq_handle *) * ps->nqueues);
 	for (int i = 0; i < ps->nqueues; i++)
 	{
-		shm_mq	   *mq = (shm_mq *) ((char *) sh + off_queues + TV_SCAN_QUEUE_BYTES * i);
+		shm_mq	   *mq = (shm_mq *) ((char *) sh + off_queues + sh->queue_bytes * i);
 
 		/* a worker that fails to start detaches its queue */
 		ps->mqh[i] = shm_mq_attach(mq, pcxt->seg, pcxt->worker[i].bgwhandle);
@@ -1018,7 +1025,7 @@ TvParallelScanMain(dsm_segment *seg, shm_toc *toc)
 
 	if (ParallelWorkerNumber < 0 || ParallelWorkerNumber >= sh->nqueues)
 		elog(ERROR, "turbo build parallel worker %d has no queue", ParallelWorkerNumber);
-	mq = (shm_mq *) ((char *) sh + sh->off_queues + TV_SCAN_QUEUE_BYTES * ParallelWorkerNumber);
+	mq = (shm_mq *) ((char *) sh + sh->off_queues + sh->queue_bytes * ParallelWorkerNumber);
 	shm_mq_set_sender(mq, MyProc);
 
 	memset(&w, 0, sizeof(w));
@@ -1055,9 +1062,12 @@ TvParallelScanMain(dsm_segment *seg, shm_toc *toc)
 	table_close(heap, heapLockmode);
 }
 
-/* Shared memory a parallel heap scan with nworkers workers takes for its queues */
+/*
+ * Shared memory the queues of a parallel heap scan with nworkers workers
+ * take, with maintenance_work_mem at mem_kb
+ */
 Size
-TvParallelScanBytes(int nworkers)
+TvParallelScanBytes(int nworkers, int mem_kb)
 {
-	return TV_SCAN_QUEUE_BYTES * Max(nworkers, 0);
+	return TvScanQueueBytes(mem_kb) * Max(nworkers, 0);
 }

@@ -16,7 +16,10 @@
  * coding, tvparallel.c).  When the vectors do not fit, the heap pass keeps
  * the codes instead to lay the lists out the same way (coding windows of
  * vectors with parallel workers), and only when those do not fit either
- * are blocks appended as they fill, lists interleaved.  Vectors are
+ * are blocks appended as they fill, lists interleaved.  Both heap passes
+ * may be shared with parallel workers (tvparallel.c), which send the
+ * leader their vectors or codes; the lists are laid out in TID order, so
+ * the pages do not depend on who read which row.  Vectors are
  * assigned in batches, which lets the list assignment use the blocked
  * kernel.  The list area (directory and centroids) is reserved at the start
  * of the stream and written last.

@@ -1,7 +1,8 @@
 /*
  * tvparallel.c
- *	  Assigning and encoding the spooled vectors of an IVF build, shared
- *	  with parallel workers when max_parallel_maintenance_workers allows.
+ *	  Assigning and encoding the spooled vectors of an IVF build, the
+ *	  k-means rounds and the build's heap scans, shared with parallel
+ *	  workers when max_parallel_maintenance_workers allows.
  *
  * Once the lists are trained, what is left of an IVF build is pure
  * arithmetic on vectors already in memory: pick each vector's list and

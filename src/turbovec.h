@@ -328,6 +328,32 @@ extern int	TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof,
 extern Size TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors,
 								   int mem_kb);
 
+/* A row the parallel heap scan's workers send: its vector, or its code */
+typedef struct TvScanRecord
+{
+	ItemPointerData tid;
+	int			dim;
+	const float *vector;		/* sampling pass */
+	int			list;			/* encoding pass: list, factors and code */
+	int			code_bytes;
+	TvFactors	factors;
+	const uint8 *code;
+} TvScanRecord;
+
+typedef void (*TvScanConsumer) (const TvScanRecord *rec, void *arg);
+typedef struct TvParallelScan TvParallelScan;
+
+extern TvParallelScan *TvParallelScanBegin(Relation heap, Relation index,
+										   IndexInfo *indexInfo, int nworkers,
+										   const TvEncodeInput *encode, int bits,
+										   uint64 seed);
+extern struct TableScanDescData *TvParallelScanDesc(TvParallelScan *ps);
+extern int	TvParallelScanWorkers(TvParallelScan *ps);
+extern void TvParallelScanDrain(TvParallelScan *ps, TvScanConsumer consume, void *arg);
+extern double TvParallelScanEnd(TvParallelScan *ps, IndexInfo *indexInfo,
+								TvScanConsumer consume, void *arg);
+extern Size TvParallelScanBytes(int nworkers, int mem_kb);
+
 extern float TvCentroidDot(const float *centroids, int dim, int list, const float *q);
 extern void TvListDistances(const float *centroids, int lists, int dim, TvMetric metric,
 							const float *q, float *dist);

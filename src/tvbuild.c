@@ -16,7 +16,10 @@
  * coding, tvparallel.c).  When the vectors do not fit, the heap pass keeps
  * the codes instead to lay the lists out the same way (coding windows of
  * vectors with parallel workers), and only when those do not fit either
- * are blocks appended as they fill, lists interleaved.  Vectors are
+ * are blocks appended as they fill, lists interleaved.  Both heap passes
+ * may be shared with parallel workers (tvparallel.c), which send the
+ * leader their vectors or codes; the lists are laid out in TID order, so
+ * the pages do not depend on who read which row.  Vectors are
  * assigned in batches, which lets the list assignment use the blocked
  * kernel.  The list area (directory and centroids) is reserved at the start
  * of the stream and written last.
@@ -30,6 +33,7 @@
 
 #include <math.h>
 
+#include "access/table.h"
 #include "access/tableam.h"
 #include "access/xloginsert.h"
 #include "catalog/index.h"
@@ -157,6 +161,11 @@ typedef struct TvBuildState
 	int			batch_n;
 	int			batch_cap;
 	float	   *cnorms;			/* ||c||^2 per list, for L2 assignment */
+
+	/* a parallel heap scan in progress (tvparallel.c), or NULL */
+	TvParallelScan *pscan;
+	int			scan_workers;	/* workers of the last parallel heap scan */
+	uint64		own_rows;		/* rows of the leader's own scan, for draining */
 
 	uint64		encoded;		/* vectors coded by AddVectors */
 	uint64		nslots;
@@ -392,6 +401,9 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 		if (max_parallel_maintenance_workers > 0)
 			limit -= (double) TvParallelSegmentBytes(bs->codec, Max(PlannedLists(bs), 1),
 													 TV_SPOOL_CHUNK, maintenance_work_mem);
+		/* and a parallel scan its queues */
+		if (bs->pscan != NULL)
+			limit -= (double) TvParallelScanBytes(bs->scan_workers, maintenance_work_mem);
 
 		if ((double) bs->spool_bytes + bytes + outputs > limit)
 		{
@@ -494,6 +506,31 @@ SampleVector(TvBuildState *bs, ItemPointer tid, const float *x)
 	}
 }
 
+/* qsort_arg: positions k by their TIDs in arg */
+static int
+CompareTidOrder(const void *a, const void *b, void *arg)
+{
+	const ItemPointerData *tids = (const ItemPointerData *) arg;
+
+	return ItemPointerCompare((ItemPointer) &tids[*(const uint64 *) a],
+							  (ItemPointer) &tids[*(const uint64 *) b]);
+}
+
+/* Put positions first..last-1 of order in TID order, unless they are already */
+static void
+SortByTid(uint64 *order, uint64 n, const ItemPointerData *tids)
+{
+	for (uint64 i = 1; i < n; i++)
+	{
+		if (ItemPointerCompare((ItemPointer) &tids[order[i - 1]],
+							   (ItemPointer) &tids[order[i]]) > 0)
+		{
+			qsort_arg(order, n, sizeof(uint64), CompareTidOrder, (void *) tids);
+			return;
+		}
+	}
+}
+
 static int
 CompareHashOrder(const void *a, const void *b, void *arg)
 {
@@ -553,6 +590,49 @@ FinishSample(TvBuildState *bs, int want)
 	}
 }
 
+/* Sample and spool one vector of the first IVF pass */
+static void
+SampleOne(TvBuildState *bs, ItemPointer tid, const float *x, int dim)
+{
+	if (bs->codec == NULL)
+		StartCodec(bs, dim);
+	bs->seen++;
+	SampleVector(bs, tid, x);
+	SpoolVector(bs, tid, x);
+	if ((bs->seen & 1023) == 0)
+	{
+		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
+									 (int64) bs->seen);
+		TvTestBuildDelay();
+	}
+}
+
+/* A vector a parallel worker read in the first pass (BuildVector checked it) */
+static void
+SampleRecord(const TvScanRecord *rec, void *arg)
+{
+	TvBuildState *bs = (TvBuildState *) arg;
+
+	if (bs->dim == 0)
+		bs->dim = rec->dim;
+	else
+		TvCheckDimensions(bs->index, bs->dim, rec->dim);
+	SampleOne(bs, (ItemPointer) &rec->tid, rec->vector, rec->dim);
+}
+
+/*
+ * Between the leader's own rows of a parallel heap scan: every few rows,
+ * take in what the workers sent, so that they do not wait on full queues
+ */
+#define TV_DRAIN_EVERY		8
+
+static void
+DrainWorkers(TvBuildState *bs, TvScanConsumer consume)
+{
+	if (bs->pscan != NULL && (++bs->own_rows % TV_DRAIN_EVERY) == 0)
+		TvParallelScanDrain(bs->pscan, consume, bs);
+}
+
 /* First IVF pass: sample the vectors k-means trains on, and spool them */
 static void
 SampleCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
@@ -562,24 +642,14 @@ SampleCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	float	   *x;
 	int			dim;
 
-	if (isnull[0])
-		return;
-	x = BuildVector(bs, index, values[0], &dim);
-	if (x != NULL)
+	if (!isnull[0])
 	{
-		if (bs->codec == NULL)
-			StartCodec(bs, dim);
-		bs->seen++;
-		SampleVector(bs, tid, x);
-		SpoolVector(bs, tid, x);
-		if ((bs->seen & 1023) == 0)
-		{
-			pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
-										 (int64) bs->seen);
-			TvTestBuildDelay();
-		}
+		x = BuildVector(bs, index, values[0], &dim);
+		if (x != NULL)
+			SampleOne(bs, tid, x, dim);
+		MemoryContextReset(bs->tmpCtx);
 	}
-	MemoryContextReset(bs->tmpCtx);
+	DrainWorkers(bs, SampleRecord);
 }
 
 /* Put one coded vector in the block being filled for list j (0 when flat) */
@@ -614,19 +684,22 @@ PutCoded(TvBuildState *bs, int j, const uint8 *code, const TvFactors *factors,
 }
 
 /*
- * Write n coded vectors list after list, each list in the order given
- * (heap order), so the blocks of a list are contiguous in the stream and a
- * scan reads a probed list from a few consecutive pages.  Each list's last
- * block is appended partly filled.
+ * Write n coded vectors list after list, each list in TID order, so the
+ * blocks of a list are contiguous in the stream and a scan reads a probed
+ * list from a few consecutive pages.  TID order, not the order the vectors
+ * came in, because a parallel heap scan (or a synchronized one) hands them
+ * over in an order that changes from build to build; this way the pages
+ * do not.  Each list's last block is appended partly filled.
  */
 static void
 LayOutCoded(TvBuildState *bs, uint64 n, const int *listof, const uint8 *codes,
 			const TvFactors *factors, const ItemPointerData *tids)
 {
 	int			code_bytes = bs->codec->code_bytes;
-	uint64	   *start = palloc0(sizeof(uint64) * (bs->lists + 1));
+	int			nlists = Max(bs->lists, 1);	/* flat: one */
+	uint64	   *start = palloc0(sizeof(uint64) * (nlists + 1));
 	uint64	   *order = palloc_extended(sizeof(uint64) * Max(n, 1), MCXT_ALLOC_HUGE);
-	uint64	   *pos = palloc(sizeof(uint64) * bs->lists);
+	uint64	   *pos = palloc(sizeof(uint64) * nlists);
 	int64		laid = 0;
 	const int	progress_index[] = {
 		PROGRESS_CREATEIDX_SUBPHASE,
@@ -640,14 +713,16 @@ LayOutCoded(TvBuildState *bs, uint64 n, const int *listof, const uint8 *codes,
 	/* counting sort by list, stable */
 	for (uint64 k = 0; k < n; k++)
 		start[listof[k] + 1]++;
-	for (int j = 0; j < bs->lists; j++)
+	for (int j = 0; j < nlists; j++)
 		start[j + 1] += start[j];
-	memcpy(pos, start, sizeof(uint64) * bs->lists);
+	memcpy(pos, start, sizeof(uint64) * nlists);
 	for (uint64 k = 0; k < n; k++)
 		order[pos[listof[k]]++] = k;
 	pfree(pos);
+	for (int j = 0; j < nlists; j++)
+		SortByTid(order + start[j], start[j + 1] - start[j], tids);
 
-	for (int j = 0; j < bs->lists; j++)
+	for (int j = 0; j < nlists; j++)
 	{
 		for (uint64 i = start[j]; i < start[j + 1]; i++)
 		{
@@ -661,7 +736,8 @@ LayOutCoded(TvBuildState *bs, uint64 n, const int *listof, const uint8 *codes,
 				CHECK_FOR_INTERRUPTS();
 			}
 		}
-		if (bs->fill[j].lanes > 0)
+		/* a flat build's last block is flushed at the end of the build */
+		if (bs->lists > 0 && bs->fill[j].lanes > 0)
 			FlushListBlock(bs, j);
 	}
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, laid);
@@ -714,7 +790,8 @@ HeapWindowVectors(TvBuildState *bs)
 	double		bytes = Min(128.0 * 1024 * 1024, (double) maintenance_work_mem * 1024 / 8);
 	int			chunks = (int) (bytes / ((double) sizeof(float) * bs->dim) / TV_SPOOL_CHUNK);
 
-	if (max_parallel_maintenance_workers <= 0 || chunks < 1 ||
+	/* with a parallel scan, the workers code their own rows */
+	if (max_parallel_maintenance_workers <= 0 || chunks < 1 || bs->pscan != NULL ||
 		SpoolWorkers(bs, (uint64) chunks * TV_SPOOL_CHUNK) == 0)
 		return TV_BUILD_BATCH;
 	return chunks * TV_SPOOL_CHUNK;
@@ -722,13 +799,17 @@ HeapWindowVectors(TvBuildState *bs)
 
 /*
  * Memory a heap pass holds beside the codes it keeps: a window for workers
- * and their shared segment (a serial batch is too small to count)
+ * and their shared segment (a serial batch is too small to count), or the
+ * queues of a parallel scan
  */
 static double
 HeapWindowBytes(TvBuildState *bs)
 {
 	int			n = HeapWindowVectors(bs);
 
+	/* a parallel scan's queues */
+	if (bs->pscan != NULL)
+		return (double) TvParallelScanBytes(bs->scan_workers, maintenance_work_mem);
 	if (n == TV_BUILD_BATCH)
 		return 0;
 	return (double) n * (sizeof(float) * bs->dim + sizeof(ItemPointerData) + CodedBytes(bs)) +
@@ -755,6 +836,13 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 
 		if (budget < (double) cap * CodedBytes(bs))
 			cap = (uint64) Max(budget / CodedBytes(bs), 0);
+		if (cap <= bs->coded_cap && bs->lists == 0)
+		{
+			/* flat: the rest goes in blocks in the order it comes */
+			FlushCoded(bs);
+			bs->coded_on = false;
+			return false;
+		}
 		if (cap <= bs->coded_cap)
 		{
 			/* the sampling pass counted the vectors: say what would have fit */
@@ -771,6 +859,10 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 															   (int) Min(need * 1024, MAX_KILOBYTES)) /
 								 (1024.0 * 1024.0)) * 8 / 7);
 			}
+			else if (bs->pscan != NULL)
+				need += ceil((double) TvParallelScanBytes(bs->scan_workers,
+														  (int) Min(need * 1024, MAX_KILOBYTES)) /
+							 (1024.0 * 1024.0));
 
 			ereport(NOTICE,
 					(errmsg("turbo index \"%s\" interleaves the blocks of its lists after " UINT64_FORMAT " vectors",
@@ -915,6 +1007,34 @@ FlushBatch(TvBuildState *bs)
 	bs->batch_n = 0;
 }
 
+/* A vector a parallel worker coded in the encoding pass */
+static void
+CodedRecord(const TvScanRecord *rec, void *arg)
+{
+	TvBuildState *bs = (TvBuildState *) arg;
+
+	if (bs->dim == 0)
+		bs->dim = rec->dim;
+	else
+		TvCheckDimensions(bs->index, bs->dim, rec->dim);
+	if (bs->codec == NULL)
+		StartCodec(bs, rec->dim);
+	if (rec->code_bytes != bs->codec->code_bytes)
+		elog(ERROR, "turbo build received codes of %d bytes from a parallel worker",
+			 rec->code_bytes);
+	if (bs->fill == NULL)
+		StartFill(bs);
+	memcpy(bs->code, rec->code, rec->code_bytes);
+	if (!KeepCoded(bs, rec->list, &rec->factors, &rec->tid))
+		PutCoded(bs, rec->list, bs->code, &rec->factors, &rec->tid);
+	bs->encoded++;
+	if ((bs->encoded & 1023) == 0)
+	{
+		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, (int64) bs->encoded);
+		TvTestBuildDelay();
+	}
+}
+
 /* Encoding pass over the heap: vectors go through the batch */
 static void
 BuildCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
@@ -924,6 +1044,7 @@ BuildCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	float	   *x;
 	int			dim;
 
+	DrainWorkers(bs, CodedRecord);
 	if (isnull[0])
 		return;
 
@@ -1014,23 +1135,130 @@ EncodeSpool(TvBuildState *bs)
 
 /*
  * The flat layout from the spool, when automatic lists chose it after the
- * sampling pass: the same blocks in the same (heap) order as a heap pass
+ * sampling pass: the same blocks in the same (TID) order as a serial heap
+ * pass, whatever order a parallel scan spooled the vectors in
  */
 static void
 EncodeSpoolFlat(TvBuildState *bs)
 {
-	for (SpoolChunk *c = bs->spool_head; c != NULL;)
-	{
-		SpoolChunk *next = c->next;
+	uint64		n = bs->spooled;
+	SpoolChunk **chunks = palloc_extended(sizeof(SpoolChunk *) * Max(n / TV_SPOOL_CHUNK + 1, 1),
+										  MCXT_ALLOC_HUGE);
+	ItemPointerData *tids = palloc_extended(sizeof(ItemPointerData) * Max(n, 1), MCXT_ALLOC_HUGE);
+	uint64	   *order = palloc_extended(sizeof(uint64) * Max(n, 1), MCXT_ALLOC_HUGE);
+	float	   *batch = palloc(sizeof(float) * TV_BUILD_BATCH * bs->dim);
+	ItemPointerData btids[TV_BUILD_BATCH];
+	int			nchunks = 0;
+	uint64		k = 0;
 
-		for (int i = 0; i < c->n; i += TV_BUILD_BATCH)
-			AddVectors(bs, c->vectors + (Size) i * bs->dim, &c->tids[i],
-					   Min(TV_BUILD_BATCH, c->n - i));
-		pfree(c);
-		c = next;
+	for (SpoolChunk *c = bs->spool_head; c != NULL; c = c->next)
+	{
+		/* every chunk but the last is full, so vector k is in chunk k / CHUNK */
+		Assert(c->next == NULL || c->n == TV_SPOOL_CHUNK);
+		chunks[nchunks++] = c;
+		for (int i = 0; i < c->n; i++, k++)
+		{
+			tids[k] = c->tids[i];
+			order[k] = k;
+		}
+	}
+	Assert(k == n);
+	SortByTid(order, n, tids);
+
+	for (uint64 i = 0; i < n; i += TV_BUILD_BATCH)
+	{
+		int			m = (int) Min((uint64) TV_BUILD_BATCH, n - i);
+
+		for (int b = 0; b < m; b++)
+		{
+			uint64		v = order[i + b];
+
+			memcpy(batch + (Size) b * bs->dim,
+				   chunks[v / TV_SPOOL_CHUNK]->vectors + (Size) (v % TV_SPOOL_CHUNK) * bs->dim,
+				   sizeof(float) * bs->dim);
+			btids[b] = tids[v];
+		}
+		AddVectors(bs, batch, btids, m);
 		CHECK_FOR_INTERRUPTS();
 	}
+	for (int ci = 0; ci < nchunks; ci++)
+		pfree(chunks[ci]);
+	pfree(chunks);
+	pfree(tids);
+	pfree(order);
+	pfree(batch);
 	bs->spool_head = bs->spool_tail = NULL;
+}
+
+/*
+ * Parallel workers for a heap scan of the build: max_parallel_maintenance_workers
+ * when the table, TOAST included (vectors are mostly out of line), has at
+ * least min_parallel_table_scan_size pages.  None for temporary tables,
+ * which workers cannot read, and for indexes on expressions or partial
+ * indexes, whose expressions the build does not check for parallel safety.
+ */
+static int
+ScanWorkers(Relation heap, IndexInfo *indexInfo)
+{
+	double		pages;
+
+	if (max_parallel_maintenance_workers <= 0 || IsInParallelMode() ||
+		RelationUsesLocalBuffers(heap) ||
+		indexInfo->ii_Expressions != NIL || indexInfo->ii_Predicate != NIL)
+		return 0;
+	pages = RelationGetNumberOfBlocks(heap);
+	if (OidIsValid(heap->rd_rel->reltoastrelid))
+	{
+		Relation	toast = table_open(heap->rd_rel->reltoastrelid, AccessShareLock);
+
+		pages += RelationGetNumberOfBlocks(toast);
+		table_close(toast, AccessShareLock);
+	}
+	if (pages < (double) min_parallel_table_scan_size)
+		return 0;
+	return max_parallel_maintenance_workers;
+}
+
+/*
+ * table_index_build_scan, shared with parallel workers when the table is
+ * big enough (ScanWorkers); the leader takes part.  The workers send
+ * consume their vectors (the sampling pass) or, with encode, their codes
+ * under the build's lists.
+ */
+static double
+BuildScan(TvBuildState *bs, Relation heap, Relation index, IndexInfo *indexInfo,
+		  IndexBuildCallback callback, TvScanConsumer consume, bool encode)
+{
+	double		reltuples;
+	TvEncodeInput in;
+
+	memset(&in, 0, sizeof(in));
+	in.codec = bs->codec;
+	in.metric = bs->metric;
+	in.lists = bs->lists;
+	in.residual = bs->residual && bs->lists > 0;
+	in.centroids = bs->centroids;
+	in.cnorms = bs->cnorms;
+	bs->pscan = TvParallelScanBegin(heap, index, indexInfo,
+									ScanWorkers(heap, indexInfo),
+									encode ? &in : NULL, bs->bits, bs->seed);
+	if (bs->pscan == NULL)
+	{
+		bs->scan_workers = 0;
+		return table_index_build_scan(heap, index, indexInfo, true, true,
+									  callback, bs, NULL);
+	}
+	bs->scan_workers = TvParallelScanWorkers(bs->pscan);
+	bs->own_rows = 0;
+	if (encode)
+		bs->coded_on = true;
+	reltuples = table_index_build_scan(heap, index, indexInfo, true, true,
+									   callback, bs, TvParallelScanDesc(bs->pscan));
+	reltuples += TvParallelScanEnd(bs->pscan, indexInfo, consume, bs);
+	bs->pscan = NULL;
+	elog(DEBUG1, "turbo index \"%s\": table scanned by the leader and %d parallel workers",
+		 RelationGetRelationName(index), bs->scan_workers);
+	return reltuples;
 }
 
 /*
@@ -1045,8 +1273,8 @@ TrainLists(TvBuildState *bs, Relation heap, Relation index, IndexInfo *indexInfo
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, TV_PHASE_SAMPLE);
 	bs->sample_tau = PG_UINT64_MAX;
-	bs->reltuples = table_index_build_scan(heap, index, indexInfo, true, true,
-										   SampleCallback, bs, NULL);
+	bs->reltuples = BuildScan(bs, heap, index, indexInfo, SampleCallback,
+							  SampleRecord, false);
 
 	if (bs->auto_lists)
 	{
@@ -1200,8 +1428,10 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 
 		/* the segment grows with maintenance_work_mem: settle on a size */
 		for (int i = 0; i < 4 && max_parallel_maintenance_workers > 0; i++)
-			need = base + ceil((double) TvParallelSegmentBytes(bs.codec, bs.lists, TV_SPOOL_CHUNK,
-															   (int) Min(need * 1024, MAX_KILOBYTES)) /
+			need = base + ceil(((double) TvParallelSegmentBytes(bs.codec, bs.lists, TV_SPOOL_CHUNK,
+																(int) Min(need * 1024, MAX_KILOBYTES)) +
+								(double) TvParallelScanBytes(bs.scan_workers,
+															 (int) Min(need * 1024, MAX_KILOBYTES))) /
 							   (1024.0 * 1024.0));
 		ereport(NOTICE,
 				(errmsg("turbo index \"%s\" reads its table twice", RelationGetRelationName(index)),
@@ -1230,10 +1460,13 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 		if (heap->rd_rel->reltuples > 0)
 			pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_TOTAL,
 										 (int64) heap->rd_rel->reltuples);
-		/* IVF: keep the codes to lay the lists out in order, while they fit */
+		/*
+		 * IVF: keep the codes to lay the lists out in order, while they fit;
+		 * flat, with parallel workers, to put the rows in TID order
+		 */
 		bs.coded_on = (bs.lists > 0);
-		bs.reltuples = table_index_build_scan(heap, index, indexInfo, true, true,
-											  BuildCallback, &bs, NULL);
+		bs.reltuples = BuildScan(&bs, heap, index, indexInfo, BuildCallback,
+								 CodedRecord, true);
 		FlushBatch(&bs);
 		FlushCoded(&bs);
 	}

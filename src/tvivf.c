@@ -547,26 +547,59 @@ Normalize(float *x, int dim)
 	}
 }
 
-/* d2[i] = min(d2[i], ||c - x_i||^2) over n rows, four rows at a time */
+/*
+ * Whether centroid c (||c - c_near||^2 = cc from the row's nearest
+ * centroid so far) cannot come closer to a row at d2 from c_near: by the
+ * triangle inequality ||x - c|| >= ||c - c_near|| - ||x - c_near||, which
+ * is at least ||x - c_near|| once cc >= 4 d2.  The margin (cc >= 4.04 d2
+ * leaves ||x - c||^2 >= 1.02 d2) is far above float rounding, so skipping
+ * the row changes nothing a computed distance would have.
+ */
+#define SeedCannotLower(cc, d2) ((double) (cc) >= 4.04 * (d2))
+
+/*
+ * d2[i] = min(d2[i], ||c - x_i||^2) over n rows, four rows at a time, and
+ * near[i] = j where centroid j (c) lowered it.  cc[k] is ||c - c_k||^2 for
+ * the centroids before j: a group of four rows none of which c can come
+ * closer to (SeedCannotLower) is not read at all, which late in the
+ * seeding is most of them (the pool is streamed once per pick otherwise).
+ * The result is that of computing every distance.
+ */
 static void
-LowerDistances(const float *c, const float *xs, int n, int dim, double *d2, bool first)
+LowerDistances(const float *c, const float *xs, int n, int dim, double *d2, int *near,
+			   int j, const float *cc)
 {
 	float		d[4];
 	int			i = 0;
 
 	for (; i + 4 <= n; i += 4)
 	{
+		if (j > 0 &&
+			SeedCannotLower(cc[near[i]], d2[i]) &&
+			SeedCannotLower(cc[near[i + 1]], d2[i + 1]) &&
+			SeedCannotLower(cc[near[i + 2]], d2[i + 2]) &&
+			SeedCannotLower(cc[near[i + 3]], d2[i + 3]))
+			continue;
 		L2SqTile(c, xs + (Size) i * dim, dim, d);
 		for (int a = 0; a < 4; a++)
-			if (first || d[a] < d2[i + a])
+			if (j == 0 || d[a] < d2[i + a])
+			{
 				d2[i + a] = d[a];
+				near[i + a] = j;
+			}
 	}
 	for (; i < n; i++)
 	{
-		double		v = L2Sq(c, xs + (Size) i * dim, dim);
+		double		v;
 
-		if (first || v < d2[i])
+		if (j > 0 && SeedCannotLower(cc[near[i]], d2[i]))
+			continue;
+		v = L2Sq(c, xs + (Size) i * dim, dim);
+		if (j == 0 || v < d2[i])
+		{
 			d2[i] = v;
+			near[i] = j;
+		}
 	}
 }
 
@@ -655,10 +688,12 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 	 */
 	{
 		double	   *d2 = palloc(sizeof(double) * pool);
+		int		   *near = palloc(sizeof(int) * pool);
+		float	   *cc = palloc(sizeof(float) * lists);
 		int			first = (int) (NextRandom(&rng) % (uint64) pool);
 
 		memcpy(centroids, in->samples + (Size) first * dim, sizeof(float) * dim);
-		LowerDistances(centroids, in->samples, pool, dim, d2, true);
+		LowerDistances(centroids, in->samples, pool, dim, d2, near, 0, cc);
 		for (int j = 1; j < lists; j++)
 		{
 			double		total = 0;
@@ -681,10 +716,14 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 			if (total <= 0)
 				pick = (int) (NextRandom(&rng) % (uint64) pool);
 			memcpy(c, in->samples + (Size) pick * dim, sizeof(float) * dim);
-			LowerDistances(c, in->samples, pool, dim, d2, false);
+			for (int k = 0; k < j; k++)
+				cc[k] = L2Sq(c, centroids + (Size) k * dim, dim);
+			LowerDistances(c, in->samples, pool, dim, d2, near, j, cc);
 			CHECK_FOR_INTERRUPTS();
 		}
 		pfree(d2);
+		pfree(near);
+		pfree(cc);
 	}
 
 	/* workers, as for coding the spool, once the sample is big enough */

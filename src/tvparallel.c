@@ -1,7 +1,8 @@
 /*
  * tvparallel.c
- *	  Assigning and encoding the spooled vectors of an IVF build, shared
- *	  with parallel workers when max_parallel_maintenance_workers allows.
+ *	  Assigning and encoding the spooled vectors of an IVF build, the
+ *	  k-means rounds and the build's heap scans, shared with parallel
+ *	  workers when max_parallel_maintenance_workers allows.
  *
  * Once the lists are trained, what is left of an IVF build is pure
  * arithmetic on vectors already in memory: pick each vector's list and
@@ -23,12 +24,21 @@
 #include "postgres.h"
 
 #include "access/parallel.h"
+#include "access/relscan.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/index.h"
 #include "commands/progress.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "port/atomics.h"
+#include "storage/shm_mq.h"
 #include "storage/shm_toc.h"
+#include "storage/spin.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "turbovec.h"
 
@@ -485,4 +495,580 @@ TvKmeansParallelEnd(TvKmeansParallel *kp)
 	DestroyParallelContext(kp->pcxt);
 	ExitParallelMode();
 	pfree(kp);
+}
+
+/*
+ * Parallel heap scans of a build.  The leader and the workers share one
+ * parallel table scan (blocks handed out by the table AM); each worker
+ * reads its rows, detoasts and checks the vectors, and sends them to the
+ * leader through its own message queue.  In the sampling pass the records
+ * are the vectors (the leader samples and spools them, as for its own
+ * rows); in the encoding pass of a build whose vectors did not fit in
+ * maintenance_work_mem the workers also pick each vector's list and code
+ * it, and the records are the codes.  Which process read which row
+ * changes only the order the leader receives them in: the leader lays
+ * each list out in TID order (tvbuild.c), so the pages do not depend on
+ * it.  A queue that is full blocks its worker until the leader, which
+ * drains the queues between its own rows, catches up.
+ */
+#define TV_PARALLEL_KEY_SCAN		UINT64CONST(0x7475726226FE0003)
+#define TV_PARALLEL_KEY_TABLESCAN	UINT64CONST(0x7475726226FE0004)
+
+/*
+ * Queue per worker: 2 MB, or a sixteenth of maintenance_work_mem when that
+ * is less (at least 64 kB); a message carries up to TV_SCAN_MSG_BYTES of
+ * records
+ */
+#define TvScanQueueBytes(mem_kb) \
+	MAXALIGN(Min((Size) 2 * 1024 * 1024, Max((Size) 64 * 1024, (Size) (mem_kb) * 1024 / 16)))
+#define TV_SCAN_MSG_BYTES			((Size) 64 * 1024)
+
+typedef struct TvScanShared
+{
+	Oid			heaprelid;
+	Oid			indexrelid;
+	bool		isconcurrent;
+	int			nqueues;
+	Size		queue_bytes;
+	Size		off_queues;
+
+	/* encoding pass: the codec and the lists; lists < 0 in the sampling pass */
+	int			dim;
+	int			bits;
+	uint64		seed;
+	int			metric;
+	int			lists;
+	bool		residual;
+	Size		off_centroids;
+	Size		off_cnorms;
+
+	/* what the workers report at the end */
+	slock_t		mutex;
+	double		reltuples;
+	bool		brokenhotchain;
+	int			finished;
+} TvScanShared;
+
+/* Message header; the records follow, each TvScanRecordBytes long */
+typedef struct TvScanMsg
+{
+	int32		dim;
+	int32		code_bytes;		/* encoding pass */
+	int32		n;
+} TvScanMsg;
+
+struct TvParallelScan
+{
+	ParallelContext *pcxt;
+	TvScanShared *sh;
+	Snapshot	snapshot;
+	bool		registered;
+	TableScanDesc scan;
+	int			nqueues;
+	shm_mq_handle **mqh;		/* NULL once detached */
+	int			live;			/* queues not yet detached */
+};
+
+PGDLLEXPORT void TvParallelScanMain(dsm_segment *seg, shm_toc *toc);
+
+/* Bytes of one record: the TID, then the vector, or the list, factors and code */
+static Size
+TvScanRecordBytes(bool encode, int dim, int code_bytes)
+{
+	if (encode)
+		return MAXALIGN(sizeof(ItemPointerData)) +
+			MAXALIGN(sizeof(int32) + sizeof(TvFactors) + code_bytes);
+	return MAXALIGN(sizeof(ItemPointerData)) + sizeof(float) * (Size) dim;
+}
+
+/* Unpack one message into records for the consumer */
+static void
+ConsumeMessage(TvParallelScan *ps, const char *data, Size nbytes,
+			   TvScanConsumer consume, void *arg)
+{
+	TvScanMsg	hdr;
+	bool		encode = (ps->sh->lists >= 0);
+	Size		rbytes;
+	TvScanRecord rec;
+
+	if (nbytes < sizeof(TvScanMsg))
+		elog(ERROR, "turbo build received a short message from a parallel worker");
+	memcpy(&hdr, data, sizeof(TvScanMsg));
+	if (hdr.dim <= 0 || hdr.n < 0 || hdr.code_bytes < 0 ||
+		(Size) hdr.code_bytes > nbytes || (Size) hdr.dim > nbytes)
+		elog(ERROR, "turbo build received a bad message from a parallel worker");
+	rbytes = TvScanRecordBytes(encode, hdr.dim, hdr.code_bytes);
+	if (nbytes != sizeof(TvScanMsg) + rbytes * hdr.n)
+		elog(ERROR, "turbo build received a message of %zu bytes from a parallel worker",
+			 nbytes);
+	data += sizeof(TvScanMsg);
+	memset(&rec, 0, sizeof(rec));
+	rec.dim = hdr.dim;
+	rec.code_bytes = hdr.code_bytes;
+	for (int i = 0; i < hdr.n; i++, data += rbytes)
+	{
+		const char *p = data + MAXALIGN(sizeof(ItemPointerData));
+
+		memcpy(&rec.tid, data, sizeof(ItemPointerData));
+		if (encode)
+		{
+			memcpy(&rec.list, p, sizeof(int32));
+			memcpy(&rec.factors, p + sizeof(int32), sizeof(TvFactors));
+			rec.code = (const uint8 *) (p + sizeof(int32) + sizeof(TvFactors));
+			if (rec.list < 0 || rec.list >= Max(ps->sh->lists, 1))
+				elog(ERROR, "turbo build received list %d from a parallel worker", rec.list);
+		}
+		else
+			rec.vector = (const float *) p;
+		consume(&rec, arg);
+	}
+}
+
+/*
+ * Take what the workers have sent so far; with wait, until every queue is
+ * detached (its worker finished).  Returns whether any queue is still live.
+ */
+static bool
+DrainQueues(TvParallelScan *ps, bool wait, TvScanConsumer consume, void *arg)
+{
+	for (;;)
+	{
+		bool		got = false;
+
+		for (int i = 0; i < ps->nqueues; i++)
+		{
+			Size		nbytes;
+			void	   *data;
+			shm_mq_result res;
+
+			if (ps->mqh[i] == NULL)
+				continue;
+			res = shm_mq_receive(ps->mqh[i], &nbytes, &data, true);
+			if (res == SHM_MQ_SUCCESS)
+			{
+				ConsumeMessage(ps, data, nbytes, consume, arg);
+				got = true;
+			}
+			else if (res == SHM_MQ_DETACHED)
+			{
+				shm_mq_detach(ps->mqh[i]);
+				ps->mqh[i] = NULL;
+				ps->live--;
+			}
+		}
+		if (!wait || ps->live == 0)
+			break;
+		if (!got)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, 0,
+							 PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	return ps->live > 0;
+}
+
+/*
+ * Start a parallel heap scan with up to nworkers workers.  encode NULL: the
+ * sampling pass (workers send vectors); else the encoding pass with these
+ * lists (workers send codes; encode->n and the chunks are not used).  A
+ * flat build (lists 0) may not know its dimension yet: encode->codec NULL,
+ * and each worker makes the codec (bits and seed given) from its first
+ * vector, as the leader does.
+ * Returns NULL when no worker could be started: the caller scans alone.
+ */
+TvParallelScan *
+TvParallelScanBegin(Relation heap, Relation index, IndexInfo *indexInfo,
+					int nworkers, const TvEncodeInput *encode, int bits, uint64 seed)
+{
+	ParallelContext *pcxt;
+	Snapshot	snapshot;
+	Size		pscan_bytes;
+	Size		total = 0;
+	Size		off_queues,
+				off_centroids = 0,
+				off_cnorms = 0;
+	int			lists = encode ? Max(encode->lists, 0) : 0;
+	int			dim = (encode && encode->codec) ? encode->codec->dim : 0;
+	TvScanShared *sh;
+	ParallelTableScanDesc pscan;
+	TvParallelScan *ps;
+
+	if (nworkers <= 0 || IsInParallelMode())
+		return NULL;
+
+	/* as index.c: every row for a plain build, an MVCC snapshot for CONCURRENTLY */
+	if (!indexInfo->ii_Concurrent)
+		snapshot = SnapshotAny;
+	else
+		snapshot = RegisterSnapshot(GetTransactionSnapshot());
+
+	(void) Carve(&total, sizeof(TvScanShared));
+	off_queues = Carve(&total, TvScanQueueBytes(maintenance_work_mem) * nworkers);
+	if (encode)
+	{
+		off_centroids = Carve(&total, sizeof(float) * (Size) lists * dim);
+		off_cnorms = Carve(&total, sizeof(float) * (Size) lists);
+	}
+
+	EnterParallelMode();
+	pcxt = CreateParallelContext("turbovec", "TvParallelScanMain", nworkers);
+	pscan_bytes = table_parallelscan_estimate(heap, snapshot);
+	shm_toc_estimate_chunk(&pcxt->estimator, total);
+	shm_toc_estimate_chunk(&pcxt->estimator, pscan_bytes);
+	shm_toc_estimate_keys(&pcxt->estimator, 2);
+	InitializeParallelDSM(pcxt);
+	if (pcxt->seg == NULL)
+	{
+		DestroyParallelContext(pcxt);
+		ExitParallelMode();
+		if (indexInfo->ii_Concurrent)
+			UnregisterSnapshot(snapshot);
+		return NULL;
+	}
+
+	sh = shm_toc_allocate(pcxt->toc, total);
+	memset(sh, 0, sizeof(TvScanShared));
+	sh->heaprelid = RelationGetRelid(heap);
+	sh->indexrelid = RelationGetRelid(index);
+	sh->isconcurrent = indexInfo->ii_Concurrent;
+	sh->nqueues = nworkers;
+	sh->off_queues = off_queues;
+	sh->queue_bytes = TvScanQueueBytes(maintenance_work_mem);
+	sh->lists = -1;
+	if (encode)
+	{
+		Assert(lists == 0 || dim > 0);
+		sh->dim = dim;
+		sh->bits = bits;
+		sh->seed = seed;
+		sh->metric = (int) encode->metric;
+		sh->lists = lists;
+		sh->residual = encode->residual && lists > 0;
+		sh->off_centroids = off_centroids;
+		sh->off_cnorms = off_cnorms;
+		if (lists > 0)
+			memcpy((char *) sh + off_centroids, encode->centroids,
+				   sizeof(float) * (Size) lists * dim);
+		if (lists > 0 && encode->cnorms)
+			memcpy((char *) sh + off_cnorms, encode->cnorms, sizeof(float) * (Size) lists);
+	}
+	SpinLockInit(&sh->mutex);
+	for (int i = 0; i < nworkers; i++)
+	{
+		shm_mq	   *mq = shm_mq_create((char *) sh + off_queues + sh->queue_bytes * i,
+									   sh->queue_bytes);
+
+		shm_mq_set_receiver(mq, MyProc);
+	}
+	shm_toc_insert(pcxt->toc, TV_PARALLEL_KEY_SCAN, sh);
+
+	pscan = shm_toc_allocate(pcxt->toc, pscan_bytes);
+	table_parallelscan_initialize(heap, pscan, snapshot);
+	shm_toc_insert(pcxt->toc, TV_PARALLEL_KEY_TABLESCAN, pscan);
+
+	LaunchParallelWorkers(pcxt);
+	if (pcxt->nworkers_launched == 0)
+	{
+		DestroyParallelContext(pcxt);
+		ExitParallelMode();
+		if (indexInfo->ii_Concurrent)
+			UnregisterSnapshot(snapshot);
+		return NULL;
+	}
+
+	ps = palloc0(sizeof(TvParallelScan));
+	ps->pcxt = pcxt;
+	ps->sh = sh;
+	ps->snapshot = snapshot;
+	ps->registered = indexInfo->ii_Concurrent;
+	ps->nqueues = pcxt->nworkers_launched;
+	ps->mqh = palloc0(sizeof(shm_mq_handle *) * ps->nqueues);
+	for (int i = 0; i < ps->nqueues; i++)
+	{
+		shm_mq	   *mq = (shm_mq *) ((char *) sh + off_queues + sh->queue_bytes * i);
+
+		/* a worker that fails to start detaches its queue */
+		ps->mqh[i] = shm_mq_attach(mq, pcxt->seg, pcxt->worker[i].bgwhandle);
+	}
+	ps->live = ps->nqueues;
+	ps->scan = table_beginscan_parallel(heap, pscan);
+	return ps;
+}
+
+/* The leader's share of the scan, for table_index_build_scan */
+TableScanDesc
+TvParallelScanDesc(TvParallelScan *ps)
+{
+	return ps->scan;
+}
+
+/* Workers that take part in the scan */
+int
+TvParallelScanWorkers(TvParallelScan *ps)
+{
+	return ps->pcxt->nworkers_launched;
+}
+
+/* Between the leader's own rows: take what the workers sent, without waiting */
+void
+TvParallelScanDrain(TvParallelScan *ps, TvScanConsumer consume, void *arg)
+{
+	(void) DrainQueues(ps, false, consume, arg);
+}
+
+/*
+ * After the leader's share of the scan: take the rest of the workers'
+ * records, wait for them to finish, and end parallel mode.  Returns the
+ * heap tuples the workers scanned; a broken HOT chain a worker met is
+ * noted in indexInfo, as the leader's own scan does.
+ */
+double
+TvParallelScanEnd(TvParallelScan *ps, IndexInfo *indexInfo, TvScanConsumer consume,
+				  void *arg)
+{
+	double		reltuples;
+
+	(void) DrainQueues(ps, true, consume, arg);
+	WaitForParallelWorkersToFinish(ps->pcxt);
+	if (ps->sh->finished != ps->pcxt->nworkers_launched)
+		elog(ERROR, "turbo build: %d of %d parallel workers finished their scan",
+			 ps->sh->finished, ps->pcxt->nworkers_launched);
+	reltuples = ps->sh->reltuples;
+	if (ps->sh->brokenhotchain)
+		indexInfo->ii_BrokenHotChain = true;
+	DestroyParallelContext(ps->pcxt);
+	ExitParallelMode();
+	if (ps->registered)
+		UnregisterSnapshot(ps->snapshot);
+	pfree(ps->mqh);
+	pfree(ps);
+	return reltuples;
+}
+
+/* A worker's state while it scans */
+typedef struct ScanWorker
+{
+	TvScanShared *sh;
+	shm_mq_handle *mqh;
+	Relation	index;
+	FmgrInfo   *toarray;
+	TvMetric	metric;
+	MemoryContext tmpCtx;
+	int			dim;			/* fixed by the first vector */
+
+	/* the message being filled */
+	char	   *msg;
+	int			msg_n;
+	int			msg_cap;		/* records */
+	Size		rbytes;
+
+	/* encoding pass: vectors waiting to be assigned, and the codec */
+	TvCodec    *codec;
+	float	   *work;
+	float	   *batch;
+	ItemPointerData batch_tids[TV_ENCODE_BATCH];
+	int			batch_n;
+	int			nearest[TV_ENCODE_BATCH];
+} ScanWorker;
+
+static void
+SendMessage(ScanWorker *w)
+{
+	TvScanMsg	hdr;
+	shm_mq_result res;
+
+	if (w->msg_n == 0)
+		return;
+	hdr.dim = w->dim;
+	hdr.code_bytes = w->codec ? w->codec->code_bytes : 0;
+	hdr.n = w->msg_n;
+	memcpy(w->msg, &hdr, sizeof(hdr));
+	res = shm_mq_send(w->mqh, sizeof(TvScanMsg) + w->rbytes * w->msg_n, w->msg, false, true);
+	if (res != SHM_MQ_SUCCESS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("turbo build leader stopped receiving")));
+	w->msg_n = 0;
+}
+
+/* The next record of the message, sent first when full */
+static char *
+NextRecord(ScanWorker *w, ItemPointer tid)
+{
+	char	   *rec;
+
+	if (w->msg == NULL)
+	{
+		w->rbytes = TvScanRecordBytes(w->codec != NULL, w->dim,
+									  w->codec ? w->codec->code_bytes : 0);
+		w->msg_cap = (int) Max((TV_SCAN_MSG_BYTES - sizeof(TvScanMsg)) / w->rbytes, 1);
+		w->msg = palloc(sizeof(TvScanMsg) + w->rbytes * w->msg_cap);
+	}
+	if (w->msg_n == w->msg_cap)
+		SendMessage(w);
+	rec = w->msg + sizeof(TvScanMsg) + w->rbytes * w->msg_n++;
+	memcpy(rec, tid, sizeof(ItemPointerData));
+	return rec + MAXALIGN(sizeof(ItemPointerData));
+}
+
+/* Encoding pass: assign the batch to lists, code it, and queue the codes */
+static void
+EncodeBatch(ScanWorker *w)
+{
+	TvScanShared *sh = w->sh;
+	const float *centroids = (const float *) ((char *) sh + sh->off_centroids);
+
+	if (w->batch_n == 0)
+		return;
+	if (sh->lists > 0)
+		TvNearestLists(centroids, (const float *) ((char *) sh + sh->off_cnorms),
+					   sh->lists, w->dim, w->metric, w->batch, w->batch_n, w->nearest);
+	else
+		memset(w->nearest, 0, sizeof(int) * w->batch_n);
+	for (int i = 0; i < w->batch_n; i++)
+	{
+		char	   *p = NextRecord(w, &w->batch_tids[i]);
+		int32		list = w->nearest[i];
+		TvFactors	factors;
+		const float *centroid = NULL;
+
+		if (sh->residual)
+			centroid = centroids + (Size) list * w->dim;
+		if (!TvEncodeVector(w->codec, w->metric, centroid, w->batch + (Size) i * w->dim,
+							(uint8 *) (p + sizeof(int32) + sizeof(TvFactors)), &factors,
+							w->work))
+			elog(ERROR, "turbo build met a vector it cannot index");
+		memcpy(p, &list, sizeof(int32));
+		memcpy(p + sizeof(int32), &factors, sizeof(TvFactors));
+	}
+	w->batch_n = 0;
+}
+
+/* Encoding pass: the codec, once the dimension is known */
+static void
+StartWorkerCodec(ScanWorker *w)
+{
+	w->codec = TvCreateCodec(w->dim, w->sh->bits, w->sh->seed, CurrentMemoryContext);
+	w->work = palloc(sizeof(float) * TvEncodeWorkFloats(w->codec));
+	w->batch = palloc(sizeof(float) * TV_ENCODE_BATCH * w->dim);
+}
+
+/* A worker's build callback: check the vector, then queue it or its code */
+static void
+ScanWorkerCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
+				   bool tupleIsAlive, void *state)
+{
+	ScanWorker *w = (ScanWorker *) state;
+	MemoryContext oldCtx;
+	float	   *x;
+	int			dim;
+
+	if (isnull[0])
+		return;
+	oldCtx = MemoryContextSwitchTo(w->tmpCtx);
+	x = TvDatumGetFloats(w->toarray, values[0], &dim);
+	MemoryContextSwitchTo(oldCtx);
+	if (w->dim == 0)
+		w->dim = dim;
+	else
+		TvCheckDimensions(index, w->dim, dim);
+	TvCheckNorm(index, x, dim);
+	if (w->sh->lists >= 0 && w->codec == NULL)
+		StartWorkerCodec(w);
+	/* zero vectors have no direction to index under cosine, as in the leader */
+	if (!(w->metric == TV_METRIC_COSINE && TvNorm(x, dim) == 0))
+	{
+		if (w->sh->lists < 0)
+			memcpy(NextRecord(w, tid), x, sizeof(float) * dim);
+		else
+		{
+			memcpy(w->batch + (Size) w->batch_n * dim, x, sizeof(float) * dim);
+			w->batch_tids[w->batch_n++] = *tid;
+			if (w->batch_n == TV_ENCODE_BATCH)
+				EncodeBatch(w);
+		}
+	}
+	MemoryContextReset(w->tmpCtx);
+}
+
+/* Entry point of a parallel scan worker */
+void
+TvParallelScanMain(dsm_segment *seg, shm_toc *toc)
+{
+	TvScanShared *sh = shm_toc_lookup(toc, TV_PARALLEL_KEY_SCAN, false);
+	ParallelTableScanDesc pscan = shm_toc_lookup(toc, TV_PARALLEL_KEY_TABLESCAN, false);
+	LOCKMODE	heapLockmode;
+	LOCKMODE	indexLockmode;
+	Relation	heap;
+	Relation	index;
+	IndexInfo  *indexInfo;
+	ScanWorker	w;
+	shm_mq	   *mq;
+	double		reltuples;
+
+	/* the locks the leader holds (index.c), which the lock group shares */
+	if (!sh->isconcurrent)
+	{
+		heapLockmode = ShareLock;
+		indexLockmode = AccessExclusiveLock;
+	}
+	else
+	{
+		heapLockmode = ShareUpdateExclusiveLock;
+		indexLockmode = RowExclusiveLock;
+	}
+	heap = table_open(sh->heaprelid, heapLockmode);
+	index = index_open(sh->indexrelid, indexLockmode);
+	indexInfo = BuildIndexInfo(index);
+	indexInfo->ii_Concurrent = sh->isconcurrent;
+
+	if (ParallelWorkerNumber < 0 || ParallelWorkerNumber >= sh->nqueues)
+		elog(ERROR, "turbo build parallel worker %d has no queue", ParallelWorkerNumber);
+	mq = (shm_mq *) ((char *) sh + sh->off_queues + sh->queue_bytes * ParallelWorkerNumber);
+	shm_mq_set_sender(mq, MyProc);
+
+	memset(&w, 0, sizeof(w));
+	w.sh = sh;
+	w.mqh = shm_mq_attach(mq, seg, NULL);
+	w.index = index;
+	w.toarray = TvGetToArrayProc(index, CurrentMemoryContext);
+	w.metric = TvGetMetric(index);
+	w.tmpCtx = AllocSetContextCreate(CurrentMemoryContext,
+									 "turbovec parallel scan temporary context",
+									 ALLOCSET_DEFAULT_SIZES);
+	if (sh->lists >= 0 && sh->dim > 0)
+	{
+		w.dim = sh->dim;
+		StartWorkerCodec(&w);
+	}
+
+	reltuples = table_index_build_scan(heap, index, indexInfo, true, false,
+									   ScanWorkerCallback, &w,
+									   table_beginscan_parallel(heap, pscan));
+	if (w.codec)
+		EncodeBatch(&w);
+	SendMessage(&w);
+
+	SpinLockAcquire(&sh->mutex);
+	sh->reltuples += reltuples;
+	if (indexInfo->ii_BrokenHotChain)
+		sh->brokenhotchain = true;
+	sh->finished++;
+	SpinLockRelease(&sh->mutex);
+
+	shm_mq_detach(w.mqh);
+	index_close(index, indexLockmode);
+	table_close(heap, heapLockmode);
+}
+
+/*
+ * Shared memory the queues of a parallel heap scan with nworkers workers
+ * take, with maintenance_work_mem at mem_kb
+ */
+Size
+TvParallelScanBytes(int nworkers, int mem_kb)
+{
+	return TvScanQueueBytes(mem_kb) * Max(nworkers, 0);
 }

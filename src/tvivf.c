@@ -437,10 +437,14 @@ TvQuantizeCentroids(const float *centroids, int lists, int dim, int8 *codes, flo
 	}
 }
 
-static float
-DotInt8Scalar(const int8 *k, const float *q, int dim)
+/*
+ * <k, q16> in integers, the query quantized to int16 (TvApproxListDistances
+ * bounds it so that no sum overflows).
+ */
+static int32
+DotInt8Scalar(const int8 *k, const int16 *q, int dim)
 {
-	float		s = 0;
+	int32		s = 0;
 
 	for (int i = 0; i < dim; i++)
 		s += k[i] * q[i];
@@ -448,27 +452,29 @@ DotInt8Scalar(const int8 *k, const float *q, int dim)
 }
 
 #ifdef TV_IVF_X86
-__attribute__((target("avx2,fma")))
-static float
-DotInt8Avx2(const int8 *k, const float *q, int dim)
+__attribute__((target("avx2")))
+static int32
+DotInt8Avx2(const int8 *k, const int16 *q, int dim)
 {
-	__m256		s0 = _mm256_setzero_ps();
-	__m256		s1 = _mm256_setzero_ps();
+	__m256i		s = _mm256_setzero_si256();
+	__m128i		h;
 	int			i = 0;
-	float		tail = 0;
+	int32		tail = 0;
 
+	/* 16 products a step, summed in pairs into 8 int32 lanes */
 	for (; i + 16 <= dim; i += 16)
 	{
-		__m128i		b = _mm_loadu_si128((const __m128i *) (k + i));
-		__m256		lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-		__m256		hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(b, b)));
+		__m256i		a = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) (k + i)));
+		__m256i		b = _mm256_loadu_si256((const __m256i *) (q + i));
 
-		s0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(q + i), s0);
-		s1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(q + i + 8), s1);
+		s = _mm256_add_epi32(s, _mm256_madd_epi16(a, b));
 	}
 	for (; i < dim; i++)
 		tail += k[i] * q[i];
-	return HorizontalSum(_mm256_add_ps(s0, s1)) + tail;
+	h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+	h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+	h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+	return _mm_cvtsi128_si32(h) + tail;
 }
 #endif
 
@@ -476,26 +482,38 @@ DotInt8Avx2(const int8 *k, const float *q, int dim)
  * Approximate list distances from TvQuantizeCentroids' codes, on the scale
  * of ListDistance (under L2 ||c||^2 - 2<c, q> + ||q||^2, cnorms from
  * TvCentroidNorms), so that exact and approximate values can be compared.
+ * The query is quantized too, to int16 at most and so that dim * 127 * its
+ * largest value stays below 2^31: every partial sum fits an int32.
  */
 void
 TvApproxListDistances(const int8 *codes, const float *scales, const float *cnorms,
 					  int lists, int dim, TvMetric metric, const float *q, float *dist)
 {
-	float		(*dot) (const int8 *, const float *, int) = DotInt8Scalar;
+	int32		(*dot) (const int8 *, const int16 *, int) = DotInt8Scalar;
+	int16	   *q16 = palloc(sizeof(int16) * dim);
+	float		qmax = 0;
+	float		qscale;
 	float		qnorm2 = 0;
+	int32		limit = (int32) Min(32767, (int64) PG_INT32_MAX / ((int64) dim * 127));
 
 #ifdef TV_IVF_X86
 	if (Dot == DotAvx2)
 		dot = DotInt8Avx2;
 #endif
+	for (int i = 0; i < dim; i++)
+		qmax = Max(qmax, fabsf(q[i]));
+	qscale = qmax > 0 ? qmax / limit : 1;
+	for (int i = 0; i < dim; i++)
+		q16[i] = (int16) Max(-limit, Min(limit, lrintf(q[i] / qscale)));
 	if (metric == TV_METRIC_L2)
 		qnorm2 = Dot(q, q, dim);
 	for (int j = 0; j < lists; j++)
 	{
-		float		ip = scales[j] * dot(codes + (Size) j * dim, q, dim);
+		float		ip = scales[j] * qscale * (float) dot(codes + (Size) j * dim, q16, dim);
 
 		dist[j] = (metric == TV_METRIC_L2) ? cnorms[j] - 2 * ip + qnorm2 : -ip;
 	}
+	pfree(q16);
 }
 
 /* The exact ListDistance of one list */

@@ -607,16 +607,23 @@ SampleOne(TvBuildState *bs, ItemPointer tid, const float *x, int dim)
 	}
 }
 
+/* The first worker record fixes the dimension; later ones must match it */
+static void
+RecordDimension(TvBuildState *bs, const TvScanRecord *rec)
+{
+	if (bs->dim == 0)
+		bs->dim = rec->dim;
+	else
+		TvCheckDimensions(bs->index, bs->dim, rec->dim);
+}
+
 /* A vector a parallel worker read in the first pass (BuildVector checked it) */
 static void
 SampleRecord(const TvScanRecord *rec, void *arg)
 {
 	TvBuildState *bs = (TvBuildState *) arg;
 
-	if (bs->dim == 0)
-		bs->dim = rec->dim;
-	else
-		TvCheckDimensions(bs->index, bs->dim, rec->dim);
+	RecordDimension(bs, rec);
 	SampleOne(bs, (ItemPointer) &rec->tid, rec->vector, rec->dim);
 }
 
@@ -1013,10 +1020,7 @@ CodedRecord(const TvScanRecord *rec, void *arg)
 {
 	TvBuildState *bs = (TvBuildState *) arg;
 
-	if (bs->dim == 0)
-		bs->dim = rec->dim;
-	else
-		TvCheckDimensions(bs->index, bs->dim, rec->dim);
+	RecordDimension(bs, rec);
 	if (bs->codec == NULL)
 		StartCodec(bs, rec->dim);
 	if (rec->code_bytes != bs->codec->code_bytes)

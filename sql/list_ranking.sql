@@ -44,7 +44,7 @@ SELECT c, op, lr_top(op, q, true) = lr_top(op, q, false) AS same_as_seqscan,
  ORDER BY c, op;
 -- the plan is an index scan
 SET enable_seqscan = off;
-EXPLAIN (COSTS OFF) SELECT id FROM lr ORDER BY v <-> (SELECT q FROM lrq WHERE c = 5) LIMIT 10;
+EXPLAIN (COSTS OFF) SELECT id FROM lr ORDER BY v <-> '{0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0}' LIMIT 10;
 RESET enable_seqscan;
 RESET turbovec.probes;
 DROP TABLE lr, lrq;

@@ -16,7 +16,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use FindBin;
 use lib $FindBin::RealBin;
-use TurboVecTest qw(start_node skip_without_pgvector);
+use TurboVecTest qw(start_node skip_without_pgvector random_pgvector create_pgvector_docs);
 
 srand(20241125);
 
@@ -26,21 +26,8 @@ skip_without_pgvector($node);
 
 my $dim = 12;
 
-sub random_vector
-{
-	return '[' . join(',', map { sprintf('%.5f', rand(2) - 1) } 1 .. $dim) . ']';
-}
-
-$node->safe_psql('postgres', qq{
-	CREATE EXTENSION vector;
-	CREATE EXTENSION turbovec;
-	CREATE EXTENSION turbovec_pgvector;
-	CREATE TABLE docs (id serial PRIMARY KEY, embedding vector($dim));
-});
-$node->safe_psql('postgres',
-	'INSERT INTO docs (embedding) VALUES '
-	  . join(',', map { "('" . random_vector() . "')" } 1 .. 2000)
-	  . ', (NULL)');
+create_pgvector_docs($node, $dim, 2000);
+$node->safe_psql('postgres', 'INSERT INTO docs (embedding) VALUES (NULL)');
 
 # the migration from HNSW: the same column, a turbo opclass of the same name
 $node->safe_psql('postgres', qq{
@@ -72,11 +59,11 @@ sub check_all
 		my $op = $operator{$idx};
 		my $plan = $node->safe_psql('postgres',
 			"SET enable_seqscan = off; EXPLAIN (COSTS OFF) SELECT id FROM docs "
-			  . "ORDER BY embedding $op '" . random_vector() . "' LIMIT 10");
+			  . "ORDER BY embedding $op '" . random_pgvector($dim) . "' LIMIT 10");
 		like($plan, qr/Index Scan using $idx/, "$when: $idx is used for $op");
 		for (1 .. 5)
 		{
-			my $q = random_vector();
+			my $q = random_pgvector($dim);
 			is(top10($op, $q, 1), top10($op, $q, 0),
 				"$when: $idx answers like a sequential scan");
 		}
@@ -89,7 +76,7 @@ check_all('after build');
 
 $node->safe_psql('postgres',
 	'INSERT INTO docs (embedding) VALUES '
-	  . join(',', map { "('" . random_vector() . "')" } 1 .. 300));
+	  . join(',', map { "('" . random_pgvector($dim) . "')" } 1 .. 300));
 $node->safe_psql('postgres', 'DELETE FROM docs WHERE id % 5 = 0; VACUUM (INDEX_CLEANUP ON) docs;');
 check_all('after inserts, deletes and VACUUM');
 

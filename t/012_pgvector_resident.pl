@@ -26,20 +26,7 @@ skip_without_pgvector($node);
 
 my $dim = 24;
 
-sub pgv
-{
-	return '[' . join(',', map { sprintf('%.5f', rand(2) - 1) } 1 .. $dim) . ']';
-}
-
-$node->safe_psql('postgres', qq{
-	CREATE EXTENSION vector;
-	CREATE EXTENSION turbovec;
-	CREATE EXTENSION turbovec_pgvector;
-	CREATE TABLE docs (id serial PRIMARY KEY, embedding vector($dim));
-});
-$node->safe_psql('postgres',
-	'INSERT INTO docs (embedding) VALUES '
-	  . join(',', map { "('" . pgv() . "')" } 1 .. 4000));
+create_pgvector_docs($node, $dim, 4000);
 $node->safe_psql('postgres', qq{
 	CREATE INDEX docs_l2 ON docs USING turbo (embedding vector_l2_ops);
 	CREATE INDEX docs_ip ON docs USING turbo (embedding vector_ip_ops) WITH (lists = 8);
@@ -66,7 +53,7 @@ sub check_all
 		wait_ready_ok($node, $idx, "$label: $idx copy is ready");
 		for my $i (1 .. 3)
 		{
-			my $q   = pgv();
+			my $q   = random_pgvector($dim);
 			my $sql = "SELECT string_agg(id::text, ',') FROM (SELECT id FROM docs "
 			  . "ORDER BY embedding $operator{$idx} '$q' LIMIT 10) s";
 			# each opclass orders by its own operator: no other index competes
@@ -87,7 +74,7 @@ check_all('after the build');
 # writes are mirrored into the copies, refinement codes included
 $node->safe_psql('postgres',
 	'INSERT INTO docs (embedding) VALUES '
-	  . join(',', map { "('" . pgv() . "')" } 1 .. 500));
+	  . join(',', map { "('" . random_pgvector($dim) . "')" } 1 .. 500));
 $node->safe_psql('postgres', 'DELETE FROM docs WHERE id % 9 = 4; VACUUM docs');
 check_all('after inserts, deletes and VACUUM');
 

@@ -33,7 +33,7 @@ our @EXPORT = qw(
   verify_output index_info indexes_row wait_ready_ok same_as_seq_scan
   buffers_touched database_oid index_oid snapshot_rel read_header
   set_build_delay insert_script log_has crc32c read_bytes write_bytes
-  skip_without_pgvector);
+  skip_without_pgvector random_pgvector create_pgvector_docs);
 
 # Scan settings: an index scan only; a sequential scan only; a re-rank
 # window covering any table the tests build.
@@ -52,6 +52,30 @@ sub skip_without_pgvector
 	$node->stop;
 	plan skip_all => 'pgvector (extension "vector") is not installed: '
 	  . 'turbovec_pgvector tests skipped';
+}
+
+# A random $dim-dimensional vector as a pgvector literal, from perl's seeded
+# generator.
+sub random_pgvector
+{
+	my ($dim) = @_;
+	return '[' . join(',', map { sprintf('%.5f', rand(2) - 1) } 1 .. $dim) . ']';
+}
+
+# On $node: the extensions vector, turbovec and turbovec_pgvector, and a
+# table docs (id serial, embedding vector($dim)) of $n random rows.
+sub create_pgvector_docs
+{
+	my ($node, $dim, $n) = @_;
+	$node->safe_psql('postgres', qq{
+	CREATE EXTENSION vector;
+	CREATE EXTENSION turbovec;
+	CREATE EXTENSION turbovec_pgvector;
+	CREATE TABLE docs (id serial PRIMARY KEY, embedding vector($dim));
+});
+	$node->safe_psql('postgres',
+		'INSERT INTO docs (embedding) VALUES '
+		  . join(',', map { "('" . random_pgvector($dim) . "')" } 1 .. $n));
 }
 
 # A started node: init(%{ $opts{init} }), then $opts{conf} (if any) appended

@@ -301,6 +301,12 @@ extern float *TvCentroidNorms(const float *centroids, int lists, int dim);
 extern void TvNearestLists(const float *centroids, const float *cnorms, int lists,
 						   int dim, TvMetric metric, const float *xs, int n,
 						   int *out);
+typedef struct TvListAssigner TvListAssigner;
+extern TvListAssigner *TvListAssignerCreate(const float *centroids, const float *cnorms,
+											int lists, int dim, TvMetric metric);
+extern void TvAssignLists(TvListAssigner *la, const float *xs, int n, int *out);
+extern void TvListAssignerFree(TvListAssigner *la);
+extern double TvListAssignerBytes(int lists, int dim, TvMetric metric);
 /* tvparallel.c */
 typedef struct TvEncodeInput
 {

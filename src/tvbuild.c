@@ -161,6 +161,7 @@ typedef struct TvBuildState
 	int			batch_n;
 	int			batch_cap;
 	float	   *cnorms;			/* ||c||^2 per list, for L2 assignment */
+	TvListAssigner *assigner;	/* assigns vectors to the lists */
 
 	/* a parallel heap scan in progress (tvparallel.c), or NULL */
 	TvParallelScan *pscan;
@@ -340,12 +341,16 @@ BuildVector(TvBuildState *bs, Relation index, Datum value, int *dim)
 
 /*
  * Bytes an IVF build holds beside its spool or codes: a training sample of
- * `samples` vectors and one block being filled per list
+ * `samples` vectors, one block being filled per list, and the assigner's
+ * copy of the centroids when there are thousands of lists
  */
 static double
 FixedBuildBytes(TvBuildState *bs, double samples)
 {
-	return samples * bs->dim * sizeof(float) + (double) PlannedLists(bs) * bs->block_bytes;
+	int			lists = PlannedLists(bs);
+
+	return samples * bs->dim * sizeof(float) + (double) lists * bs->block_bytes +
+		TvListAssignerBytes(lists, bs->dim, bs->metric);
 }
 
 /*
@@ -940,8 +945,7 @@ AddVectors(TvBuildState *bs, const float *xs, const ItemPointerData *tids, int n
 	if (bs->fill == NULL)
 		StartFill(bs);
 	if (bs->lists > 0)
-		TvNearestLists(bs->centroids, bs->cnorms, bs->lists, bs->dim, bs->metric,
-					   xs, n, nearest);
+		TvAssignLists(bs->assigner, xs, n, nearest);
 	else
 		memset(nearest, 0, sizeof(int) * n);
 
@@ -1330,6 +1334,8 @@ TrainLists(TvBuildState *bs, Relation heap, Relation index, IndexInfo *indexInfo
 	in.nworkers = max_parallel_maintenance_workers;
 	bs->centroids = TvKmeans(&in, bs->lists, TV_KMEANS_ITERATIONS);
 	bs->cnorms = TvCentroidNorms(bs->centroids, bs->lists, bs->dim);
+	bs->assigner = TvListAssignerCreate(bs->centroids, bs->cnorms, bs->lists, bs->dim,
+										bs->metric);
 	pfree(bs->samples);
 	bs->samples = NULL;
 

@@ -13,9 +13,12 @@
  * borderline vector.  Nothing depends on that: a standby replays the
  * primary's pages, and every code is coded for the list it is in.
  *
- * Builds, k-means and inserts assign vectors with TvNearestLists, which
- * works in dot products over 4 x 3 tiles (an insert is a batch of one), so
- * an insert picks the list a build would have picked.
+ * Builds and k-means assign vectors with a TvListAssigner: the exact
+ * search of TvNearestLists, in dot products over 4 x 3 tiles, or with
+ * thousands of lists a search of the nearest groups of lists (see
+ * "Grouped assignment").  Inserts use the exact search (a batch of one), so
+ * with that many lists an insert may pick a nearer list than a build would
+ * have; nothing depends on which.
  *
  * Metrics: L2 assigns by squared distance; inner product by the largest
  * inner product; cosine trains on unit vectors (spherical k-means) and
@@ -413,6 +416,385 @@ TvNearestLists(const float *centroids, const float *cnorms, int lists, int dim,
 }
 
 /*
+ * Grouped assignment.  With thousands of lists the nearest-list search
+ * is most of a build: 1M rows x 4,000 lists x 768 dimensions is 3.1 T
+ * multiply-adds, and each k-means round over 128k samples another 0.4 T.
+ * From TV_GROUP_MIN_LISTS lists on, the centroids are themselves clustered
+ * into about sqrt(lists) groups; a vector is compared with the group
+ * centres, then with the members of its TV_GROUP_PROBES nearest groups
+ * only (a quarter of the lists at 4,000), and goes to the nearest of
+ * those.  A vector whose nearest centroid lies in another group goes to a
+ * near list instead (0.6% of them at 1M x 768 with 4,000 lists; 8 groups
+ * instead of 16 missed more and cost 0.005-0.008 of recall@10): it is coded
+ * for the list it is in and scans rank lists on their own, so the cost is
+ * only a little recall through looser lists (measured in
+ * docs/PERFORMANCE.md).  Inner product keeps the exact
+ * search: a group centre says little about which of its members has the
+ * largest product with a vector.
+ *
+ * Every product goes through DotTile, whose value for a pair does not
+ * depend on the other rows or centroids of its tile, so a vector's list
+ * does not depend on the batch it came in: serial and parallel builds lay
+ * out the same pages.
+ */
+static void Normalize(float *x, int dim);
+
+#define TV_GROUP_MIN_LISTS	1024
+#define TV_GROUP_PROBES		16
+#define TV_GROUP_ROUNDS		6
+#define TV_GROUP_CHUNK		256
+
+struct TvListAssigner
+{
+	const float *centroids;		/* the caller's; exact search */
+	const float *cnorms;
+	int			lists;
+	int			dim;
+	TvMetric	metric;
+	int			ngroups;		/* 0: exact search */
+	int			gpad;			/* ngroups rounded up to a multiple of 3 */
+	float	   *gcent;			/* gpad group centres */
+	float	   *gnorm;			/* their ||g||^2 */
+	int		   *gstart;			/* ngroups + 1 offsets into members */
+	int		   *gcount;			/* real members of each group (no padding) */
+	int		   *members;		/* list numbers, group by group, each padded to 3s */
+	float	   *mcent;			/* their centroids, in that order */
+	float	   *mnorm;
+	/* scratch for one chunk of rows */
+	float	   *rows;			/* the chunk, padded to a multiple of 4 rows */
+	float	   *grows;			/* the chunk's rows that probe one group */
+	float	   *dots;			/* products of a tile sweep */
+	int		   *picks;			/* TV_GROUP_PROBES groups per row, -1 if fewer */
+	int		   *byg;			/* rows sorted by probed group */
+	int		   *fill;			/* ngroups + 1 */
+	float		bestd[TV_GROUP_CHUNK];
+};
+
+/*
+ * out[r * nc + k] = <x_r, c_k> for nr rows (a multiple of 4) and nc
+ * centroids (a multiple of 3), all through DotTile
+ */
+static void
+TileDots(const float *x, int nr, const float *c, int nc, int dim, float *out)
+{
+	float		t[12];
+
+	Assert(nr % 4 == 0 && nc % 3 == 0);
+	for (int a = 0; a < nr; a += 4)
+		for (int b = 0; b < nc; b += 3)
+		{
+			DotTile(x + (Size) a * dim, c + (Size) b * dim, dim, t);
+			for (int i = 0; i < 4; i++)
+				for (int k = 0; k < 3; k++)
+					out[(Size) (a + i) * nc + b + k] = t[i * 3 + k];
+		}
+}
+
+/*
+ * Copy n rows into dst (unless they are there) and repeat the last up to a
+ * multiple of 4; returns that
+ */
+static int
+PadRows(float *dst, const float *src, int n, int dim)
+{
+	int			padded = (n + 3) & ~3;
+
+	if (dst != src)
+		memcpy(dst, src, sizeof(float) * dim * n);
+	for (int i = n; i < padded; i++)
+		memcpy(dst + (Size) i * dim, src + (Size) (n - 1) * dim, sizeof(float) * dim);
+	return padded;
+}
+
+/*
+ * An assigner for these centroids (kept by reference, as are cnorms, until
+ * TvListAssignerFree), in CurrentMemoryContext.  Grouping costs about
+ * TV_GROUP_ROUNDS * sqrt(lists) * lists * dim multiply-adds (0.1 s at
+ * 4,000 x 768), and is the same in every process for the same centroids.
+ */
+TvListAssigner *
+TvListAssignerCreate(const float *centroids, const float *cnorms, int lists, int dim,
+					 TvMetric metric)
+{
+	TvListAssigner *la = palloc0(sizeof(TvListAssigner));
+	int			ng;
+	int		   *groupof;
+	double	   *sums;
+	int			maxpad = 0;
+	int			at;
+
+	la->centroids = centroids;
+	la->cnorms = cnorms;
+	la->lists = lists;
+	la->dim = dim;
+	la->metric = metric;
+	if (lists < TV_GROUP_MIN_LISTS || metric == TV_METRIC_IP)
+		return la;
+
+	ng = (int) ceil(sqrt((double) lists));
+	la->ngroups = ng;
+	la->gpad = (ng + 2) / 3 * 3;
+	la->gcent = palloc_extended(sizeof(float) * dim * la->gpad, MCXT_ALLOC_HUGE);
+	groupof = palloc(sizeof(int) * lists);
+	sums = palloc_extended(sizeof(double) * dim * ng, MCXT_ALLOC_HUGE);
+
+	/* k-means over the centroids, seeded with evenly spaced ones */
+	for (int g = 0; g < ng; g++)
+		memcpy(la->gcent + (Size) g * dim,
+			   centroids + (Size) ((int64) g * lists / ng) * dim, sizeof(float) * dim);
+	for (int round = 0;; round++)
+	{
+		float	   *gn = TvCentroidNorms(la->gcent, ng, dim);
+		int		   *n = palloc0(sizeof(int) * ng);
+
+		TvNearestLists(la->gcent, gn, ng, dim, metric, centroids, lists, groupof);
+		pfree(gn);
+		if (round == TV_GROUP_ROUNDS)
+		{
+			pfree(n);
+			break;
+		}
+		memset(sums, 0, sizeof(double) * dim * ng);
+		for (int j = 0; j < lists; j++)
+		{
+			double	   *s = sums + (Size) groupof[j] * dim;
+			const float *c = centroids + (Size) j * dim;
+
+			for (int d = 0; d < dim; d++)
+				s[d] += c[d];
+			n[groupof[j]]++;
+		}
+		for (int g = 0; g < ng; g++)
+		{
+			float	   *gc = la->gcent + (Size) g * dim;
+
+			/* an empty group keeps its centre */
+			if (n[g] == 0)
+				continue;
+			for (int d = 0; d < dim; d++)
+				gc[d] = (float) (sums[(Size) g * dim + d] / n[g]);
+			if (metric == TV_METRIC_COSINE)
+				Normalize(gc, dim);
+		}
+		pfree(n);
+		CHECK_FOR_INTERRUPTS();
+	}
+	pfree(sums);
+	for (int g = ng; g < la->gpad; g++)
+		memcpy(la->gcent + (Size) g * dim, la->gcent + (Size) (ng - 1) * dim,
+			   sizeof(float) * dim);
+	la->gnorm = TvCentroidNorms(la->gcent, la->gpad, dim);
+
+	/* members group by group, each group padded to a multiple of 3 */
+	la->gcount = palloc0(sizeof(int) * ng);
+	la->gstart = palloc(sizeof(int) * (ng + 1));
+	for (int j = 0; j < lists; j++)
+		la->gcount[groupof[j]]++;
+	at = 0;
+	for (int g = 0; g < ng; g++)
+	{
+		int			padded = (la->gcount[g] + 2) / 3 * 3;
+
+		la->gstart[g] = at;
+		at += padded;
+		maxpad = Max(maxpad, padded);
+	}
+	la->gstart[ng] = at;
+	la->members = palloc(sizeof(int) * at);
+	la->mcent = palloc_extended(sizeof(float) * dim * at, MCXT_ALLOC_HUGE);
+	la->mnorm = palloc(sizeof(float) * at);
+	{
+		int		   *next = palloc(sizeof(int) * ng);
+
+		for (int g = 0; g < ng; g++)
+			next[g] = la->gstart[g];
+		for (int j = 0; j < lists; j++)
+			la->members[next[groupof[j]]++] = j;
+		for (int g = 0; g < ng; g++)
+			for (int k = la->gstart[g] + la->gcount[g]; k < la->gstart[g + 1]; k++)
+				la->members[k] = la->members[la->gstart[g] + la->gcount[g] - 1];
+		pfree(next);
+	}
+	for (int k = 0; k < at; k++)
+	{
+		memcpy(la->mcent + (Size) k * dim, centroids + (Size) la->members[k] * dim,
+			   sizeof(float) * dim);
+		la->mnorm[k] = cnorms ? cnorms[la->members[k]] : 0;
+	}
+	pfree(groupof);
+
+	la->rows = palloc_extended(sizeof(float) * dim * (TV_GROUP_CHUNK + 3), MCXT_ALLOC_HUGE);
+	la->grows = palloc_extended(sizeof(float) * dim * (TV_GROUP_CHUNK + 3), MCXT_ALLOC_HUGE);
+	la->dots = palloc_extended(sizeof(float) * (TV_GROUP_CHUNK + 3) * Max(maxpad, la->gpad),
+							   MCXT_ALLOC_HUGE);
+	la->picks = palloc(sizeof(int) * TV_GROUP_CHUNK * TV_GROUP_PROBES);
+	la->byg = palloc(sizeof(int) * TV_GROUP_CHUNK * TV_GROUP_PROBES);
+	la->fill = palloc(sizeof(int) * (ng + 1));
+	return la;
+}
+
+/*
+ * About the memory of an assigner: the copy of the centroids in group
+ * order with their padding, the group centres and two chunks of rows (the
+ * products of a sweep are small next to those); nothing for exact search
+ */
+double
+TvListAssignerBytes(int lists, int dim, TvMetric metric)
+{
+	double		ng;
+
+	if (lists < TV_GROUP_MIN_LISTS || metric == TV_METRIC_IP)
+		return 0;
+	ng = ceil(sqrt((double) lists));
+	return sizeof(float) * (double) dim * (lists + 3 * ng + 2 * (TV_GROUP_CHUNK + 3));
+}
+
+void
+TvListAssignerFree(TvListAssigner *la)
+{
+	if (la->ngroups > 0)
+	{
+		pfree(la->gcent);
+		pfree(la->gnorm);
+		pfree(la->gstart);
+		pfree(la->gcount);
+		pfree(la->members);
+		pfree(la->mcent);
+		pfree(la->mnorm);
+		pfree(la->rows);
+		pfree(la->grows);
+		pfree(la->dots);
+		pfree(la->picks);
+		pfree(la->byg);
+		pfree(la->fill);
+	}
+	pfree(la);
+}
+
+/* Smaller is closer: the ranking of TvNearestLists */
+#define RankOf(metric, norm, dot) \
+	((metric) == TV_METRIC_L2 ? (norm) - 2 * (dot) : -(dot))
+
+/* Assign m <= TV_GROUP_CHUNK rows through the groups */
+static void
+AssignChunk(TvListAssigner *la, const float *xs, int m, int *out)
+{
+	int			dim = la->dim;
+	int			ng = la->ngroups;
+	int			mpad = PadRows(la->rows, xs, m, dim);
+
+	/* the TV_GROUP_PROBES nearest non-empty groups of each row */
+	TileDots(la->rows, mpad, la->gcent, la->gpad, dim, la->dots);
+	for (int r = 0; r < m; r++)
+	{
+		float		pd[TV_GROUP_PROBES];
+		int		   *pg = la->picks + r * TV_GROUP_PROBES;
+		int			np = 0;
+
+		for (int g = 0; g < ng; g++)
+		{
+			float		d;
+			int			at;
+
+			if (la->gcount[g] == 0)
+				continue;
+			d = RankOf(la->metric, la->gnorm[g], la->dots[(Size) r * la->gpad + g]);
+			/* ascending by distance, then group: d < pd keeps ties in order */
+			if (np == TV_GROUP_PROBES && !(d < pd[np - 1]))
+				continue;
+			at = (np < TV_GROUP_PROBES) ? np++ : np - 1;
+			while (at > 0 && d < pd[at - 1])
+			{
+				pd[at] = pd[at - 1];
+				pg[at] = pg[at - 1];
+				at--;
+			}
+			pd[at] = d;
+			pg[at] = g;
+		}
+		for (int k = np; k < TV_GROUP_PROBES; k++)
+			pg[k] = -1;
+		la->bestd[r] = get_float4_infinity();
+		out[r] = 0;
+	}
+
+	/* rows by group: a counting sort */
+	memset(la->fill, 0, sizeof(int) * (ng + 1));
+	for (int i = 0; i < m * TV_GROUP_PROBES; i++)
+		if (la->picks[i] >= 0)
+			la->fill[la->picks[i] + 1]++;
+	for (int g = 0; g < ng; g++)
+		la->fill[g + 1] += la->fill[g];
+	for (int r = 0; r < m; r++)
+		for (int k = 0; k < TV_GROUP_PROBES; k++)
+		{
+			int			g = la->picks[r * TV_GROUP_PROBES + k];
+
+			if (g >= 0)
+				la->byg[la->fill[g]++] = r;
+		}
+	/* fill[g] now ends group g, which starts where g - 1 ends */
+
+	for (int g = 0; g < ng; g++)
+	{
+		int			from = (g == 0) ? 0 : la->fill[g - 1];
+		int			cnt = la->fill[g] - from;
+		int			cpad;
+		int			nmem = la->gstart[g + 1] - la->gstart[g];
+
+		if (cnt == 0)
+			continue;
+		for (int i = 0; i < cnt; i++)
+			memcpy(la->grows + (Size) i * dim, la->rows + (Size) la->byg[from + i] * dim,
+				   sizeof(float) * dim);
+		cpad = PadRows(la->grows, la->grows, cnt, dim);
+		TileDots(la->grows, cpad, la->mcent + (Size) la->gstart[g] * dim, nmem, dim, la->dots);
+		for (int i = 0; i < cnt; i++)
+		{
+			int			r = la->byg[from + i];
+
+			for (int k = 0; k < la->gcount[g]; k++)
+			{
+				int			mk = la->gstart[g] + k;
+				int			list = la->members[mk];
+				float		d = RankOf(la->metric, la->mnorm[mk], la->dots[(Size) i * nmem + k]);
+
+				/* ties go to the lower list, whichever group came first */
+				if (d < la->bestd[r] || (d == la->bestd[r] && list < out[r]))
+				{
+					la->bestd[r] = d;
+					out[r] = list;
+				}
+			}
+		}
+	}
+
+	/* a row no group improved on (infinite distances): the exact search */
+	for (int r = 0; r < m; r++)
+		if (!(la->bestd[r] < get_float4_infinity()))
+			TvNearestLists(la->centroids, la->cnorms, la->lists, dim, la->metric,
+						   xs + (Size) r * dim, 1, out + r);
+}
+
+/*
+ * The nearest list of each of n vectors (xs, n * dim floats) into out[n]:
+ * TvNearestLists below TV_GROUP_MIN_LISTS lists and under inner product,
+ * the grouped search otherwise.
+ */
+void
+TvAssignLists(TvListAssigner *la, const float *xs, int n, int *out)
+{
+	if (la->ngroups == 0)
+	{
+		TvNearestLists(la->centroids, la->cnorms, la->lists, la->dim, la->metric,
+					   xs, n, out);
+		return;
+	}
+	for (int r0 = 0; r0 < n; r0 += TV_GROUP_CHUNK)
+		AssignChunk(la, xs + (Size) r0 * la->dim, Min(TV_GROUP_CHUNK, n - r0), out + r0);
+}
+
+/*
  * Centroids as 8-bit integers for ranking lists: c ~ scale[j] * k[j][i],
  * scale[j] = max |c_ji| / 127.  A query at 1M x 768 with 2,000 lists read
  * 6 MB of float centroids to rank them (a sixth of its time, bound by
@@ -637,13 +1019,16 @@ AssignSamples(const TvKmeansInput *in, TvKmeansParallel *kp, const float *centro
 		TvKmeansParallelAssign(kp, centroids, cnorms, next);
 	else
 	{
+		TvListAssigner *la = TvListAssignerCreate(centroids, cnorms, lists, in->dim,
+												  in->metric);
+
 		for (int i0 = 0; i0 < n; i0 += TV_ASSIGN_BATCH)
 		{
-			TvNearestLists(centroids, cnorms, lists, in->dim, in->metric,
-						   in->samples + (Size) i0 * in->dim,
-						   Min(TV_ASSIGN_BATCH, n - i0), next + i0);
+			TvAssignLists(la, in->samples + (Size) i0 * in->dim,
+						  Min(TV_ASSIGN_BATCH, n - i0), next + i0);
 			CHECK_FOR_INTERRUPTS();
 		}
+		TvListAssignerFree(la);
 	}
 	for (int i = 0; i < n; i++)
 	{

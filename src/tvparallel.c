@@ -112,6 +112,8 @@ RunEncodeJob(const EncodeJob *job, pg_atomic_uint64 *next)
 	int			dim = in->codec->dim;
 	int			code_bytes = in->codec->code_bytes;
 	float	   *work = palloc(sizeof(float) * TvEncodeWorkFloats(in->codec));
+	TvListAssigner *assigner = TvListAssignerCreate(in->centroids, in->cnorms,
+													in->lists, dim, in->metric);
 
 	for (;;)
 	{
@@ -130,8 +132,7 @@ RunEncodeJob(const EncodeJob *job, pg_atomic_uint64 *next)
 		m = (int) Min((uint64) TV_ENCODE_BATCH, in->n - k0);
 		xs = in->chunks[k0 / in->chunk_vectors] +
 			(Size) (k0 % in->chunk_vectors) * dim;
-		TvNearestLists(in->centroids, in->cnorms, in->lists, dim, in->metric,
-					   xs, m, job->listof + k0);
+		TvAssignLists(assigner, xs, m, job->listof + k0);
 		for (int i = 0; i < m; i++)
 		{
 			const float *centroid = NULL;
@@ -146,6 +147,7 @@ RunEncodeJob(const EncodeJob *job, pg_atomic_uint64 *next)
 		}
 		CHECK_FOR_INTERRUPTS();
 	}
+	TvListAssignerFree(assigner);
 	pfree(work);
 }
 
@@ -389,6 +391,9 @@ RunKmeansJob(TvKmeansShared *sh)
 	char	   *base = (char *) sh;
 	const float *samples = (const float *) (base + sh->off_samples);
 	int		   *assign = (int *) (base + sh->off_assign);
+	TvListAssigner *assigner = TvListAssignerCreate((const float *) (base + sh->off_centroids),
+													(const float *) (base + sh->off_cnorms),
+													sh->lists, sh->dim, (TvMetric) sh->metric);
 
 	for (;;)
 	{
@@ -398,12 +403,10 @@ RunKmeansJob(TvKmeansShared *sh)
 		if (k0 >= (uint64) sh->nsamples)
 			break;
 		m = (int) Min((uint64) TV_ASSIGN_BATCH, (uint64) sh->nsamples - k0);
-		TvNearestLists((const float *) (base + sh->off_centroids),
-					   (const float *) (base + sh->off_cnorms), sh->lists, sh->dim,
-					   (TvMetric) sh->metric, samples + (Size) k0 * sh->dim, m,
-					   assign + k0);
+		TvAssignLists(assigner, samples + (Size) k0 * sh->dim, m, assign + k0);
 		CHECK_FOR_INTERRUPTS();
 	}
+	TvListAssignerFree(assigner);
 }
 
 /* Entry point of a parallel k-means worker */
@@ -868,6 +871,7 @@ typedef struct ScanWorker
 	TvCodec    *codec;
 	float	   *work;
 	float	   *batch;
+	TvListAssigner *assigner;	/* IVF: assigns the batch to lists */
 	ItemPointerData batch_tids[TV_ENCODE_BATCH];
 	int			batch_n;
 	int			nearest[TV_ENCODE_BATCH];
@@ -923,8 +927,7 @@ EncodeBatch(ScanWorker *w)
 	if (w->batch_n == 0)
 		return;
 	if (sh->lists > 0)
-		TvNearestLists(centroids, (const float *) ((char *) sh + sh->off_cnorms),
-					   sh->lists, w->dim, w->metric, w->batch, w->batch_n, w->nearest);
+		TvAssignLists(w->assigner, w->batch, w->batch_n, w->nearest);
 	else
 		memset(w->nearest, 0, sizeof(int) * w->batch_n);
 	for (int i = 0; i < w->batch_n; i++)
@@ -953,6 +956,10 @@ StartWorkerCodec(ScanWorker *w)
 	w->codec = TvCreateCodec(w->dim, w->sh->bits, w->sh->seed, CurrentMemoryContext);
 	w->work = palloc(sizeof(float) * TvEncodeWorkFloats(w->codec));
 	w->batch = palloc(sizeof(float) * TV_ENCODE_BATCH * w->dim);
+	if (w->sh->lists > 0)
+		w->assigner = TvListAssignerCreate((const float *) ((char *) w->sh + w->sh->off_centroids),
+										   (const float *) ((char *) w->sh + w->sh->off_cnorms),
+										   w->sh->lists, w->dim, w->metric);
 }
 
 /* A worker's build callback: check the vector, then queue it or its code */

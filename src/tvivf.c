@@ -446,6 +446,7 @@ static void Normalize(float *x, int dim);
 
 struct TvListAssigner
 {
+	MemoryContext cxt;			/* holds this and everything below */
 	const float *centroids;		/* the caller's; exact search */
 	const float *cnorms;
 	int			lists;
@@ -508,7 +509,8 @@ PadRows(float *dst, const float *src, int n, int dim)
 
 /*
  * An assigner for these centroids (kept by reference, as are cnorms, until
- * TvListAssignerFree), in CurrentMemoryContext.  Grouping costs about
+ * TvListAssignerFree), in a context of its own under CurrentMemoryContext.
+ * Grouping costs about
  * TV_GROUP_ROUNDS * sqrt(lists) * lists * dim multiply-adds (0.1 s at
  * 4,000 x 768), and is the same in every process for the same centroids.
  */
@@ -516,6 +518,10 @@ TvListAssigner *
 TvListAssignerCreate(const float *centroids, const float *cnorms, int lists, int dim,
 					 TvMetric metric)
 {
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
+											  "turbo list assigner",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext oldCxt = MemoryContextSwitchTo(cxt);
 	TvListAssigner *la = palloc0(sizeof(TvListAssigner));
 	int			ng;
 	int		   *groupof;
@@ -523,13 +529,17 @@ TvListAssignerCreate(const float *centroids, const float *cnorms, int lists, int
 	int			maxpad = 0;
 	int			at;
 
+	la->cxt = cxt;
 	la->centroids = centroids;
 	la->cnorms = cnorms;
 	la->lists = lists;
 	la->dim = dim;
 	la->metric = metric;
 	if (lists < TV_GROUP_MIN_LISTS || metric == TV_METRIC_IP)
+	{
+		MemoryContextSwitchTo(oldCxt);
 		return la;
+	}
 
 	ng = (int) ceil(sqrt((double) lists));
 	la->ngroups = ng;
@@ -630,6 +640,7 @@ TvListAssignerCreate(const float *centroids, const float *cnorms, int lists, int
 	la->picks = palloc(sizeof(int) * TV_GROUP_CHUNK * TV_GROUP_PROBES);
 	la->byg = palloc(sizeof(int) * TV_GROUP_CHUNK * TV_GROUP_PROBES);
 	la->fill = palloc(sizeof(int) * (ng + 1));
+	MemoryContextSwitchTo(oldCxt);
 	return la;
 }
 
@@ -652,23 +663,7 @@ TvListAssignerBytes(int lists, int dim, TvMetric metric)
 void
 TvListAssignerFree(TvListAssigner *la)
 {
-	if (la->ngroups > 0)
-	{
-		pfree(la->gcent);
-		pfree(la->gnorm);
-		pfree(la->gstart);
-		pfree(la->gcount);
-		pfree(la->members);
-		pfree(la->mcent);
-		pfree(la->mnorm);
-		pfree(la->rows);
-		pfree(la->grows);
-		pfree(la->dots);
-		pfree(la->picks);
-		pfree(la->byg);
-		pfree(la->fill);
-	}
-	pfree(la);
+	MemoryContextDelete(la->cxt);
 }
 
 /* Smaller is closer: the ranking of TvNearestLists */

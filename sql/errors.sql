@@ -78,6 +78,16 @@ CREATE INDEX ON e USING turbo (v);
 -- the encoder checks its arguments
 SELECT turbo_encode('{1,2}', 1);
 SELECT turbo_encode('{1,NaN}');
+-- a bad element is named wherever it lies in a long vector (checked in
+-- chunks of 8): first in a chunk, inside one, and in the tail past the last
+-- full chunk
+SELECT (array_fill(1::real, ARRAY[8]) || '-Infinity'::real || array_fill(1::real, ARRAY[11]))
+	<-> array_fill(1::real, ARRAY[20]);
+SELECT array_fill(1::real, ARRAY[20])
+	<-> (array_fill(1::real, ARRAY[12]) || 'NaN'::real || array_fill(1::real, ARRAY[7]));
+SELECT turbo_encode(array_fill(2::real, ARRAY[18]) || 'Infinity'::real);
+SELECT (array_fill(1::real, ARRAY[19]) || 'Infinity'::real || 'NaN'::real)
+	<-> array_fill(1::real, ARRAY[21]);
 SELECT turbo_decode('\x00', 3);
 SELECT turbo_decode('\x00', 0);
 SELECT turbo_decode('\x00', 16001);

@@ -25,6 +25,37 @@
 #include "turbovec.h"
 
 /*
+ * Whether no element is NaN or infinite: an element is when its exponent
+ * bits are all ones.  Chunks of 8 with integer ORs, so gcc's -O2 vectorizer
+ * takes the loop; this check ran element by element on every exact
+ * distance and cost 6 % of a Fashion-MNIST query.  Callers find the first
+ * bad element, for the message, only when this says there is one.
+ */
+static inline bool
+AllFinite(const float *x, int n)
+{
+	uint32		bad = 0;
+	int			i = 0;
+
+	for (; i + 8 <= n; i += 8)
+	{
+		uint32		b[8];
+
+		memcpy(b, x + i, sizeof(b));
+		for (int k = 0; k < 8; k++)
+			bad |= (b[k] & 0x7f800000u) == 0x7f800000u;
+	}
+	for (; i < n; i++)
+	{
+		uint32		b;
+
+		memcpy(&b, x + i, sizeof(b));
+		bad |= (b & 0x7f800000u) == 0x7f800000u;
+	}
+	return bad == 0;
+}
+
+/*
  * Validate a real[] and return a pointer to its dim floats.  The pointer
  * may point into the (detoasted) array itself.
  */
@@ -59,6 +90,11 @@ TvArrayGetFloats(ArrayType *array, int *dim)
 				 errmsg("vector must not contain NULL elements")));
 
 	x = (float *) ARR_DATA_PTR(array);
+	if (likely(AllFinite(x, n)))
+	{
+		*dim = n;
+		return x;
+	}
 	for (int i = 0; i < n; i++)
 	{
 		if (unlikely(isnan(x[i])))

@@ -47,5 +47,24 @@ SELECT op, count(*) AS queries,
   FROM laq, unnest(ARRAY['<->', '<=>']) op
  GROUP BY op ORDER BY op;
 RESET turbovec.probes;
+-- automatic probes (TvProbes): one list in 16, at least 16, but no more
+-- than 1.5 sqrt(lists) (1,200 lists: 52, not 75); a setting wins.  No
+-- JIT: its messages would join the scan's
+SET enable_seqscan = off;
+SET jit = off;
+SET client_min_messages = debug1;
+SELECT count(*) FROM (SELECT id FROM la ORDER BY v <-> (SELECT q FROM laq LIMIT 1) LIMIT 3) s;
+SET turbovec.probes = 80;
+SELECT count(*) FROM (SELECT id FROM la ORDER BY v <-> (SELECT q FROM laq LIMIT 1) LIMIT 3) s;
+RESET turbovec.probes;
+-- 400 lists: one in 16 (25) is below 1.5 sqrt(400) = 30
+SET client_min_messages = warning;
+DROP INDEX la_l2;
+CREATE INDEX la_400 ON la USING turbo (v real_l2_ops) WITH (lists = 400);
+SET client_min_messages = debug1;
+SELECT count(*) FROM (SELECT id FROM la ORDER BY v <-> (SELECT q FROM laq LIMIT 1) LIMIT 3) s;
+SET client_min_messages = warning;
+RESET jit;
+RESET enable_seqscan;
 DROP TABLE la, laq;
 DROP FUNCTION la_top;

@@ -203,20 +203,9 @@ typedef enum TvIterativeScan
 	TV_ITERATIVE_RELAXED		/* return every row, possibly out of order */
 } TvIterativeScan;
 
-/*
- * Lists a scan probes first: the setting, or when it is 0 one list in 16
- * and at least 16 (GloVe-100 with 580 lists: 37 probes, recall@10 0.96).
- */
-static inline int
-TvProbes(int lists)
-{
-	int			probes = tv_probes > 0 ? tv_probes : Max(16, (lists + 15) / 16);
-
-	return Min(probes, lists);
-}
-
 /* turbovec.c */
 extern void _PG_init(void);
+extern int	TvProbes(int lists);
 extern relopt_kind tv_relopt_kind;
 
 /* tvvector.c */

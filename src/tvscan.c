@@ -1400,6 +1400,8 @@ OrderLists(IndexScanDesc scan, const float *q)
 		int			exact;
 
 		so->nprobe = TvProbes(lists);
+		elog(DEBUG1, "turbo scan of \"%s\" probes %d of %d lists first",
+			 RelationGetRelationName(scan->indexRelation), so->nprobe, lists);
 		so->ranks = palloc(sizeof(ListRank) * lists);
 		so->centroids = TvCachedCentroids(scan->indexRelation, NULL);
 		so->residual = TvMetaResidual(meta);

@@ -5,9 +5,8 @@
  */
 #include "postgres.h"
 
-#include <math.h>
-
 #include <float.h>
+#include <math.h>
 
 #include "access/amapi.h"
 #include "access/htup_details.h"
@@ -73,10 +72,10 @@ relopt_kind tv_relopt_kind;
 
 /*
  * Lists a scan probes first: the setting, or when it is 0 one list in 16,
- * at least 16, and from 577 lists on no more than 1.5 sqrt(lists), where
- * one in 16 reads far more lists than recall needs (GloVe-100, 580 lists:
- * 37 either way, recall@10 0.96; 1M x 768 with 4,000 lists: 95 instead of
- * 250, recall@10 0.999 against 1.000 at 1.75 times the QPS).
+ * at least 16, and from about 580 lists on no more than 1.5 sqrt(lists),
+ * where one in 16 reads far more lists than recall needs (GloVe-100, 580
+ * lists: 37 either way, recall@10 0.96; 1M x 768 with 4,000 lists: 95
+ * instead of 250, recall@10 0.999 against 1.000 at 1.5-1.75 times the QPS).
  */
 int
 TvProbes(int lists)

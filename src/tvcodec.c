@@ -216,6 +216,8 @@ tv_codec_block_code_bytes(int dim, int bits)
 	return ngroups * group_bytes;
 }
 
+static void RefineCells(const TvCodec *codec, float *lo, float *step);
+
 /*
  * Fill in the codec for (dim, bits, seed).  The caller checks the ranges
  * (TV_CODEC_MIN_DIM..TV_CODEC_MAX_DIM, TV_CODEC_MIN_BITS..TV_CODEC_MAX_BITS);
@@ -273,6 +275,22 @@ tv_codec_init(TvCodec *codec, int dim, int bits, uint64_t seed)
 	/* Midpoints: the nearest level wins; IEEE makes this exact everywhere */
 	for (i = 0; i < nlevels - 1; i++)
 		codec->thresholds[i] = 0.5f * (levels[i] + levels[i + 1]);
+
+	/* The refinement's cells, as tv_codec_encode_refine cuts them */
+	{
+		float		lo[16];
+		float		step[16];
+		int			c,
+					f;
+
+		RefineCells(codec, lo, step);
+		for (c = 0; c < nlevels; c++)
+		{
+			codec->refine_step[c] = step[c];
+			for (f = 0; f < 16; f++)
+				codec->refine_value[c << 4 | f] = lo[c] + ((float) f + 0.5f) * step[c];
+		}
+	}
 
 	/* The rotation depends on (seed, dim) only, not on bits */
 	RngSeed(&rng, seed, dim);
@@ -887,18 +905,57 @@ GroupEntries(const TvCodec *codec, const float *qr, int g, double inv,
 }
 
 /*
+ * The smallest and largest of GroupEntries(codec, qr, g, inv) without
+ * computing them: an entry is a level times a coordinate (2 bits: the sum
+ * of two such), and rounding is monotone, so the extremes come from the
+ * extreme levels -- the same doubles GroupEntries would produce.
+ */
+static inline void
+GroupRange(const TvCodec *codec, const float *qr, int g, double inv,
+		   double *lo, double *hi)
+{
+	double		lmin = codec->levels[0];
+	double		lmax = codec->levels[(1 << codec->bits) - 1];
+	double		a,
+				x,
+				y;
+
+	if (codec->bits == 2)
+	{
+		double		qa = (double) qr[2 * g] * inv;
+		double		qb = (2 * g + 1 < codec->dim) ?
+			(double) qr[2 * g + 1] * inv : 0.0;
+		double		xa = lmin * qa,
+					ya = lmax * qa,
+					xb = lmin * qb,
+					yb = lmax * qb;
+
+		*lo = (xa < ya ? xa : ya) + (xb < yb ? xb : yb);
+		*hi = (xa < ya ? ya : xa) + (xb < yb ? yb : xb);
+		return;
+	}
+	a = (double) qr[g] * inv;
+	x = lmin * a;
+	y = lmax * a;
+	*lo = x < y ? x : y;
+	*hi = x < y ? y : x;
+}
+
+/*
  * Entries are quantized with a per-group bias (the group minimum) and one
  * step for all groups, so the kernel only sums bytes.  Each entry is off by
- * at most step / 2, so an estimate is within ngroups * step / 2.
+ * at most step / 2 (and a rounding of the reciprocal step), so an estimate
+ * is within ngroups * step / 2.
  */
 void
 tv_query_prepare(const TvCodec *codec, const float *q,
 				 TvQueryLut *lut, float *work)
 {
 	double		inv = 1.0 / sqrt((double) codec->dim);
-	double		f[16];
+	double		f[16] = {0};	/* 3 bits fill 8 */
 	double		bias = 0.0;
 	double		range = 0.0;
+	double		rstep;
 	float		step;
 	int			g,
 				c,
@@ -913,15 +970,7 @@ tv_query_prepare(const TvCodec *codec, const float *q,
 		double		lo,
 					hi;
 
-		n = GroupEntries(codec, work, g, inv, f);
-		lo = hi = f[0];
-		for (c = 1; c < n; c++)
-		{
-			if (f[c] < lo)
-				lo = f[c];
-			if (f[c] > hi)
-				hi = f[c];
-		}
+		GroupRange(codec, work, g, inv, &lo, &hi);
 		bias += lo;
 		if (hi - lo > range)
 			range = hi - lo;
@@ -942,36 +991,39 @@ tv_query_prepare(const TvCodec *codec, const float *q,
 		lut->scale = 0.0f;
 		return;
 	}
+	lut->bias = (float) bias;
+	lut->scale = step > 0.0f ? step : 0.0f;
+	if (!(step > 0.0f))
+		return;
 
-	/* Pass 2: the same entries again, quantized with the float step */
+	/*
+	 * Pass 2: the entries, quantized with the float step (a multiply by its
+	 * reciprocal: a division per entry was a tenth of a 784-d query)
+	 */
+	rstep = 1.0 / (double) step;
 	for (g = 0; g < codec->ngroups; g++)
 	{
 		uint8_t    *out = lut->lut + (size_t) g * 16;
-		double		lo;
+		double		lo,
+					hi;
 
 		n = GroupEntries(codec, work, g, inv, f);
-		if (!(step > 0.0f))
-			continue;
-		lo = f[0];
-		for (c = 1; c < n; c++)
+		GroupRange(codec, work, g, inv, &lo, &hi);
+		/*
+		 * Branch-free over a constant count, so it vectorizes (entries past
+		 * n are zeroed after); a NaN gives 0, not undefined behaviour
+		 */
+		for (c = 0; c < 16; c++)
 		{
-			if (f[c] < lo)
-				lo = f[c];
-		}
-		for (c = 0; c < n; c++)
-		{
-			double		x = (f[c] - lo) / (double) step + 0.5;
+			double		x = (f[c] - lo) * rstep + 0.5;
 
-			/* Written so that a NaN gives 0 rather than undefined behaviour */
-			if (x >= 255.0)
-				out[c] = 255;
-			else if (x >= 1.0)
-				out[c] = (uint8_t) x;
+			x = (x >= 1.0) ? x : 0.0;
+			x = (x <= 255.0) ? x : 255.0;
+			out[c] = (uint8_t) (int) x;
 		}
+		if (n < 16)
+			memset(out + n, 0, 16 - n);
 	}
-
-	lut->bias = (float) bias;
-	lut->scale = step > 0.0f ? step : 0.0f;
 }
 
 /* ----------------------------------------------------------------
@@ -1210,19 +1262,17 @@ tv_refine_prepare(const TvCodec *codec, const float *q, float *qr)
 }
 
 float
-tv_refine_block_ip(const TvCodec *codec, const uint8_t *block_codes, int lane,
-				   const uint8_t *refine, const float *qr, float *sd)
+tv_refine_block_ip_scalar(const TvCodec *codec, const uint8_t *block_codes,
+						  int lane, const uint8_t *refine, const float *qr,
+						  float *sd)
 {
 	int			dim = codec->dim;
 	const uint8_t *nib = refine + 4;
-	float		lo[16];
-	float		step[16];
 	float		rscale;
 	double		sum = 0.0;
 	double		var = 0.0;
 	int			i;
 
-	RefineCells(codec, lo, step);
 	memcpy(&rscale, refine, sizeof(float));
 	for (i = 0; i < dim; i++)
 	{
@@ -1245,8 +1295,8 @@ tv_refine_block_ip(const TvCodec *codec, const uint8_t *block_codes, int lane,
 				c = NibbleGet(block_codes + (size_t) i * 16, lane);
 				break;
 		}
-		sum += (double) (lo[c] + ((float) f + 0.5f) * step[c]) * qr[i];
-		var += (double) step[c] * step[c] * qr[i] * qr[i];
+		sum += (double) codec->refine_value[c << 4 | f] * qr[i];
+		var += (double) codec->refine_step[c] * codec->refine_step[c] * qr[i] * qr[i];
 	}
 	/* each coordinate's error is uniform over its step: variance step^2/12 */
 	*sd = (float) (fabs(rscale) * sqrt(var / 12.0));

@@ -58,6 +58,9 @@ typedef struct TvCodec
 	int			rounds;			/* rotation rounds */
 	float		levels[16];		/* codebook, ascending, N(0,1) scale */
 	float		thresholds[16];	/* decision boundaries between levels */
+	/* the refinement's values, by code << 4 | step, and each code's step */
+	float		refine_value[256];
+	float		refine_step[16];
 	/* rotation signs, then permutation swaps; see tvcodec.c */
 	char		tables[];
 } TvCodec;
@@ -172,9 +175,21 @@ extern void tv_refine_prepare(const TvCodec *codec, const float *q, float *qr);
  * Estimate of <v, q> from lane's code in a block and its refinement; *sd
  * is the standard deviation of its error (steps uniform, independent)
  */
-extern float tv_refine_block_ip(const TvCodec *codec, const uint8_t *block_codes,
-								int lane, const uint8_t *refine, const float *qr,
-								float *sd);
+typedef float (*TvRefineBlockIpFn) (const TvCodec *codec,
+									const uint8_t *block_codes, int lane,
+									const uint8_t *refine, const float *qr,
+									float *sd);
+
+extern TvRefineBlockIpFn tv_refine_block_ip;
+/* The reference; the AVX2 version (4 bits) sums in another order */
+extern float tv_refine_block_ip_scalar(const TvCodec *codec,
+									   const uint8_t *block_codes, int lane,
+									   const uint8_t *refine, const float *qr,
+									   float *sd);
+extern float tv_refine_block_ip_avx2(const TvCodec *codec,
+									 const uint8_t *block_codes, int lane,
+									 const uint8_t *refine, const float *qr,
+									 float *sd);
 
 /* Pick the fastest kernel this CPU supports; call once at load */
 extern void tv_kernels_init(void);

@@ -19,6 +19,7 @@
  */
 #include "tvcodec.h"
 
+#include <math.h>
 #include <string.h>
 
 /*
@@ -39,6 +40,7 @@
 /* Portable until tv_kernels_init says otherwise */
 TvScoreBlockFn tv_score_block = tv_score_block_scalar;
 TvSumGroupsFn tv_sum_groups = tv_sum_groups_scalar;
+TvRefineBlockIpFn tv_refine_block_ip = tv_refine_block_ip_scalar;
 
 /*
  * Reference summation of groups [g0, g0 + ngroups), their codes at codes;
@@ -391,6 +393,88 @@ tv_sum_groups_avx2(const TvQueryLut *lut, const uint8_t *codes, int g0,
 	}
 }
 
+/*
+ * tv_refine_block_ip_scalar for 4-bit codes, 8 coordinates at a time: the
+ * lane's codes come from a gather of the 32-bit words holding its nibble,
+ * the refinement nibbles from one 32-bit load, and each coordinate's value
+ * and step from gathers on the codec's tables.  The products are exact in
+ * double, as in the scalar code; only the order of the sums differs.
+ */
+TV_AVX2 float
+tv_refine_block_ip_avx2(const TvCodec *codec, const uint8_t *block_codes,
+						int lane, const uint8_t *refine, const float *qr,
+						float *sd)
+{
+	int			dim = codec->dim;
+	const uint8_t *nib = refine + 4;
+	/* lane's byte is lane % 16 of each 16-byte group, high nibble from 16 */
+	const uint8_t *word = block_codes + (lane & 12);
+	__m128i		code_shift = _mm_cvtsi32_si128(8 * (lane & 3) + 4 * (lane >> 4));
+	__m256i		group_offsets = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);
+	__m256i		nibble_shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+	__m256i		fifteen = _mm256_set1_epi32(15);
+	__m256d		sum_lo = _mm256_setzero_pd();
+	__m256d		sum_hi = _mm256_setzero_pd();
+	__m256		var8 = _mm256_setzero_ps();
+	float		rscale;
+	float		var_lanes[8];
+	double		sum_lanes[8];
+	double		sum = 0.0;
+	double		var = 0.0;
+	int			i;
+
+	if (codec->bits != 4)
+		return tv_refine_block_ip_scalar(codec, block_codes, lane, refine, qr, sd);
+
+	memcpy(&rscale, refine, sizeof(float));
+	for (i = 0; i + 8 <= dim; i += 8)
+	{
+		/* bytes (i + k) * 16 + (lane & 12) .. + 3: inside group i + k */
+		__m256i		words = _mm256_i32gather_epi32((const int *) (word + (size_t) i * 16),
+												   group_offsets, 1);
+		__m256i		c = _mm256_and_si256(_mm256_srl_epi32(words, code_shift), fifteen);
+		uint32_t	packed;
+		__m256i		f;
+		__m256		value,
+					step,
+					q;
+
+		memcpy(&packed, nib + i / 2, sizeof(uint32_t));
+		f = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int) packed),
+											   nibble_shifts), fifteen);
+		value = _mm256_i32gather_ps(codec->refine_value,
+									_mm256_or_si256(_mm256_slli_epi32(c, 4), f), 4);
+		step = _mm256_i32gather_ps(codec->refine_step, c, 4);
+		q = _mm256_loadu_ps(qr + i);
+		sum_lo = _mm256_add_pd(sum_lo,
+							   _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(value)),
+											 _mm256_cvtps_pd(_mm256_castps256_ps128(q))));
+		sum_hi = _mm256_add_pd(sum_hi,
+							   _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(value, 1)),
+											 _mm256_cvtps_pd(_mm256_extractf128_ps(q, 1))));
+		q = _mm256_mul_ps(step, q);
+		var8 = _mm256_add_ps(var8, _mm256_mul_ps(q, q));
+	}
+	_mm256_storeu_pd(sum_lanes, sum_lo);
+	_mm256_storeu_pd(sum_lanes + 4, sum_hi);
+	_mm256_storeu_ps(var_lanes, var8);
+	for (int k = 0; k < 8; k++)
+	{
+		sum += sum_lanes[k];
+		var += var_lanes[k];
+	}
+	for (; i < dim; i++)
+	{
+		int			c = (block_codes[(size_t) i * 16 + (lane & 15)] >> (4 * (lane >> 4))) & 15;
+		int			f = (nib[i >> 1] >> ((i & 1) * 4)) & 15;
+
+		sum += (double) codec->refine_value[c << 4 | f] * qr[i];
+		var += (double) codec->refine_step[c] * codec->refine_step[c] * qr[i] * qr[i];
+	}
+	*sd = (float) (fabs(rscale) * sqrt(var / 12.0));
+	return (float) (rscale * sum);
+}
+
 #else							/* !TV_X86 */
 
 bool
@@ -414,6 +498,14 @@ tv_sum_groups_avx2(const TvQueryLut *lut, const uint8_t *codes, int g0,
 	tv_sum_groups_scalar(lut, codes, g0, ngroups, sums);
 }
 
+float
+tv_refine_block_ip_avx2(const TvCodec *codec, const uint8_t *block_codes,
+						int lane, const uint8_t *refine, const float *qr,
+						float *sd)
+{
+	return tv_refine_block_ip_scalar(codec, block_codes, lane, refine, qr, sd);
+}
+
 #endif							/* TV_X86 */
 
 void
@@ -423,6 +515,7 @@ tv_kernels_init(void)
 
 	tv_score_block = avx2 ? tv_score_block_avx2 : tv_score_block_scalar;
 	tv_sum_groups = avx2 ? tv_sum_groups_avx2 : tv_sum_groups_scalar;
+	tv_refine_block_ip = avx2 ? tv_refine_block_ip_avx2 : tv_refine_block_ip_scalar;
 }
 
 const char *

@@ -1228,6 +1228,85 @@ TestRefine(bool verbose)
 	}
 }
 
+/*
+ * The AVX2 refinement (4 bits; other widths fall back to the scalar code)
+ * against the scalar reference, for every lane of a block, at dimensions
+ * with and without a tail of fewer than 8 coordinates: the same estimate
+ * up to the order of the double sums, the same sd up to float rounding.
+ */
+static void
+TestRefineKernels(void)
+{
+	static const int dims[] = {1, 7, 8, 13, 100, 784, 1536};
+	size_t		d;
+	int			b;
+
+	if (!tv_kernels_have_avx2())
+	{
+		printf("note: CPU lacks AVX2, scalar/AVX2 refinement not compared\n");
+		return;
+	}
+	Check(tv_refine_block_ip == tv_refine_block_ip_avx2,
+		  "refinement after init is not the AVX2 one");
+	for (d = 0; d < sizeof(dims) / sizeof(dims[0]); d++)
+	{
+		for (b = 0; b < 3; b++)
+		{
+			int			dim = dims[d];
+			TvCodec    *c = MakeCodec(dim, bits_list[b]);
+			float	   *v = Alloc(sizeof(float) * dim);
+			float	   *q = Alloc(sizeof(float) * dim);
+			float	   *qr = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * tv_codec_work_floats(c));
+			uint8_t    *code = Alloc(c->code_bytes);
+			uint8_t    *block = Alloc(c->block_code_bytes);
+			size_t		rb = tv_refine_bytes(dim);
+			uint8_t    *refine = Alloc(rb * TV_LANES);
+			int			lane,
+						i,
+						bad = 0;
+
+			TestSeed(991 + dim);
+			FillNormal(q, dim);
+			tv_refine_prepare(c, q, qr);
+			for (lane = 0; lane < TV_LANES; lane++)
+			{
+				TvFactors	f;
+
+				FillNormal(v, dim);
+				for (i = 0; i < dim; i++)
+					v[i] = v[i] * 3.0f + 0.5f;
+				tv_codec_encode(c, v, code, &f, work);
+				tv_block_put_code(c, block, lane, code);
+				tv_codec_encode_refine(c, v, refine + lane * rb, work);
+			}
+			for (lane = 0; lane < TV_LANES; lane++)
+			{
+				float		sd_ref,
+							sd;
+				float		ref = tv_refine_block_ip_scalar(c, block, lane, refine + lane * rb,
+															qr, &sd_ref);
+				float		got = tv_refine_block_ip_avx2(c, block, lane, refine + lane * rb,
+														  qr, &sd);
+
+				if (!(fabs(got - ref) <= 1e-6 * (fabs(ref) + sd_ref) &&
+					  fabs(sd - sd_ref) <= 1e-4 * sd_ref && sd_ref > 0))
+					bad++;
+			}
+			Check(bad == 0, "refine AVX2 dim %d bits %d: %d of 32 lanes differ from scalar",
+				  dim, bits_list[b], bad);
+			free(c);
+			free(v);
+			free(q);
+			free(qr);
+			free(work);
+			free(code);
+			free(block);
+			free(refine);
+		}
+	}
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1251,6 +1330,7 @@ main(int argc, char **argv)
 	TestOverflow();
 	TestQuantization();
 	TestRefine(verbose);
+	TestRefineKernels();
 
 	printf("codec: %d passed, %d failed\n", npassed, nfailed);
 	return nfailed ? 1 : 0;

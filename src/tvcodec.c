@@ -952,14 +952,10 @@ tv_query_prepare(const TvCodec *codec, const float *q,
 				 TvQueryLut *lut, float *work)
 {
 	double		inv = 1.0 / sqrt((double) codec->dim);
-	double		f[16] = {0};	/* 3 bits fill 8 */
 	double		bias = 0.0;
 	double		range = 0.0;
-	double		rstep;
 	float		step;
-	int			g,
-				c,
-				n;
+	int			g;
 
 	memcpy(work, q, sizeof(float) * codec->dim);
 	RotateWork(codec, work, work + codec->dim);
@@ -1000,20 +996,33 @@ tv_query_prepare(const TvCodec *codec, const float *q,
 	 * Pass 2: the entries, quantized with the float step (a multiply by its
 	 * reciprocal: a division per entry was a tenth of a 784-d query)
 	 */
-	rstep = 1.0 / (double) step;
-	for (g = 0; g < codec->ngroups; g++)
+	tv_quantize_lut(codec, work, inv, 1.0 / (double) step, lut->lut);
+}
+
+/*
+ * Pass 2 of tv_query_prepare, the reference for tv_quantize_lut_avx2: each
+ * group's entries less its minimum, times rstep, rounded (at most 255).
+ */
+void
+tv_quantize_lut_scalar(const TvCodec *codec, const float *qr, double inv,
+					   double rstep, uint8_t *lut)
+{
+	double		f[16] = {0};	/* 3 bits fill 8 */
+
+	for (int g = 0; g < codec->ngroups; g++)
 	{
-		uint8_t    *out = lut->lut + (size_t) g * 16;
+		uint8_t    *out = lut + (size_t) g * 16;
+		int			n = GroupEntries(codec, qr, g, inv, f);
 		double		lo,
 					hi;
 
-		n = GroupEntries(codec, work, g, inv, f);
-		GroupRange(codec, work, g, inv, &lo, &hi);
+		GroupRange(codec, qr, g, inv, &lo, &hi);
+
 		/*
 		 * Branch-free over a constant count, so it vectorizes (entries past
 		 * n are zeroed after); a NaN gives 0, not undefined behaviour
 		 */
-		for (c = 0; c < 16; c++)
+		for (int c = 0; c < 16; c++)
 		{
 			double		x = (f[c] - lo) * rstep + 0.5;
 

@@ -108,6 +108,20 @@ extern size_t tv_query_lut_size(const TvCodec *codec);
 extern void tv_query_prepare(const TvCodec *codec, const float *q,
 							 TvQueryLut *lut, float *work);
 
+/*
+ * tv_query_prepare's quantization of the entries: ngroups * 16 bytes at
+ * lut from the rotated query qr, inv = 1 / sqrt(dim) and the reciprocal
+ * of the LUT's step.  Both versions give the same bytes.
+ */
+typedef void (*TvQuantizeLutFn) (const TvCodec *codec, const float *qr,
+								 double inv, double rstep, uint8_t *lut);
+
+extern TvQuantizeLutFn tv_quantize_lut;
+extern void tv_quantize_lut_scalar(const TvCodec *codec, const float *qr,
+								   double inv, double rstep, uint8_t *lut);
+extern void tv_quantize_lut_avx2(const TvCodec *codec, const float *qr,
+								 double inv, double rstep, uint8_t *lut);
+
 /* Exact float <xhat, q> of one row code (reference, for tests and docs) */
 extern float tv_code_inner_product(const TvCodec *codec, const uint8_t *code,
 								   const float *q, float *work);

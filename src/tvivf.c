@@ -881,7 +881,13 @@ TvApproxListDistances(const int8 *codes, const float *scales, const float *cnorm
 		qmax = Max(qmax, fabsf(q[i]));
 	qscale = qmax > 0 ? qmax / limit : 1;
 	for (int i = 0; i < dim; i++)
-		q16[i] = (int16) Max(-limit, Min(limit, lrintf(q[i] / qscale)));
+	{
+		/* rintf, unlike lrintf, is inlined: the same rounding, to even */
+		float		x = rintf(q[i] / qscale);
+
+		/* clamped as a float, so that no conversion overflows; NaN gives 0 */
+		q16[i] = (int16) (x >= limit ? limit : x <= -limit ? -limit : x == x ? (int32) x : 0);
+	}
 	if (metric == TV_METRIC_L2)
 		qnorm2 = Dot(q, q, dim);
 	for (int j = 0; j < lists; j++)

@@ -41,6 +41,7 @@
 TvScoreBlockFn tv_score_block = tv_score_block_scalar;
 TvSumGroupsFn tv_sum_groups = tv_sum_groups_scalar;
 TvRefineBlockIpFn tv_refine_block_ip = tv_refine_block_ip_scalar;
+TvQuantizeLutFn tv_quantize_lut = tv_quantize_lut_scalar;
 
 /*
  * Reference summation of groups [g0, g0 + ngroups), their codes at codes;
@@ -475,6 +476,63 @@ tv_refine_block_ip_avx2(const TvCodec *codec, const uint8_t *block_codes,
 	return (float) (rscale * sum);
 }
 
+/*
+ * tv_quantize_lut_scalar for 3- and 4-bit codes, 4 entries per vector: the
+ * same double operations in the same order, so the same bytes (a group's
+ * entries are levels times its coordinate; its minimum comes from the
+ * extreme levels).  2-bit groups, sums of two coordinates, go the scalar
+ * way.
+ */
+TV_AVX2 void
+tv_quantize_lut_avx2(const TvCodec *codec, const float *qr, double inv,
+					 double rstep, uint8_t *lut)
+{
+	int			nlevels = 1 << codec->bits;
+	double		lmin = codec->levels[0];
+	double		lmax = codec->levels[nlevels - 1];
+	__m256d		levels[4];
+	__m256d		scale = _mm256_set1_pd(rstep);
+	__m256d		half = _mm256_set1_pd(0.5);
+	__m256d		one = _mm256_set1_pd(1.0);
+	__m256d		top = _mm256_set1_pd(255.0);
+
+	if (codec->bits == 2)
+	{
+		tv_quantize_lut_scalar(codec, qr, inv, rstep, lut);
+		return;
+	}
+	for (int k = 0; k < 4; k++)
+		levels[k] = _mm256_cvtps_pd(_mm_loadu_ps(codec->levels + 4 * k));
+	for (int g = 0; g < codec->ngroups; g++)
+	{
+		double		a = (double) qr[g] * inv;
+		double		x = lmin * a;
+		double		y = lmax * a;
+		__m256d		lo = _mm256_set1_pd(x < y ? x : y);
+		__m256d		av = _mm256_set1_pd(a);
+		__m128i		q[4];
+
+		for (int k = 0; k < 4; k++)
+		{
+			__m256d		e = _mm256_add_pd(_mm256_mul_pd(_mm256_sub_pd(_mm256_mul_pd(levels[k], av),
+																	  lo),
+														scale),
+										  half);
+
+			/* x >= 1 ? x : 0 (a NaN gives 0), then at most 255 */
+			e = _mm256_and_pd(e, _mm256_cmp_pd(e, one, _CMP_GE_OQ));
+			e = _mm256_blendv_pd(top, e, _mm256_cmp_pd(e, top, _CMP_LE_OQ));
+			q[k] = _mm256_cvttpd_epi32(e);
+		}
+		_mm_storeu_si128((__m128i *) (lut + (size_t) g * 16),
+						 _mm_packus_epi16(_mm_packus_epi32(q[0], q[1]),
+										  _mm_packus_epi32(q[2], q[3])));
+		/* 3 bits: entries 8-15 stay 0 */
+		if (nlevels < 16)
+			memset(lut + (size_t) g * 16 + nlevels, 0, 16 - nlevels);
+	}
+}
+
 #else							/* !TV_X86 */
 
 bool
@@ -506,6 +564,13 @@ tv_refine_block_ip_avx2(const TvCodec *codec, const uint8_t *block_codes,
 	return tv_refine_block_ip_scalar(codec, block_codes, lane, refine, qr, sd);
 }
 
+void
+tv_quantize_lut_avx2(const TvCodec *codec, const float *qr, double inv,
+					 double rstep, uint8_t *lut)
+{
+	tv_quantize_lut_scalar(codec, qr, inv, rstep, lut);
+}
+
 #endif							/* TV_X86 */
 
 void
@@ -516,6 +581,7 @@ tv_kernels_init(void)
 	tv_score_block = avx2 ? tv_score_block_avx2 : tv_score_block_scalar;
 	tv_sum_groups = avx2 ? tv_sum_groups_avx2 : tv_sum_groups_scalar;
 	tv_refine_block_ip = avx2 ? tv_refine_block_ip_avx2 : tv_refine_block_ip_scalar;
+	tv_quantize_lut = avx2 ? tv_quantize_lut_avx2 : tv_quantize_lut_scalar;
 }
 
 const char *

@@ -1307,6 +1307,69 @@ TestRefineKernels(void)
 	}
 }
 
+/*
+ * The AVX2 quantization of a query's LUT against the scalar one: the same
+ * bytes, for queries of ordinary, tiny and huge coordinates, zeros and a
+ * single non-zero coordinate, at every bit width and many dimensions.
+ */
+static void
+TestLutKernels(void)
+{
+	static const int extra[] = {63, 64, 65, 100, 255, 256, 257, 784, 1000, 1536, 4096};
+	int			k,
+				b;
+
+	if (!tv_kernels_have_avx2())
+	{
+		printf("note: CPU lacks AVX2, scalar/AVX2 LUT quantization not compared\n");
+		return;
+	}
+	Check(tv_quantize_lut == tv_quantize_lut_avx2,
+		  "LUT quantization after init is not the AVX2 one");
+	for (k = 0; k < 24 + 11; k++)
+	{
+		int			dim = k < 24 ? k + 1 : extra[k - 24];
+
+		for (b = 0; b < 3; b++)
+		{
+			TvCodec    *c = MakeCodec(dim, bits_list[b]);
+			TvQueryLut *lut = Alloc(tv_query_lut_size(c));
+			uint8_t    *ref = Alloc((size_t) c->ngroups * 16);
+			float	   *q = Alloc(sizeof(float) * dim);
+			float	   *work = Alloc(sizeof(float) * tv_codec_work_floats(c));
+			int			bad = 0;
+
+			TestSeed(31337 + dim * 3 + b);
+			for (int t = 0; t < 6; t++)
+			{
+				static const float scales[6] = {1.0f, 1e-30f, 1e30f, 1.0f, 0.0f, 1.0f};
+
+				FillNormal(q, dim);
+				for (int i = 0; i < dim; i++)
+					q[i] = (t == 5 && i > 0) ? 0.0f : q[i] * scales[t] + (t == 3 ? 2.0f : 0.0f);
+				tv_query_prepare(c, q, lut, work);
+				if (lut->scale > 0)
+				{
+					double		inv = 1.0 / sqrt((double) dim);
+					double		rstep = 1.0 / (double) lut->scale;
+
+					/* work holds the rotated query after tv_query_prepare */
+					tv_quantize_lut_scalar(c, work, inv, rstep, ref);
+					if (memcmp(ref, lut->lut, (size_t) c->ngroups * 16) != 0)
+						bad++;
+				}
+			}
+			Check(bad == 0, "LUT AVX2 dim %d bits %d: %d of 6 queries differ from scalar",
+				  dim, bits_list[b], bad);
+			free(c);
+			free(lut);
+			free(ref);
+			free(q);
+			free(work);
+		}
+	}
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1331,6 +1394,7 @@ main(int argc, char **argv)
 	TestQuantization();
 	TestRefine(verbose);
 	TestRefineKernels();
+	TestLutKernels();
 
 	printf("codec: %d passed, %d failed\n", npassed, nfailed);
 	return nfailed ? 1 : 0;

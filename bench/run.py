@@ -18,9 +18,11 @@ server (PG* env or --host/--port/--dbname/--user; bench/server.sh starts one):
 
 One JSON line per measurement on stdout:
   {"dataset","index":"turbo","bits","build_s","index_mb","knob","value",
-   "recall","qps","p50_ms","p99_ms","rows","dim","lists","probes","residual"}
+   "recall","qps","p50_ms","p99_ms","rows","dim","lists","probes","residual",
+   "column"}
 ("value" is turbovec.candidates; "lists" is 0 for the flat layout; "probes" is
-the turbovec.probes value in effect; "residual" is "on"/"off" for IVF.)  Progress and human-readable notes go to
+the turbovec.probes value in effect; "residual" is "on"/"off" for IVF;
+"column" is "real[]", or "vector" for pgvector's indexes and --column vector.)  Progress and human-readable notes go to
 stderr, ending with the recall/QPS frontier: for recall 0.90/0.95/0.99 the
 fastest (probes, candidates) reaching it.  `run.py --summarize FILE...` prints
 that frontier for saved JSON lines.
@@ -141,7 +143,7 @@ def recall_at(results, gt, k=10):
 
 
 def measurement(ds, index, bits, build_s, index_mb, knob, value, results, lat, wall, gt,
-                lists=None, probes=None, residual=None):
+                lists=None, probes=None, residual=None, column="real[]"):
     return {
         "dataset": ds.name, "index": index, "bits": bits,
         "build_s": None if build_s is None else round(build_s, 2),
@@ -153,7 +155,7 @@ def measurement(ds, index, bits, build_s, index_mb, knob, value, results, lat, w
         "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 3),
         "rows": ds.rows, "dim": ds.dim,
         "lists": lists, "probes": probes,
-        "residual": residual,
+        "residual": residual, "column": column,
     }
 
 
@@ -284,23 +286,28 @@ def bench_dataset(conn, name, a):
     cur = conn.cursor()
     ds = datasets.get(name, a.slice, with_words=bool(a.example))
     pgv = a.method != "turbo"
+    # a vector(d) column: pgvector's indexes, or turbo with --column vector
+    vec = pgv or a.column == "vector"
     table = a.table or ((name if not a.slice else "%s_%d" % (name, a.slice))
-                        + ("_vec" if pgv else ""))
+                        + ("_vec" if pgv else "_tvec" if vec else ""))
     op, opclass = OPS[ds.metric]
+    if vec:
+        # turbovec_pgvector's operator classes carry pgvector's names
+        opclass = opclass.replace("real_", "vector_")
     nq = min(a.queries or len(ds.queries), len(ds.queries))
     queries = ds.queries[:nq]
     gt = ds.gt[:nq]
     literals = [datasets.array_literal(q) for q in queries]
-    if pgv:
+    if vec:
         literals = ["[" + lit[1:-1] + "]" for lit in literals]
 
-    if a.reuse and table_ready(cur, table, ds.rows, ds.dim, vector=pgv):
+    if a.reuse and table_ready(cur, table, ds.rows, ds.dim, vector=vec):
         note("%s: reusing table %s (%d rows)" % (name, table, ds.rows))
     else:
         note("%s: loading %d rows x %d dims into %s via %s COPY"
              % (name, ds.rows, ds.dim, table, "text" if a.text_copy else "binary"))
         secs = datasets.load_table(conn, ds, table, storage=a.storage,
-                                   coltype="vector" if pgv else "real[]",
+                                   coltype="vector" if vec else "real[]",
                                    binary=not a.text_copy)
         note("%s: loaded in %.1f s; VACUUM ANALYZE" % (name, secs))
         cur.execute("VACUUM ANALYZE %s" % table)
@@ -377,7 +384,8 @@ def bench_dataset(conn, name, a):
     if a.no_seqscan:
         cur.execute("SET enable_seqscan = off")
     cur.execute("DEALLOCATE ALL")
-    cur.execute("PREPARE q(real[]) AS SELECT id FROM %s ORDER BY v %s $1 LIMIT 10" % (table, op))
+    cur.execute("PREPARE q(%s) AS SELECT id FROM %s ORDER BY v %s $1 LIMIT 10"
+                % ("vector" if vec else "real[]", table, op))
     explain_stmt = "EXECUTE q(%s)" % cur.mogrify("%s", (literals[0],)).decode()
     uses, plan = explain_uses(cur, explain_stmt, index)
     if not uses:
@@ -405,7 +413,8 @@ def bench_dataset(conn, name, a):
             results, lat, wall = run_queries(conn, cur, literals, min(a.warmup, nq), a.ready_wait)
             rec = measurement(ds, "turbo", a.bits, build_s, index_mb, "turbovec.candidates",
                               value, results, lat, wall, gt, lists=a.lists, probes=probes,
-                              residual=(a.residual or "on") if a.lists else None)
+                              residual=(a.residual or "on") if a.lists else None,
+                              column="vector" if vec else "real[]")
             emit(rec)
             recs.append(rec)
             # the plan cache may have switched to a generic plan: it must use the index too
@@ -471,7 +480,8 @@ def bench_pgvector(conn, cur, ds, table, op, literals, gt, a):
         results, lat, wall = run_queries(conn, cur, literals, min(a.warmup, len(literals)),
                                          a.ready_wait)
         rec = measurement(ds, a.method, None, build_s, index_mb, knob, val, results, lat,
-                          wall, gt, lists=a.lists if a.method == "ivfflat" else None)
+                          wall, gt, lists=a.lists if a.method == "ivfflat" else None,
+                          column="vector")
         if a.method == "hnsw":
             rec["m"], rec["ef_construction"] = a.m, a.ef_construction
         emit(rec)
@@ -502,6 +512,10 @@ def main(argv=None):
                     help="hnsw: comma list of hnsw.ef_search values swept")
     ap.add_argument("--text-copy", action="store_true",
                     help="load with text COPY instead of binary COPY")
+    ap.add_argument("--column", choices=("real[]", "vector"), default="real[]",
+                    help="turbo: the column type; vector (pgvector's, the type its own "
+                         "indexes use) loads <table>_tvec and indexes it with "
+                         "turbovec_pgvector's operator classes")
     ap.add_argument("--bits", type=int, default=4, choices=(2, 3, 4))
     ap.add_argument("--candidates", default=DEFAULT_CANDIDATES,
                     help="comma list of turbovec.candidates values; 'default' = the "
@@ -568,8 +582,14 @@ def main(argv=None):
         if a.method == "ivfflat" and not a.lists:
             ap.error("--method ivfflat needs --lists")
         cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    if a.method == "turbo" and a.column == "vector":
+        if a.exact:
+            ap.error("--exact measures the real[] table; use it without --column vector")
+        cur.execute("CREATE EXTENSION IF NOT EXISTS vector")
     if not a.no_extension:
         cur.execute("CREATE EXTENSION IF NOT EXISTS turbovec")
+        if a.method == "turbo" and a.column == "vector":
+            cur.execute("CREATE EXTENSION IF NOT EXISTS turbovec_pgvector")
     note("server %s; shared_buffers %s; maintenance_work_mem %s; preload '%s'" % (
         scalar(cur, "SHOW server_version"), scalar(cur, "SHOW shared_buffers"),
         scalar(cur, "SHOW maintenance_work_mem"),

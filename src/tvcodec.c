@@ -1263,11 +1263,17 @@ tv_codec_encode_refine(const TvCodec *codec, const float *v, uint8_t *refine,
 void
 tv_refine_prepare(const TvCodec *codec, const float *q, float *qr)
 {
+	tv_codec_rotate(codec, q, qr);
+	tv_refine_scale(codec, qr, qr);
+}
+
+void
+tv_refine_scale(const TvCodec *codec, const float *rq, float *qr)
+{
 	double		s = 1.0 / sqrt((double) codec->dim);
 
-	tv_codec_rotate(codec, q, qr);
 	for (int i = 0; i < codec->dim; i++)
-		qr[i] = (float) (qr[i] * s);
+		qr[i] = (float) (rq[i] * s);
 }
 
 float

@@ -103,7 +103,8 @@ extern size_t tv_query_lut_size(const TvCodec *codec);
 
 /*
  * Prepare q (dim floats) for scanning: afterwards a block's estimate for a
- * lane approximates <xhat, q>, where xhat is the lane's decoded unit vector.
+ * lane approximates <xhat, q>, where xhat is the lane's decoded unit vector,
+ * and work's first dim floats hold the rotated query R q.
  */
 extern void tv_query_prepare(const TvCodec *codec, const float *q,
 							 TvQueryLut *lut, float *work);
@@ -185,6 +186,8 @@ extern bool tv_codec_encode_refine(const TvCodec *codec, const float *v,
 								   uint8_t *refine, float *work);
 /* qr = R q / sqrt(dim), dim floats: the query side of tv_refine_block_ip */
 extern void tv_refine_prepare(const TvCodec *codec, const float *q, float *qr);
+/* The same from rq = R q (tv_query_prepare leaves it in work); may alias */
+extern void tv_refine_scale(const TvCodec *codec, const float *rq, float *qr);
 /*
  * Estimate of <v, q> from lane's code in a block and its refinement; *sd
  * is the standard deviation of its error (steps uniform, independent)

@@ -862,25 +862,6 @@ RefineCandidates(TvScanOpaque so, const TvMetaPageData *meta, TvResidentCopy *co
 	TvMetric	metric = so->state->metric;
 	double		worst_sd = 0;
 
-	if (so->qrot == NULL)
-	{
-		MemoryContext oldCtx = MemoryContextSwitchTo(so->queryCtx);
-		float	   *q = so->qfloats;
-
-		/* the query the lookup tables were made for: unit under cosine */
-		if (metric == TV_METRIC_COSINE)
-		{
-			double		norm = TvNorm(q, codec->dim);
-
-			q = palloc(sizeof(float) * codec->dim);
-			for (int i = 0; i < codec->dim; i++)
-				q[i] = (float) (so->qfloats[i] / norm);
-		}
-		so->qrot = palloc(sizeof(float) * codec->dim);
-		tv_refine_prepare(codec, q, so->qrot);
-		MemoryContextSwitchTo(oldCtx);
-	}
-
 	for (int i = 0; i < heap->n; i++)
 	{
 		TvCandidate *c = &heap->items[i];
@@ -1498,6 +1479,9 @@ PrepareQuery(IndexScanDesc scan)
 	work = palloc(sizeof(float) * tv_codec_work_floats(so->state->codec));
 	so->lut = palloc(tv_query_lut_size(so->state->codec));
 	tv_query_prepare(so->state->codec, q, so->lut, work);
+	/* the refinement's query, from the rotation just done */
+	so->qrot = palloc(sizeof(float) * dim);
+	tv_refine_scale(so->state->codec, work, so->qrot);
 	pfree(work);
 
 	if (so->state->meta.lists > 0)

@@ -1310,7 +1310,9 @@ TestRefineKernels(void)
 /*
  * The AVX2 quantization of a query's LUT against the scalar one: the same
  * bytes, for queries of ordinary, tiny and huge coordinates, zeros and a
- * single non-zero coordinate, at every bit width and many dimensions.
+ * single non-zero coordinate, at every bit width and many dimensions.  And
+ * the rotated query tv_query_prepare leaves in work gives the refinement
+ * the same query as tv_refine_prepare (the scan relies on it).
  */
 static void
 TestLutKernels(void)
@@ -1337,7 +1339,8 @@ TestLutKernels(void)
 			uint8_t    *ref = Alloc((size_t) c->ngroups * 16);
 			float	   *q = Alloc(sizeof(float) * dim);
 			float	   *work = Alloc(sizeof(float) * tv_codec_work_floats(c));
-			int			bad = 0;
+			int			bad = 0,
+						bad_rotation = 0;
 
 			TestSeed(31337 + dim * 3 + b);
 			for (int t = 0; t < 6; t++)
@@ -1348,6 +1351,18 @@ TestLutKernels(void)
 				for (int i = 0; i < dim; i++)
 					q[i] = (t == 5 && i > 0) ? 0.0f : q[i] * scales[t] + (t == 3 ? 2.0f : 0.0f);
 				tv_query_prepare(c, q, lut, work);
+				/* the rotation tv_query_prepare leaves is the refinement's */
+				{
+					float	   *qr1 = Alloc(sizeof(float) * dim);
+					float	   *qr2 = Alloc(sizeof(float) * dim);
+
+					tv_refine_prepare(c, q, qr1);
+					tv_refine_scale(c, work, qr2);
+					if (memcmp(qr1, qr2, sizeof(float) * dim) != 0)
+						bad_rotation++;
+					free(qr1);
+					free(qr2);
+				}
 				if (lut->scale > 0)
 				{
 					double		inv = 1.0 / sqrt((double) dim);
@@ -1361,6 +1376,8 @@ TestLutKernels(void)
 			}
 			Check(bad == 0, "LUT AVX2 dim %d bits %d: %d of 6 queries differ from scalar",
 				  dim, bits_list[b], bad);
+			Check(bad_rotation == 0, "dim %d bits %d: %d of 6 rotated queries differ "
+				  "from tv_refine_prepare's", dim, bits_list[b], bad_rotation);
 			free(c);
 			free(lut);
 			free(ref);

@@ -1276,20 +1276,14 @@ tv_refine_scale(const TvCodec *codec, const float *rq, float *qr)
 		qr[i] = (float) (rq[i] * s);
 }
 
-float
-tv_refine_block_ip_scalar(const TvCodec *codec, const uint8_t *block_codes,
-						  int lane, const uint8_t *refine, const float *qr,
-						  float *sd)
+void
+tv_refine_sums(const TvCodec *codec, const uint8_t *block_codes, int lane,
+			   const uint8_t *refine, const float *qr, int from,
+			   double *sum, double *var)
 {
-	int			dim = codec->dim;
 	const uint8_t *nib = refine + 4;
-	float		rscale;
-	double		sum = 0.0;
-	double		var = 0.0;
-	int			i;
 
-	memcpy(&rscale, refine, sizeof(float));
-	for (i = 0; i < dim; i++)
+	for (int i = from; i < codec->dim; i++)
 	{
 		int			c;
 		int			f = (nib[i >> 1] >> ((i & 1) * 4)) & 15;
@@ -1310,9 +1304,22 @@ tv_refine_block_ip_scalar(const TvCodec *codec, const uint8_t *block_codes,
 				c = NibbleGet(block_codes + (size_t) i * 16, lane);
 				break;
 		}
-		sum += (double) codec->refine_value[c << 4 | f] * qr[i];
-		var += (double) codec->refine_step[c] * codec->refine_step[c] * qr[i] * qr[i];
+		*sum += (double) codec->refine_value[c << 4 | f] * qr[i];
+		*var += (double) codec->refine_step[c] * codec->refine_step[c] * qr[i] * qr[i];
 	}
+}
+
+float
+tv_refine_block_ip_scalar(const TvCodec *codec, const uint8_t *block_codes,
+						  int lane, const uint8_t *refine, const float *qr,
+						  float *sd)
+{
+	float		rscale;
+	double		sum = 0.0;
+	double		var = 0.0;
+
+	memcpy(&rscale, refine, sizeof(float));
+	tv_refine_sums(codec, block_codes, lane, refine, qr, 0, &sum, &var);
 	/* each coordinate's error is uniform over its step: variance step^2/12 */
 	*sd = (float) (fabs(rscale) * sqrt(var / 12.0));
 	return (float) (rscale * sum);

@@ -198,7 +198,14 @@ typedef float (*TvRefineBlockIpFn) (const TvCodec *codec,
 									float *sd);
 
 extern TvRefineBlockIpFn tv_refine_block_ip;
-/* The reference; the AVX2 version (4 bits) sums in another order */
+/*
+ * Adds to *sum the coordinates from..dim-1 of <yhat, qr> (unscaled) and to
+ * *var their sum of step^2 qr^2, in coordinate order
+ */
+extern void tv_refine_sums(const TvCodec *codec, const uint8_t *block_codes,
+						   int lane, const uint8_t *refine, const float *qr,
+						   int from, double *sum, double *var);
+/* The reference; the AVX2 version sums 8 coordinates at a time */
 extern float tv_refine_block_ip_scalar(const TvCodec *codec,
 									   const uint8_t *block_codes, int lane,
 									   const uint8_t *refine, const float *qr,

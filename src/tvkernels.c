@@ -395,23 +395,67 @@ tv_sum_groups_avx2(const TvQueryLut *lut, const uint8_t *codes, int g0,
 }
 
 /*
- * tv_refine_block_ip_scalar for 4-bit codes, 8 coordinates at a time: the
- * lane's codes come from a gather of the 32-bit words holding its nibble,
- * the refinement nibbles from one 32-bit load, and each coordinate's value
- * and step from gathers on the codec's tables.  The products are exact in
- * double, as in the scalar code; only the order of the sums differs.
+ * The lane's first-stage codes of coordinates i..i+7 (the block layout in
+ * tvcodec.c), from gathers of the 32-bit words holding them; a word starts
+ * at a multiple of 4 within its group, so no gather reads past the codes.
+ * bits is a constant in each caller, so the switch folds away.
  */
-TV_AVX2 float
-tv_refine_block_ip_avx2(const TvCodec *codec, const uint8_t *block_codes,
-						int lane, const uint8_t *refine, const float *qr,
-						float *sd)
+static inline TV_AVX2 __m256i
+RefineLaneCodes(const uint8_t *block_codes, int lane, int i, const int bits)
+{
+	switch (bits)
+	{
+		case 2:
+			{
+				/* coordinates 2g and 2g + 1 share group g's nibble */
+				__m128i		w4 = _mm_i32gather_epi32((const int *) (block_codes + (size_t) i * 8 + (lane & 12)),
+													 _mm_setr_epi32(0, 16, 32, 48), 1);
+				__m256i		w = _mm256_permutevar8x32_epi32(_mm256_castsi128_si256(w4),
+															_mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+				__m256i		sh = _mm256_add_epi32(_mm256_set1_epi32(8 * (lane & 3) + 4 * (lane >> 4)),
+												  _mm256_setr_epi32(0, 2, 0, 2, 0, 2, 0, 2));
+
+				return _mm256_and_si256(_mm256_srlv_epi32(w, sh), _mm256_set1_epi32(3));
+			}
+		case 3:
+			{
+				/* low bits: byte lane % 8, bits 2 * (lane / 8); high bit: byte 8 + lane % 4, bit lane / 4 */
+				__m256i		offsets = _mm256_setr_epi32(0, 12, 24, 36, 48, 60, 72, 84);
+				const uint8_t *g = block_codes + (size_t) i * 12;
+				__m256i		lo = _mm256_i32gather_epi32((const int *) (g + (lane & 4)), offsets, 1);
+				__m256i		hi = _mm256_i32gather_epi32((const int *) (g + 8), offsets, 1);
+
+				lo = _mm256_and_si256(_mm256_srli_epi32(lo, 8 * (lane & 3) + 2 * (lane >> 3)),
+									  _mm256_set1_epi32(3));
+				hi = _mm256_and_si256(_mm256_srli_epi32(hi, 8 * (lane & 3) + (lane >> 2)),
+									  _mm256_set1_epi32(1));
+				return _mm256_or_si256(lo, _mm256_slli_epi32(hi, 2));
+			}
+		default:
+			{
+				/* byte lane % 16, the high nibble from lane 16 */
+				__m256i		w = _mm256_i32gather_epi32((const int *) (block_codes + (size_t) i * 16 + (lane & 12)),
+													   _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112), 1);
+
+				return _mm256_and_si256(_mm256_srli_epi32(w, 8 * (lane & 3) + 4 * (lane >> 4)),
+										_mm256_set1_epi32(15));
+			}
+	}
+}
+
+/*
+ * tv_refine_block_ip_scalar, 8 coordinates at a time: the codes from
+ * RefineLaneCodes, the refinement nibbles from one 32-bit load, each
+ * coordinate's value and step from gathers on the codec's tables.  The
+ * products are exact in double, as in the scalar code; only the order of
+ * the sums differs.
+ */
+static inline TV_AVX2 float
+RefineBlockIp(const TvCodec *codec, const uint8_t *block_codes, int lane,
+			  const uint8_t *refine, const float *qr, float *sd, const int bits)
 {
 	int			dim = codec->dim;
 	const uint8_t *nib = refine + 4;
-	/* lane's byte is lane % 16 of each 16-byte group, high nibble from 16 */
-	const uint8_t *word = block_codes + (lane & 12);
-	__m128i		code_shift = _mm_cvtsi32_si128(8 * (lane & 3) + 4 * (lane >> 4));
-	__m256i		group_offsets = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);
 	__m256i		nibble_shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
 	__m256i		fifteen = _mm256_set1_epi32(15);
 	__m256d		sum_lo = _mm256_setzero_pd();
@@ -424,16 +468,10 @@ tv_refine_block_ip_avx2(const TvCodec *codec, const uint8_t *block_codes,
 	double		var = 0.0;
 	int			i;
 
-	if (codec->bits != 4)
-		return tv_refine_block_ip_scalar(codec, block_codes, lane, refine, qr, sd);
-
 	memcpy(&rscale, refine, sizeof(float));
 	for (i = 0; i + 8 <= dim; i += 8)
 	{
-		/* bytes (i + k) * 16 + (lane & 12) .. + 3: inside group i + k */
-		__m256i		words = _mm256_i32gather_epi32((const int *) (word + (size_t) i * 16),
-												   group_offsets, 1);
-		__m256i		c = _mm256_and_si256(_mm256_srl_epi32(words, code_shift), fifteen);
+		__m256i		c = RefineLaneCodes(block_codes, lane, i, bits);
 		uint32_t	packed;
 		__m256i		f;
 		__m256		value,
@@ -464,16 +502,26 @@ tv_refine_block_ip_avx2(const TvCodec *codec, const uint8_t *block_codes,
 		sum += sum_lanes[k];
 		var += var_lanes[k];
 	}
-	for (; i < dim; i++)
-	{
-		int			c = (block_codes[(size_t) i * 16 + (lane & 15)] >> (4 * (lane >> 4))) & 15;
-		int			f = (nib[i >> 1] >> ((i & 1) * 4)) & 15;
-
-		sum += (double) codec->refine_value[c << 4 | f] * qr[i];
-		var += (double) codec->refine_step[c] * codec->refine_step[c] * qr[i] * qr[i];
-	}
+	/* the last dim % 8 coordinates, as the scalar code does them */
+	tv_refine_sums(codec, block_codes, lane, refine, qr, i, &sum, &var);
 	*sd = (float) (fabs(rscale) * sqrt(var / 12.0));
 	return (float) (rscale * sum);
+}
+
+TV_AVX2 float
+tv_refine_block_ip_avx2(const TvCodec *codec, const uint8_t *block_codes,
+						int lane, const uint8_t *refine, const float *qr,
+						float *sd)
+{
+	switch (codec->bits)
+	{
+		case 2:
+			return RefineBlockIp(codec, block_codes, lane, refine, qr, sd, 2);
+		case 3:
+			return RefineBlockIp(codec, block_codes, lane, refine, qr, sd, 3);
+		default:
+			return RefineBlockIp(codec, block_codes, lane, refine, qr, sd, 4);
+	}
 }
 
 /*

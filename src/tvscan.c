@@ -862,6 +862,8 @@ RefineCandidates(TvScanOpaque so, const TvMetaPageData *meta, TvResidentCopy *co
 	TvMetric	metric = so->state->metric;
 	double		worst_sd = 0;
 
+	/* PrepareQuery made it for every query that gets here (not a NULL one) */
+	Assert(so->qrot != NULL);
 	for (int i = 0; i < heap->n; i++)
 	{
 		TvCandidate *c = &heap->items[i];

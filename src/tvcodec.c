@@ -975,7 +975,6 @@ tv_query_prepare(const TvCodec *codec, const float *q,
 
 	lut->ngroups = codec->ngroups;
 	lut->bits = codec->bits;
-	memset(lut->lut, 0, (size_t) codec->ngroups * 16);
 
 	/*
 	 * Callers pass finite floats, but values near FLT_MAX can overflow the
@@ -985,12 +984,17 @@ tv_query_prepare(const TvCodec *codec, const float *q,
 	{
 		lut->bias = 0.0f;
 		lut->scale = 0.0f;
+		memset(lut->lut, 0, (size_t) codec->ngroups * 16);
 		return;
 	}
 	lut->bias = (float) bias;
 	lut->scale = step > 0.0f ? step : 0.0f;
 	if (!(step > 0.0f))
+	{
+		/* every entry equal: all zero */
+		memset(lut->lut, 0, (size_t) codec->ngroups * 16);
 		return;
+	}
 
 	/*
 	 * Pass 2: the entries, quantized with the float step (a multiply by its

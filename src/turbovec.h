@@ -235,7 +235,7 @@ extern void TvCommitBuffer(Buffer buf, GenericXLogState *state);
 extern void TvReadStream(Relation index, uint64 offset, Size len, char *out,
 						 BufferAccessStrategy strategy);
 extern const float *TvCachedCentroids(Relation index, const float **cnorms);
-extern const int8 *TvCachedRankCentroids(Relation index, const float **scales,
+extern const uint8 *TvCachedRankCentroids(Relation index, const float **scales,
 										const float **cnorms);
 extern Buffer *TvBufferHints(Relation index, BlockNumber npages, BlockNumber *nhints);
 extern Buffer TvPinPage(Relation index, BlockNumber blkno, BufferAccessStrategy strategy,
@@ -354,9 +354,9 @@ extern void TvListDistances(const float *centroids, int lists, int dim, TvMetric
 							const float *q, float *dist);
 extern float TvListDistance(const float *centroids, int dim, TvMetric metric,
 							const float *q, int list);
-extern void TvQuantizeCentroids(const float *centroids, int lists, int dim, int8 *codes,
+extern void TvQuantizeCentroids(const float *centroids, int lists, int dim, uint8 *codes,
 								float *scales);
-extern void TvApproxListDistances(const int8 *codes, const float *scales, const float *cnorms,
+extern void TvApproxListDistances(const uint8 *codes, const float *scales, const float *cnorms,
 								  int lists, int dim, TvMetric metric, const float *q,
 								  float *dist);
 extern float *TvReadCentroids(Relation index, const TvMetaPageData *meta,

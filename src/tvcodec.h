@@ -215,6 +215,26 @@ extern float tv_refine_block_ip_avx2(const TvCodec *codec,
 									 const uint8_t *refine, const float *qr,
 									 float *sd);
 
+/*
+ * Ranking lists: sum k[i] * q[i] over dim coordinates, a centroid's 8-bit
+ * code biased to k + 128 (1..255) against the query's int8 code (-127..127).
+ * Exact in int32 up to TV_CODEC_MAX_DIM (255 * 127 * 16000 < 2^31), so
+ * every kernel returns the same integer.
+ */
+typedef int32_t (*TvRankDotFn) (const uint8_t *k, const int8_t *q, int dim);
+
+extern TvRankDotFn tv_rank_dot;
+extern int32_t tv_rank_dot_scalar(const uint8_t *k, const int8_t *q, int dim);
+/* 16 coordinates a step, widened to int16 */
+extern int32_t tv_rank_dot_avx2(const uint8_t *k, const int8_t *q, int dim);
+/* 32 a step with the u8 x s8 dot-product instruction (AVX-VNNI, VEX) */
+extern int32_t tv_rank_dot_avxvnni(const uint8_t *k, const int8_t *q, int dim);
+/* the same with AVX512-VNNI's 256-bit form (EVEX); 512 bits gained nothing:
+ * 3 MB of centroids a query are read as fast as the caches deliver them */
+extern int32_t tv_rank_dot_avx512vnni(const uint8_t *k, const int8_t *q, int dim);
+extern bool tv_kernels_have_avxvnni(void);
+extern bool tv_kernels_have_avx512vnni(void);
+
 /* Pick the fastest kernel this CPU supports; call once at load */
 extern void tv_kernels_init(void);
 extern const char *tv_kernels_name(void);

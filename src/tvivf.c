@@ -791,112 +791,72 @@ TvAssignLists(TvListAssigner *la, const float *xs, int n, int *out)
 
 /*
  * Centroids as 8-bit integers for ranking lists: c ~ scale[j] * k[j][i],
- * scale[j] = max |c_ji| / 127.  A query at 1M x 768 with 2,000 lists read
+ * scale[j] = max |c_ji| / 127, stored biased as k + 128 (1..255) for the
+ * u8 x s8 kernels (tv_rank_dot).  A query at 1M x 768 with 2,000 lists read
  * 6 MB of float centroids to rank them (a sixth of its time, bound by
  * memory); the bytes are a quarter of that.  Scans rank with these and
  * recompute the nearest lists exactly (TvListDistance), so the error only
  * matters far from the lists probed.
  */
 void
-TvQuantizeCentroids(const float *centroids, int lists, int dim, int8 *codes, float *scales)
+TvQuantizeCentroids(const float *centroids, int lists, int dim, uint8 *codes, float *scales)
 {
 	for (int j = 0; j < lists; j++)
 	{
 		const float *c = centroids + (Size) j * dim;
-		int8	   *k = codes + (Size) j * dim;
+		uint8	   *k = codes + (Size) j * dim;
 		float		amax = 0;
 
 		for (int i = 0; i < dim; i++)
 			amax = Max(amax, fabsf(c[i]));
 		scales[j] = amax / 127;
 		for (int i = 0; i < dim; i++)
-			k[i] = (int8) (amax > 0 ? lrintf(c[i] * 127 / amax) : 0);
+			k[i] = (uint8) (128 + (amax > 0 ? lrintf(c[i] * 127 / amax) : 0));
 	}
 }
-
-/*
- * <k, q16> in integers, the query quantized to int16 (TvApproxListDistances
- * bounds it so that no sum overflows).
- */
-static int32
-DotInt8Scalar(const int8 *k, const int16 *q, int dim)
-{
-	int32		s = 0;
-
-	for (int i = 0; i < dim; i++)
-		s += k[i] * q[i];
-	return s;
-}
-
-#ifdef TV_IVF_X86
-__attribute__((target("avx2")))
-static int32
-DotInt8Avx2(const int8 *k, const int16 *q, int dim)
-{
-	__m256i		s = _mm256_setzero_si256();
-	__m128i		h;
-	int			i = 0;
-	int32		tail = 0;
-
-	/* 16 products a step, summed in pairs into 8 int32 lanes */
-	for (; i + 16 <= dim; i += 16)
-	{
-		__m256i		a = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) (k + i)));
-		__m256i		b = _mm256_loadu_si256((const __m256i *) (q + i));
-
-		s = _mm256_add_epi32(s, _mm256_madd_epi16(a, b));
-	}
-	for (; i < dim; i++)
-		tail += k[i] * q[i];
-	h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-	h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
-	h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
-	return _mm_cvtsi128_si32(h) + tail;
-}
-#endif
 
 /*
  * Approximate list distances from TvQuantizeCentroids' codes, on the scale
  * of ListDistance (under L2 ||c||^2 - 2<c, q> + ||q||^2, cnorms from
  * TvCentroidNorms), so that exact and approximate values can be compared.
- * The query is quantized too, to int16 at most and so that dim * 127 * its
- * largest value stays below 2^31: every partial sum fits an int32.
+ * The query is quantized to int8 as the centroids are: <k, q8> is the
+ * kernel's sum of (k + 128) q8 less 128 times the sum of q8, exact in
+ * integers whichever kernel the CPU runs.  (An int16 query gained nothing
+ * measurable: the centroids' own rounding dominates, and the nearest lists
+ * are recomputed exactly.)
  */
 void
-TvApproxListDistances(const int8 *codes, const float *scales, const float *cnorms,
+TvApproxListDistances(const uint8 *codes, const float *scales, const float *cnorms,
 					  int lists, int dim, TvMetric metric, const float *q, float *dist)
 {
-	int32		(*dot) (const int8 *, const int16 *, int) = DotInt8Scalar;
-	int16	   *q16 = palloc(sizeof(int16) * dim);
+	int8	   *q8 = palloc(sizeof(int8) * dim);
 	float		qmax = 0;
 	float		qscale;
 	float		qnorm2 = 0;
-	int32		limit = (int32) Min(32767, (int64) PG_INT32_MAX / ((int64) dim * 127));
+	int32		qsum = 0;
 
-#ifdef TV_IVF_X86
-	if (Dot == DotAvx2)
-		dot = DotInt8Avx2;
-#endif
 	for (int i = 0; i < dim; i++)
 		qmax = Max(qmax, fabsf(q[i]));
-	qscale = qmax > 0 ? qmax / limit : 1;
+	qscale = qmax > 0 ? qmax / 127 : 1;
 	for (int i = 0; i < dim; i++)
 	{
 		/* rintf, unlike lrintf, is inlined: the same rounding, to even */
 		float		x = rintf(q[i] / qscale);
 
 		/* clamped as a float, so that no conversion overflows; NaN gives 0 */
-		q16[i] = (int16) (x >= limit ? limit : x <= -limit ? -limit : x == x ? (int32) x : 0);
+		q8[i] = (int8) (x >= 127 ? 127 : x <= -127 ? -127 : x == x ? (int32) x : 0);
+		qsum += q8[i];
 	}
 	if (metric == TV_METRIC_L2)
 		qnorm2 = Dot(q, q, dim);
 	for (int j = 0; j < lists; j++)
 	{
-		float		ip = scales[j] * qscale * (float) dot(codes + (Size) j * dim, q16, dim);
+		int32		k_q = tv_rank_dot(codes + (Size) j * dim, q8, dim) - 128 * qsum;
+		float		ip = scales[j] * qscale * (float) k_q;
 
 		dist[j] = (metric == TV_METRIC_L2) ? cnorms[j] - 2 * ip + qnorm2 : -ip;
 	}
-	pfree(q16);
+	pfree(q8);
 }
 
 /* The exact ListDistance of one list */

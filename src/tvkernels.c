@@ -42,6 +42,17 @@ TvScoreBlockFn tv_score_block = tv_score_block_scalar;
 TvSumGroupsFn tv_sum_groups = tv_sum_groups_scalar;
 TvRefineBlockIpFn tv_refine_block_ip = tv_refine_block_ip_scalar;
 TvQuantizeLutFn tv_quantize_lut = tv_quantize_lut_scalar;
+TvRankDotFn tv_rank_dot = tv_rank_dot_scalar;
+
+int32_t
+tv_rank_dot_scalar(const uint8_t *k, const int8_t *q, int dim)
+{
+	int32_t		s = 0;
+
+	for (int i = 0; i < dim; i++)
+		s += (int32_t) k[i] * q[i];
+	return s;
+}
 
 /*
  * Reference summation of groups [g0, g0 + ngroups), their codes at codes;
@@ -581,6 +592,111 @@ tv_quantize_lut_avx2(const TvCodec *codec, const float *qr, double inv,
 	}
 }
 
+/*
+ * The dot-product instructions need AVX2's OS support (YMM state) plus:
+ * AVX-VNNI, CPUID.(7,1):EAX bit 4; AVX512-VNNI (with the 256-bit forms),
+ * CPUID.(7,0):ECX bit 11 and EBX bits 16 (F) and 31 (VL), and the OS
+ * saving the opmask and ZMM state (XCR0 bits 5-7).
+ */
+bool
+tv_kernels_have_avxvnni(void)
+{
+	unsigned int eax,
+				ebx,
+				ecx,
+				edx;
+
+	if (!tv_kernels_have_avx2())
+		return false;
+	__cpuid_count(7, 0, eax, ebx, ecx, edx);
+	if (eax < 1)
+		return false;
+	__cpuid_count(7, 1, eax, ebx, ecx, edx);
+	return (eax & (1u << 4)) != 0;
+}
+
+bool
+tv_kernels_have_avx512vnni(void)
+{
+	unsigned int eax,
+				ebx,
+				ecx,
+				edx;
+	unsigned int xcr0_lo,
+				xcr0_hi;
+
+	if (!tv_kernels_have_avx2())
+		return false;
+	__asm__ __volatile__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+	(void) xcr0_hi;
+	if ((xcr0_lo & 0xE6) != 0xE6)
+		return false;
+	__cpuid_count(7, 0, eax, ebx, ecx, edx);
+	return (ebx & (1u << 16)) != 0 && (ebx & (1u << 31)) != 0 &&
+		(ecx & (1u << 11)) != 0;
+}
+
+TV_AVX2 int32_t
+tv_rank_dot_avx2(const uint8_t *k, const int8_t *q, int dim)
+{
+	__m256i		s = _mm256_setzero_si256();
+	__m128i		h;
+	int			i = 0;
+	int32_t		tail = 0;
+
+	/* 16 products a step, summed in pairs into 8 int32 lanes */
+	for (; i + 16 <= dim; i += 16)
+	{
+		__m256i		a = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *) (k + i)));
+		__m256i		b = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) (q + i)));
+
+		s = _mm256_add_epi32(s, _mm256_madd_epi16(a, b));
+	}
+	for (; i < dim; i++)
+		tail += (int32_t) k[i] * q[i];
+	h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+	h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+	h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+	return _mm_cvtsi128_si32(h) + tail;
+}
+
+/*
+ * 64 coordinates a step in two chains (the instruction's latency is
+ * several cycles), then 32, then the rest one by one.  Each int32 lane
+ * adds four u8 x s8 products per instruction, without saturation.
+ */
+#define TV_RANK_DOT_VNNI(name, features, dpbusd) \
+__attribute__((target(features))) int32_t \
+name(const uint8_t *k, const int8_t *q, int dim) \
+{ \
+	__m256i		s0 = _mm256_setzero_si256(); \
+	__m256i		s1 = _mm256_setzero_si256(); \
+	__m128i		h; \
+	int			i = 0; \
+	int32_t		tail = 0; \
+\
+	for (; i + 64 <= dim; i += 64) \
+	{ \
+		s0 = dpbusd(s0, _mm256_loadu_si256((const __m256i *) (k + i)), \
+					_mm256_loadu_si256((const __m256i *) (q + i))); \
+		s1 = dpbusd(s1, _mm256_loadu_si256((const __m256i *) (k + i + 32)), \
+					_mm256_loadu_si256((const __m256i *) (q + i + 32))); \
+	} \
+	for (; i + 32 <= dim; i += 32) \
+		s0 = dpbusd(s0, _mm256_loadu_si256((const __m256i *) (k + i)), \
+					_mm256_loadu_si256((const __m256i *) (q + i))); \
+	for (; i < dim; i++) \
+		tail += (int32_t) k[i] * q[i]; \
+	s0 = _mm256_add_epi32(s0, s1); \
+	h = _mm_add_epi32(_mm256_castsi256_si128(s0), _mm256_extracti128_si256(s0, 1)); \
+	h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2))); \
+	h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1))); \
+	return _mm_cvtsi128_si32(h) + tail; \
+}
+
+TV_RANK_DOT_VNNI(tv_rank_dot_avxvnni, "avx2,avxvnni", _mm256_dpbusd_avx_epi32)
+TV_RANK_DOT_VNNI(tv_rank_dot_avx512vnni, "avx2,avx512f,avx512vl,avx512vnni", _mm256_dpbusd_epi32)
+
 #else							/* !TV_X86 */
 
 bool
@@ -619,6 +735,36 @@ tv_quantize_lut_avx2(const TvCodec *codec, const float *qr, double inv,
 	tv_quantize_lut_scalar(codec, qr, inv, rstep, lut);
 }
 
+bool
+tv_kernels_have_avxvnni(void)
+{
+	return false;
+}
+
+bool
+tv_kernels_have_avx512vnni(void)
+{
+	return false;
+}
+
+int32_t
+tv_rank_dot_avx2(const uint8_t *k, const int8_t *q, int dim)
+{
+	return tv_rank_dot_scalar(k, q, dim);
+}
+
+int32_t
+tv_rank_dot_avxvnni(const uint8_t *k, const int8_t *q, int dim)
+{
+	return tv_rank_dot_scalar(k, q, dim);
+}
+
+int32_t
+tv_rank_dot_avx512vnni(const uint8_t *k, const int8_t *q, int dim)
+{
+	return tv_rank_dot_scalar(k, q, dim);
+}
+
 #endif							/* TV_X86 */
 
 void
@@ -630,6 +776,12 @@ tv_kernels_init(void)
 	tv_sum_groups = avx2 ? tv_sum_groups_avx2 : tv_sum_groups_scalar;
 	tv_refine_block_ip = avx2 ? tv_refine_block_ip_avx2 : tv_refine_block_ip_scalar;
 	tv_quantize_lut = avx2 ? tv_quantize_lut_avx2 : tv_quantize_lut_scalar;
+	if (tv_kernels_have_avxvnni())
+		tv_rank_dot = tv_rank_dot_avxvnni;
+	else if (tv_kernels_have_avx512vnni())
+		tv_rank_dot = tv_rank_dot_avx512vnni;
+	else
+		tv_rank_dot = avx2 ? tv_rank_dot_avx2 : tv_rank_dot_scalar;
 }
 
 const char *

@@ -278,7 +278,7 @@ typedef struct TvIndexCache
 	TvCodec    *codec;
 	float	   *centroids;
 	float	   *cnorms;
-	int8	   *rank_codes;		/* TvCachedRankCentroids */
+	uint8	   *rank_codes;		/* TvCachedRankCentroids */
 	float	   *rank_scales;
 	FmgrInfo   *toarray;
 	bool		have_toarray;
@@ -513,7 +513,7 @@ TvCachedCentroids(Relation index, const float **cnorms)
  * with their scales and squared norms, made once per relfilenode beside
  * TvCachedCentroids.
  */
-const int8 *
+const uint8 *
 TvCachedRankCentroids(Relation index, const float **scales, const float **cnorms)
 {
 	TvIndexState *state = TvGetIndexState(index);
@@ -522,7 +522,7 @@ TvCachedRankCentroids(Relation index, const float **scales, const float **cnorms
 
 	if (cache->rank_codes == NULL)
 	{
-		int8	   *codes = MemoryContextAllocHuge(cache->cxt,
+		uint8	   *codes = MemoryContextAllocHuge(cache->cxt,
 												   (Size) state->meta.lists * state->meta.dim);
 		float	   *s = MemoryContextAlloc(cache->cxt, sizeof(float) * state->meta.lists);
 

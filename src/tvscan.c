@@ -1401,7 +1401,7 @@ OrderLists(IndexScanDesc scan, const float *q)
 		{
 			const float *scales;
 			const float *cnorms;
-			const int8 *codes = TvCachedRankCentroids(scan->indexRelation, &scales, &cnorms);
+			const uint8 *codes = TvCachedRankCentroids(scan->indexRelation, &scales, &cnorms);
 
 			TvApproxListDistances(codes, scales, cnorms, lists, meta->dim,
 								  so->state->metric, q, dist);

@@ -1083,6 +1083,104 @@ Bench(void)
 		}
 	}
 
+	/* ranking 4,000 lists' 768-d centroids (3 MB of codes), as a 1M-row scan does */
+	{
+		const int	lists = 4000,
+					dim = 768;
+		uint8_t    *k = Alloc((size_t) lists * dim);
+		int8_t	   *q = Alloc(dim);
+		struct
+		{
+			const char *name;
+			TvRankDotFn fn;
+			bool		have;
+		}			kernels[] = {
+			{"scalar", tv_rank_dot_scalar, true},
+			{"avx2", tv_rank_dot_avx2, tv_kernels_have_avx2()},
+			{"avxvnni", tv_rank_dot_avxvnni, tv_kernels_have_avxvnni()},
+			{"avx512vnni", tv_rank_dot_avx512vnni, tv_kernels_have_avx512vnni()},
+		};
+
+		FillBytes(k, (size_t) lists * dim);
+		FillBytes((uint8_t *) q, dim);
+		printf("%-10s %12s\n", "rank", "us/4000x768");
+		for (size_t n = 0; n < sizeof(kernels) / sizeof(kernels[0]); n++)
+		{
+			double		best = 1e30;
+			volatile int32_t sink = 0;
+
+			if (!kernels[n].have)
+				continue;
+			for (int rep = 0; rep < 20; rep++)
+			{
+				double		t0 = Now();
+
+				for (int j = 0; j < lists; j++)
+					sink += kernels[n].fn(k + (size_t) j * dim, q, dim);
+				t0 = Now() - t0;
+				if (t0 < best)
+					best = t0;
+			}
+			(void) sink;
+			printf("%-10s %12.1f\n", kernels[n].name, best * 1e6);
+		}
+		free(k);
+		free(q);
+	}
+
+	/* refinement of one candidate (lane), cache-resident: the kernel alone */
+	printf("%-5s %-4s %-7s %10s\n", "dim", "bits", "refine", "ns/cand");
+	for (d = 0; d < 2; d++)
+	{
+		for (b = 0; b < 3; b++)
+		{
+			int			dim = dims[d];
+			TvCodec    *c = MakeCodec(dim, bits_list[b]);
+			uint8_t    *block = Alloc(c->block_code_bytes);
+			size_t		rb = tv_refine_bytes(dim);
+			uint8_t    *refine = Alloc(rb * TV_LANES);
+			float	   *qr = Alloc(sizeof(float) * dim);
+			int			kk;
+
+			FillBytes(block, c->block_code_bytes);
+			FillBytes(refine, rb * TV_LANES);
+			for (int l = 0; l < TV_LANES; l++)
+				memcpy(refine + l * rb, &(float) {0.01f}, sizeof(float));
+			FillNormal(qr, dim);
+			for (kk = 0; kk < 2; kk++)
+			{
+				double		best = 1e30;
+				volatile float sink = 0;
+
+				if (kk && !tv_kernels_have_avx2())
+					continue;
+				for (int rep = 0; rep < 5; rep++)
+				{
+					double		t0 = Now();
+
+					for (int i = 0; i < 20000; i++)
+					{
+						float		sd;
+						int			lane = i % TV_LANES;
+
+						sink += (kk ? tv_refine_block_ip_avx2 : tv_refine_block_ip_scalar)
+							(c, block, lane, refine + lane * rb, qr, &sd);
+					}
+					t0 = Now() - t0;
+					if (t0 < best)
+						best = t0;
+				}
+				(void) sink;
+				printf("%-5d %-4d %-7s %10.1f\n", dim, bits_list[b],
+					   kk ? "avx2" : "scalar", best * 1e9 / 20000);
+			}
+			free(c);
+			free(block);
+			free(refine);
+			free(qr);
+		}
+	}
+
 	/* encoder throughput: GloVe-100 and Fashion-MNIST sized sets */
 	for (d = 0; d < 2; d++)
 	{
@@ -1308,6 +1406,73 @@ TestRefineKernels(void)
 }
 
 /*
+ * The list-ranking kernels return the same integer as the scalar sum: on
+ * random codes at dims around each kernel's step (tails of every length),
+ * and at the extremes at TV_CODEC_MAX_DIM, where an int16 or saturating
+ * intermediate would overflow.  A kernel the CPU lacks is not compared.
+ */
+static void
+TestRankKernels(void)
+{
+	static const int dims[] = {1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 96, 127, 128, 129, 191, 192, 200, 768, 784, 1536, 16000};
+	struct
+	{
+		const char *name;
+		TvRankDotFn fn;
+		bool		have;
+	}			kernels[] = {
+		{"avx2", tv_rank_dot_avx2, tv_kernels_have_avx2()},
+		{"avxvnni", tv_rank_dot_avxvnni, tv_kernels_have_avxvnni()},
+		{"avx512vnni", tv_rank_dot_avx512vnni, tv_kernels_have_avx512vnni()},
+	};
+	uint8_t    *k = Alloc(TV_CODEC_MAX_DIM + 3);
+	int8_t	   *q = Alloc(TV_CODEC_MAX_DIM + 3);
+
+	for (size_t n = 0; n < sizeof(kernels) / sizeof(kernels[0]); n++)
+	{
+		int			bad = 0;
+
+		if (!kernels[n].have)
+		{
+			printf("note: CPU lacks %s, its list-ranking kernel not compared\n", kernels[n].name);
+			continue;
+		}
+		for (size_t d = 0; d < sizeof(dims) / sizeof(dims[0]); d++)
+		{
+			int			dim = dims[d];
+
+			TestSeed(4242 + dim);
+			for (int rep = 0; rep < 20; rep++)
+			{
+				for (int i = 0; i < dim; i++)
+				{
+					k[i + 1] = (uint8_t) (1 + (TestNext() >> 32) % 255);
+					q[i + 3] = (int8_t) ((int) ((TestNext() >> 32) % 255) - 127);
+				}
+				/* at odd offsets: the kernels load unaligned */
+				if (kernels[n].fn(k + 1, q + 3, dim) != tv_rank_dot_scalar(k + 1, q + 3, dim))
+					bad++;
+			}
+		}
+		/* the largest and the most negative sums */
+		memset(k, 255, TV_CODEC_MAX_DIM);
+		memset(q, 127, TV_CODEC_MAX_DIM);
+		Check(kernels[n].fn(k, q, TV_CODEC_MAX_DIM) == 255 * 127 * TV_CODEC_MAX_DIM,
+			  "rank %s: largest sum wrong", kernels[n].name);
+		memset(q, -127, TV_CODEC_MAX_DIM);
+		Check(kernels[n].fn(k, q, TV_CODEC_MAX_DIM) == -255 * 127 * TV_CODEC_MAX_DIM,
+			  "rank %s: most negative sum wrong", kernels[n].name);
+		Check(bad == 0, "rank %s: %d sums differ from scalar", kernels[n].name, bad);
+	}
+	Check(tv_rank_dot == (tv_kernels_have_avxvnni() ? tv_rank_dot_avxvnni :
+						  tv_kernels_have_avx512vnni() ? tv_rank_dot_avx512vnni :
+						  tv_kernels_have_avx2() ? tv_rank_dot_avx2 : tv_rank_dot_scalar),
+		  "tv_kernels_init picked the wrong ranking kernel");
+	free(k);
+	free(q);
+}
+
+/*
  * The AVX2 quantization of a query's LUT against the scalar one: the same
  * bytes, for queries of ordinary, tiny and huge coordinates, zeros and a
  * single non-zero coordinate, at every bit width and many dimensions.  And
@@ -1412,6 +1577,7 @@ main(int argc, char **argv)
 	TestRefine(verbose);
 	TestRefineKernels();
 	TestLutKernels();
+	TestRankKernels();
 
 	printf("codec: %d passed, %d failed\n", npassed, nfailed);
 	return nfailed ? 1 : 0;

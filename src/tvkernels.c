@@ -132,6 +132,18 @@ tv_score_block_scalar(const TvQueryLut *lut, const uint8_t *block_codes,
 
 #ifdef TV_X86
 
+/* The register states the OS saves (XCR0's low word); needs OSXSAVE */
+static unsigned int
+ReadXcr0(void)
+{
+	unsigned int lo,
+				hi;
+
+	__asm__ __volatile__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+	(void) hi;
+	return lo;
+}
+
 /*
  * CPU supports AVX2 and the OS saves the YMM registers (OSXSAVE, then
  * XCR0 bits 1 and 2).
@@ -143,16 +155,12 @@ tv_kernels_have_avx2(void)
 				ebx,
 				ecx,
 				edx;
-	unsigned int xcr0_lo,
-				xcr0_hi;
 
 	if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx))
 		return false;
 	if ((ecx & bit_OSXSAVE) == 0 || (ecx & bit_AVX) == 0)
 		return false;
-	__asm__ __volatile__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
-	(void) xcr0_hi;
-	if ((xcr0_lo & 0x6) != 0x6)
+	if ((ReadXcr0() & 0x6) != 0x6)
 		return false;
 	if (__get_cpuid_max(0, NULL) < 7)
 		return false;
@@ -622,14 +630,9 @@ tv_kernels_have_avx512vnni(void)
 				ebx,
 				ecx,
 				edx;
-	unsigned int xcr0_lo,
-				xcr0_hi;
 
-	if (!tv_kernels_have_avx2())
-		return false;
-	__asm__ __volatile__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
-	(void) xcr0_hi;
-	if ((xcr0_lo & 0xE6) != 0xE6)
+	/* tv_kernels_have_avx2 checked OSXSAVE */
+	if (!tv_kernels_have_avx2() || (ReadXcr0() & 0xE6) != 0xE6)
 		return false;
 	__cpuid_count(7, 0, eax, ebx, ecx, edx);
 	return (ebx & (1u << 16)) != 0 && (ebx & (1u << 31)) != 0 &&

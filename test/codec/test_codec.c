@@ -1011,6 +1011,25 @@ TestQuantization(void)
 	}
 }
 
+/* The list-ranking kernels, the scalar reference first, and which this CPU runs */
+#define TV_RANK_KERNELS 4
+
+typedef struct RankKernel
+{
+	const char *name;
+	TvRankDotFn fn;
+	bool		have;
+} RankKernel;
+
+static void
+GetRankKernels(RankKernel *k)
+{
+	k[0] = (RankKernel) {"scalar", tv_rank_dot_scalar, true};
+	k[1] = (RankKernel) {"avx2", tv_rank_dot_avx2, tv_kernels_have_avx2()};
+	k[2] = (RankKernel) {"avxvnni", tv_rank_dot_avxvnni, tv_kernels_have_avxvnni()};
+	k[3] = (RankKernel) {"avx512vnni", tv_rank_dot_avx512vnni, tv_kernels_have_avx512vnni()};
+}
+
 /* ---------- timings (bench mode only) ---------- */
 
 static double
@@ -1089,22 +1108,14 @@ Bench(void)
 					dim = 768;
 		uint8_t    *k = Alloc((size_t) lists * dim);
 		int8_t	   *q = Alloc(dim);
-		struct
-		{
-			const char *name;
-			TvRankDotFn fn;
-			bool		have;
-		}			kernels[] = {
-			{"scalar", tv_rank_dot_scalar, true},
-			{"avx2", tv_rank_dot_avx2, tv_kernels_have_avx2()},
-			{"avxvnni", tv_rank_dot_avxvnni, tv_kernels_have_avxvnni()},
-			{"avx512vnni", tv_rank_dot_avx512vnni, tv_kernels_have_avx512vnni()},
-		};
+		RankKernel	kernels[TV_RANK_KERNELS];
+
+		GetRankKernels(kernels);
 
 		FillBytes(k, (size_t) lists * dim);
 		FillBytes((uint8_t *) q, dim);
 		printf("%-10s %12s\n", "rank", "us/4000x768");
-		for (size_t n = 0; n < sizeof(kernels) / sizeof(kernels[0]); n++)
+		for (int n = 0; n < TV_RANK_KERNELS; n++)
 		{
 			double		best = 1e30;
 			volatile int32_t sink = 0;
@@ -1415,20 +1426,13 @@ static void
 TestRankKernels(void)
 {
 	static const int dims[] = {1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 96, 127, 128, 129, 191, 192, 200, 768, 784, 1536, 16000};
-	struct
-	{
-		const char *name;
-		TvRankDotFn fn;
-		bool		have;
-	}			kernels[] = {
-		{"avx2", tv_rank_dot_avx2, tv_kernels_have_avx2()},
-		{"avxvnni", tv_rank_dot_avxvnni, tv_kernels_have_avxvnni()},
-		{"avx512vnni", tv_rank_dot_avx512vnni, tv_kernels_have_avx512vnni()},
-	};
+	RankKernel	kernels[TV_RANK_KERNELS];
 	uint8_t    *k = Alloc(TV_CODEC_MAX_DIM + 3);
 	int8_t	   *q = Alloc(TV_CODEC_MAX_DIM + 3);
 
-	for (size_t n = 0; n < sizeof(kernels) / sizeof(kernels[0]); n++)
+	GetRankKernels(kernels);
+	/* the first is the scalar reference itself */
+	for (int n = 1; n < TV_RANK_KERNELS; n++)
 	{
 		int			bad = 0;
 

@@ -32,6 +32,8 @@
 #include "postgres.h"
 
 #include <math.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "access/table.h"
 #include "access/tableam.h"
@@ -66,6 +68,9 @@
 /* vectors per chunk of the IVF spool */
 #define TV_SPOOL_CHUNK			256
 
+/* most bytes of one spool region (a chunk bigger than this gets its own) */
+#define TV_SPOOL_REGION			((Size) 32 * 1024 * 1024)
+
 /* Bytes a coded vector takes until the lists are laid out, sort included */
 #define CodedBytes(bs) \
 	(sizeof(int) + (bs)->codec->code_bytes + sizeof(TvFactors) + \
@@ -83,6 +88,17 @@ typedef struct SpoolChunk
 	ItemPointerData tids[TV_SPOOL_CHUNK];
 	float		vectors[FLEXIBLE_ARRAY_MEMBER];	/* TV_SPOOL_CHUNK * dim */
 } SpoolChunk;
+
+/*
+ * Spool chunks are carved from regions of up to TV_SPOOL_REGION bytes that
+ * ask for transparent huge pages.  The spool is fresh memory touched once:
+ * allocated a chunk at a time, a fault per 4 kB page cost a third of a
+ * Fashion-MNIST build's CPU on a 2-core VM (docs/PERFORMANCE.md).
+ */
+typedef struct SpoolRegion
+{
+	struct SpoolRegion *next;
+} SpoolRegion;
 
 /* A block being filled */
 typedef struct FillBlock
@@ -134,7 +150,10 @@ typedef struct TvBuildState
 	/* IVF spool; spool_off once it outgrew its memory */
 	SpoolChunk *spool_head;
 	SpoolChunk *spool_tail;
-	Size		spool_bytes;
+	SpoolRegion *spool_regions;	/* newest first */
+	char	   *region_free;	/* unused room of the newest region */
+	Size		region_left;
+	Size		spool_bytes;	/* allocated, regions in whole */
 	uint64		spooled;		/* vectors in the spool */
 	bool		spool_off;
 
@@ -383,6 +402,63 @@ MemoryNeedMB(TvBuildState *bs, double per_vector, double extra)
 	return ceil((fixed + extra + (double) bs->seen * per_vector) / (1024.0 * 1024.0));
 }
 
+/* Free the spool's regions (its chunks with them) */
+static void
+FreeSpool(TvBuildState *bs)
+{
+	for (SpoolRegion *r = bs->spool_regions; r != NULL;)
+	{
+		SpoolRegion *next = r->next;
+
+		pfree(r);
+		r = next;
+	}
+	bs->spool_regions = NULL;
+	bs->region_free = NULL;
+	bs->region_left = 0;
+	bs->spool_head = bs->spool_tail = NULL;
+}
+
+/*
+ * palloc for the build's large arrays, which are fresh memory written once:
+ * from 4 MB on, the pages inside ask for transparent huge pages (a fault
+ * per 2 MB instead of per 4 kB).  Only advice: where the kernel has none,
+ * or THP is off, this is ordinary memory.
+ */
+static void *
+AllocBuildArray(Size size)
+{
+	void	   *p = palloc_extended(size, MCXT_ALLOC_HUGE);
+
+#ifdef MADV_HUGEPAGE
+	if (size >= (Size) 4 * 1024 * 1024)
+	{
+		uintptr_t	page = (uintptr_t) sysconf(_SC_PAGESIZE);
+		uintptr_t	start = TYPEALIGN(page, (uintptr_t) p);
+		uintptr_t	end = ((uintptr_t) p + size) & ~(page - 1);
+
+		if (end > start)
+			(void) madvise((void *) start, end - start, MADV_HUGEPAGE);
+	}
+#endif
+	return p;
+}
+
+/* A new spool region with room for `chunks` chunks of chunk_bytes */
+static void
+NewSpoolRegion(TvBuildState *bs, Size chunk_bytes, int chunks)
+{
+	Size		header = MAXALIGN(sizeof(SpoolRegion));
+	Size		size = header + chunk_bytes * chunks;
+	SpoolRegion *r = AllocBuildArray(size);
+
+	r->next = bs->spool_regions;
+	bs->spool_regions = r;
+	bs->region_free = (char *) r + header;
+	bs->region_left = chunk_bytes * chunks;
+	bs->spool_bytes += size;
+}
+
 /* Keep one vector of the sampling pass in the spool, while it fits */
 static void
 SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
@@ -393,14 +469,16 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 		return;
 	if (chunk == NULL || chunk->n == TV_SPOOL_CHUNK)
 	{
-		Size		bytes = offsetof(SpoolChunk, vectors) +
-			sizeof(float) * TV_SPOOL_CHUNK * bs->dim;
+		Size		bytes = MAXALIGN(offsetof(SpoolChunk, vectors) +
+									 sizeof(float) * TV_SPOOL_CHUNK * bs->dim);
 		/* the sample and the blocks being filled have their share */
 		double		limit = (double) maintenance_work_mem * 1024 -
 			FixedBuildBytes(bs, SampleLimit(bs));
 
 		/* and each spooled vector its list, code, factors, TID and place */
+		double		per_chunk_out = (double) TV_SPOOL_CHUNK * CodedBytes(bs);
 		double		outputs = (double) (bs->spooled + TV_SPOOL_CHUNK) * CodedBytes(bs);
+		double		room;
 
 		/* and parallel workers a shared segment */
 		if (max_parallel_maintenance_workers > 0)
@@ -410,21 +488,26 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 		if (bs->pscan != NULL)
 			limit -= (double) TvParallelScanBytes(bs->scan_workers, maintenance_work_mem);
 
-		if ((double) bs->spool_bytes + bytes + outputs > limit)
+		/* room left for new regions, once this chunk's outputs are counted */
+		room = limit - (double) bs->spool_bytes - outputs;
+		if (room < (bs->region_left >= bytes ? 0 : (double) bytes))
 		{
 			/* too big: the encoding pass will read the heap again (tvbuild says so) */
-			for (SpoolChunk *c = bs->spool_head; c != NULL;)
-			{
-				SpoolChunk *next = c->next;
-
-				pfree(c);
-				c = next;
-			}
-			bs->spool_head = bs->spool_tail = NULL;
+			FreeSpool(bs);
 			bs->spool_off = true;
 			return;
 		}
-		chunk = palloc_extended(bytes, MCXT_ALLOC_HUGE);
+		if (bs->region_left < bytes)
+		{
+			/* as many chunks as fit beside their outputs, up to a region */
+			double		fit = floor((room + per_chunk_out) / ((double) bytes + per_chunk_out));
+			int			chunks = (int) Max(Min(fit, (double) (TV_SPOOL_REGION / bytes)), 1);
+
+			NewSpoolRegion(bs, bytes, chunks);
+		}
+		chunk = (SpoolChunk *) bs->region_free;
+		bs->region_free += bytes;
+		bs->region_left -= bytes;
 		chunk->next = NULL;
 		chunk->n = 0;
 		if (bs->spool_tail)
@@ -432,7 +515,6 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 		else
 			bs->spool_head = chunk;
 		bs->spool_tail = chunk;
-		bs->spool_bytes += bytes;
 	}
 	bs->spooled++;
 	chunk->tids[chunk->n] = *tid;
@@ -1108,9 +1190,9 @@ EncodeSpool(TvBuildState *bs)
 		n += c->n;
 	}
 
-	listof = palloc_extended(sizeof(int) * Max(n, 1), MCXT_ALLOC_HUGE);
-	codes = palloc_extended((Size) code_bytes * Max(n, 1), MCXT_ALLOC_HUGE);
-	factors = palloc_extended(sizeof(TvFactors) * Max(n, 1), MCXT_ALLOC_HUGE);
+	listof = AllocBuildArray(sizeof(int) * Max(n, 1));
+	codes = AllocBuildArray((Size) code_bytes * Max(n, 1));
+	factors = AllocBuildArray(sizeof(TvFactors) * Max(n, 1));
 	in.codec = bs->codec;
 	in.metric = bs->metric;
 	in.lists = bs->lists;
@@ -1125,7 +1207,7 @@ EncodeSpool(TvBuildState *bs)
 	elog(DEBUG1, "turbo index \"%s\": " UINT64_FORMAT " vectors coded with %d parallel workers",
 		 RelationGetRelationName(bs->index), n, launched);
 
-	tids = palloc_extended(sizeof(ItemPointerData) * Max(n, 1), MCXT_ALLOC_HUGE);
+	tids = AllocBuildArray(sizeof(ItemPointerData) * Max(n, 1));
 	for (uint64 k = 0; k < n; k++)
 		tids[k] = chunks[k / TV_SPOOL_CHUNK]->tids[k % TV_SPOOL_CHUNK];
 	LayOutCoded(bs, n, listof, codes, factors, tids);
@@ -1134,11 +1216,9 @@ EncodeSpool(TvBuildState *bs)
 	pfree(tids);
 	pfree(codes);
 	pfree(factors);
-	for (int ci = 0; ci < nchunks; ci++)
-		pfree(chunks[ci]);
+	FreeSpool(bs);
 	pfree(chunks);
 	pfree(vectors);
-	bs->spool_head = bs->spool_tail = NULL;
 }
 
 /*
@@ -1189,13 +1269,11 @@ EncodeSpoolFlat(TvBuildState *bs)
 		AddVectors(bs, batch, btids, m);
 		CHECK_FOR_INTERRUPTS();
 	}
-	for (int ci = 0; ci < nchunks; ci++)
-		pfree(chunks[ci]);
+	FreeSpool(bs);
 	pfree(chunks);
 	pfree(tids);
 	pfree(order);
 	pfree(batch);
-	bs->spool_head = bs->spool_tail = NULL;
 }
 
 /*

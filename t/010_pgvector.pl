@@ -86,6 +86,37 @@ is( $node->safe_psql('postgres',
 		'SELECT count(*) FROM docs WHERE embedding IS NOT NULL'),
 	'live rows match the table');
 
+# Wider vectors: the index reads a vector's floats where they lie (a 4-byte
+# header inline at 300 dimensions, out of line at 700) instead of through
+# pgvector's cast to real[]; the answers must still be a sequential scan's.
+foreach my $wdim (300, 700)
+{
+	$node->safe_psql('postgres', qq{
+		CREATE TABLE wide$wdim (id serial PRIMARY KEY, embedding vector($wdim));
+		INSERT INTO wide$wdim (embedding) VALUES }
+		  . join(',', map { "('" . random_pgvector($wdim) . "')" } 1 .. 400) . qq{;
+		CREATE INDEX wide${wdim}_cos ON wide$wdim USING turbo (embedding vector_cosine_ops) WITH (lists = 4);
+	});
+	is($node->safe_psql('postgres',
+			"SELECT pg_relation_size(reltoastrelid) > 0 FROM pg_class WHERE relname = 'wide$wdim'"),
+		$wdim > 500 ? 't' : 'f', "$wdim dimensions: vectors are out of line only at 700");
+	for (1 .. 3)
+	{
+		my $q = random_pgvector($wdim);
+		my $sql = "SELECT string_agg(id::text, ',') FROM "
+		  . "(SELECT id FROM wide$wdim ORDER BY embedding <=> '$q' LIMIT 10) s";
+		is( $node->safe_psql('postgres',
+				"SET enable_seqscan = off; SET turbovec.candidates = 100000; "
+				  . "SET turbovec.probes = 4; $sql"),
+			$node->safe_psql('postgres', "SET enable_indexscan = off; $sql"),
+			"$wdim dimensions: the index answers like a sequential scan");
+	}
+	$node->safe_psql('postgres',
+		"INSERT INTO wide$wdim (embedding) VALUES ('" . random_pgvector($wdim) . "')");
+	is($node->safe_psql('postgres', "SELECT count(*) FROM turbo_verify('wide${wdim}_cos')"),
+		'0', "$wdim dimensions: the index verifies clean after an insert");
+}
+
 # a query of the wrong dimension is an error naming both numbers
 my ($ret, $out, $err) = $node->psql('postgres',
 	"SET enable_seqscan = off; SELECT id FROM docs ORDER BY embedding <-> '[1,2,3]' LIMIT 1");

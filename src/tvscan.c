@@ -499,6 +499,9 @@ BrokenChain(Relation index, int list)
  */
 #define TV_READAHEAD_PAGES		32
 
+/* Pages below the current one whose payload a list walk asks the caches for */
+#define TV_PREFETCH_PAGES		2
+
 typedef struct PageCursor
 {
 	Relation	index;
@@ -553,6 +556,16 @@ CursorReadAhead(PageCursor *pc, BlockNumber blkno)
 	pc->ra_low = Min(from, stop);
 }
 
+/* Ask the caches for every line of a page's payload */
+static inline void
+PrefetchPayload(Page page)
+{
+	const char *payload = TvPagePayload(page);
+
+	for (uint32 off = 0; off < TV_PAGE_PAYLOAD; off += 64)
+		__builtin_prefetch(payload + off);
+}
+
 static const char *
 CursorPayload(PageCursor *pc, BlockNumber blkno)
 {
@@ -567,6 +580,21 @@ CursorPayload(PageCursor *pc, BlockNumber blkno)
 		pc->blkno = blkno;
 		if (read)
 			CursorReadAhead(pc, blkno);
+
+		/*
+		 * A block is scored right after its page is pinned, and the hardware
+		 * prefetchers stop at 4 kB pages: have the whole payload pulled at
+		 * once, and the page below if the list goes on there and its buffer
+		 * is known.  Only a hint: a buffer the hint no longer holds costs a
+		 * wasted prefetch, never a wrong read (nothing is read through it).
+		 */
+		PrefetchPayload(BufferGetPage(pc->buf));
+		for (BlockNumber pg = blkno - 1; pc->ra_floor != InvalidBlockNumber &&
+			 pg + TV_PREFETCH_PAGES >= blkno && pg >= pc->ra_floor && pg < blkno; pg--)
+		{
+			if (pg < pc->nhints && pc->hints[pg] > 0)
+				PrefetchPayload(BufferGetPage(pc->hints[pg]));
+		}
 	}
 	return TvPagePayload(BufferGetPage(pc->buf));
 }

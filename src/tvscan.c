@@ -584,16 +584,21 @@ CursorPayload(PageCursor *pc, BlockNumber blkno)
 		/*
 		 * A block is scored right after its page is pinned, and the hardware
 		 * prefetchers stop at 4 kB pages: have the whole payload pulled at
-		 * once, and the page below if the list goes on there and its buffer
-		 * is known.  Only a hint: a buffer the hint no longer holds costs a
-		 * wasted prefetch, never a wrong read (nothing is read through it).
+		 * once, and those of the pages below that the list goes on to, when
+		 * the hints know their buffers.  Only hints: a buffer that no longer
+		 * holds its page costs a wasted prefetch, never a wrong read (nothing
+		 * is read through it).
 		 */
 		PrefetchPayload(BufferGetPage(pc->buf));
-		for (BlockNumber pg = blkno - 1; pc->ra_floor != InvalidBlockNumber &&
-			 pg + TV_PREFETCH_PAGES >= blkno && pg >= pc->ra_floor && pg < blkno; pg--)
+		if (pc->ra_floor != InvalidBlockNumber)
 		{
-			if (pg < pc->nhints && pc->hints[pg] > 0)
-				PrefetchPayload(BufferGetPage(pc->hints[pg]));
+			for (BlockNumber i = 1; i <= TV_PREFETCH_PAGES && blkno >= pc->ra_floor + i; i++)
+			{
+				BlockNumber pg = blkno - i;
+
+				if (pg < pc->nhints && pc->hints[pg] > 0)
+					PrefetchPayload(BufferGetPage(pc->hints[pg]));
+			}
 		}
 	}
 	return TvPagePayload(BufferGetPage(pc->buf));

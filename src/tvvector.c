@@ -140,6 +140,22 @@ typedef struct TvPgVector
 	float		x[FLEXIBLE_ARRAY_MEMBER];
 } TvPgVector;
 
+/* A one-dimensional real[] of dim elements, for the caller to fill */
+static ArrayType *
+NewFloatArray(int dim)
+{
+	Size		nbytes = ARR_OVERHEAD_NONULLS(1) + (Size) dim * sizeof(float4);
+	ArrayType  *result = (ArrayType *) palloc(nbytes);
+
+	SET_VARSIZE(result, nbytes);
+	result->ndim = 1;
+	result->dataoffset = 0;
+	result->elemtype = FLOAT4OID;
+	ARR_DIMS(result)[0] = dim;
+	ARR_LBOUND(result)[0] = 1;
+	return result;
+}
+
 /* The floats of a pgvector vector where they lie, after checking its size */
 static float *
 PgVectorFloats(Datum value, int *dim)
@@ -170,15 +186,8 @@ PgVectorToArray(PG_FUNCTION_ARGS)
 {
 	int			dim;
 	float	   *x = PgVectorFloats(PG_GETARG_DATUM(0), &dim);
-	Size		nbytes = ARR_OVERHEAD_NONULLS(1) + (Size) dim * sizeof(float4);
-	ArrayType  *result = (ArrayType *) palloc(nbytes);
+	ArrayType  *result = NewFloatArray(dim);
 
-	SET_VARSIZE(result, nbytes);
-	result->ndim = 1;
-	result->dataoffset = 0;
-	result->elemtype = FLOAT4OID;
-	ARR_DIMS(result)[0] = dim;
-	ARR_LBOUND(result)[0] = 1;
 	memcpy(ARR_DATA_PTR(result), x, sizeof(float) * dim);
 	PG_RETURN_ARRAYTYPE_P(result);
 }
@@ -535,7 +544,6 @@ turbo_halfvec_to_float4(PG_FUNCTION_ARGS)
 	TvHalfVec  *hv = (TvHalfVec *) PG_DETOAST_DATUM(PG_GETARG_DATUM(0));
 	Size		size = VARSIZE(hv);
 	int			dim;
-	Size		nbytes;
 	ArrayType  *result;
 	float	   *out;
 
@@ -546,14 +554,7 @@ turbo_halfvec_to_float4(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("invalid halfvec of %zu bytes", size)));
 
-	nbytes = ARR_OVERHEAD_NONULLS(1) + (Size) dim * sizeof(float4);
-	result = (ArrayType *) palloc(nbytes);
-	SET_VARSIZE(result, nbytes);
-	result->ndim = 1;
-	result->dataoffset = 0;
-	result->elemtype = FLOAT4OID;
-	ARR_DIMS(result)[0] = dim;
-	ARR_LBOUND(result)[0] = 1;
+	result = NewFloatArray(dim);
 	out = (float *) ARR_DATA_PTR(result);
 	for (int i = 0; i < dim; i++)
 		out[i] = HalfToFloat(hv->x[i]);

@@ -1,12 +1,13 @@
 /*
  * tvvector.c
  *	  Vectors as real[]: validation and the SQL distance functions, and
- *	  pgvector's halfvec as real[] for the halfvec operator classes.
+ *	  pgvector's vector and halfvec as floats for their operator classes.
  *
  * A vector is a one-dimensional real[] with 1 to TV_CODEC_MAX_DIM elements,
  * no NULL elements and only finite values.  Every entry point that accepts a
- * vector goes through TvArrayGetFloats, so the index, the operators and the
- * encoder reject the same inputs with the same errors.
+ * vector goes through TvArrayGetFloats (or, for pgvector's vector, read in
+ * place, PgVectorFloats), both ending in CheckFloats, so the index, the
+ * operators and the encoder reject the same inputs with the same errors.
  *
  * Distances are accumulated in double: they are what exact re-ranking
  * compares, and they must not disagree with a sequential scan's ordering.

@@ -232,8 +232,9 @@ RESET turbovec.candidates;
 DROP TABLE wide, wide_builds, wide_answers;
 DROP FUNCTION wideids(real[]), wide_record(text, regclass);
 
--- a build that reads its table twice reads and codes the second pass with
--- parallel workers (a parallel heap scan), and writes the pages of a serial build
+-- a build that reads its table twice (here because the vectors lie in their
+-- rows) reads and codes the second pass with parallel workers (a parallel
+-- heap scan), and writes the pages of a serial build
 CREATE TABLE nar (id int PRIMARY KEY, v real[]);
 INSERT INTO nar
 	SELECT i, array_agg(((i % 4) * 3 + sin(i * 3.7 + j * 0.1))::real ORDER BY j)

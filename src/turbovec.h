@@ -321,7 +321,7 @@ extern void TvKmeansParallelEnd(TvKmeansParallel *kp);
 extern int	TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof,
 							uint8 *codes, TvFactors *factors);
 extern Size TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors,
-								   int mem_kb);
+									int mem_kb, uint64 n);
 
 /* A row the parallel heap scan's workers send: its vector, or its code */
 typedef struct TvScanRecord
@@ -338,6 +338,22 @@ typedef struct TvScanRecord
 typedef void (*TvScanConsumer) (const TvScanRecord *rec, void *arg);
 typedef struct TvParallelScan TvParallelScan;
 
+/*
+ * The sampling hash of a row (tvbuild.c): a bijection of (seed, TID), so
+ * the sample is the same whatever order the rows come in and whoever
+ * reads them
+ */
+static inline uint64
+TvSampleHash(uint64 seed, ItemPointer tid)
+{
+	uint64		z = seed ^ (((uint64) ItemPointerGetBlockNumberNoCheck(tid) << 16) |
+							ItemPointerGetOffsetNumberNoCheck(tid));
+
+	z = (z ^ (z >> 30)) * UINT64CONST(0xBF58476D1CE4E5B9);
+	z = (z ^ (z >> 27)) * UINT64CONST(0x94D049BB133111EB);
+	return z ^ (z >> 31);
+}
+
 extern TvParallelScan *TvParallelScanBegin(Relation heap, Relation index,
 										   IndexInfo *indexInfo, int nworkers,
 										   const TvEncodeInput *encode, int bits,
@@ -345,8 +361,9 @@ extern TvParallelScan *TvParallelScanBegin(Relation heap, Relation index,
 extern struct TableScanDescData *TvParallelScanDesc(TvParallelScan *ps);
 extern int	TvParallelScanWorkers(TvParallelScan *ps);
 extern void TvParallelScanDrain(TvParallelScan *ps, TvScanConsumer consume, void *arg);
+extern void TvParallelScanFilter(TvParallelScan *ps, uint64 sample_tau);
 extern double TvParallelScanEnd(TvParallelScan *ps, IndexInfo *indexInfo,
-								TvScanConsumer consume, void *arg);
+								TvScanConsumer consume, void *arg, uint64 *unread);
 extern Size TvParallelScanBytes(int nworkers, int mem_kb);
 
 extern float TvCentroidDot(const float *centroids, int dim, int list, const float *q);

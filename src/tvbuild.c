@@ -35,6 +35,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "access/detoast.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xloginsert.h"
@@ -64,6 +65,8 @@
 
 /* vectors assigned to lists and encoded together */
 #define TV_BUILD_BATCH			64
+
+static bool VectorsInRows(Relation heap, IndexInfo *indexInfo);
 
 /* vectors per chunk of the IVF spool */
 #define TV_SPOOL_CHUNK			256
@@ -145,9 +148,13 @@ typedef struct TvBuildState
 	int			nsamples;
 	int			sample_cap;		/* allocated */
 	uint64		sample_tau;
+	uint64		filter_tau;		/* what the scan's workers last heard */
 	uint64		seen;
 
-	/* IVF spool; spool_off once it outgrew its memory */
+	/*
+	 * IVF spool; spool_off once it outgrew its memory, or from the start
+	 * when the table's vectors lie in their rows (spool_declined)
+	 */
 	SpoolChunk *spool_head;
 	SpoolChunk *spool_tail;
 	SpoolRegion *spool_regions;	/* newest first */
@@ -156,6 +163,7 @@ typedef struct TvBuildState
 	Size		spool_bytes;	/* allocated, regions in whole */
 	uint64		spooled;		/* vectors in the spool */
 	bool		spool_off;
+	bool		spool_declined;
 
 	/*
 	 * The heap pass of an IVF build whose vectors did not fit: codes kept
@@ -483,7 +491,8 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 		/* and parallel workers a shared segment */
 		if (max_parallel_maintenance_workers > 0)
 			limit -= (double) TvParallelSegmentBytes(bs->codec, Max(PlannedLists(bs), 1),
-													 TV_SPOOL_CHUNK, maintenance_work_mem);
+													 TV_SPOOL_CHUNK, maintenance_work_mem,
+													 PG_UINT64_MAX);
 		/* and a parallel scan its queues */
 		if (bs->pscan != NULL)
 			limit -= (double) TvParallelScanBytes(bs->scan_workers, maintenance_work_mem);
@@ -523,21 +532,6 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 }
 
 /*
- * The sampling hash of a row: a bijection of (seed, TID), so the sample is
- * the same whatever order the rows come in
- */
-static uint64
-SampleHash(uint64 seed, ItemPointer tid)
-{
-	uint64		z = seed ^ (((uint64) ItemPointerGetBlockNumberNoCheck(tid) << 16) |
-							ItemPointerGetOffsetNumberNoCheck(tid));
-
-	z = (z ^ (z >> 30)) * UINT64CONST(0xBF58476D1CE4E5B9);
-	z = (z ^ (z >> 27)) * UINT64CONST(0x94D049BB133111EB);
-	return z ^ (z >> 31);
-}
-
-/*
  * Keep a vector in the training sample when its hash is below sample_tau;
  * past SampleLimit, halve sample_tau and drop what is now above it.  The
  * sample is then every row whose hash is below the final sample_tau: a
@@ -547,7 +541,7 @@ SampleHash(uint64 seed, ItemPointer tid)
 static void
 SampleVector(TvBuildState *bs, ItemPointer tid, const float *x)
 {
-	uint64		h = SampleHash(bs->seed, tid);
+	uint64		h = TvSampleHash(bs->seed, tid);
 	int			limit;
 
 	if (h >= bs->sample_tau)
@@ -724,7 +718,15 @@ static void
 DrainWorkers(TvBuildState *bs, TvScanConsumer consume)
 {
 	if (bs->pscan != NULL && (++bs->own_rows % TV_DRAIN_EVERY) == 0)
+	{
+		/* once nothing is spooled, the workers send only what may be sampled */
+		if (bs->spool_off && bs->codec != NULL && bs->sample_tau != bs->filter_tau)
+		{
+			TvParallelScanFilter(bs->pscan, bs->sample_tau);
+			bs->filter_tau = bs->sample_tau;
+		}
 		TvParallelScanDrain(bs->pscan, consume, bs);
+	}
 }
 
 /* First IVF pass: sample the vectors k-means trains on, and spool them */
@@ -882,7 +884,14 @@ static int
 HeapWindowVectors(TvBuildState *bs)
 {
 	double		bytes = Min(128.0 * 1024 * 1024, (double) maintenance_work_mem * 1024 / 8);
-	int			chunks = (int) (bytes / ((double) sizeof(float) * bs->dim) / TV_SPOOL_CHUNK);
+
+	/*
+	 * a vector, its TID and its coding's outputs (which outweigh a vector
+	 * of few dimensions), and no more than the table holds
+	 */
+	double		per_vector = sizeof(float) * bs->dim + sizeof(ItemPointerData) + CodedBytes(bs);
+	double		vectors = Min(bytes / per_vector, (double) bs->seen + TV_SPOOL_CHUNK);
+	int			chunks = (int) (vectors / TV_SPOOL_CHUNK);
 
 	/* with a parallel scan, the workers code their own rows */
 	if (max_parallel_maintenance_workers <= 0 || chunks < 1 || bs->pscan != NULL ||
@@ -908,7 +917,7 @@ HeapWindowBytes(TvBuildState *bs)
 		return 0;
 	return (double) n * (sizeof(float) * bs->dim + sizeof(ItemPointerData) + CodedBytes(bs)) +
 		(double) TvParallelSegmentBytes(bs->codec, Max(bs->lists, 1), TV_SPOOL_CHUNK,
-										maintenance_work_mem);
+										maintenance_work_mem, n);
 }
 
 /*
@@ -950,7 +959,8 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 				for (int i = 0; i < 4; i++)
 					need = ceil((base + TvParallelSegmentBytes(bs->codec, Max(bs->lists, 1),
 															   TV_SPOOL_CHUNK,
-															   (int) Min(need * 1024, MAX_KILOBYTES)) /
+															   (int) Min(need * 1024, MAX_KILOBYTES),
+															   bs->seen + TV_SPOOL_CHUNK) /
 								 (1024.0 * 1024.0)) * 8 / 7);
 			}
 			else if (bs->pscan != NULL)
@@ -1317,6 +1327,7 @@ BuildScan(TvBuildState *bs, Relation heap, Relation index, IndexInfo *indexInfo,
 {
 	double		reltuples;
 	TvEncodeInput in;
+	uint64		unread;
 
 	memset(&in, 0, sizeof(in));
 	in.codec = bs->codec;
@@ -1336,11 +1347,14 @@ BuildScan(TvBuildState *bs, Relation heap, Relation index, IndexInfo *indexInfo,
 	}
 	bs->scan_workers = TvParallelScanWorkers(bs->pscan);
 	bs->own_rows = 0;
+	bs->filter_tau = PG_UINT64_MAX;
 	if (encode)
 		bs->coded_on = true;
 	reltuples = table_index_build_scan(heap, index, indexInfo, true, true,
 									   callback, bs, TvParallelScanDesc(bs->pscan));
-	reltuples += TvParallelScanEnd(bs->pscan, indexInfo, consume, bs);
+	reltuples += TvParallelScanEnd(bs->pscan, indexInfo, consume, bs, &unread);
+	/* the vectors the workers counted without sending them */
+	bs->seen += unread;
 	bs->pscan = NULL;
 	elog(DEBUG1, "turbo index \"%s\": table scanned by the leader and %d parallel workers",
 		 RelationGetRelationName(index), bs->scan_workers);
@@ -1358,6 +1372,13 @@ TrainLists(TvBuildState *bs, Relation heap, Relation index, IndexInfo *indexInfo
 	int			want;
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, TV_PHASE_SAMPLE);
+	if (VectorsInRows(heap, indexInfo))
+	{
+		bs->spool_off = true;
+		bs->spool_declined = true;
+		elog(DEBUG1, "turbo index \"%s\": the vectors lie in their rows, so the build reads them twice",
+			 RelationGetRelationName(index));
+	}
 	bs->sample_tau = PG_UINT64_MAX;
 	bs->reltuples = BuildScan(bs, heap, index, indexInfo, SampleCallback,
 							  SampleRecord, false);
@@ -1420,6 +1441,46 @@ TrainLists(TvBuildState *bs, Relation heap, Relation index, IndexInfo *indexInfo
 	bs->entries = palloc0(sizeof(TvListEntry) * bs->lists);
 	/* the list area comes first; it is filled in at the end */
 	StreamWrite(bs, NULL, TvListAreaBytes(bs->lists, bs->dim));
+}
+
+/*
+ * Whether the table's vectors lie in their rows uncompressed (pgvector's
+ * vector stored plain, or inline below the TOAST threshold; short real[]
+ * arrays), judged from the first row with a value.  An IVF build then
+ * reads the table twice instead of spooling the vectors: reading a row
+ * again costs less than the first touches of a spool as big as the table,
+ * which some machines (VMs) make slow.  TOASTed vectors, out of line or
+ * compressed, are spooled while they fit: fetching them twice costs more.
+ */
+static bool
+VectorsInRows(Relation heap, IndexInfo *indexInfo)
+{
+	AttrNumber	attnum = indexInfo->ii_IndexAttrNumbers[0];
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	bool		inrow = false;
+
+	/* an expression's value is computed, not read from the row */
+	if (attnum <= 0 || TupleDescAttr(RelationGetDescr(heap), attnum - 1)->attlen != -1)
+		return false;
+	slot = table_slot_create(heap, NULL);
+	scan = table_beginscan_strat(heap, SnapshotAny, 0, NULL, true, false);
+	for (int rows = 0; rows < 64 && table_scan_getnextslot(scan, ForwardScanDirection, slot); rows++)
+	{
+		bool		isnull;
+		Datum		value = slot_getattr(slot, attnum, &isnull);
+
+		if (!isnull)
+		{
+			struct varlena *v = (struct varlena *) DatumGetPointer(value);
+
+			inrow = !VARATT_IS_EXTERNAL(v) && !VARATT_IS_COMPRESSED(v);
+			break;
+		}
+	}
+	table_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	return inrow;
 }
 
 /* Write the IVF list area into the pages that already hold its bytes */
@@ -1507,7 +1568,7 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_SUBPHASE, TV_PHASE_ENCODE);
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, 0);
-	if (bs.lists > 0 && bs.spool_off)
+	if (bs.lists > 0 && bs.spool_off && !bs.spool_declined)
 	{
 		/* whole spool chunks, the codes, and the parallel segment */
 		double		per_vector = sizeof(float) * bs.dim + sizeof(ItemPointerData) + CodedBytes(&bs);
@@ -1517,7 +1578,8 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 		/* the segment grows with maintenance_work_mem: settle on a size */
 		for (int i = 0; i < 4 && max_parallel_maintenance_workers > 0; i++)
 			need = base + ceil(((double) TvParallelSegmentBytes(bs.codec, bs.lists, TV_SPOOL_CHUNK,
-																(int) Min(need * 1024, MAX_KILOBYTES)) +
+																(int) Min(need * 1024, MAX_KILOBYTES),
+																bs.seen) +
 								(double) TvParallelScanBytes(bs.scan_workers,
 															 (int) Min(need * 1024, MAX_KILOBYTES))) /
 							   (1024.0 * 1024.0));

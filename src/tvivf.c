@@ -1045,6 +1045,14 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 			Normalize(in->samples + (Size) i * dim, dim);
 
 	/*
+	 * workers, as for coding the spool, once the sample is big enough; they
+	 * start (a process start each) while the leader seeds
+	 */
+	if (in->nworkers > 0 &&
+		(double) n * dim * sizeof(float) >= (double) min_parallel_table_scan_size * BLCKSZ)
+		kp = TvKmeansParallelBegin(in->samples, n, dim, lists, in->metric, in->nworkers);
+
+	/*
 	 * k-means++ seeding: each next centroid is a sample of the pool drawn
 	 * with probability proportional to its squared distance from the
 	 * nearest centroid so far, which keeps separated clusters from sharing
@@ -1089,11 +1097,6 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 		pfree(near);
 		pfree(cc);
 	}
-
-	/* workers, as for coding the spool, once the sample is big enough */
-	if (in->nworkers > 0 &&
-		(double) n * dim * sizeof(float) >= (double) min_parallel_table_scan_size * BLCKSZ)
-		kp = TvKmeansParallelBegin(in->samples, n, dim, lists, in->metric, in->nworkers);
 
 	for (int it = 0; it < iterations; it++)
 	{

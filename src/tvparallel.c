@@ -18,8 +18,13 @@
  * and the codec parameters from the dynamic shared memory segment.  The
  * window holds at most 32 MB and a quarter of maintenance_work_mem of
  * vectors, so the segment stays small whatever the size of the table; a
- * larger spool goes through in rounds, relaunching the workers on the same
- * segment.
+ * larger spool goes through in rounds on the same segment.
+ *
+ * Rounds (windows of the spool, Lloyd rounds of k-means) keep the same
+ * workers: starting a worker costs a process start (about 30 ms on a small
+ * VM), more than a k-means round takes, and the leader would wait for it
+ * at the end of every round.  The workers sleep between rounds; see
+ * TvRounds.
  */
 #include "postgres.h"
 
@@ -34,6 +39,7 @@
 #include "pgstat.h"
 #include "port/atomics.h"
 #include "storage/shm_mq.h"
+#include "storage/condition_variable.h"
 #include "storage/shm_toc.h"
 #include "storage/spin.h"
 #include "utils/memutils.h"
@@ -57,6 +63,131 @@
 #define TV_PARALLEL_WINDOW_MAX		((Size) 32 * 1024 * 1024)
 #define TvParallelWindowBytes(mem_kb) \
 	Min(TV_PARALLEL_WINDOW_MAX, (Size) (mem_kb) * 1024 / 4)
+
+/*
+ * Work in rounds with the same workers.  One 64-bit word holds the open
+ * round and the next unclaimed item of it; a participant claims a batch
+ * with a compare-and-swap that fails once the round has moved on, so a
+ * late worker can never take an item of a round whose inputs it did not
+ * read.  The leader writes a round's inputs, then opens it; it changes
+ * them again only after every item of the round is done, which takes
+ * every claim, so inputs read before a successful claim are whole.
+ */
+#define TV_ROUND_END		PG_UINT32_MAX
+
+typedef struct TvRounds
+{
+	pg_atomic_uint64 claim;		/* open round << 32 | next unclaimed item */
+	pg_atomic_uint64 done;		/* items of the open round finished */
+	uint32		nitems;			/* items of the open round */
+	ConditionVariable opened;	/* a round was opened, or the work ended */
+	ConditionVariable finished; /* the open round's last item was finished */
+} TvRounds;
+
+static void
+RoundsInit(TvRounds *rs)
+{
+	pg_atomic_init_u64(&rs->claim, 0);
+	pg_atomic_init_u64(&rs->done, 0);
+	rs->nitems = 0;
+	ConditionVariableInit(&rs->opened);
+	ConditionVariableInit(&rs->finished);
+}
+
+/* The leader: open the next round of nitems items (its inputs are written) */
+static uint32
+RoundsOpen(TvRounds *rs, uint32 nitems)
+{
+	uint32		round = (uint32) (pg_atomic_read_u64(&rs->claim) >> 32) + 1;
+
+	Assert(round != TV_ROUND_END);
+	rs->nitems = nitems;
+	pg_atomic_write_u64(&rs->done, 0);
+	pg_write_barrier();
+	pg_atomic_write_u64(&rs->claim, (uint64) round << 32);
+	ConditionVariableBroadcast(&rs->opened);
+	return round;
+}
+
+/*
+ * Claim up to batch items of the round: the first in *first, how many in
+ * *count.  False once the round has no items left or is no longer open.
+ */
+static bool
+RoundsClaim(TvRounds *rs, uint32 round, uint32 batch, uint32 *first, uint32 *count)
+{
+	uint64		v = pg_atomic_read_u64(&rs->claim);
+
+	for (;;)
+	{
+		uint32		pos = (uint32) v;
+		uint32		nitems;
+
+		if ((uint32) (v >> 32) != round)
+			return false;
+		pg_read_barrier();
+		nitems = rs->nitems;
+		if (pos >= nitems)
+			return false;
+		*count = Min(batch, nitems - pos);
+		/* a full barrier: the inputs are read after the claim succeeds */
+		if (pg_atomic_compare_exchange_u64(&rs->claim, &v, v + *count))
+		{
+			*first = pos;
+			return true;
+		}
+	}
+}
+
+/* count items of the round are done; the last of them wakes the leader */
+static void
+RoundsDone(TvRounds *rs, uint32 count)
+{
+	uint32		nitems = rs->nitems;
+
+	if (pg_atomic_add_fetch_u64(&rs->done, count) == nitems)
+		ConditionVariableBroadcast(&rs->finished);
+}
+
+/* The leader: wait until every item of the open round is done */
+static void
+RoundsWait(TvRounds *rs)
+{
+	if (pg_atomic_read_u64(&rs->done) < rs->nitems)
+	{
+		ConditionVariablePrepareToSleep(&rs->finished);
+		while (pg_atomic_read_u64(&rs->done) < rs->nitems)
+			ConditionVariableSleep(&rs->finished, PG_WAIT_EXTENSION);
+		ConditionVariableCancelSleep();
+	}
+	/* the workers' results are read after their counts */
+	pg_read_barrier();
+}
+
+/* The leader: no more rounds; the workers return */
+static void
+RoundsEnd(TvRounds *rs)
+{
+	pg_atomic_write_u64(&rs->claim, (uint64) TV_ROUND_END << 32);
+	ConditionVariableBroadcast(&rs->opened);
+}
+
+/* A worker: sleep until a round after `seen` is open; TV_ROUND_END ends */
+static uint32
+RoundsNext(TvRounds *rs, uint32 seen)
+{
+	uint32		round = (uint32) (pg_atomic_read_u64(&rs->claim) >> 32);
+
+	if (round == seen)
+	{
+		ConditionVariablePrepareToSleep(&rs->opened);
+		while ((round = (uint32) (pg_atomic_read_u64(&rs->claim) >> 32)) == seen)
+			ConditionVariableSleep(&rs->opened, PG_WAIT_EXTENSION);
+		ConditionVariableCancelSleep();
+	}
+	pg_read_barrier();
+	return round;
+}
 
 /* Where the arrays go in the segment (after the header), and the window */
 typedef struct SegmentPlan
@@ -83,10 +214,8 @@ typedef struct TvEncodeShared
 	bool		residual;
 	int			code_bytes;
 
-	/* this round's window of vectors: spool positions [first, first + n) */
-	uint64		first;
-	uint64		n;
-	pg_atomic_uint64 next;		/* next unclaimed window position */
+	/* the rounds; a round's items are its window's vectors */
+	TvRounds	rounds;
 
 	SegmentPlan plan;
 } TvEncodeShared;
@@ -104,51 +233,84 @@ typedef struct EncodeJob
 
 PGDLLEXPORT void TvParallelEncodeMain(dsm_segment *seg, shm_toc *toc);
 
-/* Claim batches until none is left; every output slot is written once */
+/* Assign and code positions k0 .. k0 + m - 1 of a job */
 static void
-RunEncodeJob(const EncodeJob *job, pg_atomic_uint64 *next)
+EncodeSpoolBatch(const EncodeJob *job, TvListAssigner *assigner, float *work, uint64 k0, int m)
 {
 	const TvEncodeInput *in = &job->in;
 	int			dim = in->codec->dim;
 	int			code_bytes = in->codec->code_bytes;
-	float	   *work = palloc(sizeof(float) * TvEncodeWorkFloats(in->codec));
-	TvListAssigner *assigner = TvListAssignerCreate(in->centroids, in->cnorms,
-													in->lists, dim, in->metric);
+	const float *xs = in->chunks[k0 / in->chunk_vectors] +
+		(Size) (k0 % in->chunk_vectors) * dim;
 
-	for (;;)
+	TvAssignLists(assigner, xs, m, job->listof + k0);
+	for (int i = 0; i < m; i++)
 	{
-		uint64		k0 = pg_atomic_fetch_add_u64(next, TV_ENCODE_BATCH);
-		int			m;
-		const float *xs;
+		const float *centroid = NULL;
 
-		if (k0 >= in->n)
-			break;
-		if (job->progress && k0 % 1024 == 0)
-		{
-			pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
-										 (int64) (job->progress_base + k0));
-			TvTestBuildDelay();
-		}
-		m = (int) Min((uint64) TV_ENCODE_BATCH, in->n - k0);
-		xs = in->chunks[k0 / in->chunk_vectors] +
-			(Size) (k0 % in->chunk_vectors) * dim;
-		TvAssignLists(assigner, xs, m, job->listof + k0);
-		for (int i = 0; i < m; i++)
-		{
-			const float *centroid = NULL;
+		if (in->residual)
+			centroid = in->centroids + (Size) job->listof[k0 + i] * dim;
+		/* the build's first pass left out what cannot be indexed */
+		if (!TvEncodeVector(in->codec, in->metric, centroid, xs + (Size) i * dim,
+							job->codes + (k0 + i) * code_bytes,
+							&job->factors[k0 + i], work))
+			elog(ERROR, "turbo build met a vector it cannot index");
+	}
+}
 
-			if (in->residual)
-				centroid = in->centroids + (Size) job->listof[k0 + i] * dim;
-			/* the build's first pass left out what cannot be indexed */
-			if (!TvEncodeVector(in->codec, in->metric, centroid, xs + (Size) i * dim,
-								job->codes + (k0 + i) * code_bytes,
-								&job->factors[k0 + i], work))
-				elog(ERROR, "turbo build met a vector it cannot index");
-		}
+static void
+ReportEncoded(const EncodeJob *job, uint64 k0)
+{
+	if (job->progress && k0 % 1024 == 0)
+	{
+		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
+									 (int64) (job->progress_base + k0));
+		TvTestBuildDelay();
+	}
+}
+
+static TvListAssigner *
+JobAssigner(const EncodeJob *job)
+{
+	return TvListAssignerCreate(job->in.centroids, job->in.cnorms, job->in.lists,
+								job->in.codec->dim, job->in.metric);
+}
+
+/* Code every vector of a job alone */
+static void
+RunEncodeJob(const EncodeJob *job)
+{
+	float	   *work = palloc(sizeof(float) * TvEncodeWorkFloats(job->in.codec));
+	TvListAssigner *assigner = JobAssigner(job);
+
+	for (uint64 k0 = 0; k0 < job->in.n; k0 += TV_ENCODE_BATCH)
+	{
+		ReportEncoded(job, k0);
+		EncodeSpoolBatch(job, assigner, work, k0, (int) Min((uint64) TV_ENCODE_BATCH, job->in.n - k0));
 		CHECK_FOR_INTERRUPTS();
 	}
 	TvListAssignerFree(assigner);
 	pfree(work);
+}
+
+/*
+ * Take part in one round of the segment's coding: claim batches of its
+ * window until none is left; every output slot is written once
+ */
+static void
+EncodeRound(TvEncodeShared *sh, uint32 round, const EncodeJob *job,
+			TvListAssigner *assigner, float *work)
+{
+	uint32		first;
+	uint32		count;
+
+	while (RoundsClaim(&sh->rounds, round, TV_ENCODE_BATCH, &first, &count))
+	{
+		ReportEncoded(job, first);
+		EncodeSpoolBatch(job, assigner, work, first, (int) count);
+		RoundsDone(&sh->rounds, count);
+		CHECK_FOR_INTERRUPTS();
+	}
 }
 
 /* A job over the segment's window, with the window as one chunk */
@@ -165,18 +327,22 @@ SharedJob(TvEncodeShared *sh, const TvCodec *codec, float **chunk)
 	job.in.residual = sh->residual;
 	job.in.centroids = (const float *) (base + sh->plan.off_centroids);
 	job.in.cnorms = (const float *) (base + sh->plan.off_cnorms);
-	job.in.n = sh->n;
+	job.in.n = sh->plan.capacity;	/* rounds bound their own claims */
 	job.in.chunk_vectors = (int) Max(sh->plan.capacity, 1);
 	job.in.chunks = chunk;
 	job.listof = (int *) (base + sh->plan.off_listof);
 	job.codes = (uint8 *) (base + sh->plan.off_codes);
 	job.factors = (TvFactors *) (base + sh->plan.off_factors);
-	job.progress_base = sh->first;
+	job.progress_base = 0;
 	job.progress = false;
 	return job;
 }
 
-/* Entry point of a parallel worker (CreateParallelContext names it) */
+/*
+ * Entry point of a parallel worker (CreateParallelContext names it): the
+ * centroids are in the segment before the workers start, the windows come
+ * round by round
+ */
 void
 TvParallelEncodeMain(dsm_segment *seg, shm_toc *toc)
 {
@@ -184,8 +350,14 @@ TvParallelEncodeMain(dsm_segment *seg, shm_toc *toc)
 	TvCodec    *codec = TvCreateCodec(sh->dim, sh->bits, sh->seed, CurrentMemoryContext);
 	float	   *chunk;
 	EncodeJob	job = SharedJob(sh, codec, &chunk);
+	TvListAssigner *assigner = JobAssigner(&job);
+	float	   *work = palloc(sizeof(float) * TvEncodeWorkFloats(codec));
+	uint32		round = 0;
 
-	RunEncodeJob(&job, &sh->next);
+	while ((round = RoundsNext(&sh->rounds, round)) != TV_ROUND_END)
+		EncodeRound(sh, round, &job, assigner, work);
+	TvListAssignerFree(assigner);
+	pfree(work);
 }
 
 static Size
@@ -219,20 +391,21 @@ PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors, int me
 }
 
 /*
- * The most shared memory a parallel coding of this index's spool takes,
- * whatever the number of vectors, with maintenance_work_mem at mem_kb: the
- * build keeps it out of the spool's share of maintenance_work_mem.
+ * The shared memory a parallel coding of n vectors (PG_UINT64_MAX: any
+ * number) takes with maintenance_work_mem at mem_kb: the build keeps it
+ * out of the spool's share of maintenance_work_mem.
  */
 Size
-TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors, int mem_kb)
+TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors, int mem_kb,
+					   uint64 n)
 {
-	return PlanSegment(codec, lists, PG_UINT64_MAX, chunk_vectors, mem_kb).total;
+	return PlanSegment(codec, lists, n, chunk_vectors, mem_kb).total;
 }
 
 /*
  * With workers: rounds of at most TvParallelWindowBytes of vectors.
- * Returns the number of workers that took part in the first round, or -1
- * when no segment could be had (the caller then works alone).
+ * Returns the number of workers launched, or -1 when no segment could be
+ * had (the caller then works alone).
  */
 static int
 EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
@@ -245,7 +418,12 @@ EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 	uint64		capacity = plan.capacity;
 	ParallelContext *pcxt;
 	TvEncodeShared *sh;
-	int			launched = -1;
+	char	   *base;
+	float	   *chunk;
+	EncodeJob	job;
+	TvListAssigner *assigner;
+	float	   *work;
+	int			launched;
 
 	EnterParallelMode();
 	pcxt = CreateParallelContext("turbovec", "TvParallelEncodeMain", nworkers);
@@ -261,6 +439,7 @@ EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 	}
 
 	sh = shm_toc_allocate(pcxt->toc, plan.total);
+	base = (char *) sh;
 	sh->dim = codec->dim;
 	sh->bits = codec->bits;
 	sh->seed = codec->seed;
@@ -269,18 +448,24 @@ EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 	sh->residual = in->residual;
 	sh->code_bytes = codec->code_bytes;
 	sh->plan = plan;
-	pg_atomic_init_u64(&sh->next, 0);
-	memcpy((char *) sh + plan.off_centroids, in->centroids, (Size) in->lists * vector_bytes);
+	RoundsInit(&sh->rounds);
+	memcpy(base + plan.off_centroids, in->centroids, (Size) in->lists * vector_bytes);
 	if (in->cnorms)
-		memcpy((char *) sh + plan.off_cnorms, in->cnorms, sizeof(float) * in->lists);
+		memcpy(base + plan.off_cnorms, in->cnorms, sizeof(float) * in->lists);
 	shm_toc_insert(pcxt->toc, TV_PARALLEL_KEY_SHARED, sh);
 
+	/* the workers start while the leader copies the first window */
+	LaunchParallelWorkers(pcxt);
+	launched = pcxt->nworkers_launched;
+
+	job = SharedJob(sh, codec, &chunk);
+	job.progress = true;
+	assigner = JobAssigner(&job);
+	work = palloc(sizeof(float) * TvEncodeWorkFloats(codec));
 	for (uint64 first = 0; first < in->n; first += capacity)
 	{
 		uint64		n = Min(capacity, in->n - first);
-		char	   *base = (char *) sh;
-		float	   *chunk;
-		EncodeJob	job;
+		uint32		round;
 
 		/* the window: whole spool chunks, so one copy per chunk */
 		for (uint64 k = 0; k < n; k += in->chunk_vectors)
@@ -290,30 +475,24 @@ EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 			memcpy(base + plan.off_vectors + (Size) k * vector_bytes,
 				   in->chunks[(first + k) / in->chunk_vectors], (Size) m * vector_bytes);
 		}
-		sh->first = first;
-		sh->n = n;
-		pg_atomic_write_u64(&sh->next, 0);
-
-		if (first > 0)
-			ReinitializeParallelDSM(pcxt);
-		LaunchParallelWorkers(pcxt);
-		if (first == 0)
-			launched = pcxt->nworkers_launched;
+		round = RoundsOpen(&sh->rounds, (uint32) n);
 		elog(DEBUG2, "turbo build round at vector " UINT64_FORMAT ": %d parallel workers",
-			 first, pcxt->nworkers_launched);
+			 first, launched);
 
 		/* the leader takes part too */
-		job = SharedJob(sh, codec, &chunk);
-		job.progress_base += in->progress_base;
-		job.progress = true;
-		RunEncodeJob(&job, &sh->next);
-		WaitForParallelWorkersToFinish(pcxt);
+		job.progress_base = in->progress_base + first;
+		EncodeRound(sh, round, &job, assigner, work);
+		RoundsWait(&sh->rounds);
 
 		memcpy(listof + first, base + plan.off_listof, sizeof(int) * n);
 		memcpy(codes + first * codec->code_bytes, base + plan.off_codes,
 			   (Size) n * codec->code_bytes);
 		memcpy(factors + first, base + plan.off_factors, sizeof(TvFactors) * n);
 	}
+	RoundsEnd(&sh->rounds);
+	WaitForParallelWorkersToFinish(pcxt);
+	TvListAssignerFree(assigner);
+	pfree(work);
 
 	DestroyParallelContext(pcxt);
 	ExitParallelMode();
@@ -323,15 +502,14 @@ EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 /*
  * Pick the list of, and code, every spooled vector: listof[k], the row code
  * at codes + k * code_bytes and factors[k] for spool position k.  nworkers
- * is how many parallel workers to ask for (0: none).  Returns how many took
- * part.
+ * is how many parallel workers to ask for (0: none).  Returns how many were
+ * launched.
  */
 int
 TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 				TvFactors *factors)
 {
 	EncodeJob	job;
-	pg_atomic_uint64 next;
 
 	Assert(in->chunk_vectors % TV_ENCODE_BATCH == 0);
 	if (nworkers > 0 && !IsInParallelMode())
@@ -348,18 +526,18 @@ TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes
 	job.factors = factors;
 	job.progress_base = in->progress_base;
 	job.progress = true;
-	pg_atomic_init_u64(&next, 0);
-	RunEncodeJob(&job, &next);
+	RunEncodeJob(&job);
 	return 0;
 }
 
 /*
  * k-means assignment rounds with parallel workers.  The samples go into a
- * segment once; each Lloyd round copies the centroids in, and every
- * participant claims batches of TV_ASSIGN_BATCH samples and writes their
- * nearest lists by position.  Batches start at multiples of the batch
- * size, as in the serial rounds (tvivf.c), so TvNearestLists groups the
- * rows the same way and the assignment is the same whoever computes it.
+ * segment once; each Lloyd round copies the centroids in and opens a round
+ * (TvRounds) whose items are the samples: every participant claims batches
+ * of TV_ASSIGN_BATCH samples and writes their nearest lists by position.
+ * Batches start at multiples of the batch size, as in the serial rounds
+ * (tvivf.c), so TvNearestLists groups the rows the same way and the
+ * assignment is the same whoever computes it.
  */
 #define TV_PARALLEL_KEY_KMEANS		UINT64CONST(0x7475726226FE0002)
 
@@ -369,7 +547,7 @@ typedef struct TvKmeansShared
 	int			metric;
 	int			lists;
 	int			nsamples;
-	pg_atomic_uint64 next;
+	TvRounds	rounds;
 	Size		off_centroids;
 	Size		off_cnorms;
 	Size		off_samples;
@@ -380,47 +558,52 @@ struct TvKmeansParallel
 {
 	ParallelContext *pcxt;
 	TvKmeansShared *sh;
-	int			rounds;
 };
 
 PGDLLEXPORT void TvParallelKmeansMain(dsm_segment *seg, shm_toc *toc);
 
+/* Take part in one assignment round */
 static void
-RunKmeansJob(TvKmeansShared *sh)
+KmeansRound(TvKmeansShared *sh, uint32 round)
 {
 	char	   *base = (char *) sh;
 	const float *samples = (const float *) (base + sh->off_samples);
 	int		   *assign = (int *) (base + sh->off_assign);
-	TvListAssigner *assigner = TvListAssignerCreate((const float *) (base + sh->off_centroids),
-													(const float *) (base + sh->off_cnorms),
-													sh->lists, sh->dim, (TvMetric) sh->metric);
+	TvListAssigner *assigner = NULL;
+	uint32		first;
+	uint32		count;
 
-	for (;;)
+	while (RoundsClaim(&sh->rounds, round, TV_ASSIGN_BATCH, &first, &count))
 	{
-		uint64		k0 = pg_atomic_fetch_add_u64(&sh->next, TV_ASSIGN_BATCH);
-		int			m;
-
-		if (k0 >= (uint64) sh->nsamples)
-			break;
-		m = (int) Min((uint64) TV_ASSIGN_BATCH, (uint64) sh->nsamples - k0);
-		TvAssignLists(assigner, samples + (Size) k0 * sh->dim, m, assign + k0);
+		/* the centroids are this round's once a claim of it succeeded */
+		if (assigner == NULL)
+			assigner = TvListAssignerCreate((const float *) (base + sh->off_centroids),
+											(const float *) (base + sh->off_cnorms),
+											sh->lists, sh->dim, (TvMetric) sh->metric);
+		TvAssignLists(assigner, samples + (Size) first * sh->dim, (int) count, assign + first);
+		RoundsDone(&sh->rounds, count);
 		CHECK_FOR_INTERRUPTS();
 	}
-	TvListAssignerFree(assigner);
+	if (assigner)
+		TvListAssignerFree(assigner);
 }
 
-/* Entry point of a parallel k-means worker */
+/* Entry point of a parallel k-means worker: every round until the last */
 void
 TvParallelKmeansMain(dsm_segment *seg, shm_toc *toc)
 {
-	RunKmeansJob(shm_toc_lookup(toc, TV_PARALLEL_KEY_KMEANS, false));
+	TvKmeansShared *sh = shm_toc_lookup(toc, TV_PARALLEL_KEY_KMEANS, false);
+	uint32		round = 0;
+
+	while ((round = RoundsNext(&sh->rounds, round)) != TV_ROUND_END)
+		KmeansRound(sh, round);
 }
 
 /*
- * Set up parallel assignment of the samples to lists, or NULL when no
- * segment can be had (the caller then works alone).  The segment holds a
- * copy of the samples: the build counts them twice against
- * maintenance_work_mem.
+ * Set up parallel assignment of the samples to lists and start the
+ * workers, or NULL when no segment can be had (the caller then works
+ * alone).  The segment holds a copy of the samples: the build counts them
+ * twice against maintenance_work_mem.
  */
 TvKmeansParallel *
 TvKmeansParallelBegin(const float *samples, int nsamples, int dim, int lists,
@@ -463,9 +646,10 @@ TvKmeansParallelBegin(const float *samples, int nsamples, int dim, int lists,
 	sh->off_cnorms = off_cnorms;
 	sh->off_samples = off_samples;
 	sh->off_assign = off_assign;
-	pg_atomic_init_u64(&sh->next, 0);
+	RoundsInit(&sh->rounds);
 	memcpy((char *) sh + off_samples, samples, (Size) nsamples * dim * sizeof(float));
 	shm_toc_insert(pcxt->toc, TV_PARALLEL_KEY_KMEANS, sh);
+	LaunchParallelWorkers(pcxt);
 
 	kp = palloc0(sizeof(TvKmeansParallel));
 	kp->pcxt = pcxt;
@@ -480,21 +664,21 @@ TvKmeansParallelAssign(TvKmeansParallel *kp, const float *centroids,
 {
 	TvKmeansShared *sh = kp->sh;
 	char	   *base = (char *) sh;
+	uint32		round;
 
 	memcpy(base + sh->off_centroids, centroids, (Size) sh->lists * sh->dim * sizeof(float));
 	memcpy(base + sh->off_cnorms, cnorms, (Size) sh->lists * sizeof(float));
-	pg_atomic_write_u64(&sh->next, 0);
-	if (kp->rounds++ > 0)
-		ReinitializeParallelDSM(kp->pcxt);
-	LaunchParallelWorkers(kp->pcxt);
-	RunKmeansJob(sh);
-	WaitForParallelWorkersToFinish(kp->pcxt);
+	round = RoundsOpen(&sh->rounds, (uint32) sh->nsamples);
+	KmeansRound(sh, round);
+	RoundsWait(&sh->rounds);
 	memcpy(assign, base + sh->off_assign, (Size) sh->nsamples * sizeof(int));
 }
 
 void
 TvKmeansParallelEnd(TvKmeansParallel *kp)
 {
+	RoundsEnd(&kp->sh->rounds);
+	WaitForParallelWorkersToFinish(kp->pcxt);
 	DestroyParallelContext(kp->pcxt);
 	ExitParallelMode();
 	pfree(kp);
@@ -545,9 +729,18 @@ typedef struct TvScanShared
 	Size		off_centroids;
 	Size		off_cnorms;
 
+	/*
+	 * sampling pass: vectors whose sampling hash is at or above sample_tau
+	 * (PG_UINT64_MAX: none) are read, checked and counted, not sent; the
+	 * leader lowers it once it spools no more vectors
+	 */
+	uint64		sample_seed;
+	pg_atomic_uint64 sample_tau;
+
 	/* what the workers report at the end */
 	slock_t		mutex;
 	double		reltuples;
+	uint64		unread;			/* vectors counted, not sent */
 	bool		brokenhotchain;
 	int			finished;
 } TvScanShared;
@@ -740,6 +933,8 @@ TvParallelScanBegin(Relation heap, Relation index, IndexInfo *indexInfo,
 	sh->off_queues = off_queues;
 	sh->queue_bytes = TvScanQueueBytes(maintenance_work_mem);
 	sh->lists = -1;
+	sh->sample_seed = seed;
+	pg_atomic_init_u64(&sh->sample_tau, PG_UINT64_MAX);
 	if (encode)
 	{
 		Assert(lists == 0 || dim > 0);
@@ -822,14 +1017,27 @@ TvParallelScanDrain(TvParallelScan *ps, TvScanConsumer consume, void *arg)
 }
 
 /*
+ * Sampling pass: from now on the workers send only the vectors whose
+ * sampling hash is below sample_tau (the leader spools nothing, so it
+ * keeps no other); they check and count the rest
+ */
+void
+TvParallelScanFilter(TvParallelScan *ps, uint64 sample_tau)
+{
+	Assert(ps->sh->lists < 0);
+	pg_atomic_write_u64(&ps->sh->sample_tau, sample_tau);
+}
+
+/*
  * After the leader's share of the scan: take the rest of the workers'
  * records, wait for them to finish, and end parallel mode.  Returns the
- * heap tuples the workers scanned; a broken HOT chain a worker met is
+ * heap tuples the workers scanned, and in *unread the vectors of a
+ * sampling pass they counted without sending; a broken HOT chain a worker met is
  * noted in indexInfo, as the leader's own scan does.
  */
 double
 TvParallelScanEnd(TvParallelScan *ps, IndexInfo *indexInfo, TvScanConsumer consume,
-				  void *arg)
+				  void *arg, uint64 *unread)
 {
 	double		reltuples;
 
@@ -839,6 +1047,7 @@ TvParallelScanEnd(TvParallelScan *ps, IndexInfo *indexInfo, TvScanConsumer consu
 		elog(ERROR, "turbo build: %d of %d parallel workers finished their scan",
 			 ps->sh->finished, ps->pcxt->nworkers_launched);
 	reltuples = ps->sh->reltuples;
+	*unread = ps->sh->unread;
 	if (ps->sh->brokenhotchain)
 		indexInfo->ii_BrokenHotChain = true;
 	DestroyParallelContext(ps->pcxt);
@@ -875,6 +1084,8 @@ typedef struct ScanWorker
 	ItemPointerData batch_tids[TV_ENCODE_BATCH];
 	int			batch_n;
 	int			nearest[TV_ENCODE_BATCH];
+
+	uint64		unread;			/* sampling pass: vectors counted, not sent */
 } ScanWorker;
 
 static void
@@ -988,7 +1199,15 @@ ScanWorkerCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	if (!(w->metric == TV_METRIC_COSINE && TvNorm(x, dim) == 0))
 	{
 		if (w->sh->lists < 0)
-			memcpy(NextRecord(w, tid), x, sizeof(float) * dim);
+		{
+			/* a tau read late is higher, never lower: the leader drops the rest */
+			uint64		tau = pg_atomic_read_u64(&w->sh->sample_tau);
+
+			if (tau != PG_UINT64_MAX && TvSampleHash(w->sh->sample_seed, tid) >= tau)
+				w->unread++;
+			else
+				memcpy(NextRecord(w, tid), x, sizeof(float) * dim);
+		}
 		else
 		{
 			memcpy(w->batch + (Size) w->batch_n * dim, x, sizeof(float) * dim);
@@ -1060,6 +1279,7 @@ TvParallelScanMain(dsm_segment *seg, shm_toc *toc)
 
 	SpinLockAcquire(&sh->mutex);
 	sh->reltuples += reltuples;
+	sh->unread += w.unread;
 	if (indexInfo->ii_BrokenHotChain)
 		sh->brokenhotchain = true;
 	sh->finished++;

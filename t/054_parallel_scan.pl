@@ -1,15 +1,20 @@
 
 # Copyright (c) turbovec authors
 
-# CREATE INDEX reads the table with parallel workers (tvparallel.c): in the
-# sampling pass of an IVF build the workers send their vectors to the
-# leader, in the encoding pass of a build whose vectors do not fit in
-# maintenance_work_mem (and of a flat build) their codes.  With
-# min_parallel_table_scan_size = 0 a small table is enough.  Each build must
-# say in a DEBUG1 message that a worker scanned, and write exactly the
-# pages of the same build without workers: the leader lays the lists out
-# in TID order whoever read which row.  The indexes must pass turbo_verify
-# and answer like a sequential scan.
+# CREATE INDEX reads the table with parallel workers (tvparallel.c).  Table
+# p holds 64-d rows whose vectors lie in the row: an IVF build reads it
+# twice instead of spooling the vectors (tvbuild.c VectorsInRows), so the
+# workers send in the sampling pass only the vectors that may be sampled,
+# and in the encoding pass their codes.  Table pt holds 520-d rows TOASTed
+# out of line, which an IVF build spools while they fit: in its sampling
+# pass the workers send every vector, and when they do not fit in
+# maintenance_work_mem the encoding pass reads the table again.  A flat
+# build's single pass sends codes.  With min_parallel_table_scan_size = 0
+# small tables are enough.  Each build must say in a DEBUG1 message that a
+# worker scanned, and write exactly the pages of the same build without
+# workers: the leader lays the lists out in TID order whoever read which
+# row.  The indexes must pass turbo_verify and answer like a sequential
+# scan.
 use strict;
 use warnings;
 
@@ -22,8 +27,8 @@ use TurboVecTest;
 
 srand(20261203);
 
-my $dim   = 64;
-my $nrows = 6000;
+my %dim   = (p => 64,   pt => 520);
+my %nrows = (p => 6000, pt => 2000);
 
 my $node = start_node('parscan',
 	conf => "max_parallel_maintenance_workers = 1\nautovacuum = off\n");
@@ -33,8 +38,14 @@ $node->safe_psql(
 CREATE EXTENSION turbovec;
 CREATE EXTENSION pageinspect;
 CREATE TABLE p (id serial PRIMARY KEY, v real[]);
-@{[ random_rows_sql('p', $dim, $nrows, 0.54, 97) ]}
+@{[ random_rows_sql('p', $dim{p}, $nrows{p}, 0.54, 97) ]}
+CREATE TABLE pt (id serial PRIMARY KEY, v real[]);
+ALTER TABLE pt ALTER COLUMN v SET STORAGE EXTERNAL;
+@{[ random_rows_sql('pt', $dim{pt}, $nrows{pt}, 0.55, 97) ]}
 });
+is($node->safe_psql('postgres',
+	"SELECT pg_relation_size(reltoastrelid) >= 2000 * 2080 FROM pg_class WHERE relname = 'pt'"),
+	't', 'the 520-d vectors are stored out of line');
 
 # md5 of the index pages past their headers (the LSN differs between builds)
 sub pages_md5
@@ -49,53 +60,71 @@ sub pages_md5
 # by them) under $settings; returns (stderr, pages md5)
 sub build
 {
-	my ($idx, $opclass, $with, $parallel, $settings) = @_;
+	my ($idx, $table, $opclass, $with, $parallel, $settings) = @_;
 	my $par = $parallel
 	  ? 'SET min_parallel_table_scan_size = 0;'
 	  : 'SET max_parallel_maintenance_workers = 0;';
 	my ($ret, $out, $err) = $node->psql('postgres',
 		"$par $settings SET client_min_messages = debug1;
 		 DROP INDEX IF EXISTS $idx;
-		 CREATE INDEX $idx ON p USING turbo (v $opclass) $with;");
+		 CREATE INDEX $idx ON $table USING turbo (v $opclass) $with;");
 	is($ret, 0, "$idx builds") or diag($err);
 	return ($err, pages_md5($idx));
 }
 
 my $scanned = qr/table scanned by the leader and 1 parallel workers/;
+my $in_rows = qr/the vectors lie in their rows, so the build reads them twice/;
 
+# name, table, operator class, options, settings, heap scans
 for my $case (
-	[ 'ivf',  'real_l2_ops',     'WITH (lists = 24)', '' ],
-	[ 'flat', 'real_cosine_ops', 'WITH (lists = 0)',  '' ],
-	# 1.5 MB of vectors do not fit in 1 MB: the sampling pass, then an
-	# encoding pass over the table, both with the worker
-	[ 'twice', 'real_l2_ops', 'WITH (lists = 8)', "SET maintenance_work_mem = '1MB';" ],
+	[ 'ivf',  'p', 'real_l2_ops',     'WITH (lists = 24)', '', 2 ],
+	[ 'flat', 'p', 'real_cosine_ops', 'WITH (lists = 0)',  '', 1 ],
 	# from 1,024 lists on, vectors go to lists through groups of lists
-	# (tvivf.c): k-means rounds with the worker, then both passes as above.
-	# 5 MB: the vectors do not fit, their codes do (with less, a parallel
-	# build's queues leave less room for codes than a serial build has, and
-	# the layouts differ by design)
-	[ 'grouped', 'real_cosine_ops', 'WITH (lists = 1100)', '' ],
-	[ 'grouped_twice', 'real_l2_ops', 'WITH (lists = 1100)', "SET maintenance_work_mem = '5MB';" ])
+	# (tvivf.c): k-means rounds with the worker, then both passes as above
+	[ 'grouped', 'p', 'real_cosine_ops', 'WITH (lists = 1100)', '', 2 ],
+	# 5 MB: the codes fit (with less, a parallel build's queues leave less
+	# room for codes than a serial build has, and the layouts differ by
+	# design)
+	[ 'grouped_mem', 'p', 'real_l2_ops', 'WITH (lists = 1100)', "SET maintenance_work_mem = '5MB';", 2 ],
+	# spooled: one heap scan
+	[ 'spooled', 'pt', 'real_l2_ops', 'WITH (lists = 24)', '', 1 ],
+	# 4 MB of vectors do not fit in 3 MB (their codes do): the sampling pass, then an
+	# encoding pass over the table, both with the worker
+	[ 'twice', 'pt', 'real_l2_ops', 'WITH (lists = 8)', "SET maintenance_work_mem = '3MB';", 2 ])
 {
-	my ($name, $opclass, $with, $settings) = @$case;
-	my ($serr, $serial) = build("p_$name", $opclass, $with, 0, $settings);
+	my ($name, $table, $opclass, $with, $settings, $scans) = @$case;
+	my ($serr, $serial) = build("p_$name", $table, $opclass, $with, 0, $settings);
 	unlike($serr, $scanned, "$name: no worker without parallel maintenance workers");
-	my ($perr, $parallel) = build("p_$name", $opclass, $with, 1, $settings);
+	my ($perr, $parallel) = build("p_$name", $table, $opclass, $with, 1, $settings);
 	my @scans = $perr =~ /$scanned/g;
-	is(scalar @scans, $name =~ /twice/ ? 2 : 1,
-		"$name: a worker took part in every heap scan");
-	like($perr, qr/reads its table twice/, "$name: the table is read twice")
-	  if $name =~ /twice/;
+	is(scalar @scans, $scans, "$name: a worker took part in every heap scan");
+	if ($table eq 'p' && $with !~ /lists = 0/)
+	{
+		like($perr, $in_rows, "$name: the vectors are read where they lie");
+	}
+	else
+	{
+		unlike($perr, $in_rows, "$name: the vectors are not read twice by choice");
+	}
+	if ($name eq 'twice')
+	{
+		like($perr, qr/reads its table twice/, "$name: the table is read twice");
+	}
+	else
+	{
+		unlike($perr, qr/NOTICE/, "$name: nothing to say") or diag($perr);
+	}
 	is($parallel, $serial, "$name: the same pages as without workers");
 	is(verify_output($node, "p_$name"), '', "$name: turbo_verify is clean");
-	is(index_info($node, "p_$name", 'live_rows'), $nrows - int($nrows / 97),
+	is(index_info($node, "p_$name", 'live_rows'), $nrows{$table} - int($nrows{$table} / 97),
 		"$name: every non-NULL row is indexed");
 
 	my $op = $opclass eq 'real_l2_ops' ? '<->' : '<=>';
-	my $q  = random_vector($dim);
+	my $q  = random_vector($dim{$table});
 	same_as_seq_scan($node,
 		"$FORCE_INDEX $ALL_CANDIDATES SET turbovec.probes = 2000;",
-		top10_sql('p', $op, $q), "$name: answers like a sequential scan");
+		top10_sql($table, $op, $q), "$name: answers like a sequential scan");
+	$node->safe_psql('postgres', "DROP INDEX p_$name") unless $name eq 'ivf';
 }
 
 # CREATE INDEX CONCURRENTLY: the workers scan under the build's MVCC snapshot
@@ -110,7 +139,7 @@ is(pages_md5('p_cic'), pages_md5('p_ivf'), 'CREATE INDEX CONCURRENTLY: the same 
 # error a serial build gives
 $node->safe_psql('postgres',
 	"CREATE TABLE bad AS SELECT * FROM p;
-	 INSERT INTO bad (v) SELECT array_fill(1::real, ARRAY[$dim + 1]) FROM generate_series(1, 2000)");
+	 INSERT INTO bad (v) SELECT array_fill(1::real, ARRAY[$dim{p} + 1]) FROM generate_series(1, 2000)");
 ($ret, $out, $err) = $node->psql('postgres',
 	"SET min_parallel_table_scan_size = 0;
 	 CREATE INDEX bad_idx ON bad USING turbo (v real_l2_ops) WITH (lists = 24);");

@@ -18,6 +18,10 @@ INSERT INTO e VALUES (9, '{1,-Infinity,2}');
 INSERT INTO e VALUES (11, '{3e38,1,1}');
 SET enable_seqscan = off;
 SELECT id FROM e ORDER BY v <-> '{3e38,3e38,1}' LIMIT 1;
+-- near the limit, where the cheap bound (sqrt(dim) * max |x[i]|) does not
+-- decide and the norm does: just past it, and just within it
+INSERT INTO e VALUES (12, '{6e17,6e17,6e17}');
+SELECT count(*) FROM (SELECT id FROM e ORDER BY v <-> '{5.7e17,5.7e17,5.7e17}' LIMIT 1) s;
 RESET enable_seqscan;
 -- NULL vectors are fine: not indexed
 INSERT INTO e VALUES (10, NULL);

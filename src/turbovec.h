@@ -214,6 +214,7 @@ extern float *TvDatumGetFloats(FmgrInfo *toarray, Datum value, int *dim);
 extern FmgrInfo *TvGetToArrayProc(Relation index, MemoryContext cxt);
 extern void TvCheckDimensions(Relation index, int expected, int actual);
 extern void TvCheckNorm(Relation index, const float *x, int dim);
+extern float TvMaxAbs(const float *x, int dim);
 extern double TvNorm(const float *x, int dim);
 extern double TvExactDistance(TvMetric metric, const float *a, const float *b, int dim);
 

@@ -10,13 +10,15 @@
  * (tvivf.c), and the encoding pass sends each vector to the block being
  * filled for its nearest list; a full block is appended to the stream and
  * linked to the previous block of its list.  The first pass also spools
- * the vectors while they fit in maintenance_work_mem, and then the encoding
- * pass reads the spool instead of the heap and writes the lists one after
- * the other, each list's blocks contiguous (parallel workers may do the
- * coding, tvparallel.c).  When the vectors do not fit, the heap pass keeps
- * the codes instead to lay the lists out the same way (coding windows of
- * vectors with parallel workers), and only when those do not fit either
- * are blocks appended as they fill, lists interleaved.  Both heap passes
+ * the vectors while they fit in maintenance_work_mem (unless they lie in
+ * their rows uncompressed, which are cheaper to read again: see
+ * VectorsInRows), and then the encoding pass reads the spool instead of the
+ * heap and writes the lists one after the other, each list's blocks
+ * contiguous (parallel workers may do the coding, tvparallel.c).  When the
+ * vectors are not spooled, the heap pass keeps the codes instead to lay
+ * the lists out the same way (coding windows of vectors with parallel
+ * workers), and only when those do not fit either are blocks appended as
+ * they fill, lists interleaved.  Both heap passes
  * may be shared with parallel workers (tvparallel.c), which send the
  * leader their vectors or codes; the lists are laid out in TID order, so
  * the pages do not depend on who read which row.  Vectors are
@@ -361,7 +363,7 @@ BuildVector(TvBuildState *bs, Relation index, Datum value, int *dim)
 		TvCheckDimensions(index, bs->dim, *dim);
 	TvCheckNorm(index, x, *dim);
 	/* zero vectors have no direction to index under cosine */
-	if (bs->metric == TV_METRIC_COSINE && TvNorm(x, *dim) == 0)
+	if (bs->metric == TV_METRIC_COSINE && TvMaxAbs(x, *dim) == 0)
 		return NULL;
 	return x;
 }

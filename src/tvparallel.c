@@ -1196,7 +1196,7 @@ ScanWorkerCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	if (w->sh->lists >= 0 && w->codec == NULL)
 		StartWorkerCodec(w);
 	/* zero vectors have no direction to index under cosine, as in the leader */
-	if (!(w->metric == TV_METRIC_COSINE && TvNorm(x, dim) == 0))
+	if (!(w->metric == TV_METRIC_COSINE && TvMaxAbs(x, dim) == 0))
 	{
 		if (w->sh->lists < 0)
 		{

@@ -262,8 +262,16 @@ TvGetToArrayProc(Relation index, MemoryContext cxt)
 void
 TvCheckNorm(Relation index, const float *x, int dim)
 {
-	double		norm = TvNorm(x, dim);
+	double		norm;
 
+	/*
+	 * ||x|| <= sqrt(dim) max |x[i]|: with room for the sum's rounding, that
+	 * clears nearly every vector without the norm, a serial sum in double
+	 * (NaN and infinities fall through, to what the norm says of them)
+	 */
+	if ((double) TvMaxAbs(x, dim) * sqrt((double) dim) <= TV_MAX_NORM / 2)
+		return;
+	norm = TvNorm(x, dim);
 	if (norm > TV_MAX_NORM)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
@@ -282,6 +290,45 @@ TvCheckDimensions(Relation index, int expected, int actual)
 				 errmsg("expected %d dimensions, not %d", expected, actual),
 				 errdetail("Turbo index \"%s\" holds vectors of %d dimensions.",
 						   RelationGetRelationName(index), expected)));
+}
+
+/*
+ * The largest |x[i]|, by the floats' bits: without the sign bit, the bits
+ * of two floats order like their values (NaN above infinity), and an
+ * integer maximum vectorizes.  Zero exactly when TvNorm is: a float's
+ * square never underflows in double.
+ */
+float
+TvMaxAbs(const float *x, int dim)
+{
+	uint32		lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+	uint32		m = 0;
+	int			i = 0;
+	float		f;
+
+	for (; i + 8 <= dim; i += 8)
+	{
+		for (int k = 0; k < 8; k++)
+		{
+			uint32		a;
+
+			memcpy(&a, x + i + k, sizeof(a));
+			a &= 0x7fffffffu;
+			lane[k] = a > lane[k] ? a : lane[k];
+		}
+	}
+	for (int k = 0; k < 8; k++)
+		m = lane[k] > m ? lane[k] : m;
+	for (; i < dim; i++)
+	{
+		uint32		a;
+
+		memcpy(&a, x + i, sizeof(a));
+		a &= 0x7fffffffu;
+		m = a > m ? a : m;
+	}
+	memcpy(&f, &m, sizeof(f));
+	return f;
 }
 
 double

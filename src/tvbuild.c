@@ -37,7 +37,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "access/detoast.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xloginsert.h"
@@ -889,11 +888,15 @@ HeapWindowVectors(TvBuildState *bs)
 
 	/*
 	 * a vector, its TID and its coding's outputs (which outweigh a vector
-	 * of few dimensions), and no more than the table holds
+	 * of few dimensions), and no more than the sampling pass counted
 	 */
 	double		per_vector = sizeof(float) * bs->dim + sizeof(ItemPointerData) + CodedBytes(bs);
-	double		vectors = Min(bytes / per_vector, (double) bs->seen + TV_SPOOL_CHUNK);
-	int			chunks = (int) (vectors / TV_SPOOL_CHUNK);
+	double		vectors = bytes / per_vector;
+	int			chunks;
+
+	if (bs->seen > 0)
+		vectors = Min(vectors, (double) bs->seen + TV_SPOOL_CHUNK);
+	chunks = (int) (vectors / TV_SPOOL_CHUNK);
 
 	/* with a parallel scan, the workers code their own rows */
 	if (max_parallel_maintenance_workers <= 0 || chunks < 1 || bs->pscan != NULL ||

@@ -38,8 +38,8 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "port/atomics.h"
-#include "storage/shm_mq.h"
 #include "storage/condition_variable.h"
+#include "storage/shm_mq.h"
 #include "storage/shm_toc.h"
 #include "storage/spin.h"
 #include "utils/memutils.h"
@@ -235,7 +235,8 @@ PGDLLEXPORT void TvParallelEncodeMain(dsm_segment *seg, shm_toc *toc);
 
 /* Assign and code positions k0 .. k0 + m - 1 of a job */
 static void
-EncodeSpoolBatch(const EncodeJob *job, TvListAssigner *assigner, float *work, uint64 k0, int m)
+EncodeSpoolBatch(const EncodeJob *job, TvListAssigner *assigner, float *work,
+				 uint64 k0, int m)
 {
 	const TvEncodeInput *in = &job->in;
 	int			dim = in->codec->dim;
@@ -286,7 +287,8 @@ RunEncodeJob(const EncodeJob *job)
 	for (uint64 k0 = 0; k0 < job->in.n; k0 += TV_ENCODE_BATCH)
 	{
 		ReportEncoded(job, k0);
-		EncodeSpoolBatch(job, assigner, work, k0, (int) Min((uint64) TV_ENCODE_BATCH, job->in.n - k0));
+		EncodeSpoolBatch(job, assigner, work, k0,
+						 (int) Min((uint64) TV_ENCODE_BATCH, job->in.n - k0));
 		CHECK_FOR_INTERRUPTS();
 	}
 	TvListAssignerFree(assigner);

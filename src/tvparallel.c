@@ -721,10 +721,12 @@ typedef struct TvScanShared
 	Size		queue_bytes;
 	Size		off_queues;
 
+	/* the codec's and the sample's seed, in both passes */
+	uint64		seed;
+
 	/* encoding pass: the codec and the lists; lists < 0 in the sampling pass */
 	int			dim;
 	int			bits;
-	uint64		seed;
 	int			metric;
 	int			lists;
 	bool		residual;
@@ -736,7 +738,6 @@ typedef struct TvScanShared
 	 * (PG_UINT64_MAX: none) are read, checked and counted, not sent; the
 	 * leader lowers it once it spools no more vectors
 	 */
-	uint64		sample_seed;
 	pg_atomic_uint64 sample_tau;
 
 	/* what the workers report at the end */
@@ -935,14 +936,13 @@ TvParallelScanBegin(Relation heap, Relation index, IndexInfo *indexInfo,
 	sh->off_queues = off_queues;
 	sh->queue_bytes = TvScanQueueBytes(maintenance_work_mem);
 	sh->lists = -1;
-	sh->sample_seed = seed;
+	sh->seed = seed;
 	pg_atomic_init_u64(&sh->sample_tau, PG_UINT64_MAX);
 	if (encode)
 	{
 		Assert(lists == 0 || dim > 0);
 		sh->dim = dim;
 		sh->bits = bits;
-		sh->seed = seed;
 		sh->metric = (int) encode->metric;
 		sh->lists = lists;
 		sh->residual = encode->residual && lists > 0;
@@ -1034,8 +1034,8 @@ TvParallelScanFilter(TvParallelScan *ps, uint64 sample_tau)
  * After the leader's share of the scan: take the rest of the workers'
  * records, wait for them to finish, and end parallel mode.  Returns the
  * heap tuples the workers scanned, and in *unread the vectors of a
- * sampling pass they counted without sending; a broken HOT chain a worker met is
- * noted in indexInfo, as the leader's own scan does.
+ * sampling pass they counted without sending; a broken HOT chain a worker
+ * met is noted in indexInfo, as the leader's own scan does.
  */
 double
 TvParallelScanEnd(TvParallelScan *ps, IndexInfo *indexInfo, TvScanConsumer consume,
@@ -1205,7 +1205,7 @@ ScanWorkerCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 			/* a tau read late is higher, never lower: the leader drops the rest */
 			uint64		tau = pg_atomic_read_u64(&w->sh->sample_tau);
 
-			if (tau != PG_UINT64_MAX && TvSampleHash(w->sh->sample_seed, tid) >= tau)
+			if (tau != PG_UINT64_MAX && TvSampleHash(w->sh->seed, tid) >= tau)
 				w->unread++;
 			else
 				memcpy(NextRecord(w, tid), x, sizeof(float) * dim);

@@ -49,6 +49,7 @@ bool		tv_snapshots = true;
 int			tv_worker_naptime_ms = 1000;
 int			tv_test_build_delay_ms = 0;
 int			tv_test_scan_delay_ms = 0;
+int			tv_test_scan_message_rows = 0;
 bool		tv_use_resident = true;
 int			tv_max_resident = TV_DEFAULT_MAX_RESIDENT;
 int			tv_max_databases = TV_DEFAULT_MAX_DATABASES;
@@ -170,6 +171,12 @@ _PG_init(void)
 							&tv_test_build_delay_ms,
 							0, 0, 60 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS | GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
+	DefineCustomIntVariable("turbovec.test_scan_message_rows",
+							"Testing only: the most rows a parallel worker of CREATE INDEX sends the leader in one message (0: as many as fit in 64 kB).",
+							NULL,
+							&tv_test_scan_message_rows,
+							0, 0, 1000000,
+							PGC_SUSET, GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
 	DefineCustomIntVariable("turbovec.test_scan_delay",
 							"Testing only: sleep this long in each resident scan while it holds the copy pinned.",
 							NULL,

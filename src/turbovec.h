@@ -195,6 +195,7 @@ extern int	tv_candidates;
 extern int	tv_probes;
 extern int	tv_max_scan_tuples;
 extern int	tv_iterative_scan;
+extern int	tv_test_scan_message_rows;	/* testing: rows per worker message */
 
 /* turbovec.iterative_scan: what a scan does with rows of a later window */
 typedef enum TvIterativeScan

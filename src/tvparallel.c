@@ -793,8 +793,14 @@ ConsumeMessage(TvParallelScan *ps, const char *data, Size nbytes,
 	if (nbytes < sizeof(TvScanMsg))
 		elog(ERROR, "turbo build received a short message from a parallel worker");
 	memcpy(&hdr, data, sizeof(TvScanMsg));
-	if (hdr.dim <= 0 || hdr.n < 0 || hdr.code_bytes < 0 ||
-		(Size) hdr.code_bytes > nbytes || (Size) hdr.dim > nbytes)
+	/*
+	 * Bounds before the sizes are used.  A record of a code is smaller than
+	 * the dimension count in bytes, so a message of one or two codes is too:
+	 * the dimension is bounded by the codec's limit, not by the message.
+	 */
+	if (hdr.dim <= 0 || hdr.dim > TV_CODEC_MAX_DIM || hdr.n <= 0 ||
+		hdr.code_bytes < 0 || hdr.code_bytes > TV_CODEC_MAX_DIM ||
+		(encode != (hdr.code_bytes > 0)))
 		elog(ERROR, "turbo build received a bad message from a parallel worker");
 	rbytes = TvScanRecordBytes(encode, hdr.dim, hdr.code_bytes);
 	if (nbytes != sizeof(TvScanMsg) + rbytes * hdr.n)
@@ -1121,6 +1127,8 @@ NextRecord(ScanWorker *w, ItemPointer tid)
 		w->rbytes = TvScanRecordBytes(w->codec != NULL, w->dim,
 									  w->codec ? w->codec->code_bytes : 0);
 		w->msg_cap = (int) Max((TV_SCAN_MSG_BYTES - sizeof(TvScanMsg)) / w->rbytes, 1);
+		if (tv_test_scan_message_rows > 0)
+			w->msg_cap = Min(w->msg_cap, tv_test_scan_message_rows);
 		w->msg = palloc(sizeof(TvScanMsg) + w->rbytes * w->msg_cap);
 	}
 	if (w->msg_n == w->msg_cap)

@@ -500,8 +500,8 @@ Radix8(float *p, float s)
  * changes no result, since every butterfly is an independent add or
  * subtract.
  */
-static void
-Fwht(float *restrict a, int n, float s)
+void
+tv_fwht_scalar(float *restrict a, int n, float s)
 {
 	int			h,
 				i,
@@ -590,9 +590,9 @@ tv_codec_rotate(const TvCodec *codec, const float *in, float *out)
 			out[j] = t;
 		}
 		ApplySigns(out, CodecSigns(codec, r, 0), dim);
-		Fwht(out, w, s);
+		tv_fwht(out, w, s);
 		ApplySigns(out, CodecSigns(codec, r, 1), dim);
-		Fwht(out + dim - w, w, s);
+		tv_fwht(out + dim - w, w, s);
 	}
 }
 
@@ -613,9 +613,9 @@ tv_codec_unrotate(const TvCodec *codec, const float *in, float *out)
 	{
 		const uint16_t *sw = CodecSwaps(codec, r);
 
-		Fwht(out + dim - w, w, s);
+		tv_fwht(out + dim - w, w, s);
 		ApplySigns(out, CodecSigns(codec, r, 1), dim);
-		Fwht(out, w, s);
+		tv_fwht(out, w, s);
 		ApplySigns(out, CodecSigns(codec, r, 0), dim);
 		for (i = 1; i < dim; i++)
 		{
@@ -641,8 +641,7 @@ RotateWork(const TvCodec *codec, float *a, float *tmp)
 	float		s = WindowScale(codec);
 	float	   *src = a;
 	float	   *dst = tmp;
-	int			r,
-				i;
+	int			r;
 
 	for (r = 0; r < codec->rounds; r++)
 	{
@@ -650,11 +649,11 @@ RotateWork(const TvCodec *codec, float *a, float *tmp)
 		const float *sg = CodecSigns(codec, r, 0);
 		float	   *t;
 
-		for (i = 0; i < dim; i++)
+		for (int i = 0; i < dim; i++)
 			dst[i] = src[map[i]] * sg[i];
-		Fwht(dst, w, s);
+		tv_fwht(dst, w, s);
 		ApplySigns(dst, CodecSigns(codec, r, 1), dim);
-		Fwht(dst + dim - w, w, s);
+		tv_fwht(dst + dim - w, w, s);
 		t = src;
 		src = dst;
 		dst = t;
@@ -698,7 +697,10 @@ RowOr(uint8_t *code, int i, int bits, int c)
  * Quantize y[0..dim) into a row code: a code is the number of thresholds
  * below y, so a tie goes to the lower level.  Counting (rather than a
  * binary search) has no branches and no dependent loads, and the chunks of
- * 8 vectorize.  Replaces each y by its level and returns <y, levels[code]>.
+ * 8 vectorize.  Eight codes make exactly `bits` bytes (LSB first), so each
+ * chunk writes its own bytes.  Replaces each y by its level and returns
+ * <y, levels[code]>, summed as tv_sum_squares sums: in eight running sums,
+ * not one serial chain.
  */
 static inline double
 QuantizeAll(const TvCodec *codec, int bits, float *y, uint8_t *code)
@@ -707,21 +709,37 @@ QuantizeAll(const TvCodec *codec, int bits, float *y, uint8_t *code)
 	const float *l = codec->levels;
 	int			nthr = (1 << bits) - 1;
 	int			dim = codec->dim;
-	double		dot = 0.0;
-	uint64_t	acc = 0;
-	int			nacc = 0;
+	double		d0 = 0,
+				d1 = 0,
+				d2 = 0,
+				d3 = 0,
+				d4 = 0,
+				d5 = 0,
+				d6 = 0,
+				d7 = 0;
+	double		tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 	int			i,
 				k,
 				m;
 
-	for (i = 0; i < dim; i += 8)
+	for (i = 0; i < dim; i += 8, code += bits)
 	{
 		int			n = dim - i < 8 ? dim - i : 8;
 		float		x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+		float		q[8];
 		int			c[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+		uint32_t	word = 0;
 
-		for (m = 0; m < n; m++)
-			x[m] = y[i + m];
+		if (n == 8)
+		{
+			for (m = 0; m < 8; m++)
+				x[m] = y[i + m];
+		}
+		else
+		{
+			for (m = 0; m < n; m++)
+				x[m] = y[i + m];
+		}
 		for (k = 0; k < nthr; k++)
 		{
 			float		tk = t[k];
@@ -729,43 +747,108 @@ QuantizeAll(const TvCodec *codec, int bits, float *y, uint8_t *code)
 			for (m = 0; m < 8; m++)
 				c[m] += x[m] > tk;
 		}
-		for (m = 0; m < n; m++)
+		for (m = 0; m < 8; m++)
+			q[m] = l[c[m]];
+		if (n == 8)
 		{
-			dot += (double) x[m] * l[c[m]];
-			y[i + m] = l[c[m]];
-			/* Pack LSB first, 32 bits at a time */
-			acc |= (uint64_t) c[m] << nacc;
-			nacc += bits;
-			if (nacc >= 32)
+			/* named sums stay in registers (see tv_sum_squares) */
+			d0 += (double) x[0] * (double) q[0];
+			d1 += (double) x[1] * (double) q[1];
+			d2 += (double) x[2] * (double) q[2];
+			d3 += (double) x[3] * (double) q[3];
+			d4 += (double) x[4] * (double) q[4];
+			d5 += (double) x[5] * (double) q[5];
+			d6 += (double) x[6] * (double) q[6];
+			d7 += (double) x[7] * (double) q[7];
+			for (m = 0; m < 8; m++)
+				y[i + m] = q[m];
+			for (m = 0; m < 8; m++)
+				word |= (uint32_t) c[m] << (bits * m);
+			for (m = 0; m < bits; m++)
+				code[m] = (uint8_t) (word >> (8 * m));
+		}
+		else
+		{
+			/* the partial last chunk: element i still in sum i % 8 */
+			for (m = 0; m < n; m++)
 			{
-				code[0] = (uint8_t) acc;
-				code[1] = (uint8_t) (acc >> 8);
-				code[2] = (uint8_t) (acc >> 16);
-				code[3] = (uint8_t) (acc >> 24);
-				code += 4;
-				acc >>= 32;
-				nacc -= 32;
+				tail[m] = (double) x[m] * (double) q[m];
+				y[i + m] = q[m];
+				word |= (uint32_t) c[m] << (bits * m);
 			}
+			for (m = 0; m < (n * bits + 7) / 8; m++)
+				code[m] = (uint8_t) (word >> (8 * m));
 		}
 	}
-	for (; nacc > 0; nacc -= 8)
-	{
-		*code++ = (uint8_t) acc;
-		acc >>= 8;
-	}
-	return dot;
+	d0 += tail[0];
+	d1 += tail[1];
+	d2 += tail[2];
+	d3 += tail[3];
+	d4 += tail[4];
+	d5 += tail[5];
+	d6 += tail[6];
+	d7 += tail[7];
+	return ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7));
 }
 
-/* Sum of squares in double, in index order */
-static double
-SumSquares(const float *v, int n)
+double
+tv_quantize_row_scalar(const TvCodec *codec, float *y, uint8_t *code)
 {
-	double		s = 0.0;
-	int			i;
+	switch (codec->bits)
+	{
+		case 2:
+			return QuantizeAll(codec, 2, y, code);
+		case 3:
+			return QuantizeAll(codec, 3, y, code);
+		default:
+			return QuantizeAll(codec, 4, y, code);
+	}
+}
 
-	for (i = 0; i < n; i++)
-		s += (double) v[i] * (double) v[i];
-	return s;
+/*
+ * Sum of squares in double: element i goes into running sum i % 8, and the
+ * eight are added pairwise at the end.  The order is fixed, so every
+ * machine gets the same bits, and the chunks of 8 vectorize instead of one
+ * serial chain of additions (most of the encoder's time once the rotation
+ * is fast).
+ */
+double
+tv_sum_squares(const float *v, int n)
+{
+	double		s0 = 0,
+				s1 = 0,
+				s2 = 0,
+				s3 = 0,
+				s4 = 0,
+				s5 = 0,
+				s6 = 0,
+				s7 = 0;
+	double		t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+	int			i = 0;
+
+	/* named sums stay in registers; an array's round-trip memory */
+	for (; i + 8 <= n; i += 8)
+	{
+		s0 += (double) v[i] * (double) v[i];
+		s1 += (double) v[i + 1] * (double) v[i + 1];
+		s2 += (double) v[i + 2] * (double) v[i + 2];
+		s3 += (double) v[i + 3] * (double) v[i + 3];
+		s4 += (double) v[i + 4] * (double) v[i + 4];
+		s5 += (double) v[i + 5] * (double) v[i + 5];
+		s6 += (double) v[i + 6] * (double) v[i + 6];
+		s7 += (double) v[i + 7] * (double) v[i + 7];
+	}
+	t[0] = s0;
+	t[1] = s1;
+	t[2] = s2;
+	t[3] = s3;
+	t[4] = s4;
+	t[5] = s5;
+	t[6] = s6;
+	t[7] = s7;
+	for (int k = 0; i < n; i++, k++)
+		t[k] += (double) v[i] * (double) v[i];
+	return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
 }
 
 bool
@@ -780,7 +863,7 @@ tv_codec_encode(const TvCodec *codec, const float *v,
 	double		xdot;
 	int			i;
 
-	norm2 = SumSquares(v, dim);
+	norm2 = tv_sum_squares(v, dim);
 	/* Also catches NaN, though callers reject non-finite input */
 	if (!(norm2 > 0.0))
 	{
@@ -797,18 +880,7 @@ tv_codec_encode(const TvCodec *codec, const float *v,
 		work[i] = (float) ((double) v[i] * mult);
 	RotateWork(codec, work, work + dim);
 
-	switch (codec->bits)
-	{
-		case 2:
-			dot = QuantizeAll(codec, 2, work, code);
-			break;
-		case 3:
-			dot = QuantizeAll(codec, 3, work, code);
-			break;
-		default:
-			dot = QuantizeAll(codec, 4, work, code);
-			break;
-	}
+	dot = tv_quantize_row(codec, work, code);
 
 	/*
 	 * <x, xhat> = <y, levels[code]> / dim.  Each level has the sign of its
@@ -820,7 +892,7 @@ tv_codec_encode(const TvCodec *codec, const float *v,
 	if (xdot > 0.0)
 		factors->ipscale = (float) (norm / xdot);
 	else
-		factors->ipscale = (float) (norm / (SumSquares(work, dim) / dim));
+		factors->ipscale = (float) (norm / (tv_sum_squares(work, dim) / dim));
 	return true;
 }
 
@@ -1228,7 +1300,7 @@ tv_codec_encode_refine(const TvCodec *codec, const float *v, uint8_t *refine,
 	int			i;
 
 	memset(refine, 0, tv_refine_bytes(dim));
-	norm2 = SumSquares(v, dim);
+	norm2 = tv_sum_squares(v, dim);
 	if (!(norm2 > 0.0))
 		return false;
 	norm = sqrt(norm2);

@@ -82,10 +82,33 @@ extern int	tv_codec_block_code_bytes(int dim, int bits);
 /* Scratch floats the functions below need (work arguments) */
 extern size_t tv_codec_work_floats(const TvCodec *codec);
 
+/*
+ * a = H a * s (n a power of two): the rotation's Walsh-Hadamard steps.  The
+ * AVX2 version (tvkernels.c) does the same additions in the same order on
+ * more lanes at once, so it is bit-identical; tv_kernels_init picks it.
+ */
+typedef void (*TvFwhtFn) (float *a, int n, float s);
+extern TvFwhtFn tv_fwht;
+extern void tv_fwht_scalar(float *a, int n, float s);
+extern void tv_fwht_avx2(float *a, int n, float s);
+
 /* out = R in (orthonormal); in and out may be the same array */
 extern void tv_codec_rotate(const TvCodec *codec, const float *in, float *out);
 /* out = R^T in */
 extern void tv_codec_unrotate(const TvCodec *codec, const float *in, float *out);
+
+/*
+ * The encoder's last step: quantize the rotated y[0..dim) into a row code,
+ * replace each y by its level, and return <y, levels> summed in the fixed
+ * order of tv_sum_squares.  The AVX2 version is bit-identical.
+ */
+typedef double (*TvQuantizeRowFn) (const TvCodec *codec, float *y, uint8_t *code);
+extern TvQuantizeRowFn tv_quantize_row;
+extern double tv_quantize_row_scalar(const TvCodec *codec, float *y, uint8_t *code);
+extern double tv_quantize_row_avx2(const TvCodec *codec, float *y, uint8_t *code);
+
+/* Sum of squares of v[0..n) in double, in the encoder's fixed order */
+extern double tv_sum_squares(const float *v, int n);
 
 /*
  * Encode v (dim finite floats) into a row code.  Returns false (zero code,

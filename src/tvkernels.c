@@ -43,6 +43,8 @@ TvSumGroupsFn tv_sum_groups = tv_sum_groups_scalar;
 TvRefineBlockIpFn tv_refine_block_ip = tv_refine_block_ip_scalar;
 TvQuantizeLutFn tv_quantize_lut = tv_quantize_lut_scalar;
 TvRankDotFn tv_rank_dot = tv_rank_dot_scalar;
+TvFwhtFn	tv_fwht = tv_fwht_scalar;
+TvQuantizeRowFn tv_quantize_row = tv_quantize_row_scalar;
 
 int32_t
 tv_rank_dot_scalar(const uint8_t *k, const int8_t *q, int dim)
@@ -700,6 +702,207 @@ name(const uint8_t *k, const int8_t *q, int dim) \
 TV_RANK_DOT_VNNI(tv_rank_dot_avxvnni, "avx2,avxvnni", _mm256_dpbusd_avx_epi32)
 TV_RANK_DOT_VNNI(tv_rank_dot_avx512vnni, "avx2,avx512f,avx512vl,avx512vnni", _mm256_dpbusd_epi32)
 
+/*
+ * The first three butterfly levels (h = 1, 2, 4) of 8 floats in one
+ * register, after the scale: tv_fwht_scalar's Radix8, lane for lane.  A
+ * subtraction is an addition of the negated value (a sign flip, exact),
+ * as in the SSE2 version.
+ */
+static inline TV_AVX2 __m256
+FwhtRadix8Avx2(__m256 x)
+{
+	const __m256 neg_odd = _mm256_setr_ps(0.0f, -0.0f, 0.0f, -0.0f, 0.0f, -0.0f, 0.0f, -0.0f);
+	const __m256 neg_hi2 = _mm256_setr_ps(0.0f, 0.0f, -0.0f, -0.0f, 0.0f, 0.0f, -0.0f, -0.0f);
+	const __m256 neg_hi4 = _mm256_setr_ps(0.0f, 0.0f, 0.0f, 0.0f, -0.0f, -0.0f, -0.0f, -0.0f);
+
+	/* [x0 + x1, x0 - x1, x2 + x3, x2 - x3] in each half */
+	x = _mm256_add_ps(_mm256_moveldup_ps(x),
+					  _mm256_xor_ps(_mm256_movehdup_ps(x), neg_odd));
+	/* [y0 + y2, y1 + y3, y0 - y2, y1 - y3] in each half */
+	x = _mm256_add_ps(_mm256_shuffle_ps(x, x, _MM_SHUFFLE(1, 0, 1, 0)),
+					  _mm256_xor_ps(_mm256_shuffle_ps(x, x, _MM_SHUFFLE(3, 2, 3, 2)), neg_hi2));
+	/* [lo + hi, lo - hi] */
+	return _mm256_add_ps(_mm256_permute2f128_ps(x, x, 0x00),
+						 _mm256_xor_ps(_mm256_permute2f128_ps(x, x, 0x11), neg_hi4));
+}
+
+/* One butterfly level: (u, v) = (u + v, u - v) */
+#define FWHT_BF(u, v) \
+	do { __m256 t_ = (u); (u) = _mm256_add_ps(t_, (v)); (v) = _mm256_sub_ps(t_, (v)); } while (0)
+
+/*
+ * Three levels (h, 2h, 4h) across the registers x[0..8), x[k] holding the
+ * 8 floats at offset k * h: the scalar code's levels in the same order
+ * (each level's outputs are the next level's inputs either way)
+ */
+static inline TV_AVX2 void
+FwhtRadix8Across(__m256 *x)
+{
+	FWHT_BF(x[0], x[1]);
+	FWHT_BF(x[2], x[3]);
+	FWHT_BF(x[4], x[5]);
+	FWHT_BF(x[6], x[7]);
+	FWHT_BF(x[0], x[2]);
+	FWHT_BF(x[1], x[3]);
+	FWHT_BF(x[4], x[6]);
+	FWHT_BF(x[5], x[7]);
+	FWHT_BF(x[0], x[4]);
+	FWHT_BF(x[1], x[5]);
+	FWHT_BF(x[2], x[6]);
+	FWHT_BF(x[3], x[7]);
+}
+
+/*
+ * tv_fwht_scalar with 8 floats a register: the first six levels on 64
+ * floats at a time without going back to memory, then three levels a
+ * pass, then the last one or two.  Every float gets the same additions in
+ * the same order as in the scalar code.
+ */
+TV_AVX2 void
+tv_fwht_avx2(float *a, int n, float s)
+{
+	__m256		vs = _mm256_set1_ps(s);
+	__m256		x[8];
+	int			h,
+				i,
+				j,
+				k;
+
+	if (n < 64)
+	{
+		tv_fwht_scalar(a, n, s);
+		return;
+	}
+	for (i = 0; i < n; i += 64)
+	{
+		for (k = 0; k < 8; k++)
+			x[k] = FwhtRadix8Avx2(_mm256_mul_ps(_mm256_loadu_ps(a + i + 8 * k), vs));
+		FwhtRadix8Across(x);
+		for (k = 0; k < 8; k++)
+			_mm256_storeu_ps(a + i + 8 * k, x[k]);
+	}
+	for (h = 64; 8 * h <= n; h <<= 3)
+	{
+		for (i = 0; i < n; i += 8 * h)
+			for (j = i; j < i + h; j += 8)
+			{
+				for (k = 0; k < 8; k++)
+					x[k] = _mm256_loadu_ps(a + j + k * h);
+				FwhtRadix8Across(x);
+				for (k = 0; k < 8; k++)
+					_mm256_storeu_ps(a + j + k * h, x[k]);
+			}
+	}
+	if (4 * h <= n)
+	{
+		for (j = 0; j < h; j += 8)
+		{
+			for (k = 0; k < 4; k++)
+				x[k] = _mm256_loadu_ps(a + j + k * h);
+			FWHT_BF(x[0], x[1]);
+			FWHT_BF(x[2], x[3]);
+			FWHT_BF(x[0], x[2]);
+			FWHT_BF(x[1], x[3]);
+			for (k = 0; k < 4; k++)
+				_mm256_storeu_ps(a + j + k * h, x[k]);
+		}
+	}
+	else if (2 * h <= n)
+	{
+		for (j = 0; j < h; j += 8)
+		{
+			x[0] = _mm256_loadu_ps(a + j);
+			x[1] = _mm256_loadu_ps(a + j + h);
+			FWHT_BF(x[0], x[1]);
+			_mm256_storeu_ps(a + j, x[0]);
+			_mm256_storeu_ps(a + j + h, x[1]);
+		}
+	}
+}
+
+/*
+ * tv_quantize_row_scalar, 8 coordinates a register: the count of
+ * thresholds below each y (a compare's all-ones mask is -1), its level by
+ * a permute from one or two registers of levels, the products into running
+ * sums i % 8 (lanes 0-3 and 4-7 of two double registers), and the 8 codes
+ * shifted into place and ORed into `bits` bytes.  The last, partial chunk
+ * is padded with zeros, whose products (zero) change no sum.
+ */
+TV_AVX2 double
+tv_quantize_row_avx2(const TvCodec *codec, float *y, uint8_t *code)
+{
+	int			bits = codec->bits;
+	int			nthr = (1 << bits) - 1;
+	int			dim = codec->dim;
+	__m256		thr[15];
+	__m256		lev_lo = _mm256_loadu_ps(codec->levels);
+	__m256		lev_hi = bits == 4 ? _mm256_loadu_ps(codec->levels + 8) : lev_lo;
+	__m256i		shifts = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+											_mm256_set1_epi32(bits));
+	__m256i		seven = _mm256_set1_epi32(7);
+	__m256d		dlo = _mm256_setzero_pd();
+	__m256d		dhi = _mm256_setzero_pd();
+	double		d[8];
+	int			i,
+				k;
+
+	for (k = 0; k < nthr; k++)
+		thr[k] = _mm256_set1_ps(codec->thresholds[k]);
+	for (i = 0; i < dim; i += 8, code += bits)
+	{
+		int			n = dim - i < 8 ? dim - i : 8;
+		__m256		x;
+		__m256		q;
+		__m256i		c = _mm256_setzero_si256();
+		__m128i		w;
+		uint32_t	word;
+
+		if (n == 8)
+			x = _mm256_loadu_ps(y + i);
+		else
+		{
+			float		pad[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+
+			memcpy(pad, y + i, sizeof(float) * n);
+			x = _mm256_loadu_ps(pad);
+		}
+		for (k = 0; k < nthr; k++)
+			c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(x, thr[k], _CMP_GT_OQ)));
+		q = _mm256_permutevar8x32_ps(lev_lo, c);
+		if (bits == 4)
+			q = _mm256_blendv_ps(q, _mm256_permutevar8x32_ps(lev_hi, c),
+								 _mm256_castsi256_ps(_mm256_cmpgt_epi32(c, seven)));
+		dlo = _mm256_add_pd(dlo, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)),
+											   _mm256_cvtps_pd(_mm256_castps256_ps128(q))));
+		dhi = _mm256_add_pd(dhi, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)),
+											   _mm256_cvtps_pd(_mm256_extractf128_ps(q, 1))));
+		/* codes do not overlap once shifted, so adding them ORs them */
+		c = _mm256_sllv_epi32(c, shifts);
+		w = _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+		w = _mm_add_epi32(w, _mm_shuffle_epi32(w, _MM_SHUFFLE(1, 0, 3, 2)));
+		w = _mm_add_epi32(w, _mm_shuffle_epi32(w, _MM_SHUFFLE(2, 3, 0, 1)));
+		word = (uint32_t) _mm_cvtsi128_si32(w);
+		if (n == 8)
+		{
+			_mm256_storeu_ps(y + i, q);
+			memcpy(code, &word, bits);
+		}
+		else
+		{
+			float		out[8];
+
+			/* the padding's codes, past the n codes' bits, are not written */
+			_mm256_storeu_ps(out, q);
+			memcpy(y + i, out, sizeof(float) * n);
+			word &= (1u << (n * bits)) - 1;
+			memcpy(code, &word, (n * bits + 7) / 8);
+		}
+	}
+	_mm256_storeu_pd(d, dlo);
+	_mm256_storeu_pd(d + 4, dhi);
+	return ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
+}
+
 #else							/* !TV_X86 */
 
 bool
@@ -709,6 +912,18 @@ tv_kernels_have_avx2(void)
 }
 
 /* Never chosen here; kept so the symbols exist on every platform */
+double
+tv_quantize_row_avx2(const TvCodec *codec, float *y, uint8_t *code)
+{
+	return tv_quantize_row_scalar(codec, y, code);
+}
+
+void
+tv_fwht_avx2(float *a, int n, float s)
+{
+	tv_fwht_scalar(a, n, s);
+}
+
 void
 tv_score_block_avx2(const TvQueryLut *lut, const uint8_t *block_codes,
 					float *out)
@@ -779,6 +994,8 @@ tv_kernels_init(void)
 	tv_sum_groups = avx2 ? tv_sum_groups_avx2 : tv_sum_groups_scalar;
 	tv_refine_block_ip = avx2 ? tv_refine_block_ip_avx2 : tv_refine_block_ip_scalar;
 	tv_quantize_lut = avx2 ? tv_quantize_lut_avx2 : tv_quantize_lut_scalar;
+	tv_fwht = avx2 ? tv_fwht_avx2 : tv_fwht_scalar;
+	tv_quantize_row = avx2 ? tv_quantize_row_avx2 : tv_quantize_row_scalar;
 	if (tv_kernels_have_avxvnni())
 		tv_rank_dot = tv_rank_dot_avxvnni;
 	else if (tv_kernels_have_avx512vnni())

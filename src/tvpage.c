@@ -11,6 +11,8 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "access/generic_xlog.h"
 #include "catalog/index.h"
 #include "executor/executor.h"
@@ -642,7 +644,8 @@ TvEncodeVector(const TvCodec *codec, TvMetric metric, const float *centroid,
 		return nonzero || metric != TV_METRIC_COSINE;
 	}
 
-	norm = TvNorm(x, dim);
+	/* the encoder's sum, which the resident refinement repeats */
+	norm = sqrt(tv_sum_squares(x, dim));
 	if (metric == TV_METRIC_COSINE)
 	{
 		if (norm == 0)

@@ -26,6 +26,8 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "miscadmin.h"
@@ -458,7 +460,7 @@ TvResidentEncodeRefine(const TvCodec *codec, TvMetric metric, const float *centr
 		tv_codec_encode_refine(codec, x, refine, work);
 	else
 	{
-		double		norm = TvNorm(x, dim);
+		double		norm = sqrt(tv_sum_squares(x, dim));
 
 		for (int i = 0; i < dim; i++)
 		{

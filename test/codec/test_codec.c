@@ -626,6 +626,7 @@ TestBlockRoundTrip(void)
 			}
 			Check(ok, "block put/get round trip, dim %d bits %d",
 				  dim, bits_list[b]);
+
 			free(c);
 			free(codes);
 			free(back);
@@ -785,6 +786,109 @@ TestKernels(void)
 			free(work);
 		}
 	}
+}
+
+/*
+ * The encoder's AVX2 steps against the portable ones, bit for bit: the
+ * Walsh-Hadamard transform at every power of two up to the largest window,
+ * and whole encodings (codes, both factors, the levels left in work) at
+ * many dimensions, including ones whose last chunk of 8 is partial, with
+ * large, tiny and zero coordinates mixed in.  The golden hashes must also
+ * hold with the AVX2 steps chosen.
+ */
+static void
+TestEncoderKernels(void)
+{
+	static const int dims[] = {1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65,
+	100, 127, 255, 256, 257, 511, 512, 513, 517, 767, 768, 784, 1000, 1023,
+	1024, 1025, 1536, 3072, 4096, 16000};
+	bool		avx2 = tv_kernels_have_avx2();
+	int			n,
+				b;
+	size_t		d;
+
+	if (!avx2)
+		return;
+	for (n = 1; n <= 16384; n *= 2)
+	{
+		float	   *a1 = Alloc(sizeof(float) * n);
+		float	   *a2 = Alloc(sizeof(float) * n);
+		int			trial,
+					same = 1;
+
+		TestSeed(77 + n);
+		for (trial = 0; trial < 3; trial++)
+		{
+			FillNormal(a1, n);
+			memcpy(a2, a1, sizeof(float) * n);
+			tv_fwht_scalar(a1, n, (float) (1.0 / sqrt((double) n)));
+			tv_fwht_avx2(a2, n, (float) (1.0 / sqrt((double) n)));
+			if (memcmp(a1, a2, sizeof(float) * n) != 0)
+				same = 0;
+		}
+		Check(same, "scalar and AVX2 Walsh-Hadamard differ, n %d", n);
+		free(a1);
+		free(a2);
+	}
+
+	for (d = 0; d < sizeof(dims) / sizeof(dims[0]); d++)
+	{
+		for (b = 0; b < 3; b++)
+		{
+			int			dim = dims[d];
+			TvCodec    *c = MakeCodec(dim, bits_list[b]);
+			float	   *v = Alloc(sizeof(float) * dim);
+			float	   *w1 = Alloc(sizeof(float) * tv_codec_work_floats(c));
+			float	   *w2 = Alloc(sizeof(float) * tv_codec_work_floats(c));
+			uint8_t    *k1 = Alloc(c->code_bytes);
+			uint8_t    *k2 = Alloc(c->code_bytes);
+			int			trial,
+						same = 1;
+
+			TestSeed(31 + dim * 3 + b);
+			for (trial = 0; trial < 8; trial++)
+			{
+				TvFactors	f1,
+							f2;
+				int			i;
+
+				FillNormal(v, dim);
+				for (i = 0; i < dim && trial >= 4; i++)
+				{
+					if (i % 5 == 0)
+						v[i] = 0.0f;
+					else if (i % 7 == 0)
+						v[i] *= (trial == 4) ? 1e-30f : 1e20f;
+				}
+				/* dirty outputs: every byte must be written */
+				memset(k1, 0xA5, c->code_bytes);
+				memset(k2, 0x5A, c->code_bytes);
+				tv_fwht = tv_fwht_scalar;
+				tv_quantize_row = tv_quantize_row_scalar;
+				tv_codec_encode(c, v, k1, &f1, w1);
+				tv_fwht = tv_fwht_avx2;
+				tv_quantize_row = tv_quantize_row_avx2;
+				tv_codec_encode(c, v, k2, &f2, w2);
+				if (memcmp(k1, k2, c->code_bytes) != 0 ||
+					memcmp(&f1, &f2, sizeof(f1)) != 0 ||
+					memcmp(w1, w2, sizeof(float) * dim) != 0)
+					same = 0;
+			}
+			Check(same, "scalar and AVX2 encoders differ, dim %d bits %d",
+				  dim, bits_list[b]);
+			free(c);
+			free(v);
+			free(w1);
+			free(w2);
+			free(k1);
+			free(k2);
+		}
+	}
+
+	tv_kernels_init();
+	for (b = 0; b < 3; b++)
+		Check(GoldenHash(bits_list[b]) == golden[b],
+			  "golden hash dim 100 bits %d changes with the AVX2 encoder", bits_list[b]);
 }
 
 /*
@@ -1575,6 +1679,7 @@ main(int argc, char **argv)
 	TestInnerProduct(verbose);
 	TestBlockRoundTrip();
 	TestKernels();
+	TestEncoderKernels();
 	TestSplitSums();
 	TestOverflow();
 	TestQuantization();

@@ -781,6 +781,46 @@ PutCoded(TvBuildState *bs, int j, const uint8 *code, const TvFactors *factors,
 }
 
 /*
+ * Fill the empty block of list j (0 when flat) with the 32 coded vectors
+ * order[0..32) of codes, factors and tids, and append it: PutCoded 32
+ * times, with the codes moved into their lanes together
+ */
+static void
+PutCodedBlock(TvBuildState *bs, int j, const uint64 *order, const uint8 *codes,
+			  const TvFactors *factors, const ItemPointerData *tids)
+{
+	FillBlock  *fb = &bs->fill[j];
+	int			code_bytes = bs->codec->code_bytes;
+	const uint8 *rows[TV_LANES];
+
+	Assert(fb->lanes == 0);
+	for (int lane = 0; lane < TV_LANES; lane++)
+	{
+		uint64		k = order[lane];
+
+		rows[lane] = codes + k * code_bytes;
+		memcpy(fb->bytes + TV_BLOCK_TIDS_OFFSET + lane * sizeof(ItemPointerData),
+			   &tids[k], sizeof(ItemPointerData));
+		memcpy(fb->bytes + TV_BLOCK_NORM_OFFSET + lane * sizeof(float),
+			   &factors[k].norm, sizeof(float));
+		memcpy(fb->bytes + TV_BLOCK_IPSCALE_OFFSET + lane * sizeof(float),
+			   &factors[k].ipscale, sizeof(float));
+	}
+	tv_block_put_codes(bs->codec, (uint8 *) fb->bytes + TV_BLOCK_CODES_OFFSET,
+					   rows, TV_LANES);
+	((uint32 *) fb->bytes)[0] = PG_UINT32_MAX;
+	fb->lanes = TV_LANES;
+	bs->indtuples += TV_LANES;
+	if (bs->lists > 0)
+		FlushListBlock(bs, j);
+	else
+	{
+		bs->nslots += TV_LANES;
+		FlushBlock(bs, fb);
+	}
+}
+
+/*
  * Write n coded vectors list after list, each list in TID order, so the
  * blocks of a list are contiguous in the stream and a scan reads a probed
  * list from a few consecutive pages.  TID order, not the order the vectors
@@ -821,12 +861,27 @@ LayOutCoded(TvBuildState *bs, uint64 n, const int *listof, const uint8 *codes,
 
 	for (int j = 0; j < nlists; j++)
 	{
-		for (uint64 i = start[j]; i < start[j + 1]; i++)
-		{
-			uint64		k = order[i];
+		uint64		i = start[j];
 
-			PutCoded(bs, j, codes + k * code_bytes, &factors[k], &tids[k]);
-			if ((++laid & 1023) == 0)
+		while (i < start[j + 1])
+		{
+			int64		before = laid;
+
+			/* whole blocks at once; a flat build may have one begun */
+			if (bs->fill[j].lanes == 0 && start[j + 1] - i >= TV_LANES)
+			{
+				PutCodedBlock(bs, j, order + i, codes, factors, tids);
+				i += TV_LANES;
+				laid += TV_LANES;
+			}
+			else
+			{
+				uint64		k = order[i++];
+
+				PutCoded(bs, j, codes + k * code_bytes, &factors[k], &tids[k]);
+				laid++;
+			}
+			if ((laid >> 10) != (before >> 10))
 			{
 				pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, laid);
 				TvTestBuildDelay();

@@ -153,6 +153,9 @@ extern float tv_code_inner_product(const TvCodec *codec, const uint8_t *code,
 /* Move one row code into / out of lane 0..31 of a block's code area */
 extern void tv_block_put_code(const TvCodec *codec, uint8_t *block_codes,
 							  int lane, const uint8_t *code);
+/* Lanes 0..n-1 of a zeroed block from n row codes: n tv_block_put_code calls */
+extern void tv_block_put_codes(const TvCodec *codec, uint8_t *block_codes,
+							   const uint8_t *const *rows, int n);
 extern void tv_block_get_code(const TvCodec *codec, const uint8_t *block_codes,
 							  int lane, uint8_t *code);
 

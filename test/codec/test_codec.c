@@ -627,6 +627,30 @@ TestBlockRoundTrip(void)
 			Check(ok, "block put/get round trip, dim %d bits %d",
 				  dim, bits_list[b]);
 
+			/* a zeroed block filled at once: the same bytes as lane by lane */
+			{
+				static const int counts[] = {1, 7, 16, 17, 31, 32};
+				uint8_t    *one = Alloc(c->block_code_bytes);
+				const uint8_t *rows[TV_LANES];
+				int			m,
+							same = 1;
+
+				for (lane = 0; lane < TV_LANES; lane++)
+					rows[lane] = codes + (size_t) lane * c->code_bytes;
+				for (m = 0; m < 6; m++)
+				{
+					memset(block, 0, c->block_code_bytes);
+					memset(one, 0, c->block_code_bytes);
+					for (lane = 0; lane < counts[m]; lane++)
+						tv_block_put_code(c, one, lane, rows[lane]);
+					tv_block_put_codes(c, block, rows, counts[m]);
+					if (memcmp(block, one, c->block_code_bytes) != 0)
+						same = 0;
+				}
+				Check(same, "block filled at once differs, dim %d bits %d",
+					  dim, bits_list[b]);
+				free(one);
+			}
 			free(c);
 			free(codes);
 			free(back);

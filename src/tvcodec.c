@@ -216,7 +216,6 @@ tv_codec_block_code_bytes(int dim, int bits)
 	return ngroups * group_bytes;
 }
 
-static void RefineCells(const TvCodec *codec, float *lo, float *step);
 
 /*
  * Fill in the codec for (dim, bits, seed).  The caller checks the ranges
@@ -283,7 +282,7 @@ tv_codec_init(TvCodec *codec, int dim, int bits, uint64_t seed)
 		int			c,
 					f;
 
-		RefineCells(codec, lo, step);
+		tv_refine_cells(codec, lo, step);
 		for (c = 0; c < nlevels; c++)
 		{
 			codec->refine_step[c] = step[c];
@@ -1306,8 +1305,8 @@ tv_block_get_code(const TvCodec *codec, const uint8_t *block_codes,
  * cells are the intervals between thresholds, the two outer ones reach to
  * +-TV_REFINE_LIMIT (past it, P < 1e-5 per coordinate, a value is clamped).
  */
-static void
-RefineCells(const TvCodec *codec, float *lo, float *step)
+void
+tv_refine_cells(const TvCodec *codec, float *lo, float *step)
 {
 	int			n = 1 << codec->bits;
 	int			c;
@@ -1328,19 +1327,73 @@ tv_refine_bytes(int dim)
 	return TV_REFINE_BYTES(dim);
 }
 
+/*
+ * The refinement of the rotated y[0..dim) into nibbles (zeroed): each y's
+ * cell, its code as QuantizeAll counts it, cut into 16 steps, the step
+ * clamped to the cell's ends.  Returns <y, ytilde>, summed as
+ * tv_sum_squares sums.  The AVX2 version (tvkernels.c) is bit-identical.
+ */
+double
+tv_refine_row_scalar(const TvCodec *codec, const float *y, uint8_t *nib)
+{
+	int			nthr = (1 << codec->bits) - 1;
+	int			dim = codec->dim;
+	float		lo[16];
+	float		step[16];
+	double		d0 = 0,
+				d1 = 0,
+				d2 = 0,
+				d3 = 0,
+				d4 = 0,
+				d5 = 0,
+				d6 = 0,
+				d7 = 0;
+
+	tv_refine_cells(codec, lo, step);
+	for (int i = 0; i < dim; i += 8)
+	{
+		/* a partial last chunk's missing products are zeros: no change */
+		double		p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+
+		for (int m = 0; m < 8 && i + m < dim; m++)
+		{
+			float		x = y[i + m];
+			int			c = 0;
+			int			f;
+			float		pos;
+			float		yhat;
+
+			for (int k = 0; k < nthr; k++)
+				c += (x > codec->thresholds[k]);
+			pos = (x - lo[c]) / step[c];
+			f = (pos >= 15.0f) ? 15 : (pos > 0.0f ? (int) pos : 0);
+			yhat = lo[c] + ((float) f + 0.5f) * step[c];
+			p[m] = (double) x * (double) yhat;
+			nib[(i + m) >> 1] |= (uint8_t) (f << ((m & 1) * 4));
+		}
+		/* named sums stay in registers (see tv_sum_squares) */
+		d0 += p[0];
+		d1 += p[1];
+		d2 += p[2];
+		d3 += p[3];
+		d4 += p[4];
+		d5 += p[5];
+		d6 += p[6];
+		d7 += p[7];
+	}
+	return ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7));
+}
+
 bool
 tv_codec_encode_refine(const TvCodec *codec, const float *v, uint8_t *refine,
 					   float *work)
 {
 	int			dim = codec->dim;
-	int			nthr = (1 << codec->bits) - 1;
 	uint8_t    *nib = refine + 4;
-	float		lo[16];
-	float		step[16];
 	double		norm2;
 	double		norm;
 	double		mult;
-	double		dot = 0.0;
+	double		dot;
 	float		rscale;
 	int			i;
 
@@ -1349,7 +1402,6 @@ tv_codec_encode_refine(const TvCodec *codec, const float *v, uint8_t *refine,
 	if (!(norm2 > 0.0))
 		return false;
 	norm = sqrt(norm2);
-	RefineCells(codec, lo, step);
 
 	/* y exactly as tv_codec_encode computes it, so the cells are its codes */
 	mult = sqrt((double) dim) / norm;
@@ -1357,23 +1409,7 @@ tv_codec_encode_refine(const TvCodec *codec, const float *v, uint8_t *refine,
 		work[i] = (float) ((double) v[i] * mult);
 	RotateWork(codec, work, work + dim);
 
-	for (i = 0; i < dim; i++)
-	{
-		float		y = work[i];
-		int			c = 0;
-		int			f;
-		float		pos;
-		float		yhat;
-
-		/* the number of thresholds below y, as QuantizeAll counts */
-		for (int k = 0; k < nthr; k++)
-			c += (y > codec->thresholds[k]);
-		pos = (y - lo[c]) / step[c];
-		f = (pos >= 15.0f) ? 15 : (pos > 0.0f ? (int) pos : 0);
-		yhat = lo[c] + ((float) f + 0.5f) * step[c];
-		dot += (double) y * yhat;
-		nib[i >> 1] |= (uint8_t) (f << ((i & 1) * 4));
-	}
+	dot = tv_refine_row(codec, work, nib);
 
 	/* ||v|| / <x, xtilde>, as the first stage's ipscale; <x, xtilde> > 0 */
 	rscale = (dot > 0.0) ? (float) (norm * dim / dot) : (float) norm;

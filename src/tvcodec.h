@@ -207,6 +207,16 @@ extern void tv_score_block_avx2(const TvQueryLut *lut,
 	((((size_t) 4 + ((size_t) (dim) + 1) / 2) + 3) & ~(size_t) 3)
 
 extern size_t tv_refine_bytes(int dim);
+/* Each code's cell: its lower end lo[c] and its step (a sixteenth) */
+extern void tv_refine_cells(const TvCodec *codec, float *lo, float *step);
+/*
+ * The refinement's nibbles (zeroed) of the rotated y[0..dim); returns
+ * <y, ytilde> in the fixed order of tv_sum_squares.  AVX2: bit-identical.
+ */
+typedef double (*TvRefineRowFn) (const TvCodec *codec, const float *y, uint8_t *nib);
+extern TvRefineRowFn tv_refine_row;
+extern double tv_refine_row_scalar(const TvCodec *codec, const float *y, uint8_t *nib);
+extern double tv_refine_row_avx2(const TvCodec *codec, const float *y, uint8_t *nib);
 /* Refinement of v (false, all zero, for the zero vector); work as encode */
 extern bool tv_codec_encode_refine(const TvCodec *codec, const float *v,
 								   uint8_t *refine, float *work);

@@ -45,6 +45,7 @@ TvQuantizeLutFn tv_quantize_lut = tv_quantize_lut_scalar;
 TvRankDotFn tv_rank_dot = tv_rank_dot_scalar;
 TvFwhtFn	tv_fwht = tv_fwht_scalar;
 TvQuantizeRowFn tv_quantize_row = tv_quantize_row_scalar;
+TvRefineRowFn tv_refine_row = tv_refine_row_scalar;
 
 int32_t
 tv_rank_dot_scalar(const uint8_t *k, const int8_t *q, int dim)
@@ -903,6 +904,92 @@ tv_quantize_row_avx2(const TvCodec *codec, float *y, uint8_t *code)
 	return ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
 }
 
+/*
+ * tv_refine_row_scalar 8 coordinates a register: the cell by counting
+ * thresholds, its lower end and step by permutes, the step index clamped
+ * in floats before truncation (the same index), ytilde, and the products
+ * into running sums i % 8 as tv_quantize_row_avx2 keeps them.
+ */
+TV_AVX2 double
+tv_refine_row_avx2(const TvCodec *codec, const float *y, uint8_t *nib)
+{
+	int			bits = codec->bits;
+	int			nthr = (1 << bits) - 1;
+	int			dim = codec->dim;
+	float		lo[16];
+	float		step[16];
+	__m256		thr[15];
+	__m256		lo_lo,
+				lo_hi,
+				st_lo,
+				st_hi;
+	__m256i		seven = _mm256_set1_epi32(7);
+	__m256		zero = _mm256_setzero_ps();
+	__m256		fifteen = _mm256_set1_ps(15.0f);
+	__m256		half = _mm256_set1_ps(0.5f);
+	__m256d		dlo = _mm256_setzero_pd();
+	__m256d		dhi = _mm256_setzero_pd();
+	double		d[8];
+	int			i,
+				k;
+
+	memset(lo, 0, sizeof(lo));
+	memset(step, 0, sizeof(step));
+	tv_refine_cells(codec, lo, step);
+	lo_lo = _mm256_loadu_ps(lo);
+	lo_hi = _mm256_loadu_ps(lo + 8);
+	st_lo = _mm256_loadu_ps(step);
+	st_hi = _mm256_loadu_ps(step + 8);
+	for (k = 0; k < nthr; k++)
+		thr[k] = _mm256_set1_ps(codec->thresholds[k]);
+	for (i = 0; i < dim; i += 8)
+	{
+		int			n = dim - i < 8 ? dim - i : 8;
+		float		pad[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+		int32_t		f[8];
+		__m256		x;
+		__m256		l;
+		__m256		s;
+		__m256		pos;
+		__m256		fl;
+		__m256		yt;
+		__m256i		c = _mm256_setzero_si256();
+		__m256i		fi;
+
+		memcpy(pad, y + i, sizeof(float) * n);
+		x = _mm256_loadu_ps(pad);
+		for (k = 0; k < nthr; k++)
+			c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(x, thr[k], _CMP_GT_OQ)));
+		l = _mm256_permutevar8x32_ps(lo_lo, c);
+		s = _mm256_permutevar8x32_ps(st_lo, c);
+		if (bits == 4)
+		{
+			__m256		hi = _mm256_castsi256_ps(_mm256_cmpgt_epi32(c, seven));
+
+			l = _mm256_blendv_ps(l, _mm256_permutevar8x32_ps(lo_hi, c), hi);
+			s = _mm256_blendv_ps(s, _mm256_permutevar8x32_ps(st_hi, c), hi);
+		}
+		pos = _mm256_div_ps(_mm256_sub_ps(x, l), s);
+		/* >= 15: 15; > 0: truncated; else 0 (pos is never NaN) */
+		fi = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(pos, zero), fifteen));
+		fl = _mm256_cvtepi32_ps(fi);
+		yt = _mm256_add_ps(l, _mm256_mul_ps(_mm256_add_ps(fl, half), s));
+		/* the padding's products are zero, which changes no sum */
+		dlo = _mm256_add_pd(dlo, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)),
+											   _mm256_cvtps_pd(_mm256_castps256_ps128(yt))));
+		dhi = _mm256_add_pd(dhi, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)),
+											   _mm256_cvtps_pd(_mm256_extractf128_ps(yt, 1))));
+		_mm256_storeu_si256((__m256i *) f, fi);
+		for (k = 0; k + 1 < n; k += 2)
+			nib[(i + k) >> 1] = (uint8_t) (f[k] | (f[k + 1] << 4));
+		if (k < n)
+			nib[(i + k) >> 1] = (uint8_t) f[k];
+	}
+	_mm256_storeu_pd(d, dlo);
+	_mm256_storeu_pd(d + 4, dhi);
+	return ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
+}
+
 #else							/* !TV_X86 */
 
 bool
@@ -912,6 +999,12 @@ tv_kernels_have_avx2(void)
 }
 
 /* Never chosen here; kept so the symbols exist on every platform */
+double
+tv_refine_row_avx2(const TvCodec *codec, const float *y, uint8_t *nib)
+{
+	return tv_refine_row_scalar(codec, y, nib);
+}
+
 double
 tv_quantize_row_avx2(const TvCodec *codec, float *y, uint8_t *code)
 {
@@ -996,6 +1089,7 @@ tv_kernels_init(void)
 	tv_quantize_lut = avx2 ? tv_quantize_lut_avx2 : tv_quantize_lut_scalar;
 	tv_fwht = avx2 ? tv_fwht_avx2 : tv_fwht_scalar;
 	tv_quantize_row = avx2 ? tv_quantize_row_avx2 : tv_quantize_row_scalar;
+	tv_refine_row = avx2 ? tv_refine_row_avx2 : tv_refine_row_scalar;
 	if (tv_kernels_have_avxvnni())
 		tv_rank_dot = tv_rank_dot_avxvnni;
 	else if (tv_kernels_have_avx512vnni())

@@ -862,12 +862,16 @@ TestEncoderKernels(void)
 			int			dim = dims[d];
 			TvCodec    *c = MakeCodec(dim, bits_list[b]);
 			float	   *v = Alloc(sizeof(float) * dim);
-			float	   *w1 = Alloc(sizeof(float) * tv_codec_work_floats(c));
-			float	   *w2 = Alloc(sizeof(float) * tv_codec_work_floats(c));
+			/* the encoding's work, then the refinement's */
+			float	   *w1 = Alloc(sizeof(float) * (dim + tv_codec_work_floats(c)));
+			float	   *w2 = Alloc(sizeof(float) * (dim + tv_codec_work_floats(c)));
 			uint8_t    *k1 = Alloc(c->code_bytes);
 			uint8_t    *k2 = Alloc(c->code_bytes);
+			uint8_t    *r1 = Alloc(tv_refine_bytes(dim));
+			uint8_t    *r2 = Alloc(tv_refine_bytes(dim));
 			int			trial,
-						same = 1;
+						same = 1,
+						rsame = 1;
 
 			TestSeed(31 + dim * 3 + b);
 			for (trial = 0; trial < 8; trial++)
@@ -889,17 +893,29 @@ TestEncoderKernels(void)
 				memset(k2, 0x5A, c->code_bytes);
 				tv_fwht = tv_fwht_scalar;
 				tv_quantize_row = tv_quantize_row_scalar;
+				tv_refine_row = tv_refine_row_scalar;
 				tv_codec_encode(c, v, k1, &f1, w1);
+				memset(r1, 0x33, tv_refine_bytes(dim));
+				tv_codec_encode_refine(c, v, r1, w1 + dim);
 				tv_fwht = tv_fwht_avx2;
 				tv_quantize_row = tv_quantize_row_avx2;
+				tv_refine_row = tv_refine_row_avx2;
 				tv_codec_encode(c, v, k2, &f2, w2);
+				memset(r2, 0xCC, tv_refine_bytes(dim));
+				tv_codec_encode_refine(c, v, r2, w2 + dim);
 				if (memcmp(k1, k2, c->code_bytes) != 0 ||
 					memcmp(&f1, &f2, sizeof(f1)) != 0 ||
 					memcmp(w1, w2, sizeof(float) * dim) != 0)
 					same = 0;
+				if (memcmp(r1, r2, tv_refine_bytes(dim)) != 0)
+					rsame = 0;
 			}
 			Check(same, "scalar and AVX2 encoders differ, dim %d bits %d",
 				  dim, bits_list[b]);
+			Check(rsame, "scalar and AVX2 refinements differ, dim %d bits %d",
+				  dim, bits_list[b]);
+			free(r1);
+			free(r2);
 			free(c);
 			free(v);
 			free(w1);

@@ -322,6 +322,12 @@ extern void TvKmeansParallelAssign(TvKmeansParallel *kp, const float *centroids,
 extern void TvKmeansParallelEnd(TvKmeansParallel *kp);
 extern int	TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof,
 							uint8 *codes, TvFactors *factors);
+typedef struct TvEncodeWindows TvEncodeWindows;
+extern TvEncodeWindows *TvEncodeWindowsBegin(const TvEncodeInput *in, int nworkers);
+extern uint64 TvEncodeWindowsCapacity(TvEncodeWindows *ew);
+extern void TvEncodeWindowsCode(TvEncodeWindows *ew, const TvEncodeInput *in, int *listof,
+								uint8 *codes, TvFactors *factors);
+extern int	TvEncodeWindowsEnd(TvEncodeWindows *ew);
 extern Size TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors,
 									int mem_kb, uint64 n);
 

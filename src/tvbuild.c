@@ -72,6 +72,9 @@ static bool VectorsInRows(Relation heap, IndexInfo *indexInfo);
 /* vectors per chunk of the IVF spool */
 #define TV_SPOOL_CHUNK			256
 
+/* most bytes of vectors a heap pass hands its coding workers at a time */
+#define TV_HEAP_WINDOW_BYTES	((Size) 4 * 1024 * 1024)
+
 /* most bytes of one spool region (a chunk bigger than this gets its own) */
 #define TV_SPOOL_REGION			((Size) 32 * 1024 * 1024)
 
@@ -188,6 +191,11 @@ typedef struct TvBuildState
 	ItemPointerData *batch_tids;
 	int			batch_n;
 	int			batch_cap;
+	TvEncodeWindows *windows;	/* the workers coding the windows, or NULL */
+	bool		windows_failed; /* no segment for them: code alone */
+	bool		windows_stay;	/* keep them for the whole pass */
+	int			window_workers; /* how many were launched */
+	uint64		windowed;		/* vectors they coded */
 	float	   *cnorms;			/* ||c||^2 per list, for L2 assignment */
 	TvListAssigner *assigner;	/* assigns vectors to the lists */
 
@@ -429,16 +437,14 @@ FreeSpool(TvBuildState *bs)
 }
 
 /*
- * palloc for the build's large arrays, which are fresh memory written once:
- * from 4 MB on, the pages inside ask for transparent huge pages (a fault
- * per 2 MB instead of per 4 kB).  Only advice: where the kernel has none,
- * or THP is off, this is ordinary memory.
+ * The build's large arrays are fresh memory written once: from 4 MB on, the
+ * pages inside ask for transparent huge pages (a fault per 2 MB instead of
+ * per 4 kB; a fault costs 10-20 us on some virtual machines).  Only advice:
+ * where the kernel has none, or THP is off, this is ordinary memory.
  */
-static void *
-AllocBuildArray(Size size)
+static void
+AdviseHugePages(void *p, Size size)
 {
-	void	   *p = palloc_extended(size, MCXT_ALLOC_HUGE);
-
 #ifdef MADV_HUGEPAGE
 	if (size >= (Size) 4 * 1024 * 1024)
 	{
@@ -450,6 +456,24 @@ AllocBuildArray(Size size)
 			(void) madvise((void *) start, end - start, MADV_HUGEPAGE);
 	}
 #endif
+}
+
+/* palloc of a large build array (AdviseHugePages) */
+static void *
+AllocBuildArray(Size size)
+{
+	void	   *p = palloc_extended(size, MCXT_ALLOC_HUGE);
+
+	AdviseHugePages(p, size);
+	return p;
+}
+
+/* repalloc of a large build array: a moved array is fresh memory again */
+static void *
+GrowBuildArray(void *p, Size size)
+{
+	p = repalloc_huge(p, size);
+	AdviseHugePages(p, size);
 	return p;
 }
 
@@ -554,13 +578,13 @@ SampleVector(TvBuildState *bs, ItemPointer tid, const float *x)
 
 		if (bs->samples == NULL)
 		{
-			bs->samples = palloc_extended((Size) cap * bs->dim * sizeof(float), MCXT_ALLOC_HUGE);
-			bs->sample_hash = palloc_extended((Size) cap * sizeof(uint64), MCXT_ALLOC_HUGE);
+			bs->samples = AllocBuildArray((Size) cap * bs->dim * sizeof(float));
+			bs->sample_hash = AllocBuildArray((Size) cap * sizeof(uint64));
 		}
 		else
 		{
-			bs->samples = repalloc_huge(bs->samples, (Size) cap * bs->dim * sizeof(float));
-			bs->sample_hash = repalloc_huge(bs->sample_hash, (Size) cap * sizeof(uint64));
+			bs->samples = GrowBuildArray(bs->samples, (Size) cap * bs->dim * sizeof(float));
+			bs->sample_hash = GrowBuildArray(bs->sample_hash, (Size) cap * sizeof(uint64));
 		}
 		bs->sample_cap = cap;
 	}
@@ -930,16 +954,24 @@ SpoolWorkers(TvBuildState *bs, uint64 n)
 }
 
 /*
- * Vectors a heap pass collects for parallel workers to code together:
- * whole spool chunks, at most 128 MB and an eighth of maintenance_work_mem,
- * and enough for workers to pay (SpoolWorkers); otherwise one batch, coded
- * serially.  With the workers' segment (a quarter of maintenance_work_mem
- * at most, tvparallel.c) that leaves the kept codes at least half.
+ * Vectors a heap pass collects for parallel workers to code together, a
+ * window at a time with the same workers (TvEncodeWindowsBegin): whole
+ * spool chunks, at most an eighth of maintenance_work_mem, when there are
+ * enough for workers to pay (SpoolWorkers); otherwise one batch, coded
+ * serially.  An IVF pass knows its vectors from the sampling pass, and
+ * takes windows of TV_HEAP_WINDOW_BYTES with workers that stay; a flat
+ * build does not know them, and an index with an expression or predicate
+ * starts workers for each window (tvbuild: windows_stay): those take
+ * windows of up to 128 MB, each of which must pay by itself (FlushBatch).
+ * With the workers' segment (at most a quarter of maintenance_work_mem,
+ * tvparallel.c) that leaves the kept codes at least half.
  */
 static int
 HeapWindowVectors(TvBuildState *bs)
 {
-	double		bytes = Min(128.0 * 1024 * 1024, (double) maintenance_work_mem * 1024 / 8);
+	bool		small = (bs->seen > 0 && bs->windows_stay);
+	double		bytes = Min(small ? (double) TV_HEAP_WINDOW_BYTES : 128.0 * 1024 * 1024,
+							(double) maintenance_work_mem * 1024 / 8);
 
 	/*
 	 * a vector, its TID and its coding's outputs (which outweigh a vector
@@ -955,7 +987,7 @@ HeapWindowVectors(TvBuildState *bs)
 
 	/* with a parallel scan, the workers code their own rows */
 	if (max_parallel_maintenance_workers <= 0 || chunks < 1 || bs->pscan != NULL ||
-		SpoolWorkers(bs, (uint64) chunks * TV_SPOOL_CHUNK) == 0)
+		SpoolWorkers(bs, small ? bs->seen : (uint64) chunks * TV_SPOOL_CHUNK) == 0)
 		return TV_BUILD_BATCH;
 	return chunks * TV_SPOOL_CHUNK;
 }
@@ -997,6 +1029,9 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 			FixedBuildBytes(bs, bs->nsamples) - HeapWindowBytes(bs);
 		uint64		cap = Max(bs->coded_cap * 2, 1024);
 
+		/* the sampling pass counted them: room for all at once */
+		if (bs->coded_cap == 0 && bs->seen > 0)
+			cap = Max(cap, bs->seen + TV_SPOOL_CHUNK);
 		if (budget < (double) cap * CodedBytes(bs))
 			cap = (uint64) Max(budget / CodedBytes(bs), 0);
 		if (cap <= bs->coded_cap && bs->lists == 0)
@@ -1040,17 +1075,17 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 		}
 		if (bs->coded_cap == 0)
 		{
-			bs->coded_list = palloc_extended(sizeof(int) * cap, MCXT_ALLOC_HUGE);
-			bs->coded_codes = palloc_extended((Size) cap * bs->codec->code_bytes, MCXT_ALLOC_HUGE);
-			bs->coded_factors = palloc_extended(sizeof(TvFactors) * cap, MCXT_ALLOC_HUGE);
-			bs->coded_tids = palloc_extended(sizeof(ItemPointerData) * cap, MCXT_ALLOC_HUGE);
+			bs->coded_list = AllocBuildArray(sizeof(int) * cap);
+			bs->coded_codes = AllocBuildArray((Size) cap * bs->codec->code_bytes);
+			bs->coded_factors = AllocBuildArray(sizeof(TvFactors) * cap);
+			bs->coded_tids = AllocBuildArray(sizeof(ItemPointerData) * cap);
 		}
 		else
 		{
-			bs->coded_list = repalloc_huge(bs->coded_list, sizeof(int) * cap);
-			bs->coded_codes = repalloc_huge(bs->coded_codes, (Size) cap * bs->codec->code_bytes);
-			bs->coded_factors = repalloc_huge(bs->coded_factors, sizeof(TvFactors) * cap);
-			bs->coded_tids = repalloc_huge(bs->coded_tids, sizeof(ItemPointerData) * cap);
+			bs->coded_list = GrowBuildArray(bs->coded_list, sizeof(int) * cap);
+			bs->coded_codes = GrowBuildArray(bs->coded_codes, (Size) cap * bs->codec->code_bytes);
+			bs->coded_factors = GrowBuildArray(bs->coded_factors, sizeof(TvFactors) * cap);
+			bs->coded_tids = GrowBuildArray(bs->coded_tids, sizeof(ItemPointerData) * cap);
 		}
 		bs->coded_cap = cap;
 	}
@@ -1113,17 +1148,18 @@ AddVectors(TvBuildState *bs, const float *xs, const ItemPointerData *tids, int n
 }
 
 /*
- * Code a window with parallel workers (tvparallel.c), then put or keep
- * each vector in heap order, exactly as AddVectors would have
+ * Code a window with parallel workers (tvparallel.c), started for the
+ * first window and kept for the rest of the pass, then put or keep each
+ * vector in heap order, exactly as AddVectors would have
  */
 static void
 EncodeWindow(TvBuildState *bs)
 {
 	int			n = bs->batch_n;
 	int			code_bytes = bs->codec->code_bytes;
-	int		   *listof = palloc(sizeof(int) * n);
-	uint8	   *codes = palloc_extended((Size) code_bytes * n, MCXT_ALLOC_HUGE);
-	TvFactors  *factors = palloc(sizeof(TvFactors) * n);
+	int		   *listof;
+	uint8	   *codes;
+	TvFactors  *factors;
 	TvEncodeInput in;
 
 	in.codec = bs->codec;
@@ -1132,12 +1168,35 @@ EncodeWindow(TvBuildState *bs)
 	in.residual = bs->residual && bs->lists > 0;
 	in.centroids = bs->centroids;
 	in.cnorms = bs->cnorms;
-	in.n = n;
+	in.n = bs->batch_cap;
 	in.chunk_vectors = bs->batch_cap;
 	in.chunks = &bs->batch;
 	in.progress_base = bs->encoded;
-	(void) TvEncodeSpooled(&in, SpoolWorkers(bs, n), listof, codes, factors);
+	if (bs->windows == NULL && !bs->windows_failed)
+	{
+		bs->windows = TvEncodeWindowsBegin(&in, max_parallel_maintenance_workers);
+		bs->windows_failed = (bs->windows == NULL);
+	}
+	if (bs->windows == NULL)
+	{
+		for (int i = 0; i < n; i += TV_BUILD_BATCH)
+			AddVectors(bs, bs->batch + (Size) i * bs->dim, &bs->batch_tids[i],
+					   Min(TV_BUILD_BATCH, n - i));
+		return;
+	}
 
+	listof = palloc(sizeof(int) * n);
+	codes = palloc_extended((Size) code_bytes * n, MCXT_ALLOC_HUGE);
+	factors = palloc(sizeof(TvFactors) * n);
+	in.n = n;
+	TvEncodeWindowsCode(bs->windows, &in, listof, codes, factors);
+	if (!bs->windows_stay)
+	{
+		int			launched = TvEncodeWindowsEnd(bs->windows);
+
+		bs->windows = NULL;
+		bs->window_workers = Max(bs->window_workers, launched);
+	}
 	for (int k = 0; k < n; k++)
 	{
 		memcpy(bs->code, codes + (Size) k * code_bytes, code_bytes);
@@ -1145,10 +1204,27 @@ EncodeWindow(TvBuildState *bs)
 			PutCoded(bs, listof[k], bs->code, &factors[k], &bs->batch_tids[k]);
 	}
 	bs->encoded += n;
+	bs->windowed += n;
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, (int64) bs->encoded);
 	pfree(listof);
 	pfree(codes);
 	pfree(factors);
+}
+
+/* The end of a heap pass: let the window workers go */
+static void
+EndWindows(TvBuildState *bs)
+{
+	if (bs->windows != NULL)
+	{
+		int			launched = TvEncodeWindowsEnd(bs->windows);
+
+		bs->windows = NULL;
+		bs->window_workers = Max(bs->window_workers, launched);
+	}
+	if (bs->windowed > 0)
+		elog(DEBUG1, "turbo index \"%s\": " UINT64_FORMAT " vectors coded with %d parallel workers",
+			 RelationGetRelationName(bs->index), bs->windowed, bs->window_workers);
 }
 
 static void
@@ -1158,8 +1234,13 @@ FlushBatch(TvBuildState *bs)
 		return;
 	if (bs->fill == NULL)
 		StartFill(bs);
-	/* a window big enough for workers; else batches as always */
-	if (bs->batch_cap > TV_BUILD_BATCH && SpoolWorkers(bs, bs->batch_n) > 0)
+	/*
+	 * a window for workers (once they are started, or when the pass has
+	 * enough vectors for them); else batches as always
+	 */
+	if (bs->batch_cap > TV_BUILD_BATCH &&
+		(bs->windows != NULL ||
+		 SpoolWorkers(bs, (bs->seen > 0 && bs->windows_stay) ? bs->seen : (uint64) bs->batch_n) > 0))
 		EncodeWindow(bs);
 	else
 	{
@@ -1388,6 +1469,7 @@ BuildScan(TvBuildState *bs, Relation heap, Relation index, IndexInfo *indexInfo,
 	double		reltuples;
 	TvEncodeInput in;
 	uint64		unread;
+	int			workers;
 
 	memset(&in, 0, sizeof(in));
 	in.codec = bs->codec;
@@ -1396,8 +1478,18 @@ BuildScan(TvBuildState *bs, Relation heap, Relation index, IndexInfo *indexInfo,
 	in.residual = bs->residual && bs->lists > 0;
 	in.centroids = bs->centroids;
 	in.cnorms = bs->cnorms;
-	bs->pscan = TvParallelScanBegin(heap, index, indexInfo,
-									ScanWorkers(heap, indexInfo),
+	/*
+	 * The encoding pass over vectors that lie in their rows: the leader
+	 * reads them, which costs little beside coding them, and workers code
+	 * windows of them (EncodeWindow).  Workers that read the heap would
+	 * first have to touch every page of shared buffers they read, which on
+	 * some virtual machines costs more than the coding.
+	 */
+	if (encode && bs->spool_declined && bs->lists > 0)
+		workers = 0;
+	else
+		workers = ScanWorkers(heap, indexInfo);
+	bs->pscan = TvParallelScanBegin(heap, index, indexInfo, workers,
 									encode ? &in : NULL, bs->bits, bs->seed);
 	if (bs->pscan == NULL)
 	{
@@ -1611,6 +1703,14 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 	bs.metric = TvGetMetric(index);
 	bs.seed = TV_CODEC_DEFAULT_SEED;
 	bs.toarray = TvGetToArrayProc(index, CurrentMemoryContext);
+
+	/*
+	 * Workers that code a heap pass's windows keep the leader in parallel
+	 * mode, in which an index expression or predicate (user code, which may
+	 * SET a parameter) could fail: with those, each window has its own
+	 */
+	bs.windows_stay = (indexInfo->ii_Expressions == NIL &&
+					   indexInfo->ii_Predicate == NIL);
 	bs.tmpCtx = AllocSetContextCreate(CurrentMemoryContext,
 									  "turbovec build temporary context",
 									  ALLOCSET_DEFAULT_SIZES);
@@ -1678,6 +1778,7 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 		bs.reltuples = BuildScan(&bs, heap, index, indexInfo, BuildCallback,
 								 CodedRecord, true);
 		FlushBatch(&bs);
+		EndWindows(&bs);
 		FlushCoded(&bs);
 	}
 

@@ -404,28 +404,35 @@ TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors, int m
 	return PlanSegment(codec, lists, n, chunk_vectors, mem_kb).total;
 }
 
+/* A parallel coding that stays open across windows (TvEncodeWindowsBegin) */
+struct TvEncodeWindows
+{
+	ParallelContext *pcxt;
+	TvEncodeShared *sh;
+	const TvCodec *codec;
+	EncodeJob	job;			/* the leader's part of a round */
+	float	   *chunk;
+	TvListAssigner *assigner;
+	float	   *work;
+	int			launched;
+};
+
 /*
- * With workers: rounds of at most TvParallelWindowBytes of vectors.
- * Returns the number of workers launched, or -1 when no segment could be
- * had (the caller then works alone).
+ * Start parallel workers for coding windows of vectors under in's codec and
+ * lists; in->n and in->chunk_vectors size the window (PlanSegment).  NULL
+ * when no segment could be had (the caller then works alone).
  */
-static int
-EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
-			   TvFactors *factors)
+TvEncodeWindows *
+TvEncodeWindowsBegin(const TvEncodeInput *in, int nworkers)
 {
 	const TvCodec *codec = in->codec;
 	Size		vector_bytes = sizeof(float) * codec->dim;
 	SegmentPlan plan = PlanSegment(codec, in->lists, in->n, in->chunk_vectors,
 								   maintenance_work_mem);
-	uint64		capacity = plan.capacity;
+	TvEncodeWindows *ew;
 	ParallelContext *pcxt;
 	TvEncodeShared *sh;
 	char	   *base;
-	float	   *chunk;
-	EncodeJob	job;
-	TvListAssigner *assigner;
-	float	   *work;
-	int			launched;
 
 	EnterParallelMode();
 	pcxt = CreateParallelContext("turbovec", "TvParallelEncodeMain", nworkers);
@@ -437,7 +444,7 @@ EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 		/* out of segments: no workers to be had */
 		DestroyParallelContext(pcxt);
 		ExitParallelMode();
-		return -1;
+		return NULL;
 	}
 
 	sh = shm_toc_allocate(pcxt->toc, plan.total);
@@ -458,47 +465,109 @@ EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 
 	/* the workers start while the leader copies the first window */
 	LaunchParallelWorkers(pcxt);
-	launched = pcxt->nworkers_launched;
 
-	job = SharedJob(sh, codec, &chunk);
-	job.progress = true;
-	assigner = JobAssigner(&job);
-	work = palloc(sizeof(float) * TvEncodeWorkFloats(codec));
+	ew = palloc0(sizeof(TvEncodeWindows));
+	ew->pcxt = pcxt;
+	ew->sh = sh;
+	ew->codec = codec;
+	ew->launched = pcxt->nworkers_launched;
+	ew->job = SharedJob(sh, codec, &ew->chunk);
+	ew->job.progress = true;
+	ew->assigner = JobAssigner(&ew->job);
+	ew->work = palloc(sizeof(float) * TvEncodeWorkFloats(codec));
+	return ew;
+}
+
+/* Vectors a window holds */
+uint64
+TvEncodeWindowsCapacity(TvEncodeWindows *ew)
+{
+	return ew->sh->plan.capacity;
+}
+
+/*
+ * Code in's n vectors (at most the capacity; in->chunks as in
+ * TvEncodeInput) with the workers and the leader: listof, codes and factors
+ * by position, as RunEncodeJob would write them
+ */
+void
+TvEncodeWindowsCode(TvEncodeWindows *ew, const TvEncodeInput *in, int *listof,
+					uint8 *codes, TvFactors *factors)
+{
+	TvEncodeShared *sh = ew->sh;
+	char	   *base = (char *) sh;
+	Size		vector_bytes = sizeof(float) * ew->codec->dim;
+	uint64		n = in->n;
+	uint32		round;
+
+	if (n > sh->plan.capacity)
+		elog(ERROR, "turbo build window of " UINT64_FORMAT " vectors exceeds its segment's " UINT64_FORMAT,
+			 n, sh->plan.capacity);
+	/* the window: one copy per chunk */
+	for (uint64 k = 0; k < n; k += in->chunk_vectors)
+	{
+		uint64		m = Min((uint64) in->chunk_vectors, n - k);
+
+		memcpy(base + sh->plan.off_vectors + (Size) k * vector_bytes,
+			   in->chunks[k / in->chunk_vectors], (Size) m * vector_bytes);
+	}
+	round = RoundsOpen(&sh->rounds, (uint32) n);
+	elog(DEBUG2, "turbo build round of " UINT64_FORMAT " vectors: %d parallel workers",
+		 n, ew->launched);
+
+	/* the leader takes part too */
+	ew->job.progress_base = in->progress_base;
+	EncodeRound(sh, round, &ew->job, ew->assigner, ew->work);
+	RoundsWait(&sh->rounds);
+
+	memcpy(listof, base + sh->plan.off_listof, sizeof(int) * n);
+	memcpy(codes, base + sh->plan.off_codes, (Size) n * ew->codec->code_bytes);
+	memcpy(factors, base + sh->plan.off_factors, sizeof(TvFactors) * n);
+}
+
+/* Let the workers go; returns how many there were */
+int
+TvEncodeWindowsEnd(TvEncodeWindows *ew)
+{
+	int			launched = ew->launched;
+
+	RoundsEnd(&ew->sh->rounds);
+	WaitForParallelWorkersToFinish(ew->pcxt);
+	TvListAssignerFree(ew->assigner);
+	pfree(ew->work);
+	DestroyParallelContext(ew->pcxt);
+	ExitParallelMode();
+	pfree(ew);
+	return launched;
+}
+
+/*
+ * With workers: rounds of at most TvParallelWindowBytes of vectors.
+ * Returns the number of workers launched, or -1 when no segment could be
+ * had (the caller then works alone).
+ */
+static int
+EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
+			   TvFactors *factors)
+{
+	TvEncodeWindows *ew = TvEncodeWindowsBegin(in, nworkers);
+	uint64		capacity;
+
+	if (ew == NULL)
+		return -1;
+	capacity = TvEncodeWindowsCapacity(ew);
 	for (uint64 first = 0; first < in->n; first += capacity)
 	{
-		uint64		n = Min(capacity, in->n - first);
-		uint32		round;
+		TvEncodeInput win = *in;
 
-		/* the window: whole spool chunks, so one copy per chunk */
-		for (uint64 k = 0; k < n; k += in->chunk_vectors)
-		{
-			uint64		m = Min((uint64) in->chunk_vectors, n - k);
-
-			memcpy(base + plan.off_vectors + (Size) k * vector_bytes,
-				   in->chunks[(first + k) / in->chunk_vectors], (Size) m * vector_bytes);
-		}
-		round = RoundsOpen(&sh->rounds, (uint32) n);
-		elog(DEBUG2, "turbo build round at vector " UINT64_FORMAT ": %d parallel workers",
-			 first, launched);
-
-		/* the leader takes part too */
-		job.progress_base = in->progress_base + first;
-		EncodeRound(sh, round, &job, assigner, work);
-		RoundsWait(&sh->rounds);
-
-		memcpy(listof + first, base + plan.off_listof, sizeof(int) * n);
-		memcpy(codes + first * codec->code_bytes, base + plan.off_codes,
-			   (Size) n * codec->code_bytes);
-		memcpy(factors + first, base + plan.off_factors, sizeof(TvFactors) * n);
+		/* whole chunks: a window starts at a chunk */
+		win.n = Min(capacity, in->n - first);
+		win.chunks = in->chunks + first / in->chunk_vectors;
+		win.progress_base = in->progress_base + first;
+		TvEncodeWindowsCode(ew, &win, listof + first, codes + first * in->codec->code_bytes,
+							factors + first);
 	}
-	RoundsEnd(&sh->rounds);
-	WaitForParallelWorkersToFinish(pcxt);
-	TvListAssignerFree(assigner);
-	pfree(work);
-
-	DestroyParallelContext(pcxt);
-	ExitParallelMode();
-	return launched;
+	return TvEncodeWindowsEnd(ew);
 }
 
 /*

@@ -5,7 +5,8 @@
 # p holds 64-d rows whose vectors lie in the row: an IVF build reads it
 # twice instead of spooling the vectors (tvbuild.c VectorsInRows), so the
 # workers send in the sampling pass only the vectors that may be sampled,
-# and in the encoding pass their codes.  Table pt holds 520-d rows TOASTed
+# and in the encoding pass the leader reads the rows and workers code
+# windows of them (which tvparallel.c keeps for the whole pass).  Table pt holds 520-d rows TOASTed
 # out of line, which an IVF build spools while they fit: in its sampling
 # pass the workers send every vector, and when they do not fit in
 # maintenance_work_mem the encoding pass reads the table again.  A flat
@@ -75,36 +76,46 @@ sub build
 my $scanned = qr/table scanned by the leader and 1 parallel workers/;
 my $in_rows = qr/the vectors lie in their rows, so the build reads them twice/;
 
-# name, table, operator class, options, settings, heap scans
+# name, table, operator class, options, settings, heap scans with a
+# worker, vectors coded by workers outside a heap scan.  Vectors that lie in
+# their rows (table p) are read by the leader alone in the encoding pass,
+# and workers code windows of them.
 for my $case (
-	[ 'ivf',  'p', 'real_l2_ops',     'WITH (lists = 24)', '', 2 ],
-	[ 'flat', 'p', 'real_cosine_ops', 'WITH (lists = 0)',  '', 1 ],
+	[ 'ivf',  'p', 'real_l2_ops',     'WITH (lists = 24)', '', 1, 1 ],
+	[ 'flat', 'p', 'real_cosine_ops', 'WITH (lists = 0)',  '', 1, 0 ],
 	# from 1,024 lists on, vectors go to lists through groups of lists
 	# (tvivf.c): k-means rounds with the worker, then both passes as above
-	[ 'grouped', 'p', 'real_cosine_ops', 'WITH (lists = 1100)', '', 2 ],
-	# 5 MB: the codes fit (with less, a parallel build's queues leave less
-	# room for codes than a serial build has, and the layouts differ by
-	# design)
-	[ 'grouped_mem', 'p', 'real_l2_ops', 'WITH (lists = 1100)', "SET maintenance_work_mem = '5MB';", 2 ],
-	# spooled: one heap scan
-	[ 'spooled', 'pt', 'real_l2_ops', 'WITH (lists = 24)', '', 1 ],
+	[ 'grouped', 'p', 'real_cosine_ops', 'WITH (lists = 1100)', '', 1, 1 ],
+	# 7 MB: the codes fit (with less, the workers' windows and segment
+	# leave less room for codes than a serial build has, and the layouts
+	# differ by design); windows of 2,816 vectors, so three rounds
+	[ 'grouped_mem', 'p', 'real_l2_ops', 'WITH (lists = 1100)', "SET maintenance_work_mem = '7MB';", 1, 1 ],
+	# spooled: one heap scan, then the workers code the spool
+	[ 'spooled', 'pt', 'real_l2_ops', 'WITH (lists = 24)', '', 1, 1 ],
 	# 4 MB of vectors do not fit in 3 MB (their codes do): the sampling pass, then an
 	# encoding pass over the table, both with the worker
-	[ 'twice', 'pt', 'real_l2_ops', 'WITH (lists = 8)', "SET maintenance_work_mem = '3MB';", 2 ],
+	[ 'twice', 'pt', 'real_l2_ops', 'WITH (lists = 8)', "SET maintenance_work_mem = '3MB';", 2, 0 ],
 	# the same with one row a message: a record of a 520-d code (280
 	# bytes) is shorter than the dimension count, which the leader once
 	# took for a bad message (a worker's last message of one or two codes)
 	[ 'twice_one_row', 'pt', 'real_l2_ops', 'WITH (lists = 8)',
-	  "SET maintenance_work_mem = '3MB'; SET turbovec.test_scan_message_rows = 1;", 2 ],
-	[ 'ivf_one_row', 'p', 'real_l2_ops', 'WITH (lists = 24)',
-	  "SET turbovec.test_scan_message_rows = 1;", 2 ])
+	  "SET maintenance_work_mem = '3MB'; SET turbovec.test_scan_message_rows = 1;", 2, 0 ])
 {
-	my ($name, $table, $opclass, $with, $settings, $scans) = @$case;
+	my ($name, $table, $opclass, $with, $settings, $scans, $coded) = @$case;
 	my ($serr, $serial) = build("p_$name", $table, $opclass, $with, 0, $settings);
 	unlike($serr, $scanned, "$name: no worker without parallel maintenance workers");
 	my ($perr, $parallel) = build("p_$name", $table, $opclass, $with, 1, $settings);
 	my @scans = $perr =~ /$scanned/g;
-	is(scalar @scans, $scans, "$name: a worker took part in every heap scan");
+	is(scalar @scans, $scans, "$name: a worker took part in $scans heap scans");
+	if ($coded)
+	{
+		like($perr, qr/"p_$name": \d+ vectors coded with 1 parallel workers/,
+			"$name: a worker coded vectors");
+	}
+	else
+	{
+		unlike($perr, qr/vectors coded with/, "$name: no worker coded outside a scan");
+	}
 	if ($table eq 'p' && $with !~ /lists = 0/)
 	{
 		like($perr, $in_rows, "$name: the vectors are read where they lie");
@@ -141,6 +152,35 @@ my ($ret, $out, $err) = $node->psql('postgres',
 is($ret, 0, 'CREATE INDEX CONCURRENTLY builds') or diag($err);
 like($err, $scanned, 'CREATE INDEX CONCURRENTLY: a worker scanned');
 is(pages_md5('p_cic'), pages_md5('p_ivf'), 'CREATE INDEX CONCURRENTLY: the same pages');
+
+# an index on an expression: no parallel heap scan (its expression is user
+# code), but workers code windows of the vectors the leader computes, and
+# the leader leaves parallel mode between windows, so an expression may do
+# what parallel mode forbids, here set a parameter (2 MB: the computed
+# vectors do not fit, so the encoding pass reads the table again, in
+# windows of 768 vectors; the expression runs between windows)
+$node->safe_psql('postgres',
+	"CREATE FUNCTION halve(real[]) RETURNS real[] LANGUAGE plpgsql IMMUTABLE AS \$\$
+	 BEGIN
+	   PERFORM set_config('app.halved', 'yes', true);
+	   RETURN (SELECT array_agg(x / 2 ORDER BY i) FROM unnest(\$1) WITH ORDINALITY AS u(x, i));
+	 END \$\$");
+$node->safe_psql('postgres',
+	"SET max_parallel_maintenance_workers = 0; SET maintenance_work_mem = '2MB';
+	 CREATE INDEX p_expr ON p USING turbo ((halve(v)) real_l2_ops) WITH (lists = 24);");
+my $eserial = pages_md5('p_expr');
+($ret, $out, $err) = $node->psql('postgres',
+	"SET min_parallel_table_scan_size = 0; SET maintenance_work_mem = '2MB';
+	 SET client_min_messages = debug1;
+	 DROP INDEX p_expr;
+	 CREATE INDEX p_expr ON p USING turbo ((halve(v)) real_l2_ops) WITH (lists = 24);");
+is($ret, 0, 'an expression index builds with workers') or diag($err);
+unlike($err, $scanned, 'expression: no parallel heap scan');
+like($err, qr/"p_expr" reads its table twice/, 'expression: the table is read again');
+like($err, qr/"p_expr": \d+ vectors coded with 1 parallel workers/,
+	'expression: a worker coded vectors');
+is(pages_md5('p_expr'), $eserial, 'expression: the same pages as without workers');
+is(verify_output($node, 'p_expr'), '', 'expression: turbo_verify is clean');
 
 # rows of another dimension, whoever reads them, fail the build with the
 # error a serial build gives

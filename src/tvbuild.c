@@ -196,6 +196,11 @@ typedef struct TvBuildState
 	bool		windows_stay;	/* keep them for the whole pass */
 	int			window_workers; /* how many were launched */
 	uint64		windowed;		/* vectors they coded */
+	int			pending_n;		/* vectors of the window they are coding */
+	ItemPointerData *pending_tids;	/* its TIDs, and room for its results */
+	int		   *pending_list;
+	uint8	   *pending_codes;
+	TvFactors  *pending_factors;
 	float	   *cnorms;			/* ||c||^2 per list, for L2 assignment */
 	TvListAssigner *assigner;	/* assigns vectors to the lists */
 
@@ -517,7 +522,7 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 		if (max_parallel_maintenance_workers > 0)
 			limit -= (double) TvParallelSegmentBytes(bs->codec, Max(PlannedLists(bs), 1),
 													 TV_SPOOL_CHUNK, maintenance_work_mem,
-													 PG_UINT64_MAX);
+													 PG_UINT64_MAX, 1);
 		/* and a parallel scan its queues */
 		if (bs->pscan != NULL)
 			limit -= (double) TvParallelScanBytes(bs->scan_workers, maintenance_work_mem);
@@ -954,6 +959,16 @@ SpoolWorkers(TvBuildState *bs, uint64 n)
 }
 
 /*
+ * Window buffers of the heap pass's coding segment: with workers that stay,
+ * two, so the leader reads the next window while they code one
+ */
+static int
+WindowBuffers(TvBuildState *bs)
+{
+	return bs->windows_stay ? 2 : 1;
+}
+
+/*
  * Vectors a heap pass collects for parallel workers to code together, a
  * window at a time with the same workers (TvEncodeWindowsBegin): whole
  * spool chunks, at most an eighth of maintenance_work_mem, when there are
@@ -1009,7 +1024,7 @@ HeapWindowBytes(TvBuildState *bs)
 		return 0;
 	return (double) n * (sizeof(float) * bs->dim + sizeof(ItemPointerData) + CodedBytes(bs)) +
 		(double) TvParallelSegmentBytes(bs->codec, Max(bs->lists, 1), TV_SPOOL_CHUNK,
-										maintenance_work_mem, n);
+										maintenance_work_mem, n, WindowBuffers(bs));
 }
 
 /*
@@ -1055,7 +1070,8 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 					need = ceil((base + TvParallelSegmentBytes(bs->codec, Max(bs->lists, 1),
 															   TV_SPOOL_CHUNK,
 															   (int) Min(need * 1024, MAX_KILOBYTES),
-															   bs->seen + TV_SPOOL_CHUNK) /
+															   bs->seen + TV_SPOOL_CHUNK,
+															   WindowBuffers(bs)) /
 								 (1024.0 * 1024.0)) * 8 / 7);
 			}
 			else if (bs->pscan != NULL)
@@ -1148,18 +1164,43 @@ AddVectors(TvBuildState *bs, const float *xs, const ItemPointerData *tids, int n
 }
 
 /*
- * Code a window with parallel workers (tvparallel.c), started for the
- * first window and kept for the rest of the pass, then put or keep each
- * vector in heap order, exactly as AddVectors would have
+ * Take the results of the window the workers were given last, and put or
+ * keep each of its vectors in heap order, exactly as AddVectors would have
+ */
+static void
+CollectWindow(TvBuildState *bs)
+{
+	int			code_bytes = bs->codec->code_bytes;
+	int			n = bs->pending_n;
+
+	if (n == 0)
+		return;
+	(void) TvEncodeWindowsCollect(bs->windows, bs->pending_list, bs->pending_codes,
+								  bs->pending_factors);
+	bs->pending_n = 0;
+	for (int k = 0; k < n; k++)
+	{
+		memcpy(bs->code, bs->pending_codes + (Size) k * code_bytes, code_bytes);
+		if (!KeepCoded(bs, bs->pending_list[k], &bs->pending_factors[k],
+					   &bs->pending_tids[k]))
+			PutCoded(bs, bs->pending_list[k], bs->code, &bs->pending_factors[k],
+					 &bs->pending_tids[k]);
+	}
+	bs->encoded += n;
+	bs->windowed += n;
+	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, (int64) bs->encoded);
+}
+
+/*
+ * Hand the batch, a window, to parallel workers (tvparallel.c), started
+ * for the first window and kept for the rest of the pass: the results of
+ * the window before it are taken first, and with workers that stay this
+ * one's are taken once the leader has read the next (CollectWindow)
  */
 static void
 EncodeWindow(TvBuildState *bs)
 {
 	int			n = bs->batch_n;
-	int			code_bytes = bs->codec->code_bytes;
-	int		   *listof;
-	uint8	   *codes;
-	TvFactors  *factors;
 	TvEncodeInput in;
 
 	in.codec = bs->codec;
@@ -1174,8 +1215,17 @@ EncodeWindow(TvBuildState *bs)
 	in.progress_base = bs->encoded;
 	if (bs->windows == NULL && !bs->windows_failed)
 	{
-		bs->windows = TvEncodeWindowsBegin(&in, max_parallel_maintenance_workers);
+		bs->windows = TvEncodeWindowsBegin(&in, max_parallel_maintenance_workers,
+										   WindowBuffers(bs));
 		bs->windows_failed = (bs->windows == NULL);
+		if (bs->windows != NULL && bs->pending_tids == NULL)
+		{
+			bs->pending_tids = palloc(sizeof(ItemPointerData) * bs->batch_cap);
+			bs->pending_list = palloc(sizeof(int) * bs->batch_cap);
+			bs->pending_codes = palloc_extended((Size) bs->codec->code_bytes * bs->batch_cap,
+												MCXT_ALLOC_HUGE);
+			bs->pending_factors = palloc(sizeof(TvFactors) * bs->batch_cap);
+		}
 	}
 	if (bs->windows == NULL)
 	{
@@ -1185,40 +1235,33 @@ EncodeWindow(TvBuildState *bs)
 		return;
 	}
 
-	listof = palloc(sizeof(int) * n);
-	codes = palloc_extended((Size) code_bytes * n, MCXT_ALLOC_HUGE);
-	factors = palloc(sizeof(TvFactors) * n);
+	CollectWindow(bs);
 	in.n = n;
-	TvEncodeWindowsCode(bs->windows, &in, listof, codes, factors);
+	in.progress_base = bs->encoded;
+	TvEncodeWindowsSubmit(bs->windows, &in);
+	memcpy(bs->pending_tids, bs->batch_tids, sizeof(ItemPointerData) * n);
+	bs->pending_n = n;
 	if (!bs->windows_stay)
 	{
-		int			launched = TvEncodeWindowsEnd(bs->windows);
+		int			launched;
 
+		CollectWindow(bs);
+		launched = TvEncodeWindowsEnd(bs->windows);
 		bs->windows = NULL;
 		bs->window_workers = Max(bs->window_workers, launched);
 	}
-	for (int k = 0; k < n; k++)
-	{
-		memcpy(bs->code, codes + (Size) k * code_bytes, code_bytes);
-		if (!KeepCoded(bs, listof[k], &factors[k], &bs->batch_tids[k]))
-			PutCoded(bs, listof[k], bs->code, &factors[k], &bs->batch_tids[k]);
-	}
-	bs->encoded += n;
-	bs->windowed += n;
-	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, (int64) bs->encoded);
-	pfree(listof);
-	pfree(codes);
-	pfree(factors);
 }
 
-/* The end of a heap pass: let the window workers go */
+/* The end of a heap pass: the last window's results, and the workers go */
 static void
 EndWindows(TvBuildState *bs)
 {
 	if (bs->windows != NULL)
 	{
-		int			launched = TvEncodeWindowsEnd(bs->windows);
+		int			launched;
 
+		CollectWindow(bs);
+		launched = TvEncodeWindowsEnd(bs->windows);
 		bs->windows = NULL;
 		bs->window_workers = Max(bs->window_workers, launched);
 	}
@@ -1739,7 +1782,7 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 		for (int i = 0; i < 4 && max_parallel_maintenance_workers > 0; i++)
 			need = base + ceil(((double) TvParallelSegmentBytes(bs.codec, bs.lists, TV_SPOOL_CHUNK,
 																(int) Min(need * 1024, MAX_KILOBYTES),
-																bs.seen) +
+																bs.seen, 1) +
 								(double) TvParallelScanBytes(bs.scan_workers,
 															 (int) Min(need * 1024, MAX_KILOBYTES))) /
 							   (1024.0 * 1024.0));

@@ -693,6 +693,46 @@ RowOr(uint8_t *code, int i, int bits, int c)
 }
 
 /*
+ * The encoder's sums in double: element i goes into running sum i % 8, and
+ * the eight are added pairwise at the end.  The order is fixed, so every
+ * machine gets the same bits, and the chunks of 8 vectorize instead of one
+ * serial chain of additions.  Eight named fields rather than an array: as
+ * a local, gcc keeps them in registers (an array's sums went through
+ * memory every chunk).
+ */
+typedef struct TvLanes
+{
+	double		d0,
+				d1,
+				d2,
+				d3,
+				d4,
+				d5,
+				d6,
+				d7;
+} TvLanes;
+
+/* Add one chunk's 8 terms (zeros past a partial chunk's end) */
+static inline void
+LanesAdd(TvLanes *l, const double *p)
+{
+	l->d0 += p[0];
+	l->d1 += p[1];
+	l->d2 += p[2];
+	l->d3 += p[3];
+	l->d4 += p[4];
+	l->d5 += p[5];
+	l->d6 += p[6];
+	l->d7 += p[7];
+}
+
+static inline double
+LanesTotal(const TvLanes *l)
+{
+	return ((l->d0 + l->d1) + (l->d2 + l->d3)) + ((l->d4 + l->d5) + (l->d6 + l->d7));
+}
+
+/*
  * Quantize y[0..dim) into a row code: a code is the number of thresholds
  * below y, so a tie goes to the lower level.  Counting (rather than a
  * binary search) has no branches and no dependent loads, and the chunks of
@@ -708,15 +748,7 @@ QuantizeAll(const TvCodec *codec, int bits, float *y, uint8_t *code)
 	const float *l = codec->levels;
 	int			nthr = (1 << bits) - 1;
 	int			dim = codec->dim;
-	double		d0 = 0,
-				d1 = 0,
-				d2 = 0,
-				d3 = 0,
-				d4 = 0,
-				d5 = 0,
-				d6 = 0,
-				d7 = 0;
-	double		tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+	TvLanes		dot = {0, 0, 0, 0, 0, 0, 0, 0};
 	int			i,
 				k,
 				m;
@@ -726,6 +758,7 @@ QuantizeAll(const TvCodec *codec, int bits, float *y, uint8_t *code)
 		int			n = dim - i < 8 ? dim - i : 8;
 		float		x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 		float		q[8];
+		double		p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 		int			c[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 		uint32_t	word = 0;
 
@@ -750,15 +783,8 @@ QuantizeAll(const TvCodec *codec, int bits, float *y, uint8_t *code)
 			q[m] = l[c[m]];
 		if (n == 8)
 		{
-			/* named sums stay in registers (see tv_sum_squares) */
-			d0 += (double) x[0] * (double) q[0];
-			d1 += (double) x[1] * (double) q[1];
-			d2 += (double) x[2] * (double) q[2];
-			d3 += (double) x[3] * (double) q[3];
-			d4 += (double) x[4] * (double) q[4];
-			d5 += (double) x[5] * (double) q[5];
-			d6 += (double) x[6] * (double) q[6];
-			d7 += (double) x[7] * (double) q[7];
+			for (m = 0; m < 8; m++)
+				p[m] = (double) x[m] * (double) q[m];
 			for (m = 0; m < 8; m++)
 				y[i + m] = q[m];
 			for (m = 0; m < 8; m++)
@@ -771,23 +797,16 @@ QuantizeAll(const TvCodec *codec, int bits, float *y, uint8_t *code)
 			/* the partial last chunk: element i still in sum i % 8 */
 			for (m = 0; m < n; m++)
 			{
-				tail[m] = (double) x[m] * (double) q[m];
+				p[m] = (double) x[m] * (double) q[m];
 				y[i + m] = q[m];
 				word |= (uint32_t) c[m] << (bits * m);
 			}
 			for (m = 0; m < (n * bits + 7) / 8; m++)
 				code[m] = (uint8_t) (word >> (8 * m));
 		}
+		LanesAdd(&dot, p);
 	}
-	d0 += tail[0];
-	d1 += tail[1];
-	d2 += tail[2];
-	d3 += tail[3];
-	d4 += tail[4];
-	d5 += tail[5];
-	d6 += tail[6];
-	d7 += tail[7];
-	return ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7));
+	return LanesTotal(&dot);
 }
 
 double
@@ -804,50 +823,29 @@ tv_quantize_row_scalar(const TvCodec *codec, float *y, uint8_t *code)
 	}
 }
 
-/*
- * Sum of squares in double: element i goes into running sum i % 8, and the
- * eight are added pairwise at the end.  The order is fixed, so every
- * machine gets the same bits, and the chunks of 8 vectorize instead of one
- * serial chain of additions (most of the encoder's time once the rotation
- * is fast).
- */
+/* Sum of squares in double, in the encoder's fixed order (TvLanes) */
 double
 tv_sum_squares(const float *v, int n)
 {
-	double		s0 = 0,
-				s1 = 0,
-				s2 = 0,
-				s3 = 0,
-				s4 = 0,
-				s5 = 0,
-				s6 = 0,
-				s7 = 0;
-	double		t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+	TvLanes		sum = {0, 0, 0, 0, 0, 0, 0, 0};
+	double		p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 	int			i = 0;
 
-	/* named sums stay in registers; an array's round-trip memory */
 	for (; i + 8 <= n; i += 8)
 	{
-		s0 += (double) v[i] * (double) v[i];
-		s1 += (double) v[i + 1] * (double) v[i + 1];
-		s2 += (double) v[i + 2] * (double) v[i + 2];
-		s3 += (double) v[i + 3] * (double) v[i + 3];
-		s4 += (double) v[i + 4] * (double) v[i + 4];
-		s5 += (double) v[i + 5] * (double) v[i + 5];
-		s6 += (double) v[i + 6] * (double) v[i + 6];
-		s7 += (double) v[i + 7] * (double) v[i + 7];
+		sum.d0 += (double) v[i] * (double) v[i];
+		sum.d1 += (double) v[i + 1] * (double) v[i + 1];
+		sum.d2 += (double) v[i + 2] * (double) v[i + 2];
+		sum.d3 += (double) v[i + 3] * (double) v[i + 3];
+		sum.d4 += (double) v[i + 4] * (double) v[i + 4];
+		sum.d5 += (double) v[i + 5] * (double) v[i + 5];
+		sum.d6 += (double) v[i + 6] * (double) v[i + 6];
+		sum.d7 += (double) v[i + 7] * (double) v[i + 7];
 	}
-	t[0] = s0;
-	t[1] = s1;
-	t[2] = s2;
-	t[3] = s3;
-	t[4] = s4;
-	t[5] = s5;
-	t[6] = s6;
-	t[7] = s7;
-	for (int k = 0; i < n; i++, k++)
-		t[k] += (double) v[i] * (double) v[i];
-	return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+	for (int m = 0; i + m < n; m++)
+		p[m] = (double) v[i + m] * (double) v[i + m];
+	LanesAdd(&sum, p);
+	return LanesTotal(&sum);
 }
 
 bool
@@ -1340,14 +1338,7 @@ tv_refine_row_scalar(const TvCodec *codec, const float *y, uint8_t *nib)
 	int			dim = codec->dim;
 	float		lo[16];
 	float		step[16];
-	double		d0 = 0,
-				d1 = 0,
-				d2 = 0,
-				d3 = 0,
-				d4 = 0,
-				d5 = 0,
-				d6 = 0,
-				d7 = 0;
+	TvLanes		dot = {0, 0, 0, 0, 0, 0, 0, 0};
 
 	tv_refine_cells(codec, lo, step);
 	for (int i = 0; i < dim; i += 8)
@@ -1371,17 +1362,9 @@ tv_refine_row_scalar(const TvCodec *codec, const float *y, uint8_t *nib)
 			p[m] = (double) x * (double) yhat;
 			nib[(i + m) >> 1] |= (uint8_t) (f << ((m & 1) * 4));
 		}
-		/* named sums stay in registers (see tv_sum_squares) */
-		d0 += p[0];
-		d1 += p[1];
-		d2 += p[2];
-		d3 += p[3];
-		d4 += p[4];
-		d5 += p[5];
-		d6 += p[6];
-		d7 += p[7];
+		LanesAdd(&dot, p);
 	}
-	return ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7));
+	return LanesTotal(&dot);
 }
 
 bool

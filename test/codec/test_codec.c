@@ -812,6 +812,19 @@ TestKernels(void)
 	}
 }
 
+/* Encode and refine v with the portable steps or the AVX2 ones */
+static void
+EncodeWithSteps(bool avx2, const TvCodec *c, const float *v, uint8_t *code,
+				TvFactors *f, uint8_t *refine, float *work)
+{
+	tv_fwht = avx2 ? tv_fwht_avx2 : tv_fwht_scalar;
+	tv_quantize_row = avx2 ? tv_quantize_row_avx2 : tv_quantize_row_scalar;
+	tv_refine_row = avx2 ? tv_refine_row_avx2 : tv_refine_row_scalar;
+	tv_codec_encode(c, v, code, f, work);
+	/* work holds the levels the encoding left; the refinement works past them */
+	tv_codec_encode_refine(c, v, refine, work + c->dim);
+}
+
 /*
  * The encoder's AVX2 steps against the portable ones, bit for bit: the
  * Walsh-Hadamard transform at every power of two up to the largest window,
@@ -891,18 +904,10 @@ TestEncoderKernels(void)
 				/* dirty outputs: every byte must be written */
 				memset(k1, 0xA5, c->code_bytes);
 				memset(k2, 0x5A, c->code_bytes);
-				tv_fwht = tv_fwht_scalar;
-				tv_quantize_row = tv_quantize_row_scalar;
-				tv_refine_row = tv_refine_row_scalar;
-				tv_codec_encode(c, v, k1, &f1, w1);
 				memset(r1, 0x33, tv_refine_bytes(dim));
-				tv_codec_encode_refine(c, v, r1, w1 + dim);
-				tv_fwht = tv_fwht_avx2;
-				tv_quantize_row = tv_quantize_row_avx2;
-				tv_refine_row = tv_refine_row_avx2;
-				tv_codec_encode(c, v, k2, &f2, w2);
 				memset(r2, 0xCC, tv_refine_bytes(dim));
-				tv_codec_encode_refine(c, v, r2, w2 + dim);
+				EncodeWithSteps(false, c, v, k1, &f1, r1, w1);
+				EncodeWithSteps(true, c, v, k2, &f2, r2, w2);
 				if (memcmp(k1, k2, c->code_bytes) != 0 ||
 					memcmp(&f1, &f2, sizeof(f1)) != 0 ||
 					memcmp(w1, w2, sizeof(float) * dim) != 0)

@@ -323,15 +323,14 @@ extern void TvKmeansParallelEnd(TvKmeansParallel *kp);
 extern int	TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof,
 							uint8 *codes, TvFactors *factors);
 typedef struct TvEncodeWindows TvEncodeWindows;
-extern TvEncodeWindows *TvEncodeWindowsBegin(const TvEncodeInput *in, int nworkers,
-											 int buffers);
+extern TvEncodeWindows *TvEncodeWindowsBegin(const TvEncodeInput *in, int nworkers);
 extern uint64 TvEncodeWindowsCapacity(TvEncodeWindows *ew);
 extern void TvEncodeWindowsSubmit(TvEncodeWindows *ew, const TvEncodeInput *in);
 extern uint64 TvEncodeWindowsCollect(TvEncodeWindows *ew, int *listof, uint8 *codes,
 									 TvFactors *factors);
 extern int	TvEncodeWindowsEnd(TvEncodeWindows *ew);
 extern Size TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors,
-									int mem_kb, uint64 n, int buffers);
+									int mem_kb, uint64 n);
 
 /* A row the parallel heap scan's workers send: its vector, or its code */
 typedef struct TvScanRecord

@@ -522,7 +522,7 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 		if (max_parallel_maintenance_workers > 0)
 			limit -= (double) TvParallelSegmentBytes(bs->codec, Max(PlannedLists(bs), 1),
 													 TV_SPOOL_CHUNK, maintenance_work_mem,
-													 PG_UINT64_MAX, 1);
+													 PG_UINT64_MAX);
 		/* and a parallel scan its queues */
 		if (bs->pscan != NULL)
 			limit -= (double) TvParallelScanBytes(bs->scan_workers, maintenance_work_mem);
@@ -959,16 +959,6 @@ SpoolWorkers(TvBuildState *bs, uint64 n)
 }
 
 /*
- * Window buffers of the heap pass's coding segment: with workers that stay,
- * two, so the leader reads the next window while they code one
- */
-static int
-WindowBuffers(TvBuildState *bs)
-{
-	return bs->windows_stay ? 2 : 1;
-}
-
-/*
  * Vectors a heap pass collects for parallel workers to code together, a
  * window at a time with the same workers (TvEncodeWindowsBegin): whole
  * spool chunks, at most an eighth of maintenance_work_mem, when there are
@@ -1024,7 +1014,7 @@ HeapWindowBytes(TvBuildState *bs)
 		return 0;
 	return (double) n * (sizeof(float) * bs->dim + sizeof(ItemPointerData) + CodedBytes(bs)) +
 		(double) TvParallelSegmentBytes(bs->codec, Max(bs->lists, 1), TV_SPOOL_CHUNK,
-										maintenance_work_mem, n, WindowBuffers(bs));
+										maintenance_work_mem, n);
 }
 
 /*
@@ -1070,8 +1060,7 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 					need = ceil((base + TvParallelSegmentBytes(bs->codec, Max(bs->lists, 1),
 															   TV_SPOOL_CHUNK,
 															   (int) Min(need * 1024, MAX_KILOBYTES),
-															   bs->seen + TV_SPOOL_CHUNK,
-															   WindowBuffers(bs)) /
+															   bs->seen + TV_SPOOL_CHUNK) /
 								 (1024.0 * 1024.0)) * 8 / 7);
 			}
 			else if (bs->pscan != NULL)
@@ -1215,8 +1204,7 @@ EncodeWindow(TvBuildState *bs)
 	in.progress_base = bs->encoded;
 	if (bs->windows == NULL && !bs->windows_failed)
 	{
-		bs->windows = TvEncodeWindowsBegin(&in, max_parallel_maintenance_workers,
-										   WindowBuffers(bs));
+		bs->windows = TvEncodeWindowsBegin(&in, max_parallel_maintenance_workers);
 		bs->windows_failed = (bs->windows == NULL);
 		if (bs->windows != NULL && bs->pending_tids == NULL)
 		{
@@ -1782,7 +1770,7 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 		for (int i = 0; i < 4 && max_parallel_maintenance_workers > 0; i++)
 			need = base + ceil(((double) TvParallelSegmentBytes(bs.codec, bs.lists, TV_SPOOL_CHUNK,
 																(int) Min(need * 1024, MAX_KILOBYTES),
-																bs.seen, 1) +
+																bs.seen) +
 								(double) TvParallelScanBytes(bs.scan_workers,
 															 (int) Min(need * 1024, MAX_KILOBYTES))) /
 							   (1024.0 * 1024.0));

@@ -193,14 +193,13 @@ RoundsNext(TvRounds *rs, uint32 seen)
 typedef struct SegmentPlan
 {
 	uint64		capacity;		/* vectors per round */
-	int			buffers;		/* windows: round r uses buffer r % buffers */
 	Size		total;
 	Size		off_centroids;
 	Size		off_cnorms;
-	Size		off_vectors[2];
-	Size		off_listof[2];
-	Size		off_codes[2];
-	Size		off_factors[2];
+	Size		off_vectors;
+	Size		off_listof;
+	Size		off_codes;
+	Size		off_factors;
 } SegmentPlan;
 
 /* The segment: this header, then the arrays at the offsets it gives */
@@ -316,14 +315,14 @@ EncodeRound(TvEncodeShared *sh, uint32 round, const EncodeJob *job,
 	}
 }
 
-/* A job over window buffer b of the segment, the window as one chunk */
+/* A job over the segment's window, with the window as one chunk */
 static EncodeJob
-SharedJob(TvEncodeShared *sh, const TvCodec *codec, int b, float **chunk)
+SharedJob(TvEncodeShared *sh, const TvCodec *codec, float **chunk)
 {
 	char	   *base = (char *) sh;
 	EncodeJob	job;
 
-	*chunk = (float *) (base + sh->plan.off_vectors[b]);
+	*chunk = (float *) (base + sh->plan.off_vectors);
 	job.in.codec = codec;
 	job.in.metric = (TvMetric) sh->metric;
 	job.in.lists = sh->lists;
@@ -333,9 +332,9 @@ SharedJob(TvEncodeShared *sh, const TvCodec *codec, int b, float **chunk)
 	job.in.n = sh->plan.capacity;	/* rounds bound their own claims */
 	job.in.chunk_vectors = (int) Max(sh->plan.capacity, 1);
 	job.in.chunks = chunk;
-	job.listof = (int *) (base + sh->plan.off_listof[b]);
-	job.codes = (uint8 *) (base + sh->plan.off_codes[b]);
-	job.factors = (TvFactors *) (base + sh->plan.off_factors[b]);
+	job.listof = (int *) (base + sh->plan.off_listof);
+	job.codes = (uint8 *) (base + sh->plan.off_codes);
+	job.factors = (TvFactors *) (base + sh->plan.off_factors);
 	job.progress_base = 0;
 	job.progress = false;
 	return job;
@@ -351,19 +350,14 @@ TvParallelEncodeMain(dsm_segment *seg, shm_toc *toc)
 {
 	TvEncodeShared *sh = shm_toc_lookup(toc, TV_PARALLEL_KEY_SHARED, false);
 	TvCodec    *codec = TvCreateCodec(sh->dim, sh->bits, sh->seed, CurrentMemoryContext);
-	float	   *chunk[2];
-	EncodeJob	job[2];
-	TvListAssigner *assigner;
+	float	   *chunk;
+	EncodeJob	job = SharedJob(sh, codec, &chunk);
+	TvListAssigner *assigner = JobAssigner(&job);
 	float	   *work = palloc(sizeof(float) * TvEncodeWorkFloats(codec));
 	uint32		round = 0;
 
-	if (sh->plan.buffers < 1 || sh->plan.buffers > 2)
-		elog(ERROR, "turbo build segment has %d window buffers", sh->plan.buffers);
-	for (int b = 0; b < sh->plan.buffers; b++)
-		job[b] = SharedJob(sh, codec, b, &chunk[b]);
-	assigner = JobAssigner(&job[0]);
 	while ((round = RoundsNext(&sh->rounds, round)) != TV_ROUND_END)
-		EncodeRound(sh, round, &job[round % sh->plan.buffers], assigner, work);
+		EncodeRound(sh, round, &job, assigner, work);
 	TvListAssignerFree(assigner);
 	pfree(work);
 }
@@ -378,8 +372,7 @@ Carve(Size *total, Size bytes)
 }
 
 static SegmentPlan
-PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors, int mem_kb,
-			int buffers)
+PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors, int mem_kb)
 {
 	Size		vector_bytes = sizeof(float) * codec->dim;
 	SegmentPlan plan;
@@ -392,18 +385,10 @@ PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors, int me
 	(void) Carve(&plan.total, sizeof(TvEncodeShared));
 	plan.off_centroids = Carve(&plan.total, (Size) lists * vector_bytes);
 	plan.off_cnorms = Carve(&plan.total, sizeof(float) * lists);
-	plan.buffers = buffers;
-	for (int b = 0; b < 2; b++)
-	{
-		plan.off_vectors[b] = plan.off_listof[b] = 0;
-		plan.off_codes[b] = plan.off_factors[b] = 0;
-		if (b >= buffers)
-			continue;
-		plan.off_vectors[b] = Carve(&plan.total, (Size) plan.capacity * vector_bytes);
-		plan.off_listof[b] = Carve(&plan.total, sizeof(int) * plan.capacity);
-		plan.off_codes[b] = Carve(&plan.total, (Size) plan.capacity * codec->code_bytes);
-		plan.off_factors[b] = Carve(&plan.total, sizeof(TvFactors) * plan.capacity);
-	}
+	plan.off_vectors = Carve(&plan.total, (Size) plan.capacity * vector_bytes);
+	plan.off_listof = Carve(&plan.total, sizeof(int) * plan.capacity);
+	plan.off_codes = Carve(&plan.total, (Size) plan.capacity * codec->code_bytes);
+	plan.off_factors = Carve(&plan.total, sizeof(TvFactors) * plan.capacity);
 	return plan;
 }
 
@@ -414,25 +399,25 @@ PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors, int me
  */
 Size
 TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors, int mem_kb,
-					   uint64 n, int buffers)
+					   uint64 n)
 {
-	return PlanSegment(codec, lists, n, chunk_vectors, mem_kb, buffers).total;
+	return PlanSegment(codec, lists, n, chunk_vectors, mem_kb).total;
 }
 
 /*
  * A parallel coding that stays open across windows (TvEncodeWindowsBegin).
- * With two buffers the leader hands a window over (TvEncodeWindowsSubmit),
- * reads the next one while the workers code it, then joins them and takes
- * the results (TvEncodeWindowsCollect); with one it codes each window as
- * it hands it over.
+ * The leader hands a window over (TvEncodeWindowsSubmit: copied into the
+ * segment), may read the next one into its own memory while the workers
+ * code it, then joins them and takes the results (TvEncodeWindowsCollect)
+ * before it hands over the next.
  */
 struct TvEncodeWindows
 {
 	ParallelContext *pcxt;
 	TvEncodeShared *sh;
 	const TvCodec *codec;
-	EncodeJob	job[2];			/* the leader's part of a round, by buffer */
-	float	   *chunk[2];
+	EncodeJob	job;			/* the leader's part of a round */
+	float	   *chunk;
 	TvListAssigner *assigner;
 	float	   *work;
 	int			launched;
@@ -442,23 +427,21 @@ struct TvEncodeWindows
 
 /*
  * Start parallel workers for coding windows of vectors under in's codec and
- * lists; in->n and in->chunk_vectors size a window (PlanSegment), buffers
- * (1 or 2) says how many windows the segment holds.  NULL when no segment
- * could be had (the caller then works alone).
+ * lists; in->n and in->chunk_vectors size a window (PlanSegment).  NULL
+ * when no segment could be had (the caller then works alone).
  */
 TvEncodeWindows *
-TvEncodeWindowsBegin(const TvEncodeInput *in, int nworkers, int buffers)
+TvEncodeWindowsBegin(const TvEncodeInput *in, int nworkers)
 {
 	const TvCodec *codec = in->codec;
 	Size		vector_bytes = sizeof(float) * codec->dim;
 	SegmentPlan plan = PlanSegment(codec, in->lists, in->n, in->chunk_vectors,
-								   maintenance_work_mem, buffers);
+								   maintenance_work_mem);
 	TvEncodeWindows *ew;
 	ParallelContext *pcxt;
 	TvEncodeShared *sh;
 	char	   *base;
 
-	Assert(buffers == 1 || buffers == 2);
 	EnterParallelMode();
 	pcxt = CreateParallelContext("turbovec", "TvParallelEncodeMain", nworkers);
 	shm_toc_estimate_chunk(&pcxt->estimator, plan.total);
@@ -496,12 +479,9 @@ TvEncodeWindowsBegin(const TvEncodeInput *in, int nworkers, int buffers)
 	ew->sh = sh;
 	ew->codec = codec;
 	ew->launched = pcxt->nworkers_launched;
-	for (int b = 0; b < buffers; b++)
-	{
-		ew->job[b] = SharedJob(sh, codec, b, &ew->chunk[b]);
-		ew->job[b].progress = true;
-	}
-	ew->assigner = JobAssigner(&ew->job[0]);
+	ew->job = SharedJob(sh, codec, &ew->chunk);
+	ew->job.progress = true;
+	ew->assigner = JobAssigner(&ew->job);
 	ew->work = palloc(sizeof(float) * TvEncodeWorkFloats(codec));
 	return ew;
 }
@@ -515,8 +495,8 @@ TvEncodeWindowsCapacity(TvEncodeWindows *ew)
 
 /*
  * Hand in's n vectors (at most the capacity; in->chunks as in
- * TvEncodeInput) to the workers as the next round, in the next buffer; the
- * previous round must have been collected
+ * TvEncodeInput) to the workers as the next round; the previous round must
+ * have been collected
  */
 void
 TvEncodeWindowsSubmit(TvEncodeWindows *ew, const TvEncodeInput *in)
@@ -525,7 +505,6 @@ TvEncodeWindowsSubmit(TvEncodeWindows *ew, const TvEncodeInput *in)
 	char	   *base = (char *) sh;
 	Size		vector_bytes = sizeof(float) * ew->codec->dim;
 	uint64		n = in->n;
-	int			b = (int) ((ew->round + 1) % sh->plan.buffers);
 
 	if (n == 0 || n > sh->plan.capacity || ew->pending != 0)
 		elog(ERROR, "turbo build cannot hand over a window of " UINT64_FORMAT " vectors",
@@ -535,12 +514,11 @@ TvEncodeWindowsSubmit(TvEncodeWindows *ew, const TvEncodeInput *in)
 	{
 		uint64		m = Min((uint64) in->chunk_vectors, n - k);
 
-		memcpy(base + sh->plan.off_vectors[b] + (Size) k * vector_bytes,
+		memcpy(base + sh->plan.off_vectors + (Size) k * vector_bytes,
 			   in->chunks[k / in->chunk_vectors], (Size) m * vector_bytes);
 	}
-	ew->job[b].progress_base = in->progress_base;
+	ew->job.progress_base = in->progress_base;
 	ew->round = RoundsOpen(&sh->rounds, (uint32) n);
-	Assert(ew->round % sh->plan.buffers == (uint32) b);
 	ew->pending = n;
 	elog(DEBUG2, "turbo build round of " UINT64_FORMAT " vectors: %d parallel workers",
 		 n, ew->launched);
@@ -556,18 +534,17 @@ TvEncodeWindowsCollect(TvEncodeWindows *ew, int *listof, uint8 *codes, TvFactors
 {
 	TvEncodeShared *sh = ew->sh;
 	char	   *base = (char *) sh;
-	int			b = (int) (ew->round % sh->plan.buffers);
 	uint64		n = ew->pending;
 
 	if (n == 0)
 		return 0;
-	EncodeRound(sh, ew->round, &ew->job[b], ew->assigner, ew->work);
+	EncodeRound(sh, ew->round, &ew->job, ew->assigner, ew->work);
 	RoundsWait(&sh->rounds);
 	ew->pending = 0;
 
-	memcpy(listof, base + sh->plan.off_listof[b], sizeof(int) * n);
-	memcpy(codes, base + sh->plan.off_codes[b], (Size) n * ew->codec->code_bytes);
-	memcpy(factors, base + sh->plan.off_factors[b], sizeof(TvFactors) * n);
+	memcpy(listof, base + sh->plan.off_listof, sizeof(int) * n);
+	memcpy(codes, base + sh->plan.off_codes, (Size) n * ew->codec->code_bytes);
+	memcpy(factors, base + sh->plan.off_factors, sizeof(TvFactors) * n);
 	return n;
 }
 
@@ -599,7 +576,7 @@ static int
 EncodeParallel(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes,
 			   TvFactors *factors)
 {
-	TvEncodeWindows *ew = TvEncodeWindowsBegin(in, nworkers, 1);
+	TvEncodeWindows *ew = TvEncodeWindowsBegin(in, nworkers);
 	uint64		capacity;
 
 	if (ew == NULL)

@@ -18,10 +18,12 @@
  * vectors are not spooled, the heap pass keeps the codes instead to lay
  * the lists out the same way (coding windows of vectors with parallel
  * workers), and only when those do not fit either are blocks appended as
- * they fill, lists interleaved.  Both heap passes
- * may be shared with parallel workers (tvparallel.c), which send the
- * leader their vectors or codes; the lists are laid out in TID order, so
- * the pages do not depend on who read which row.  Vectors are
+ * they fill, lists interleaved.  The sampling pass, and the encoding
+ * pass over TOASTed vectors, may be shared with parallel workers
+ * (tvparallel.c), which send the leader their vectors or codes; vectors
+ * that lie in their rows the leader reads again itself, and workers code
+ * windows of them.  The lists are laid out in TID order, so the pages do
+ * not depend on who read or coded which row.  Vectors are
  * assigned in batches, which lets the list assignment use the blocked
  * kernel.  The list area (directory and centroids) is reserved at the start
  * of the stream and written last.
@@ -1738,7 +1740,8 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 	/*
 	 * Workers that code a heap pass's windows keep the leader in parallel
 	 * mode, in which an index expression or predicate (user code, which may
-	 * SET a parameter) could fail: with those, each window has its own
+	 * for one call set_config) could fail: with those, each window has its
+	 * own workers
 	 */
 	bs.windows_stay = (indexInfo->ii_Expressions == NIL &&
 					   indexInfo->ii_Predicate == NIL);

@@ -821,62 +821,103 @@ tv_fwht_avx2(float *a, int n, float s)
 	}
 }
 
+/* The codec's thresholds, each in all 8 lanes; returns how many */
+static inline TV_AVX2 int
+ThresholdsAvx2(const TvCodec *codec, __m256 *thr)
+{
+	int			nthr = (1 << codec->bits) - 1;
+
+	for (int k = 0; k < nthr; k++)
+		thr[k] = _mm256_set1_ps(codec->thresholds[k]);
+	return nthr;
+}
+
+/* Each value's code: how many thresholds lie below it (a true compare is -1) */
+static inline TV_AVX2 __m256i
+CellsAvx2(__m256 x, const __m256 *thr, int nthr)
+{
+	__m256i		c = _mm256_setzero_si256();
+
+	for (int k = 0; k < nthr; k++)
+		c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(x, thr[k], _CMP_GT_OQ)));
+	return c;
+}
+
+/* table[c] for each lane, c < 16: entries 0-7 in lo, 8-15 in hi (4 bits only) */
+static inline TV_AVX2 __m256
+Lookup16Avx2(__m256 lo, __m256 hi, __m256i c, int bits)
+{
+	__m256		v = _mm256_permutevar8x32_ps(lo, c);
+
+	if (bits == 4)
+		v = _mm256_blendv_ps(v, _mm256_permutevar8x32_ps(hi, c),
+							 _mm256_castsi256_ps(_mm256_cmpgt_epi32(c, _mm256_set1_epi32(7))));
+	return v;
+}
+
+/* The running sums i % 8 (lanes 0-3 in *dlo, 4-7 in *dhi) += x * y in double */
+static inline TV_AVX2 void
+LanesAddAvx2(__m256d *dlo, __m256d *dhi, __m256 x, __m256 y)
+{
+	*dlo = _mm256_add_pd(*dlo, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)),
+											 _mm256_cvtps_pd(_mm256_castps256_ps128(y))));
+	*dhi = _mm256_add_pd(*dhi, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)),
+											 _mm256_cvtps_pd(_mm256_extractf128_ps(y, 1))));
+}
+
+/* The eight sums added pairwise, as TvLanes adds them (tvcodec.c) */
+static inline TV_AVX2 double
+LanesTotalAvx2(__m256d dlo, __m256d dhi)
+{
+	double		d[8];
+
+	_mm256_storeu_pd(d, dlo);
+	_mm256_storeu_pd(d + 4, dhi);
+	return ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
+}
+
+/* y[i..i+n) in 8 lanes, zeros past n */
+static inline TV_AVX2 __m256
+LoadPaddedAvx2(const float *y, int n)
+{
+	float		pad[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+
+	if (n == 8)
+		return _mm256_loadu_ps(y);
+	memcpy(pad, y, sizeof(float) * n);
+	return _mm256_loadu_ps(pad);
+}
+
 /*
- * tv_quantize_row_scalar, 8 coordinates a register: the count of
- * thresholds below each y (a compare's all-ones mask is -1), its level by
- * a permute from one or two registers of levels, the products into running
- * sums i % 8 (lanes 0-3 and 4-7 of two double registers), and the 8 codes
- * shifted into place and ORed into `bits` bytes.  The last, partial chunk
- * is padded with zeros, whose products (zero) change no sum.
+ * tv_quantize_row_scalar, 8 coordinates a register: each y's code, its
+ * level by a permute, the products into running sums i % 8, and the 8
+ * codes shifted into place and ORed into `bits` bytes.  The last, partial
+ * chunk is padded with zeros, whose products (zero) change no sum.
  */
 TV_AVX2 double
 tv_quantize_row_avx2(const TvCodec *codec, float *y, uint8_t *code)
 {
 	int			bits = codec->bits;
-	int			nthr = (1 << bits) - 1;
 	int			dim = codec->dim;
 	__m256		thr[15];
+	int			nthr = ThresholdsAvx2(codec, thr);
 	__m256		lev_lo = _mm256_loadu_ps(codec->levels);
 	__m256		lev_hi = bits == 4 ? _mm256_loadu_ps(codec->levels + 8) : lev_lo;
 	__m256i		shifts = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
 											_mm256_set1_epi32(bits));
-	__m256i		seven = _mm256_set1_epi32(7);
 	__m256d		dlo = _mm256_setzero_pd();
 	__m256d		dhi = _mm256_setzero_pd();
-	double		d[8];
-	int			i,
-				k;
 
-	for (k = 0; k < nthr; k++)
-		thr[k] = _mm256_set1_ps(codec->thresholds[k]);
-	for (i = 0; i < dim; i += 8, code += bits)
+	for (int i = 0; i < dim; i += 8, code += bits)
 	{
 		int			n = dim - i < 8 ? dim - i : 8;
-		__m256		x;
-		__m256		q;
-		__m256i		c = _mm256_setzero_si256();
+		__m256		x = LoadPaddedAvx2(y + i, n);
+		__m256i		c = CellsAvx2(x, thr, nthr);
+		__m256		q = Lookup16Avx2(lev_lo, lev_hi, c, bits);
 		__m128i		w;
 		uint32_t	word;
 
-		if (n == 8)
-			x = _mm256_loadu_ps(y + i);
-		else
-		{
-			float		pad[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-
-			memcpy(pad, y + i, sizeof(float) * n);
-			x = _mm256_loadu_ps(pad);
-		}
-		for (k = 0; k < nthr; k++)
-			c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(x, thr[k], _CMP_GT_OQ)));
-		q = _mm256_permutevar8x32_ps(lev_lo, c);
-		if (bits == 4)
-			q = _mm256_blendv_ps(q, _mm256_permutevar8x32_ps(lev_hi, c),
-								 _mm256_castsi256_ps(_mm256_cmpgt_epi32(c, seven)));
-		dlo = _mm256_add_pd(dlo, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)),
-											   _mm256_cvtps_pd(_mm256_castps256_ps128(q))));
-		dhi = _mm256_add_pd(dhi, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)),
-											   _mm256_cvtps_pd(_mm256_extractf128_ps(q, 1))));
+		LanesAddAvx2(&dlo, &dhi, x, q);
 		/* codes do not overlap once shifted, so adding them ORs them */
 		c = _mm256_sllv_epi32(c, shifts);
 		w = _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
@@ -899,39 +940,33 @@ tv_quantize_row_avx2(const TvCodec *codec, float *y, uint8_t *code)
 			memcpy(code, &word, (n * bits + 7) / 8);
 		}
 	}
-	_mm256_storeu_pd(d, dlo);
-	_mm256_storeu_pd(d + 4, dhi);
-	return ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
+	return LanesTotalAvx2(dlo, dhi);
 }
 
 /*
- * tv_refine_row_scalar 8 coordinates a register: the cell by counting
- * thresholds, its lower end and step by permutes, the step index clamped
- * in floats before truncation (the same index), ytilde, and the products
- * into running sums i % 8 as tv_quantize_row_avx2 keeps them.
+ * tv_refine_row_scalar 8 coordinates a register: each y's cell, its lower
+ * end and step by permutes, the step index clamped in floats before
+ * truncation (the same index), ytilde, and the products into running sums
+ * i % 8 as tv_quantize_row_avx2 keeps them.
  */
 TV_AVX2 double
 tv_refine_row_avx2(const TvCodec *codec, const float *y, uint8_t *nib)
 {
 	int			bits = codec->bits;
-	int			nthr = (1 << bits) - 1;
 	int			dim = codec->dim;
 	float		lo[16];
 	float		step[16];
 	__m256		thr[15];
+	int			nthr = ThresholdsAvx2(codec, thr);
 	__m256		lo_lo,
 				lo_hi,
 				st_lo,
 				st_hi;
-	__m256i		seven = _mm256_set1_epi32(7);
 	__m256		zero = _mm256_setzero_ps();
 	__m256		fifteen = _mm256_set1_ps(15.0f);
 	__m256		half = _mm256_set1_ps(0.5f);
 	__m256d		dlo = _mm256_setzero_pd();
 	__m256d		dhi = _mm256_setzero_pd();
-	double		d[8];
-	int			i,
-				k;
 
 	memset(lo, 0, sizeof(lo));
 	memset(step, 0, sizeof(step));
@@ -940,54 +975,30 @@ tv_refine_row_avx2(const TvCodec *codec, const float *y, uint8_t *nib)
 	lo_hi = _mm256_loadu_ps(lo + 8);
 	st_lo = _mm256_loadu_ps(step);
 	st_hi = _mm256_loadu_ps(step + 8);
-	for (k = 0; k < nthr; k++)
-		thr[k] = _mm256_set1_ps(codec->thresholds[k]);
-	for (i = 0; i < dim; i += 8)
+	for (int i = 0; i < dim; i += 8)
 	{
 		int			n = dim - i < 8 ? dim - i : 8;
-		float		pad[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-		int32_t		f[8];
-		__m256		x;
-		__m256		l;
-		__m256		s;
-		__m256		pos;
-		__m256		fl;
-		__m256		yt;
-		__m256i		c = _mm256_setzero_si256();
+		__m256		x = LoadPaddedAvx2(y + i, n);
+		__m256i		c = CellsAvx2(x, thr, nthr);
+		__m256		l = Lookup16Avx2(lo_lo, lo_hi, c, bits);
+		__m256		s = Lookup16Avx2(st_lo, st_hi, c, bits);
+		__m256		pos = _mm256_div_ps(_mm256_sub_ps(x, l), s);
 		__m256i		fi;
+		int32_t		f[8];
+		int			k;
 
-		memcpy(pad, y + i, sizeof(float) * n);
-		x = _mm256_loadu_ps(pad);
-		for (k = 0; k < nthr; k++)
-			c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(x, thr[k], _CMP_GT_OQ)));
-		l = _mm256_permutevar8x32_ps(lo_lo, c);
-		s = _mm256_permutevar8x32_ps(st_lo, c);
-		if (bits == 4)
-		{
-			__m256		hi = _mm256_castsi256_ps(_mm256_cmpgt_epi32(c, seven));
-
-			l = _mm256_blendv_ps(l, _mm256_permutevar8x32_ps(lo_hi, c), hi);
-			s = _mm256_blendv_ps(s, _mm256_permutevar8x32_ps(st_hi, c), hi);
-		}
-		pos = _mm256_div_ps(_mm256_sub_ps(x, l), s);
 		/* >= 15: 15; > 0: truncated; else 0 (pos is never NaN) */
 		fi = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(pos, zero), fifteen));
-		fl = _mm256_cvtepi32_ps(fi);
-		yt = _mm256_add_ps(l, _mm256_mul_ps(_mm256_add_ps(fl, half), s));
-		/* the padding's products are zero, which changes no sum */
-		dlo = _mm256_add_pd(dlo, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)),
-											   _mm256_cvtps_pd(_mm256_castps256_ps128(yt))));
-		dhi = _mm256_add_pd(dhi, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)),
-											   _mm256_cvtps_pd(_mm256_extractf128_ps(yt, 1))));
+		/* ytilde; the padding's products are zero, which changes no sum */
+		LanesAddAvx2(&dlo, &dhi, x,
+					 _mm256_add_ps(l, _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(fi), half), s)));
 		_mm256_storeu_si256((__m256i *) f, fi);
 		for (k = 0; k + 1 < n; k += 2)
 			nib[(i + k) >> 1] = (uint8_t) (f[k] | (f[k + 1] << 4));
 		if (k < n)
 			nib[(i + k) >> 1] = (uint8_t) f[k];
 	}
-	_mm256_storeu_pd(d, dlo);
-	_mm256_storeu_pd(d + 4, dhi);
-	return ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
+	return LanesTotalAvx2(dlo, dhi);
 }
 
 #else							/* !TV_X86 */

@@ -97,7 +97,6 @@ void
 _PG_init(void)
 {
 	tv_kernels_init();
-	TvIvfInit();
 
 	tv_relopt_kind = add_reloption_kind();
 	add_int_reloption(tv_relopt_kind, "bits",

@@ -387,7 +387,6 @@ extern void TvApproxListDistances(const uint8 *codes, const float *scales, const
 								  float *dist);
 extern float *TvReadCentroids(Relation index, const TvMetaPageData *meta,
 							  TvListEntry **entries, MemoryContext cxt);
-extern void TvIvfInit(void);
 
 /* tvbuild.c */
 extern IndexBuildResult *tvbuild(Relation heap, Relation index, IndexInfo *indexInfo);

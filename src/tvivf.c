@@ -28,11 +28,6 @@
 
 #include <math.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define TV_IVF_X86 1
-#endif
-
 #include "commands/progress.h"
 #include "miscadmin.h"
 #include "optimizer/paths.h"
@@ -43,296 +38,14 @@
 
 #include "turbovec.h"
 
-typedef float (*TvVecFn) (const float *a, const float *b, int dim);
-
-static float
-DotScalar(const float *a, const float *b, int dim)
-{
-	float		s[4] = {0, 0, 0, 0};
-	int			i = 0;
-
-	for (; i + 4 <= dim; i += 4)
-	{
-		s[0] += a[i] * b[i];
-		s[1] += a[i + 1] * b[i + 1];
-		s[2] += a[i + 2] * b[i + 2];
-		s[3] += a[i + 3] * b[i + 3];
-	}
-	for (; i < dim; i++)
-		s[0] += a[i] * b[i];
-	return (s[0] + s[1]) + (s[2] + s[3]);
-}
-
-static float
-L2SqScalar(const float *a, const float *b, int dim)
-{
-	float		s[4] = {0, 0, 0, 0};
-	int			i = 0;
-
-	for (; i + 4 <= dim; i += 4)
-	{
-		float		d0 = a[i] - b[i];
-		float		d1 = a[i + 1] - b[i + 1];
-		float		d2 = a[i + 2] - b[i + 2];
-		float		d3 = a[i + 3] - b[i + 3];
-
-		s[0] += d0 * d0;
-		s[1] += d1 * d1;
-		s[2] += d2 * d2;
-		s[3] += d3 * d3;
-	}
-	for (; i < dim; i++)
-		s[0] += (a[i] - b[i]) * (a[i] - b[i]);
-	return (s[0] + s[1]) + (s[2] + s[3]);
-}
-
-#ifdef TV_IVF_X86
-__attribute__((target("avx2,fma")))
-static float
-HorizontalSum(__m256 v)
-{
-	__m128		lo = _mm256_castps256_ps128(v);
-	__m128		hi = _mm256_extractf128_ps(v, 1);
-
-	lo = _mm_add_ps(lo, hi);
-	lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-	lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
-	return _mm_cvtss_f32(lo);
-}
-
-__attribute__((target("avx2,fma")))
-static float
-DotAvx2(const float *a, const float *b, int dim)
-{
-	__m256		s0 = _mm256_setzero_ps();
-	__m256		s1 = _mm256_setzero_ps();
-	int			i = 0;
-	float		tail = 0;
-
-	for (; i + 16 <= dim; i += 16)
-	{
-		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-		s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-	}
-	for (; i + 8 <= dim; i += 8)
-		s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-	for (; i < dim; i++)
-		tail += a[i] * b[i];
-	return HorizontalSum(_mm256_add_ps(s0, s1)) + tail;
-}
-
-__attribute__((target("avx2,fma")))
-static float
-L2SqAvx2(const float *a, const float *b, int dim)
-{
-	__m256		s0 = _mm256_setzero_ps();
-	__m256		s1 = _mm256_setzero_ps();
-	int			i = 0;
-	float		tail = 0;
-
-	for (; i + 16 <= dim; i += 16)
-	{
-		__m256		d0 = _mm256_sub_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
-		__m256		d1 = _mm256_sub_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8));
-
-		s0 = _mm256_fmadd_ps(d0, d0, s0);
-		s1 = _mm256_fmadd_ps(d1, d1, s1);
-	}
-	for (; i + 8 <= dim; i += 8)
-	{
-		__m256		d0 = _mm256_sub_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i));
-
-		s0 = _mm256_fmadd_ps(d0, d0, s0);
-	}
-	for (; i < dim; i++)
-		tail += (a[i] - b[i]) * (a[i] - b[i]);
-	return HorizontalSum(_mm256_add_ps(s0, s1)) + tail;
-}
-
-/* int32 masks: loading 8 from (tail_mask + 8 - r) enables the first r lanes */
-static const int32 tail_mask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-
-/* out[0..7] = the horizontal sums of a0..a7, in one vector */
-__attribute__((target("avx2,fma")))
-static inline void
-Sum8(__m256 a0, __m256 a1, __m256 a2, __m256 a3,
-	 __m256 a4, __m256 a5, __m256 a6, __m256 a7, float *out)
-{
-	__m256		u0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-	__m256		u1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
-
-	/* u0 = [a0..a3 low halves | a0..a3 high halves], u1 likewise for a4..a7 */
-	_mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
-										_mm256_permute2f128_ps(u0, u1, 0x31)));
-}
-
-/* out[0..3] = the horizontal sums of a0..a3 */
-__attribute__((target("avx2,fma")))
-static inline void
-Sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3, float *out)
-{
-	__m256		u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-
-	_mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1)));
-}
-
-/*
- * Dot products of 4 vectors (x, stride dim) with 3 centroids (c, stride
- * dim) into out[4 * 3]: twelve accumulators share every load, so the tile
- * runs on the FMA units instead of on loads, which is what makes the
- * assignment of a whole table to hundreds of lists cheap.  A dimension that
- * is not a multiple of 8 ends with one masked step, and the twelve sums are
- * reduced together, which matters at 100 dimensions: there the scalar tail
- * and twelve separate horizontal sums cost as much as the products.
- */
-__attribute__((target("avx2,fma")))
-static void
-DotTileAvx2(const float *x, const float *c, int dim, float *out)
-{
-	const float *x0 = x,
-			   *x1 = x + dim,
-			   *x2 = x + 2 * dim,
-			   *x3 = x + 3 * dim;
-	const float *c0 = c,
-			   *c1 = c + dim,
-			   *c2 = c + 2 * dim;
-	__m256		a00 = _mm256_setzero_ps(),
-				a01 = _mm256_setzero_ps(),
-				a02 = _mm256_setzero_ps();
-	__m256		a10 = _mm256_setzero_ps(),
-				a11 = _mm256_setzero_ps(),
-				a12 = _mm256_setzero_ps();
-	__m256		a20 = _mm256_setzero_ps(),
-				a21 = _mm256_setzero_ps(),
-				a22 = _mm256_setzero_ps();
-	__m256		a30 = _mm256_setzero_ps(),
-				a31 = _mm256_setzero_ps(),
-				a32 = _mm256_setzero_ps();
-	int			i = 0;
-
-#define TV_TILE_STEP(LOAD) \
-	do { \
-		__m256		v0 = LOAD(c0 + i); \
-		__m256		v1 = LOAD(c1 + i); \
-		__m256		v2 = LOAD(c2 + i); \
-		__m256		xv; \
-		xv = LOAD(x0 + i); \
-		a00 = _mm256_fmadd_ps(xv, v0, a00); \
-		a01 = _mm256_fmadd_ps(xv, v1, a01); \
-		a02 = _mm256_fmadd_ps(xv, v2, a02); \
-		xv = LOAD(x1 + i); \
-		a10 = _mm256_fmadd_ps(xv, v0, a10); \
-		a11 = _mm256_fmadd_ps(xv, v1, a11); \
-		a12 = _mm256_fmadd_ps(xv, v2, a12); \
-		xv = LOAD(x2 + i); \
-		a20 = _mm256_fmadd_ps(xv, v0, a20); \
-		a21 = _mm256_fmadd_ps(xv, v1, a21); \
-		a22 = _mm256_fmadd_ps(xv, v2, a22); \
-		xv = LOAD(x3 + i); \
-		a30 = _mm256_fmadd_ps(xv, v0, a30); \
-		a31 = _mm256_fmadd_ps(xv, v1, a31); \
-		a32 = _mm256_fmadd_ps(xv, v2, a32); \
-	} while (0)
-
-	for (; i + 8 <= dim; i += 8)
-		TV_TILE_STEP(_mm256_loadu_ps);
-	if (i < dim)
-	{
-		__m256i		mask = _mm256_loadu_si256((const __m256i *) (tail_mask + 8 - (dim - i)));
-
-#define TV_MASKED_LOAD(p) _mm256_maskload_ps((p), mask)
-		TV_TILE_STEP(TV_MASKED_LOAD);
-#undef TV_MASKED_LOAD
-	}
-#undef TV_TILE_STEP
-
-	Sum8(a00, a01, a02, a10, a11, a12, a20, a21, out);
-	Sum4(a22, a30, a31, a32, out + 8);
-}
-
-/* Squared distances from c to 4 vectors (x, stride dim) into out[4] */
-__attribute__((target("avx2,fma")))
-static void
-L2SqTileAvx2(const float *c, const float *x, int dim, float *out)
-{
-	__m256		a0 = _mm256_setzero_ps(),
-				a1 = _mm256_setzero_ps(),
-				a2 = _mm256_setzero_ps(),
-				a3 = _mm256_setzero_ps();
-	int			i = 0;
-
-#define TV_L2_STEP(LOAD) \
-	do { \
-		__m256		cv = LOAD(c + i); \
-		__m256		d0 = _mm256_sub_ps(LOAD(x + i), cv); \
-		__m256		d1 = _mm256_sub_ps(LOAD(x + dim + i), cv); \
-		__m256		d2 = _mm256_sub_ps(LOAD(x + 2 * dim + i), cv); \
-		__m256		d3 = _mm256_sub_ps(LOAD(x + 3 * dim + i), cv); \
-		a0 = _mm256_fmadd_ps(d0, d0, a0); \
-		a1 = _mm256_fmadd_ps(d1, d1, a1); \
-		a2 = _mm256_fmadd_ps(d2, d2, a2); \
-		a3 = _mm256_fmadd_ps(d3, d3, a3); \
-	} while (0)
-
-	for (; i + 8 <= dim; i += 8)
-		TV_L2_STEP(_mm256_loadu_ps);
-	if (i < dim)
-	{
-		__m256i		mask = _mm256_loadu_si256((const __m256i *) (tail_mask + 8 - (dim - i)));
-
-#define TV_MASKED_LOAD(p) _mm256_maskload_ps((p), mask)
-		TV_L2_STEP(TV_MASKED_LOAD);
-#undef TV_MASKED_LOAD
-	}
-#undef TV_L2_STEP
-	Sum4(a0, a1, a2, a3, out);
-}
-#endif
-
-typedef void (*TvTileFn) (const float *x, const float *c, int dim, float *out);
-
-static void
-DotTileScalar(const float *x, const float *c, int dim, float *out)
-{
-	for (int a = 0; a < 4; a++)
-		for (int b = 0; b < 3; b++)
-			out[a * 3 + b] = DotScalar(x + (Size) a * dim, c + (Size) b * dim, dim);
-}
-
-static void
-L2SqTileScalar(const float *c, const float *x, int dim, float *out)
-{
-	for (int a = 0; a < 4; a++)
-		out[a] = L2SqScalar(c, x + (Size) a * dim, dim);
-}
-
-static TvVecFn Dot = DotScalar;
-static TvVecFn L2Sq = L2SqScalar;
-static TvTileFn DotTile = DotTileScalar;
-static TvTileFn L2SqTile = L2SqTileScalar;
-
-/* Pick the dot-product kernels once, from _PG_init */
-void
-TvIvfInit(void)
-{
-#ifdef TV_IVF_X86
-	if (tv_kernels_have_avx2())
-	{
-		Dot = DotAvx2;
-		L2Sq = L2SqAvx2;
-		DotTile = DotTileAvx2;
-		L2SqTile = L2SqTileAvx2;
-	}
-#endif
-}
 
 /* Smaller is closer, for every metric */
 static inline float
 ListDistance(const float *c, int dim, TvMetric metric, const float *x)
 {
 	if (metric == TV_METRIC_L2)
-		return L2Sq(c, x, dim);
-	return -Dot(c, x, dim);
+		return tv_l2sq(c, x, dim);
+	return -tv_dot(c, x, dim);
 }
 
 /* ||c||^2 of each centroid, for TvNearestLists under L2 */
@@ -342,7 +55,7 @@ TvCentroidNorms(const float *centroids, int lists, int dim)
 	float	   *norms = palloc(sizeof(float) * lists);
 
 	for (int j = 0; j < lists; j++)
-		norms[j] = Dot(centroids + (Size) j * dim, centroids + (Size) j * dim, dim);
+		norms[j] = tv_dot(centroids + (Size) j * dim, centroids + (Size) j * dim, dim);
 	return norms;
 }
 
@@ -399,18 +112,18 @@ TvNearestLists(const float *centroids, const float *cnorms, int lists, int dim,
 
 			for (; a + 4 <= rows; a += 4)
 			{
-				DotTile(x + (Size) a * dim, c, dim, dots);
+				tv_dot_tile(x + (Size) a * dim, c, dim, dots);
 				for (int i = 0; i < 4; i++)
 					for (int b = 0; b < 3; b++)
 						TV_CONSIDER(a + i, j + b, dots[i * 3 + b]);
 			}
 			for (; a < rows; a++)
 				for (int b = 0; b < 3; b++)
-					TV_CONSIDER(a, j + b, Dot(x + (Size) a * dim, c + (Size) b * dim, dim));
+					TV_CONSIDER(a, j + b, tv_dot(x + (Size) a * dim, c + (Size) b * dim, dim));
 		}
 		for (; j < lists; j++)
 			for (int a = 0; a < rows; a++)
-				TV_CONSIDER(a, j, Dot(x + (Size) a * dim, centroids + (Size) j * dim, dim));
+				TV_CONSIDER(a, j, tv_dot(x + (Size) a * dim, centroids + (Size) j * dim, dim));
 #undef TV_CONSIDER
 	}
 }
@@ -432,7 +145,7 @@ TvNearestLists(const float *centroids, const float *cnorms, int lists, int dim,
  * search: a group centre says little about which of its members has the
  * largest product with a vector.
  *
- * Every product goes through DotTile, whose value for a pair does not
+ * Every product goes through tv_dot_tile, whose value for a pair does not
  * depend on the other rows or centroids of its tile, so a vector's list
  * does not depend on the batch it came in: serial and parallel builds lay
  * out the same pages.
@@ -461,6 +174,7 @@ struct TvListAssigner
 	int		   *members;		/* list numbers, group by group, each padded to 3s */
 	float	   *mcent;			/* their centroids, in that order */
 	float	   *mnorm;
+	TvTileFn	tile;			/* tv_dot_tile_aligned when dim allows */
 	/* scratch for one chunk of rows */
 	float	   *rows;			/* the chunk, padded to a multiple of 4 rows */
 	float	   *grows;			/* the chunk's rows that probe one group */
@@ -472,11 +186,35 @@ struct TvListAssigner
 };
 
 /*
+ * n floats starting on a TV_TILE_ALIGN boundary, in CurrentMemoryContext;
+ * freed with the context only
+ */
+static float *
+AllocAlignedFloats(Size n)
+{
+	char	   *p = palloc_extended(sizeof(float) * n + TV_TILE_ALIGN, MCXT_ALLOC_HUGE);
+
+	return (float *) TYPEALIGN(TV_TILE_ALIGN, p);
+}
+
+/*
+ * The tile kernel for rows in buffers from AllocAlignedFloats: every row
+ * starts on a boundary when dim is a multiple of 16.  Chosen by dim alone,
+ * so a pair's product is the same in every process and call.
+ */
+static TvTileFn
+AlignedTile(int dim)
+{
+	return (dim % (TV_TILE_ALIGN / sizeof(float)) == 0) ? tv_dot_tile_aligned : tv_dot_tile;
+}
+
+/*
  * out[r * nc + k] = <x_r, c_k> for nr rows (a multiple of 4) and nc
- * centroids (a multiple of 3), all through DotTile
+ * centroids (a multiple of 3), all through tile
  */
 static void
-TileDots(const float *x, int nr, const float *c, int nc, int dim, float *out)
+TileDots(TvTileFn tile, const float *x, int nr, const float *c, int nc, int dim,
+		 float *out)
 {
 	float		t[12];
 
@@ -484,7 +222,7 @@ TileDots(const float *x, int nr, const float *c, int nc, int dim, float *out)
 	for (int a = 0; a < nr; a += 4)
 		for (int b = 0; b < nc; b += 3)
 		{
-			DotTile(x + (Size) a * dim, c + (Size) b * dim, dim, t);
+			tile(x + (Size) a * dim, c + (Size) b * dim, dim, t);
 			for (int i = 0; i < 4; i++)
 				for (int k = 0; k < 3; k++)
 					out[(Size) (a + i) * nc + b + k] = t[i * 3 + k];
@@ -544,7 +282,7 @@ TvListAssignerCreate(const float *centroids, const float *cnorms, int lists, int
 	ng = (int) ceil(sqrt((double) lists));
 	la->ngroups = ng;
 	la->gpad = (ng + 2) / 3 * 3;
-	la->gcent = palloc_extended(sizeof(float) * dim * la->gpad, MCXT_ALLOC_HUGE);
+	la->gcent = AllocAlignedFloats((Size) dim * la->gpad);
 	groupof = palloc(sizeof(int) * lists);
 	sums = palloc_extended(sizeof(double) * dim * ng, MCXT_ALLOC_HUGE);
 
@@ -611,7 +349,7 @@ TvListAssignerCreate(const float *centroids, const float *cnorms, int lists, int
 	}
 	la->gstart[ng] = at;
 	la->members = palloc(sizeof(int) * at);
-	la->mcent = palloc_extended(sizeof(float) * dim * at, MCXT_ALLOC_HUGE);
+	la->mcent = AllocAlignedFloats((Size) dim * at);
 	la->mnorm = palloc(sizeof(float) * at);
 	{
 		int		   *next = palloc(sizeof(int) * ng);
@@ -633,8 +371,9 @@ TvListAssignerCreate(const float *centroids, const float *cnorms, int lists, int
 	}
 	pfree(groupof);
 
-	la->rows = palloc_extended(sizeof(float) * dim * (TV_GROUP_CHUNK + 3), MCXT_ALLOC_HUGE);
-	la->grows = palloc_extended(sizeof(float) * dim * (TV_GROUP_CHUNK + 3), MCXT_ALLOC_HUGE);
+	la->rows = AllocAlignedFloats((Size) dim * (TV_GROUP_CHUNK + 3));
+	la->grows = AllocAlignedFloats((Size) dim * (TV_GROUP_CHUNK + 3));
+	la->tile = AlignedTile(dim);
 	la->dots = palloc_extended(sizeof(float) * (TV_GROUP_CHUNK + 3) * Max(maxpad, la->gpad),
 							   MCXT_ALLOC_HUGE);
 	la->picks = palloc(sizeof(int) * TV_GROUP_CHUNK * TV_GROUP_PROBES);
@@ -679,7 +418,7 @@ AssignChunk(TvListAssigner *la, const float *xs, int m, int *out)
 	int			mpad = PadRows(la->rows, xs, m, dim);
 
 	/* the TV_GROUP_PROBES nearest non-empty groups of each row */
-	TileDots(la->rows, mpad, la->gcent, la->gpad, dim, la->dots);
+	TileDots(la->tile, la->rows, mpad, la->gcent, la->gpad, dim, la->dots);
 	for (int r = 0; r < m; r++)
 	{
 		float		pd[TV_GROUP_PROBES];
@@ -743,7 +482,8 @@ AssignChunk(TvListAssigner *la, const float *xs, int m, int *out)
 			memcpy(la->grows + (Size) i * dim, la->rows + (Size) la->byg[from + i] * dim,
 				   sizeof(float) * dim);
 		cpad = PadRows(la->grows, la->grows, cnt, dim);
-		TileDots(la->grows, cpad, la->mcent + (Size) la->gstart[g] * dim, nmem, dim, la->dots);
+		TileDots(la->tile, la->grows, cpad, la->mcent + (Size) la->gstart[g] * dim, nmem,
+				 dim, la->dots);
 		for (int i = 0; i < cnt; i++)
 		{
 			int			r = la->byg[from + i];
@@ -848,7 +588,7 @@ TvApproxListDistances(const uint8 *codes, const float *scales, const float *cnor
 		qsum += q8[i];
 	}
 	if (metric == TV_METRIC_L2)
-		qnorm2 = Dot(q, q, dim);
+		qnorm2 = tv_dot(q, q, dim);
 	for (int j = 0; j < lists; j++)
 	{
 		int32		k_q = tv_rank_dot(codes + (Size) j * dim, q8, dim) - 128 * qsum;
@@ -870,7 +610,7 @@ TvListDistance(const float *centroids, int dim, TvMetric metric, const float *q,
 float
 TvCentroidDot(const float *centroids, int dim, int list, const float *q)
 {
-	return Dot(centroids + (Size) list * dim, q, dim);
+	return tv_dot(centroids + (Size) list * dim, q, dim);
 }
 
 void
@@ -941,7 +681,7 @@ LowerDistances(const float *c, const float *xs, int n, int dim, double *d2, int 
 			SeedCannotLower(cc[near[i + 2]], d2[i + 2]) &&
 			SeedCannotLower(cc[near[i + 3]], d2[i + 3]))
 			continue;
-		L2SqTile(c, xs + (Size) i * dim, dim, d);
+		tv_l2sq_tile(c, xs + (Size) i * dim, dim, d);
 		for (int a = 0; a < 4; a++)
 			if (j == 0 || d[a] < d2[i + a])
 			{
@@ -955,7 +695,7 @@ LowerDistances(const float *c, const float *xs, int n, int dim, double *d2, int 
 
 		if (j > 0 && SeedCannotLower(cc[near[i]], d2[i]))
 			continue;
-		v = L2Sq(c, xs + (Size) i * dim, dim);
+		v = tv_l2sq(c, xs + (Size) i * dim, dim);
 		if (j == 0 || v < d2[i])
 		{
 			d2[i] = v;
@@ -1089,7 +829,7 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 				pick = (int) (NextRandom(&rng) % (uint64) pool);
 			memcpy(c, in->samples + (Size) pick * dim, sizeof(float) * dim);
 			for (int k = 0; k < j; k++)
-				cc[k] = L2Sq(c, centroids + (Size) k * dim, dim);
+				cc[k] = tv_l2sq(c, centroids + (Size) k * dim, dim);
 			LowerDistances(c, in->samples, pool, dim, d2, near, j, cc);
 			CHECK_FOR_INTERRUPTS();
 		}

@@ -20,7 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Expected scores are computed as the kernels do: no fused multiply-add */
 #ifdef __clang__
@@ -1179,6 +1181,164 @@ GetRankKernels(RankKernel *k)
 	k[3] = (RankKernel) {"avx512vnni", tv_rank_dot_avx512vnni, tv_kernels_have_avx512vnni()};
 }
 
+/* ---------- float products for lists ---------- */
+
+typedef struct FloatKernels
+{
+	const char *name;
+	TvTileFn	dot_tile;
+	TvTileFn	l2sq_tile;
+	bool		present;
+} FloatKernels;
+
+/*
+ * n bytes ending where a PROT_NONE page begins: a kernel reading past the
+ * last vector faults instead of passing.  Freed with GuardedFree.
+ */
+static float *
+GuardedAlloc(size_t n, void **base, size_t *len)
+{
+	size_t		page = (size_t) sysconf(_SC_PAGESIZE);
+	size_t		body = (n + page - 1) / page * page;
+	char	   *p = mmap(NULL, body + page, PROT_READ | PROT_WRITE,
+						 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED || mprotect(p + body, page, PROT_NONE) != 0)
+	{
+		fprintf(stderr, "mmap failed\n");
+		exit(2);
+	}
+	*base = p;
+	*len = body + page;
+	return (float *) (p + body - n);
+}
+
+/*
+ * Every version of the dot-product and squared-distance tiles:
+ * - on small integers, whose sums are exact in float, each gives the
+ *   exact value, which catches a lost or repeated coordinate at any
+ *   dimension, the masked tail included;
+ * - on normal values, each is within its summation error of a double sum;
+ * - a pair's value does not depend on the tile's other rows and centroids
+ *   or on their order (bit-identical), which the build relies on for
+ *   serial and parallel builds to lay out the same lists.
+ * The vectors end at a guard page, so reading past them fails.
+ */
+static void
+TestFloatKernels(void)
+{
+	static const int dims[] = {1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64,
+	65, 100, 127, 255, 768, 784, 1000, 1536, 3072, 16000};
+	FloatKernels k[3];
+	size_t		d;
+
+	k[0] = (FloatKernels) {"scalar", tv_dot_tile_scalar, tv_l2sq_tile_scalar, true};
+	k[1] = (FloatKernels) {"avx2", tv_dot_tile_avx2, tv_l2sq_tile_avx2, tv_kernels_have_avx2()};
+	/* AVX-512 has the dot-product tile only */
+	k[2] = (FloatKernels) {"avx512", tv_dot_tile_avx512, tv_l2sq_tile_scalar,
+	tv_kernels_have_avx512f()};
+
+	for (d = 0; d < sizeof(dims) / sizeof(dims[0]); d++)
+	{
+		int			dim = dims[d];
+		void	   *xbase,
+				   *cbase;
+		size_t		xlen,
+					clen;
+		/* 7 rows and 5 centroids: tiles take 4 and 3 of them */
+		float	   *x = GuardedAlloc(sizeof(float) * 7 * dim, &xbase, &xlen);
+		float	   *c = GuardedAlloc(sizeof(float) * 5 * dim, &cbase, &clen);
+		float	   *xs = x + (size_t) 3 * dim;	/* the last 4 rows */
+		float	   *cs = c + (size_t) 2 * dim;	/* the last 3 centroids */
+		float	   *rev = Alloc(sizeof(float) * 7 * dim);
+		int			kk;
+
+		TestSeed(1009 + dim);
+		for (int pass = 0; pass < 2; pass++)
+		{
+			bool		exact = (pass == 0);
+
+			for (int i = 0; i < 7 * dim; i++)
+				x[i] = exact ? (float) ((int) (TestNext() % 17) - 8) : TestNormal();
+			for (int i = 0; i < 5 * dim; i++)
+				c[i] = exact ? (float) ((int) (TestNext() % 17) - 8) : TestNormal();
+
+			for (kk = 0; kk < 3; kk++)
+			{
+				float		dots[12],
+							dots2[12],
+							l2[4],
+							l22[4];
+				int			bad = 0,
+							moved = 0;
+
+				if (!k[kk].present)
+					continue;
+				k[kk].dot_tile(xs, cs, dim, dots);
+				for (int a = 0; a < 4; a++)
+				{
+					k[kk].l2sq_tile(cs + (size_t) a % 3 * dim, xs, dim, l2);
+					for (int b = 0; b < 3; b++)
+					{
+						const float *xr = xs + (size_t) a * dim;
+						const float *cr = cs + (size_t) b * dim;
+						double		dot = 0,
+									mag = 0;
+
+						for (int i = 0; i < dim; i++)
+						{
+							dot += (double) xr[i] * cr[i];
+							mag += fabs((double) xr[i] * cr[i]);
+						}
+						/* recursive summation in at most dim steps per lane */
+						if (exact ? dots[a * 3 + b] != (float) dot :
+							fabs(dots[a * 3 + b] - dot) > (dim + 16) * FLT_EPSILON * mag + 1e-30)
+							bad++;
+					}
+					for (int r = 0; r < 4; r++)
+					{
+						const float *xr = xs + (size_t) r * dim;
+						const float *cr = cs + (size_t) a % 3 * dim;
+						double		l = 0;
+
+						for (int i = 0; i < dim; i++)
+							l += ((double) xr[i] - cr[i]) * ((double) xr[i] - cr[i]);
+						if (exact ? l2[r] != (float) l :
+							fabs(l2[r] - l) > (dim + 16) * FLT_EPSILON * l + 1e-30)
+							bad++;
+					}
+				}
+				Check(bad == 0, "%s float tiles, dim %d, %s values: %d of 28 products wrong",
+					  k[kk].name, dim, exact ? "integer" : "normal", bad);
+
+				/*
+				 * The same pairs in other tiles: the rows and the centroids
+				 * copied in reverse order, and for the squared distances
+				 * rows 0-3, which end with xs's first row
+				 */
+				for (int a = 0; a < 4; a++)
+					memcpy(rev + (size_t) (3 - a) * dim, xs + (size_t) a * dim, sizeof(float) * dim);
+				for (int b = 0; b < 3; b++)
+					memcpy(rev + (size_t) (6 - b) * dim, cs + (size_t) b * dim, sizeof(float) * dim);
+				k[kk].dot_tile(rev, rev + (size_t) 4 * dim, dim, dots2);
+				for (int a = 0; a < 4; a++)
+					for (int b = 0; b < 3; b++)
+						if (memcmp(&dots[a * 3 + b], &dots2[(3 - a) * 3 + 2 - b], sizeof(float)) != 0)
+							moved++;
+				/* l2 holds the last centroid tried, cs's first (3 % 3), against xs */
+				k[kk].l2sq_tile(cs, x, dim, l22);
+				if (memcmp(&l2[0], &l22[3], sizeof(float)) != 0)
+					moved++;
+				Check(moved == 0, "%s float tiles, dim %d: a pair's value depends on its tile",
+					  k[kk].name, dim);
+			}
+		}
+		free(rev);
+		munmap(xbase, xlen);
+		munmap(cbase, clen);
+	}
+}
+
 /* ---------- timings (bench mode only) ---------- */
 
 static double
@@ -1732,6 +1892,7 @@ main(int argc, char **argv)
 	TestRefineKernels();
 	TestLutKernels();
 	TestRankKernels();
+	TestFloatKernels();
 
 	printf("codec: %d passed, %d failed\n", npassed, nfailed);
 	return nfailed ? 1 : 0;

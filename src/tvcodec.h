@@ -273,10 +273,10 @@ extern bool tv_kernels_have_avx512vnni(void);
 
 /*
  * Float products for lists (tvivf.c): <a, b> and ||a - b||^2 of two
- * vectors; tiles of 4 rows (x, stride dim) by 3 centroids (c, stride dim),
- * out[row * 3 + centroid], and of one centroid c by 4 rows, out[row].  A
- * tile's value for a pair does not depend on its other rows or centroids;
- * versions may round differently from each other.
+ * vectors, and a tile of the products of 4 rows (x, stride dim) with 3
+ * centroids (c, stride dim) into out[row * 3 + centroid].  A tile's value
+ * for a pair does not depend on its other rows or centroids; versions may
+ * round differently from each other.
  */
 typedef float (*TvPairFn) (const float *a, const float *b, int dim);
 typedef void (*TvTileFn) (const float *x, const float *c, int dim, float *out);
@@ -284,11 +284,9 @@ typedef void (*TvTileFn) (const float *x, const float *c, int dim, float *out);
 extern TvPairFn tv_dot;
 extern TvPairFn tv_l2sq;
 extern TvTileFn tv_dot_tile;
-extern TvTileFn tv_l2sq_tile;
 /*
- * The dot-product tile for rows that start on 64-byte boundaries (x, c and
- * every row: dim a multiple of 16), where AVX-512 is faster; elsewhere it
- * is slower.
+ * The tile for rows that start on 64-byte boundaries (x, c and every row:
+ * dim a multiple of 16), where AVX-512 is faster; elsewhere it is slower.
  * Which of the two a caller uses must not depend on where its data lies,
  * or the same pair could round differently from call to call.
  */
@@ -301,8 +299,6 @@ extern float tv_l2sq_avx2(const float *a, const float *b, int dim);
 extern void tv_dot_tile_scalar(const float *x, const float *c, int dim, float *out);
 extern void tv_dot_tile_avx2(const float *x, const float *c, int dim, float *out);
 extern void tv_dot_tile_avx512(const float *x, const float *c, int dim, float *out);
-extern void tv_l2sq_tile_scalar(const float *c, const float *x, int dim, float *out);
-extern void tv_l2sq_tile_avx2(const float *c, const float *x, int dim, float *out);
 extern bool tv_kernels_have_avx512f(void);
 
 /* Pick the fastest kernel this CPU supports; call once at load */

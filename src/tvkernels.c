@@ -51,7 +51,6 @@ TvRefineRowFn tv_refine_row = tv_refine_row_scalar;
 TvPairFn	tv_dot = tv_dot_scalar;
 TvPairFn	tv_l2sq = tv_l2sq_scalar;
 TvTileFn	tv_dot_tile = tv_dot_tile_scalar;
-TvTileFn	tv_l2sq_tile = tv_l2sq_tile_scalar;
 TvTileFn	tv_dot_tile_aligned = tv_dot_tile_scalar;
 
 int32_t
@@ -194,13 +193,6 @@ tv_dot_tile_scalar(const float *x, const float *c, int dim, float *out)
 	for (int a = 0; a < 4; a++)
 		for (int b = 0; b < 3; b++)
 			out[a * 3 + b] = tv_dot_scalar(x + (size_t) a * dim, c + (size_t) b * dim, dim);
-}
-
-void
-tv_l2sq_tile_scalar(const float *c, const float *x, int dim, float *out)
-{
-	for (int a = 0; a < 4; a++)
-		out[a] = tv_l2sq_scalar(c, x + (size_t) a * dim, dim);
 }
 
 #ifdef TV_X86
@@ -1238,44 +1230,6 @@ tv_dot_tile_avx2(const float *x, const float *c, int dim, float *out)
 	Sum4(a22, a30, a31, a32, out + 8);
 }
 
-/* Squared distances from c to 4 vectors (x, stride dim) into out[4] */
-TV_AVX2_FMA
-void
-tv_l2sq_tile_avx2(const float *c, const float *x, int dim, float *out)
-{
-	__m256		a0 = _mm256_setzero_ps(),
-				a1 = _mm256_setzero_ps(),
-				a2 = _mm256_setzero_ps(),
-				a3 = _mm256_setzero_ps();
-	int			i = 0;
-
-#define TV_L2_STEP(LOAD) \
-	do { \
-		__m256		cv = LOAD(c + i); \
-		__m256		d0 = _mm256_sub_ps(LOAD(x + i), cv); \
-		__m256		d1 = _mm256_sub_ps(LOAD(x + dim + i), cv); \
-		__m256		d2 = _mm256_sub_ps(LOAD(x + 2 * dim + i), cv); \
-		__m256		d3 = _mm256_sub_ps(LOAD(x + 3 * dim + i), cv); \
-		a0 = _mm256_fmadd_ps(d0, d0, a0); \
-		a1 = _mm256_fmadd_ps(d1, d1, a1); \
-		a2 = _mm256_fmadd_ps(d2, d2, a2); \
-		a3 = _mm256_fmadd_ps(d3, d3, a3); \
-	} while (0)
-
-	for (; i + 8 <= dim; i += 8)
-		TV_L2_STEP(_mm256_loadu_ps);
-	if (i < dim)
-	{
-		__m256i		mask = _mm256_loadu_si256((const __m256i *) (tail_mask + 8 - (dim - i)));
-
-#define TV_MASKED_LOAD(p) _mm256_maskload_ps((p), mask)
-		TV_L2_STEP(TV_MASKED_LOAD);
-#undef TV_MASKED_LOAD
-	}
-#undef TV_L2_STEP
-	Sum4(a0, a1, a2, a3, out);
-}
-
 /*
  * CPU supports AVX-512F and the OS saves the opmask and ZMM state (XCR0
  * bits 5-7) besides the YMM state
@@ -1482,12 +1436,6 @@ tv_dot_tile_avx2(const float *x, const float *c, int dim, float *out)
 	tv_dot_tile_scalar(x, c, dim, out);
 }
 
-void
-tv_l2sq_tile_avx2(const float *c, const float *x, int dim, float *out)
-{
-	tv_l2sq_tile_scalar(c, x, dim, out);
-}
-
 bool
 tv_kernels_have_avx512f(void)
 {
@@ -1524,7 +1472,6 @@ tv_kernels_init(void)
 	tv_dot = avx2 ? tv_dot_avx2 : tv_dot_scalar;
 	tv_l2sq = avx2 ? tv_l2sq_avx2 : tv_l2sq_scalar;
 	tv_dot_tile = avx2 ? tv_dot_tile_avx2 : tv_dot_tile_scalar;
-	tv_l2sq_tile = avx2 ? tv_l2sq_tile_avx2 : tv_l2sq_tile_scalar;
 	tv_dot_tile_aligned = tv_dot_tile;
 	if (tv_kernels_have_avx512f())
 		tv_dot_tile_aligned = tv_dot_tile_avx512;

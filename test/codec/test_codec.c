@@ -1186,14 +1186,15 @@ GetRankKernels(RankKernel *k)
 typedef struct FloatKernels
 {
 	const char *name;
+	TvPairFn	dot;
+	TvPairFn	l2sq;
 	TvTileFn	dot_tile;
-	TvTileFn	l2sq_tile;
 	bool		present;
 } FloatKernels;
 
 /*
- * n bytes ending where a PROT_NONE page begins: a kernel reading past the
- * last vector faults instead of passing.  Freed with GuardedFree.
+ * n bytes ending where a PROT_NONE page begins, so that a kernel reading
+ * past the last vector faults instead of passing; munmap(*base, *len)
  */
 static float *
 GuardedAlloc(size_t n, void **base, size_t *len)
@@ -1214,14 +1215,15 @@ GuardedAlloc(size_t n, void **base, size_t *len)
 }
 
 /*
- * Every version of the dot-product and squared-distance tiles:
+ * Every version of the float products (AVX-512 has its own tile only):
  * - on small integers, whose sums are exact in float, each gives the
  *   exact value, which catches a lost or repeated coordinate at any
- *   dimension, the masked tail included;
+ *   dimension, the masked tails included;
  * - on normal values, each is within its summation error of a double sum;
- * - a pair's value does not depend on the tile's other rows and centroids
- *   or on their order (bit-identical), which the build relies on for
- *   serial and parallel builds to lay out the same lists.
+ * - a tile's value for a pair does not depend on the tile's other rows and
+ *   centroids, their order or their addresses (bit-identical), which the
+ *   build relies on for serial and parallel builds to lay out the same
+ *   lists.
  * The vectors end at a guard page, so reading past them fails.
  */
 static void
@@ -1232,10 +1234,10 @@ TestFloatKernels(void)
 	FloatKernels k[3];
 	size_t		d;
 
-	k[0] = (FloatKernels) {"scalar", tv_dot_tile_scalar, tv_l2sq_tile_scalar, true};
-	k[1] = (FloatKernels) {"avx2", tv_dot_tile_avx2, tv_l2sq_tile_avx2, tv_kernels_have_avx2()};
-	/* AVX-512 has the dot-product tile only */
-	k[2] = (FloatKernels) {"avx512", tv_dot_tile_avx512, tv_l2sq_tile_scalar,
+	k[0] = (FloatKernels) {"scalar", tv_dot_scalar, tv_l2sq_scalar, tv_dot_tile_scalar, true};
+	k[1] = (FloatKernels) {"avx2", tv_dot_avx2, tv_l2sq_avx2, tv_dot_tile_avx2,
+	tv_kernels_have_avx2()};
+	k[2] = (FloatKernels) {"avx512", tv_dot_avx2, tv_l2sq_avx2, tv_dot_tile_avx512,
 	tv_kernels_have_avx512f()};
 
 	for (d = 0; d < sizeof(dims) / sizeof(dims[0]); d++)
@@ -1245,11 +1247,9 @@ TestFloatKernels(void)
 				   *cbase;
 		size_t		xlen,
 					clen;
-		/* 7 rows and 5 centroids: tiles take 4 and 3 of them */
-		float	   *x = GuardedAlloc(sizeof(float) * 7 * dim, &xbase, &xlen);
-		float	   *c = GuardedAlloc(sizeof(float) * 5 * dim, &cbase, &clen);
-		float	   *xs = x + (size_t) 3 * dim;	/* the last 4 rows */
-		float	   *cs = c + (size_t) 2 * dim;	/* the last 3 centroids */
+		/* 4 rows and 3 centroids, each block ending at a guard page */
+		float	   *x = GuardedAlloc(sizeof(float) * 4 * dim, &xbase, &xlen);
+		float	   *c = GuardedAlloc(sizeof(float) * 3 * dim, &cbase, &clen);
 		float	   *rev = Alloc(sizeof(float) * 7 * dim);
 		int			kk;
 
@@ -1258,77 +1258,64 @@ TestFloatKernels(void)
 		{
 			bool		exact = (pass == 0);
 
-			for (int i = 0; i < 7 * dim; i++)
+			for (int i = 0; i < 4 * dim; i++)
 				x[i] = exact ? (float) ((int) (TestNext() % 17) - 8) : TestNormal();
-			for (int i = 0; i < 5 * dim; i++)
+			for (int i = 0; i < 3 * dim; i++)
 				c[i] = exact ? (float) ((int) (TestNext() % 17) - 8) : TestNormal();
 
 			for (kk = 0; kk < 3; kk++)
 			{
 				float		dots[12],
-							dots2[12],
-							l2[4],
-							l22[4];
+							dots2[12];
 				int			bad = 0,
 							moved = 0;
 
 				if (!k[kk].present)
 					continue;
-				k[kk].dot_tile(xs, cs, dim, dots);
+				k[kk].dot_tile(x, c, dim, dots);
 				for (int a = 0; a < 4; a++)
-				{
-					k[kk].l2sq_tile(cs + (size_t) a % 3 * dim, xs, dim, l2);
 					for (int b = 0; b < 3; b++)
 					{
-						const float *xr = xs + (size_t) a * dim;
-						const float *cr = cs + (size_t) b * dim;
+						const float *xr = x + (size_t) a * dim;
+						const float *cr = c + (size_t) b * dim;
 						double		dot = 0,
+									l2 = 0,
 									mag = 0;
+						/* recursive summation: at most dim terms a lane */
+						double		slack = (dim + 16) * FLT_EPSILON;
+						float		got[3];
 
 						for (int i = 0; i < dim; i++)
 						{
 							dot += (double) xr[i] * cr[i];
 							mag += fabs((double) xr[i] * cr[i]);
+							l2 += ((double) xr[i] - cr[i]) * ((double) xr[i] - cr[i]);
 						}
-						/* recursive summation in at most dim steps per lane */
-						if (exact ? dots[a * 3 + b] != (float) dot :
-							fabs(dots[a * 3 + b] - dot) > (dim + 16) * FLT_EPSILON * mag + 1e-30)
-							bad++;
-					}
-					for (int r = 0; r < 4; r++)
-					{
-						const float *xr = xs + (size_t) r * dim;
-						const float *cr = cs + (size_t) a % 3 * dim;
-						double		l = 0;
+						got[0] = dots[a * 3 + b];
+						got[1] = k[kk].dot(xr, cr, dim);
+						got[2] = k[kk].l2sq(cr, xr, dim);
+						for (int g = 0; g < 3; g++)
+						{
+							double		want = (g == 2) ? l2 : dot;
+							double		tol = slack * ((g == 2) ? l2 : mag) + 1e-30;
 
-						for (int i = 0; i < dim; i++)
-							l += ((double) xr[i] - cr[i]) * ((double) xr[i] - cr[i]);
-						if (exact ? l2[r] != (float) l :
-							fabs(l2[r] - l) > (dim + 16) * FLT_EPSILON * l + 1e-30)
-							bad++;
+							if (exact ? got[g] != (float) want : fabs(got[g] - want) > tol)
+								bad++;
+						}
 					}
-				}
-				Check(bad == 0, "%s float tiles, dim %d, %s values: %d of 28 products wrong",
+				Check(bad == 0, "%s float products, dim %d, %s values: %d of 36 wrong",
 					  k[kk].name, dim, exact ? "integer" : "normal", bad);
 
-				/*
-				 * The same pairs in other tiles: the rows and the centroids
-				 * copied in reverse order, and for the squared distances
-				 * rows 0-3, which end with xs's first row
-				 */
+				/* the same pairs in reverse order, at other addresses */
 				for (int a = 0; a < 4; a++)
-					memcpy(rev + (size_t) (3 - a) * dim, xs + (size_t) a * dim, sizeof(float) * dim);
+					memcpy(rev + (size_t) (3 - a) * dim, x + (size_t) a * dim, sizeof(float) * dim);
 				for (int b = 0; b < 3; b++)
-					memcpy(rev + (size_t) (6 - b) * dim, cs + (size_t) b * dim, sizeof(float) * dim);
+					memcpy(rev + (size_t) (6 - b) * dim, c + (size_t) b * dim, sizeof(float) * dim);
 				k[kk].dot_tile(rev, rev + (size_t) 4 * dim, dim, dots2);
 				for (int a = 0; a < 4; a++)
 					for (int b = 0; b < 3; b++)
 						if (memcmp(&dots[a * 3 + b], &dots2[(3 - a) * 3 + 2 - b], sizeof(float)) != 0)
 							moved++;
-				/* l2 holds the last centroid tried, cs's first (3 % 3), against xs */
-				k[kk].l2sq_tile(cs, x, dim, l22);
-				if (memcmp(&l2[0], &l22[3], sizeof(float)) != 0)
-					moved++;
 				Check(moved == 0, "%s float tiles, dim %d: a pair's value depends on its tile",
 					  k[kk].name, dim);
 			}

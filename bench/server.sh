@@ -13,13 +13,16 @@
 # The server runs as the `postgres` user (PostgreSQL refuses root) with trust
 # authentication on a private unix socket directory only (no TCP listener),
 # tuned like the pgvector baseline: shared_buffers 4GB, maintenance_work_mem
-# 4GB, max_parallel_maintenance_workers 1, jit off.
+# 4GB, max_parallel_maintenance_workers 1, jit off; and 64MB of
+# min_dynamic_shared_memory, where parallel builds get their segments
+# without fresh page faults (README, "A build's memory").
 #
 # Environment:
 #   TURBOVEC_PORT            port (default 55432); one cluster per port
 #   TURBOVEC_PRELOAD         shared_preload_libraries (e.g. turbovec; default none)
 #   TURBOVEC_SHARED_BUFFERS  default 4GB (lower it on small machines)
 #   TURBOVEC_MWM             maintenance_work_mem, default 4GB
+#   TURBOVEC_DSM             min_dynamic_shared_memory, default 64MB (0: none)
 #   TURBOVEC_PGCONF          extra lines appended to postgresql.conf
 #   TURBOVEC_KEEP=1          `stop` keeps the data directory
 #   PG_BINDIR                server binaries (default: pg_config --bindir,
@@ -104,6 +107,7 @@ cmd_start() {
             echo "shared_buffers = ${TURBOVEC_SHARED_BUFFERS:-4GB}"
             echo "maintenance_work_mem = ${TURBOVEC_MWM:-4GB}"
             echo "max_parallel_maintenance_workers = 1"
+            echo "min_dynamic_shared_memory = ${TURBOVEC_DSM:-64MB}"
             echo "jit = off"
             echo "max_wal_size = 8GB"
             echo "checkpoint_timeout = 30min"

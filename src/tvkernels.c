@@ -1158,77 +1158,77 @@ Sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3, float *out)
 
 /*
  * Dot products of 4 vectors (x, stride dim) with 3 centroids (c, stride
- * dim) into out[4 * 3]: twelve accumulators share every load, so the tile
- * runs on the FMA units instead of on loads, which is what makes the
- * assignment of a whole table to hundreds of lists cheap.  A dimension that
- * is not a multiple of 8 ends with one masked step, and the twelve sums are
- * reduced together, which matters at 100 dimensions: there the scalar tail
- * and twelve separate horizontal sums cost as much as the products.
+ * dim) into out[4 * 3], for one vector width: twelve accumulators share
+ * every load, so the tile runs on the FMA units instead of on loads, which
+ * is what makes the assignment of a whole table to hundreds of lists
+ * cheap.  A dimension that is not a multiple of WIDTH ends with one step
+ * of masked loads (MASK_T mask = TAILMASK(rest), loaded by MASKLOAD), which
+ * read nothing past the vectors, and the twelve sums are reduced together
+ * (FOLD brings a register to 8 lanes), which matters at 100 dimensions:
+ * there a scalar tail and twelve separate horizontal sums cost as much as
+ * the products.
  */
-TV_AVX2_FMA
-void
-tv_dot_tile_avx2(const float *x, const float *c, int dim, float *out)
-{
-	const float *x0 = x,
-			   *x1 = x + dim,
-			   *x2 = x + 2 * dim,
-			   *x3 = x + 3 * dim;
-	const float *c0 = c,
-			   *c1 = c + dim,
-			   *c2 = c + 2 * dim;
-	__m256		a00 = _mm256_setzero_ps(),
-				a01 = _mm256_setzero_ps(),
-				a02 = _mm256_setzero_ps();
-	__m256		a10 = _mm256_setzero_ps(),
-				a11 = _mm256_setzero_ps(),
-				a12 = _mm256_setzero_ps();
-	__m256		a20 = _mm256_setzero_ps(),
-				a21 = _mm256_setzero_ps(),
-				a22 = _mm256_setzero_ps();
-	__m256		a30 = _mm256_setzero_ps(),
-				a31 = _mm256_setzero_ps(),
-				a32 = _mm256_setzero_ps();
-	int			i = 0;
-
-#define TV_TILE_STEP(LOAD) \
+#define TV_TILE_STEP(VEC, FMADD, LOAD) \
 	do { \
-		__m256		v0 = LOAD(c0 + i); \
-		__m256		v1 = LOAD(c1 + i); \
-		__m256		v2 = LOAD(c2 + i); \
-		__m256		xv; \
+		VEC			v0 = LOAD(c0 + i); \
+		VEC			v1 = LOAD(c1 + i); \
+		VEC			v2 = LOAD(c2 + i); \
+		VEC			xv; \
 		xv = LOAD(x0 + i); \
-		a00 = _mm256_fmadd_ps(xv, v0, a00); \
-		a01 = _mm256_fmadd_ps(xv, v1, a01); \
-		a02 = _mm256_fmadd_ps(xv, v2, a02); \
+		a00 = FMADD(xv, v0, a00); \
+		a01 = FMADD(xv, v1, a01); \
+		a02 = FMADD(xv, v2, a02); \
 		xv = LOAD(x1 + i); \
-		a10 = _mm256_fmadd_ps(xv, v0, a10); \
-		a11 = _mm256_fmadd_ps(xv, v1, a11); \
-		a12 = _mm256_fmadd_ps(xv, v2, a12); \
+		a10 = FMADD(xv, v0, a10); \
+		a11 = FMADD(xv, v1, a11); \
+		a12 = FMADD(xv, v2, a12); \
 		xv = LOAD(x2 + i); \
-		a20 = _mm256_fmadd_ps(xv, v0, a20); \
-		a21 = _mm256_fmadd_ps(xv, v1, a21); \
-		a22 = _mm256_fmadd_ps(xv, v2, a22); \
+		a20 = FMADD(xv, v0, a20); \
+		a21 = FMADD(xv, v1, a21); \
+		a22 = FMADD(xv, v2, a22); \
 		xv = LOAD(x3 + i); \
-		a30 = _mm256_fmadd_ps(xv, v0, a30); \
-		a31 = _mm256_fmadd_ps(xv, v1, a31); \
-		a32 = _mm256_fmadd_ps(xv, v2, a32); \
+		a30 = FMADD(xv, v0, a30); \
+		a31 = FMADD(xv, v1, a31); \
+		a32 = FMADD(xv, v2, a32); \
 	} while (0)
 
-	for (; i + 8 <= dim; i += 8)
-		TV_TILE_STEP(_mm256_loadu_ps);
-	if (i < dim)
-	{
-		__m256i		mask = _mm256_loadu_si256((const __m256i *) (tail_mask + 8 - (dim - i)));
-
-#define TV_MASKED_LOAD(p) _mm256_maskload_ps((p), mask)
-		TV_TILE_STEP(TV_MASKED_LOAD);
-#undef TV_MASKED_LOAD
-	}
-#undef TV_TILE_STEP
-
-	Sum8(a00, a01, a02, a10, a11, a12, a20, a21, out);
-	Sum4(a22, a30, a31, a32, out + 8);
+#define TV_DOT_TILE(NAME, ATTR, VEC, WIDTH, SETZERO, LOADU, FMADD, MASK_T, TAILMASK, MASKLOAD, FOLD) \
+ATTR void \
+NAME(const float *x, const float *c, int dim, float *out) \
+{ \
+	const float *x0 = x, \
+			   *x1 = x + dim, \
+			   *x2 = x + 2 * dim, \
+			   *x3 = x + 3 * dim; \
+	const float *c0 = c, \
+			   *c1 = c + dim, \
+			   *c2 = c + 2 * dim; \
+	VEC			a00 = SETZERO(), a01 = SETZERO(), a02 = SETZERO(); \
+	VEC			a10 = SETZERO(), a11 = SETZERO(), a12 = SETZERO(); \
+	VEC			a20 = SETZERO(), a21 = SETZERO(), a22 = SETZERO(); \
+	VEC			a30 = SETZERO(), a31 = SETZERO(), a32 = SETZERO(); \
+	int			i = 0; \
+\
+	for (; i + WIDTH <= dim; i += WIDTH) \
+		TV_TILE_STEP(VEC, FMADD, LOADU); \
+	if (i < dim) \
+	{ \
+		MASK_T		mask = TAILMASK(dim - i); \
+\
+		TV_TILE_STEP(VEC, FMADD, MASKLOAD); \
+	} \
+	Sum8(FOLD(a00), FOLD(a01), FOLD(a02), FOLD(a10), \
+		 FOLD(a11), FOLD(a12), FOLD(a20), FOLD(a21), out); \
+	Sum4(FOLD(a22), FOLD(a30), FOLD(a31), FOLD(a32), out + 8); \
 }
+
+/* 8 lanes; the mask's first r int32 lanes are set */
+#define TV_TAILMASK_AVX2(r) _mm256_loadu_si256((const __m256i *) (tail_mask + 8 - (r)))
+#define TV_MASKLOAD_AVX2(p) _mm256_maskload_ps((p), mask)
+#define TV_FOLD_AVX2(v) (v)
+
+TV_DOT_TILE(tv_dot_tile_avx2, TV_AVX2_FMA, __m256, 8, _mm256_setzero_ps, _mm256_loadu_ps,
+			_mm256_fmadd_ps, __m256i, TV_TAILMASK_AVX2, TV_MASKLOAD_AVX2, TV_FOLD_AVX2)
 
 /*
  * CPU supports AVX-512F and the OS saves the opmask and ZMM state (XCR0
@@ -1260,77 +1260,18 @@ FoldAvx512(__m512 v)
 }
 
 /*
- * tv_dot_tile_avx2 with 16 lanes: twice the products an instruction, with
- * the same twelve accumulators (of 32 registers).  A dimension that is not
- * a multiple of 16 ends with one step of masked loads, which read nothing
- * past the vectors.  At 768 dimensions about 1.5 times as fast on a core
- * with 512-bit units, which k-means and the list assignment of a large
- * build spend most of their time in.
+ * The tile with 16 lanes: twice the products an instruction, with the
+ * same twelve accumulators (of 32 registers).  At 768 dimensions about 1.5
+ * times as fast as AVX2 on a core with 512-bit units when the rows start
+ * on cache lines, and half as fast when they do not (a 64-byte load then
+ * always spans two lines): tv_dot_tile_aligned, for callers that align
+ * their rows.
  */
-TV_AVX512 void
-tv_dot_tile_avx512(const float *x, const float *c, int dim, float *out)
-{
-	const float *x0 = x,
-			   *x1 = x + dim,
-			   *x2 = x + 2 * dim,
-			   *x3 = x + 3 * dim;
-	const float *c0 = c,
-			   *c1 = c + dim,
-			   *c2 = c + 2 * dim;
-	__m512		a00 = _mm512_setzero_ps(),
-				a01 = _mm512_setzero_ps(),
-				a02 = _mm512_setzero_ps();
-	__m512		a10 = _mm512_setzero_ps(),
-				a11 = _mm512_setzero_ps(),
-				a12 = _mm512_setzero_ps();
-	__m512		a20 = _mm512_setzero_ps(),
-				a21 = _mm512_setzero_ps(),
-				a22 = _mm512_setzero_ps();
-	__m512		a30 = _mm512_setzero_ps(),
-				a31 = _mm512_setzero_ps(),
-				a32 = _mm512_setzero_ps();
-	int			i = 0;
+#define TV_TAILMASK_AVX512(r) ((__mmask16) ((1u << (r)) - 1))
+#define TV_MASKLOAD_AVX512(p) _mm512_maskz_loadu_ps(mask, (p))
 
-#define TV_TILE_STEP(LOAD) \
-	do { \
-		__m512		v0 = LOAD(c0 + i); \
-		__m512		v1 = LOAD(c1 + i); \
-		__m512		v2 = LOAD(c2 + i); \
-		__m512		xv; \
-		xv = LOAD(x0 + i); \
-		a00 = _mm512_fmadd_ps(xv, v0, a00); \
-		a01 = _mm512_fmadd_ps(xv, v1, a01); \
-		a02 = _mm512_fmadd_ps(xv, v2, a02); \
-		xv = LOAD(x1 + i); \
-		a10 = _mm512_fmadd_ps(xv, v0, a10); \
-		a11 = _mm512_fmadd_ps(xv, v1, a11); \
-		a12 = _mm512_fmadd_ps(xv, v2, a12); \
-		xv = LOAD(x2 + i); \
-		a20 = _mm512_fmadd_ps(xv, v0, a20); \
-		a21 = _mm512_fmadd_ps(xv, v1, a21); \
-		a22 = _mm512_fmadd_ps(xv, v2, a22); \
-		xv = LOAD(x3 + i); \
-		a30 = _mm512_fmadd_ps(xv, v0, a30); \
-		a31 = _mm512_fmadd_ps(xv, v1, a31); \
-		a32 = _mm512_fmadd_ps(xv, v2, a32); \
-	} while (0)
-
-	for (; i + 16 <= dim; i += 16)
-		TV_TILE_STEP(_mm512_loadu_ps);
-	if (i < dim)
-	{
-		__mmask16	mask = (__mmask16) ((1u << (dim - i)) - 1);
-
-#define TV_MASKED_LOAD(p) _mm512_maskz_loadu_ps(mask, (p))
-		TV_TILE_STEP(TV_MASKED_LOAD);
-#undef TV_MASKED_LOAD
-	}
-#undef TV_TILE_STEP
-
-	Sum8(FoldAvx512(a00), FoldAvx512(a01), FoldAvx512(a02), FoldAvx512(a10),
-		 FoldAvx512(a11), FoldAvx512(a12), FoldAvx512(a20), FoldAvx512(a21), out);
-	Sum4(FoldAvx512(a22), FoldAvx512(a30), FoldAvx512(a31), FoldAvx512(a32), out + 8);
-}
+TV_DOT_TILE(tv_dot_tile_avx512, TV_AVX512, __m512, 16, _mm512_setzero_ps, _mm512_loadu_ps,
+			_mm512_fmadd_ps, __mmask16, TV_TAILMASK_AVX512, TV_MASKLOAD_AVX512, FoldAvx512)
 
 #else							/* !TV_X86 */
 
@@ -1447,7 +1388,6 @@ tv_dot_tile_avx512(const float *x, const float *c, int dim, float *out)
 {
 	tv_dot_tile_scalar(x, c, dim, out);
 }
-
 
 #endif							/* TV_X86 */
 

@@ -1192,6 +1192,22 @@ CollectWindow(TvBuildState *bs)
 }
 
 /*
+ * What coding a vector takes: the codec and the lists (residuals only
+ * under lists); the caller says which vectors
+ */
+static void
+CodingInput(TvBuildState *bs, TvEncodeInput *in)
+{
+	memset(in, 0, sizeof(*in));
+	in->codec = bs->codec;
+	in->metric = bs->metric;
+	in->lists = bs->lists;
+	in->residual = bs->residual && bs->lists > 0;
+	in->centroids = bs->centroids;
+	in->cnorms = bs->cnorms;
+}
+
+/*
  * Hand the batch, a window, to parallel workers (tvparallel.c), started
  * for the first window and kept for the rest of the pass: the results of
  * the window before it are taken first, and with workers that stay this
@@ -1203,12 +1219,7 @@ EncodeWindow(TvBuildState *bs)
 	int			n = bs->batch_n;
 	TvEncodeInput in;
 
-	in.codec = bs->codec;
-	in.metric = bs->metric;
-	in.lists = bs->lists;
-	in.residual = bs->residual && bs->lists > 0;
-	in.centroids = bs->centroids;
-	in.cnorms = bs->cnorms;
+	CodingInput(bs, &in);
 	in.n = bs->batch_cap;
 	in.chunk_vectors = bs->batch_cap;
 	in.chunks = &bs->batch;
@@ -1386,12 +1397,7 @@ EncodeSpool(TvBuildState *bs)
 	listof = AllocBuildArray(sizeof(int) * Max(n, 1));
 	codes = AllocBuildArray((Size) code_bytes * Max(n, 1));
 	factors = AllocBuildArray(sizeof(TvFactors) * Max(n, 1));
-	in.codec = bs->codec;
-	in.metric = bs->metric;
-	in.lists = bs->lists;
-	in.residual = bs->residual;
-	in.centroids = bs->centroids;
-	in.cnorms = bs->cnorms;
+	CodingInput(bs, &in);
 	in.n = n;
 	in.chunk_vectors = TV_SPOOL_CHUNK;
 	in.chunks = vectors;
@@ -1513,13 +1519,7 @@ BuildScan(TvBuildState *bs, Relation heap, Relation index, IndexInfo *indexInfo,
 	uint64		unread;
 	int			workers;
 
-	memset(&in, 0, sizeof(in));
-	in.codec = bs->codec;
-	in.metric = bs->metric;
-	in.lists = bs->lists;
-	in.residual = bs->residual && bs->lists > 0;
-	in.centroids = bs->centroids;
-	in.cnorms = bs->cnorms;
+	CodingInput(bs, &in);
 	/*
 	 * The encoding pass over vectors that lie in their rows: the leader
 	 * reads them, which costs little beside coding them, and workers code

@@ -145,10 +145,12 @@ TvNearestLists(const float *centroids, const float *cnorms, int lists, int dim,
  * search: a group centre says little about which of its members has the
  * largest product with a vector.
  *
- * Every product goes through tv_dot_tile, whose value for a pair does not
- * depend on the other rows or centroids of its tile, so a vector's list
- * does not depend on the batch it came in: serial and parallel builds lay
- * out the same pages.
+ * Every product goes through one tile kernel (tv_dot_tile_aligned on the
+ * assigner's aligned buffers when the dimension is a multiple of 16,
+ * tv_dot_tile otherwise: chosen by the dimension alone), whose value for a
+ * pair does not depend on the other rows or centroids of its tile, so a
+ * vector's list does not depend on the batch it came in: serial and
+ * parallel builds lay out the same pages.
  */
 static void Normalize(float *x, int dim);
 
@@ -693,10 +695,13 @@ SeedPoolBuild(SeedPool *sp, const float *xs, int n, int dim)
 		s = amax / 127;
 		for (int d = 0; d < dim; d++)
 		{
-			/* |x / s| <= 127 up to rounding; NaN is refused before here */
-			int			v = (s > 0) ? (int) rintf(x[d] / s) : 0;
+			/*
+			 * |x / s| <= 127 up to rounding; clamped as a float, so that no
+			 * conversion overflows, and NaN (refused before here) gives 0
+			 */
+			float		f = (s > 0) ? rintf(x[d] / s) : 0;
+			int			v = f >= 127 ? 127 : f <= -127 ? -127 : f == f ? (int) f : 0;
 
-			v = Max(-127, Min(127, v));
 			k[d] = (uint8) (v + 128);
 			sq += v * v;
 		}

@@ -688,8 +688,12 @@ tv_kernels_have_avxvnni(void)
 	return (eax & (1u << 4)) != 0;
 }
 
+/*
+ * CPU supports AVX-512F and the OS saves the opmask and ZMM state (XCR0
+ * bits 5-7) besides the YMM state
+ */
 bool
-tv_kernels_have_avx512vnni(void)
+tv_kernels_have_avx512f(void)
 {
 	unsigned int eax,
 				ebx,
@@ -700,8 +704,21 @@ tv_kernels_have_avx512vnni(void)
 	if (!tv_kernels_have_avx2() || (ReadXcr0() & 0xE6) != 0xE6)
 		return false;
 	__cpuid_count(7, 0, eax, ebx, ecx, edx);
-	return (ebx & (1u << 16)) != 0 && (ebx & (1u << 31)) != 0 &&
-		(ecx & (1u << 11)) != 0;
+	return (ebx & (1u << 16)) != 0;
+}
+
+bool
+tv_kernels_have_avx512vnni(void)
+{
+	unsigned int eax,
+				ebx,
+				ecx,
+				edx;
+
+	if (!tv_kernels_have_avx512f())
+		return false;
+	__cpuid_count(7, 0, eax, ebx, ecx, edx);
+	return (ebx & (1u << 31)) != 0 && (ecx & (1u << 11)) != 0;
 }
 
 TV_AVX2 int32_t
@@ -1229,25 +1246,6 @@ NAME(const float *x, const float *c, int dim, float *out) \
 
 TV_DOT_TILE(tv_dot_tile_avx2, TV_AVX2_FMA, __m256, 8, _mm256_setzero_ps, _mm256_loadu_ps,
 			_mm256_fmadd_ps, __m256i, TV_TAILMASK_AVX2, TV_MASKLOAD_AVX2, TV_FOLD_AVX2)
-
-/*
- * CPU supports AVX-512F and the OS saves the opmask and ZMM state (XCR0
- * bits 5-7) besides the YMM state
- */
-bool
-tv_kernels_have_avx512f(void)
-{
-	unsigned int eax,
-				ebx,
-				ecx,
-				edx;
-
-	/* tv_kernels_have_avx2 checked OSXSAVE */
-	if (!tv_kernels_have_avx2() || (ReadXcr0() & 0xE6) != 0xE6)
-		return false;
-	__cpuid_count(7, 0, eax, ebx, ecx, edx);
-	return (ebx & (1u << 16)) != 0;
-}
 
 #define TV_AVX512 __attribute__((target("avx2,fma,avx512f")))
 

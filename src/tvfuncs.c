@@ -798,7 +798,7 @@ turbo_rebuild(PG_FUNCTION_ARGS)
 				 errmsg("no room for another resident turbo index (at most %d)",
 						tv_shared->max_resident),
 				 errhint("Raise turbovec.max_resident_indexes (needs a restart).")));
-	done = TvResidentRebuild(heap, index, e, false, true);
+	done = TvResidentRebuild(heap, index, e, false, true, false);
 	index_close(index, AccessShareLock);
 	table_close(heap, AccessShareLock);
 	PG_RETURN_BOOL(done);

@@ -173,7 +173,7 @@ extern void TvResidentApplyClear(Relation index, const TvMetaPageData *meta,
 /* tvworker.c */
 extern void TvWorkerInit(void);
 extern bool TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e,
-							  bool try_snapshot, bool from_scratch);
+							  bool try_snapshot, bool from_scratch, bool give_way);
 extern void TvResidentDump(TvResidentEntry *e);
 extern PGDLLEXPORT void tv_launcher_main(Datum arg);
 extern PGDLLEXPORT void tv_database_main(Datum arg);

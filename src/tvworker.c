@@ -16,6 +16,12 @@
  * changes made meanwhile by comparing its copy with the pages under the
  * metapage's share lock, and fetches the few vectors that changed after it
  * has released the lock, while writers mirror into the copy.
+ *
+ * A worker's rebuild also gives way to DDL: its share locks on the table and
+ * the index are all a DROP or ALTER TABLE waits for, and every later query
+ * of the table queues behind such a waiter.  So between batches of rows it
+ * looks for a waiting lock request (LockWanted), and if there is one it
+ * drops its unfinished copy, lets go of its locks and copies again later.
  */
 #include "postgres.h"
 
@@ -43,6 +49,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
+#include "storage/proc.h"
 #include "storage/procsignal.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -62,6 +69,7 @@
 #define TV_LAUNCHER_CLEANUP_ROUNDS 30	/* launcher rounds between dropped-database sweeps */
 
 static bool SyncIndexGuarded(Oid indexoid, bool boot);
+static void RebuildCleanup(int code, Datum arg);
 
 /*
  * The copy this process is building and has not published yet, and its
@@ -88,6 +96,46 @@ TvWorkerInit(void)
 	strlcpy(worker.bgw_name, "turbovec launcher", BGW_MAXLEN);
 	strlcpy(worker.bgw_type, "turbovec launcher", BGW_MAXLEN);
 	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * Does a process wait for AccessExclusiveLock on a relation of this
+ * database, the one mode that conflicts with the rebuild's AccessShareLock
+ * (DROP, TRUNCATE, most of ALTER TABLE, REINDEX of the index)?
+ * LockHasWaitersRelation cannot tell: it reads the caller's own entry in the
+ * shared lock table, and a weak lock taken through the fast path has none.
+ * So look at what the sleeping processes wait for, under the lock table
+ * partition of the relation's lock, where a waiter on it sets and clears
+ * its waitLock.  A few hundred PGPROCs, read every 1,024 rows.
+ */
+static bool
+RelationLockWanted(Oid relid)
+{
+	LOCKTAG		tag;
+	LWLock	   *partition;
+	bool		wanted = false;
+
+	SET_LOCKTAG_RELATION(tag, MyDatabaseId, relid);
+	partition = LockHashPartitionLock(LockTagHashCode(&tag));
+	LWLockAcquire(partition, LW_SHARED);
+	for (uint32 i = 0; i < ProcGlobal->allProcCount && !wanted; i++)
+	{
+		PGPROC	   *proc = &ProcGlobal->allProcs[i];
+		LOCK	   *lock = proc->waitLock;
+
+		wanted = lock != NULL && memcmp(&lock->tag, &tag, sizeof(LOCKTAG)) == 0 &&
+			proc->waitLockMode == AccessExclusiveLock;
+	}
+	LWLockRelease(partition);
+	return wanted;
+}
+
+/* Does DDL wait for the rebuild's locks on the table or the index? */
+static bool
+LockWanted(Relation heap, Relation index)
+{
+	return RelationLockWanted(RelationGetRelid(heap)) ||
+		RelationLockWanted(RelationGetRelid(index));
 }
 
 /* The value an index holds for a heap tuple, as floats of dim; false if none */
@@ -165,17 +213,21 @@ AllocCopy(const TvMetaPageData *meta, uint64 zero_from)
 
 /*
  * Copy the stream into a new allocation sized for the metapage plus room to
- * grow.  Returns InvalidDsaPointer when it does not fit.  Under the metapage
- * share lock the copy is the extent's; without it, each page is copied
- * whole but the stream may be caught mid-change (RefreshStream repairs it).
+ * grow.  Returns InvalidDsaPointer when it does not fit, and also, with
+ * *gave_way set, when give_way is set and a lock request came to wait for
+ * ours (the copy is freed then).  Under the metapage share lock the copy is
+ * the extent's; without it, each page is copied whole but the stream may be
+ * caught mid-change (RefreshStream repairs it).
  */
 static dsa_pointer
-CopyStream(Relation index, const TvMetaPageData *meta)
+CopyStream(Relation heap, Relation index, const TvMetaPageData *meta, bool give_way,
+		   bool *gave_way)
 {
 	uint64		used = TvBlockOffset(meta, TvBlockCount(meta));
 	dsa_pointer dp = AllocCopy(meta, used);
 	char	   *stream;
 
+	*gave_way = false;
 	if (!DsaPointerIsValid(dp))
 		return InvalidDsaPointer;
 	stream = TvResidentStream((TvResidentCopy *) dsa_get_address(TvResidentArea(), dp));
@@ -189,18 +241,32 @@ CopyStream(Relation index, const TvMetaPageData *meta)
 		memcpy(stream + off, TvPagePayload(BufferGetPage(buf)),
 			   Min((uint64) TV_PAGE_PAYLOAD, used - off));
 		UnlockReleaseBuffer(buf);
+		/* a page read from disk takes a while: look every 8 MB */
+		if ((off / TV_PAGE_PAYLOAD) % 1024 == 1023)
+		{
+			CHECK_FOR_INTERRUPTS();
+			if (give_way && LockWanted(heap, index))
+			{
+				dsa_free(TvResidentArea(), dp);
+				tv_unpublished = InvalidDsaPointer;
+				*gave_way = true;
+				return InvalidDsaPointer;
+			}
+		}
 	}
 	return dp;
 }
 
 /*
  * Fill the refinement codes of every live lane from the table's vectors;
- * lanes whose row is gone are cleared
+ * lanes whose row is gone are cleared.  Returns false, with the copy half
+ * filled, when give_way is set and a lock request came to wait for ours.
  */
-static void
+static bool
 FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry *e,
-			TvResidentCopy *copy)
+			TvResidentCopy *copy, bool give_way)
 {
+	bool		filled = true;
 	IndexFetchTableData *fetch = table_index_fetch_begin(heap);
 	TupleTableSlot *slot = table_slot_create(heap, NULL);
 	IndexInfo  *indexInfo;
@@ -263,6 +329,11 @@ FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry 
 			if (tv_test_build_delay_ms > 0)
 				pg_usleep(tv_test_build_delay_ms * 1000L);
 			CHECK_FOR_INTERRUPTS();
+			if (give_way && LockWanted(heap, index))
+			{
+				filled = false;
+				break;
+			}
 		}
 	}
 	TvRestoreUser(&owner);
@@ -271,6 +342,7 @@ FillVectors(Relation heap, Relation index, TvIndexState *state, TvResidentEntry 
 	FreeExecutorState(estate);
 	MemoryContextDelete(tmp);
 	pfree(x);
+	return filled;
 }
 
 /*
@@ -427,6 +499,7 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 	Buffer		metabuf;
 	dsa_pointer dp;
 	TvResidentCopy *copy;
+	bool		gave_way;
 	char		path[MAXPGPATH];
 
 	if (index->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
@@ -482,7 +555,8 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 		UnlockReleaseBuffer(metabuf);
 		return false;
 	}
-	dp = CopyStream(index, &meta);
+	/* at start-up, under the metapage lock: this copy does not give way */
+	dp = CopyStream(NULL, index, &meta, false, &gave_way);
 	if (!DsaPointerIsValid(dp))
 	{
 		UnlockReleaseBuffer(metabuf);
@@ -666,12 +740,14 @@ RefreshStream(Relation index, const TvMetaPageData *meta, TvResidentCopy *copy,
  * no index lock held: writers mirror into the copy meanwhile, so each lane
  * is written under the entry lock, and only while it still holds the TID
  * it was fetched for.  A lane whose row is gone is dropped, as in
- * FillVectors.
+ * FillVectors.  Returns false, with lanes still to fetch, when give_way is
+ * set and a lock request came to wait for ours.
  */
-static void
+static bool
 FillLanes(Relation heap, Relation index, TvIndexState *state, TvResidentEntry *e,
-		  dsa_pointer dp, const TvLaneFetch *fetch, uint64 nfetch)
+		  dsa_pointer dp, const TvLaneFetch *fetch, uint64 nfetch, bool give_way)
 {
+	bool		filled = true;
 	IndexFetchTableData *scan;
 	TupleTableSlot *slot;
 	IndexInfo  *indexInfo;
@@ -682,7 +758,7 @@ FillLanes(Relation heap, Relation index, TvIndexState *state, TvResidentEntry *e
 	const float *centroids;
 
 	if (nfetch == 0)
-		return;
+		return true;
 	centroids = ResidualCentroids(index, &state->meta);
 	scan = table_index_fetch_begin(heap);
 	slot = table_slot_create(heap, NULL);
@@ -735,7 +811,14 @@ FillLanes(Relation heap, Relation index, TvIndexState *state, TvResidentEntry *e
 		}
 		LWLockRelease(e->lock);
 		if ((i & 1023) == 1023)
+		{
 			CHECK_FOR_INTERRUPTS();
+			if (give_way && LockWanted(heap, index))
+			{
+				filled = false;
+				break;
+			}
+		}
 	}
 	TvRestoreUser(&owner);
 	ExecDropSingleTupleTableSlot(slot);
@@ -743,6 +826,7 @@ FillLanes(Relation heap, Relation index, TvIndexState *state, TvResidentEntry *e
 	FreeExecutorState(estate);
 	MemoryContextDelete(tmp);
 	pfree(x);
+	return filled;
 }
 
 /* A bigger home for a private copy that inserts outgrew; frees the old one */
@@ -799,6 +883,24 @@ DetachCopy(Relation index, TvResidentEntry *e)
 }
 
 /*
+ * A worker's rebuild lets a waiting lock request through: its unfinished
+ * copy goes (RebuildCleanup, which also asks the worker to come back), and
+ * the worker lets go of its locks on return.  Once the lock is released, the
+ * worker's next round copies again.  Returns false, as an unfinished rebuild
+ * does.
+ */
+static bool
+GiveWay(Relation index)
+{
+	ereport(LOG,
+			(errmsg("turbovec: the resident copy of index \"%s\" gives way to a waiting lock request",
+					RelationGetRelationName(index)),
+			 errdetail("The copy is made again once the lock is released.")));
+	RebuildCleanup(0, (Datum) 0);
+	return false;
+}
+
+/*
  * Make the resident copy of an index current (or load its snapshot), for
  * TvResidentRebuild, which cleans up after an error.  Returns true when a
  * ready copy was published.
@@ -820,10 +922,12 @@ DetachCopy(Relation index, TvResidentEntry *e)
  *     Then the copy is ready.
  *
  * With from_scratch, step 1 always copies the stream and reads the table.
+ * With give_way, steps 1 and 3 look for a waiting lock request between
+ * batches of rows and give way to it (GiveWay).
  */
 static bool
 RebuildCopy(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot,
-			bool from_scratch)
+			bool from_scratch, bool give_way)
 {
 	dsa_pointer dp = InvalidDsaPointer;
 
@@ -864,14 +968,19 @@ RebuildCopy(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot
 		}
 		if (!DsaPointerIsValid(dp))
 		{
+			bool		gave_way;
+
 			/* no need to keep writers out: step 2 compares every byte */
 			UnlockReleaseBuffer(metabuf);
-			dp = CopyStream(index, &meta);
+			dp = CopyStream(heap, index, &meta, give_way, &gave_way);
+			if (gave_way)
+				return GiveWay(index);
 			if (!DsaPointerIsValid(dp))
 				break;
 			copy = dsa_get_address(TvResidentArea(), dp);
-			if (meta.dim > 0)
-				FillVectors(heap, index, TvGetIndexState(index), e, copy);
+			if (meta.dim > 0 &&
+				!FillVectors(heap, index, TvGetIndexState(index), e, copy, give_way))
+				return GiveWay(index);
 			continue;			/* catch up with what changed meanwhile */
 		}
 
@@ -879,8 +988,10 @@ RebuildCopy(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot
 		SwapIn(index, e, dp, CopyBytes(copy), &meta, lsn, false, true);
 		UnlockReleaseBuffer(metabuf);
 
-		FillLanes(heap, index, TvGetIndexState(index), e, dp, fetch, nfetch);
+		ok = FillLanes(heap, index, TvGetIndexState(index), e, dp, fetch, nfetch, give_way);
 		pfree(fetch);
+		if (!ok)
+			return GiveWay(index);
 
 		/* ready, unless a writer could not mirror into it meanwhile */
 		LWLockAcquire(e->lock, LW_EXCLUSIVE);
@@ -920,11 +1031,11 @@ RebuildCopy(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot
 }
 
 /*
- * A rebuild failed: free its unpublished copy and let scans and the worker
- * see the entry as behind (it keeps its previous copy, if any) or not
- * loaded.  The worker then tries again, and marks the entry failed if its
- * own attempt fails too.  From the rebuild's PG_CATCH, and before shared
- * memory is detached when the process exits on a FATAL.
+ * A rebuild failed or gave way: free its unpublished copy and let scans and
+ * the worker see the entry as behind (it keeps its previous copy, if any) or
+ * not loaded.  The worker then tries again, and marks the entry failed if
+ * its own attempt fails too.  From the rebuild's PG_CATCH, from GiveWay, and
+ * before shared memory is detached when the process exits on a FATAL.
  */
 static void
 RebuildCleanup(int code, Datum arg)
@@ -969,11 +1080,14 @@ RebuildCleanup(int code, Datum arg)
 /*
  * Make a fresh resident copy of an index (or load its snapshot).  Returns
  * true when a copy was published.  On an error the entry does not stay
- * "building" and no shared memory stays allocated (RebuildCleanup).
+ * "building" and no shared memory stays allocated (RebuildCleanup).  With
+ * give_way, for the worker, the rebuild lets DDL that waits for its locks
+ * through and is done again later (GiveWay); a user's own call
+ * (turbo_rebuild) holds its locks to the end, as any other query does.
  */
 bool
 TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot,
-				  bool from_scratch)
+				  bool from_scratch, bool give_way)
 {
 	static bool exit_hook = false;
 	bool		done;
@@ -990,7 +1104,7 @@ TvResidentRebuild(Relation heap, Relation index, TvResidentEntry *e, bool try_sn
 	tv_unpublished = InvalidDsaPointer;
 	PG_TRY();
 	{
-		done = RebuildCopy(heap, index, e, try_snapshot, from_scratch);
+		done = RebuildCopy(heap, index, e, try_snapshot, from_scratch, give_way);
 	}
 	PG_CATCH();
 	{
@@ -1287,7 +1401,23 @@ SyncIndex(Oid indexoid, bool boot)
 	return worked;
 }
 
-/* Returns true if it rebuilt something */
+/*
+ * Is the copy of an index due for a rebuild the worker could not start?
+ * One that gave way to DDL (GiveWay) is empty or stale.
+ */
+static bool
+CopyDue(Oid indexoid)
+{
+	TvResidentEntry *e = TvResidentLookup(MyDatabaseId, indexoid, false);
+
+	return e != NULL && (e->state == TV_RES_EMPTY || e->state == TV_RES_STALE);
+}
+
+/*
+ * Returns true if it rebuilt something, or if a copy is due and DDL holds
+ * the table: the worker then stays to try again once the lock is free,
+ * rather than leave the copy for the next scan to ask for.
+ */
 static bool
 SyncIndexGuarded(Oid indexoid, bool boot)
 {
@@ -1302,9 +1432,13 @@ SyncIndexGuarded(Oid indexoid, bool boot)
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	heapoid = IndexGetRelation(indexoid, true);
-	if (!OidIsValid(heapoid) ||
-		!ConditionalLockRelationOid(heapoid, AccessShareLock))
+	if (!OidIsValid(heapoid))
 		goto done;
+	if (!ConditionalLockRelationOid(heapoid, AccessShareLock))
+	{
+		worked = CopyDue(indexoid);
+		goto done;
+	}
 	heap = try_relation_open(heapoid, NoLock);
 	if (heap == NULL)
 		goto done;
@@ -1331,7 +1465,7 @@ SyncIndexGuarded(Oid indexoid, bool boot)
 			if (retry)
 			{
 				/* a fresh entry (server start, new index) may have a snapshot */
-				TvResidentRebuild(heap, index, e, boot && e->state == TV_RES_EMPTY, false);
+				TvResidentRebuild(heap, index, e, boot && e->state == TV_RES_EMPTY, false, true);
 				worked = true;
 			}
 		}

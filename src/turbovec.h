@@ -296,6 +296,7 @@ typedef struct TvListAssigner TvListAssigner;
 extern TvListAssigner *TvListAssignerCreate(const float *centroids, const float *cnorms,
 											int lists, int dim, TvMetric metric);
 extern void TvAssignLists(TvListAssigner *la, const float *xs, int n, int *out);
+extern void TvListAssignerSetCoarse(TvListAssigner *la, bool coarse);
 extern void TvListAssignerFree(TvListAssigner *la);
 extern double TvListAssignerBytes(int lists, int dim, TvMetric metric);
 /* tvparallel.c */
@@ -318,7 +319,7 @@ extern TvKmeansParallel *TvKmeansParallelBegin(const float *samples, int nsample
 											   int dim, int lists, TvMetric metric,
 											   int nworkers);
 extern void TvKmeansParallelAssign(TvKmeansParallel *kp, const float *centroids,
-								   const float *cnorms, int *assign);
+								   const float *cnorms, bool coarse, int *assign);
 extern void TvKmeansParallelEnd(TvKmeansParallel *kp);
 extern int	TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof,
 							uint8 *codes, TvFactors *factors);

@@ -145,6 +145,12 @@ TvNearestLists(const float *centroids, const float *cnorms, int lists, int dim,
  * search: a group centre says little about which of its members has the
  * largest product with a vector.
  *
+ * The first half of k-means' Lloyd rounds search TV_GROUP_COARSE_PROBES
+ * groups only (TvListAssignerSetCoarse): while the centroids still move a
+ * lot, an exact nearest list buys little, and the rounds take 0.33 instead
+ * of 0.85 s at 1M x 768 with 4,000 lists.  The later rounds, and the
+ * encoding pass, search TV_GROUP_PROBES.
+ *
  * Every product goes through one tile kernel (tv_dot_tile_aligned on the
  * assigner's aligned buffers when the dimension is a multiple of 16,
  * tv_dot_tile otherwise: chosen by the dimension alone), whose value for a
@@ -156,6 +162,7 @@ static void Normalize(float *x, int dim);
 
 #define TV_GROUP_MIN_LISTS	1024
 #define TV_GROUP_PROBES		16
+#define TV_GROUP_COARSE_PROBES	4
 #define TV_GROUP_ROUNDS		6
 #define TV_GROUP_CHUNK		256
 
@@ -181,7 +188,8 @@ struct TvListAssigner
 	float	   *rows;			/* the chunk, padded to a multiple of 4 rows */
 	float	   *grows;			/* the chunk's rows that probe one group */
 	float	   *dots;			/* products of a tile sweep */
-	int		   *picks;			/* TV_GROUP_PROBES groups per row, -1 if fewer */
+	int			probes;			/* groups searched per row, at most TV_GROUP_PROBES */
+	int		   *picks;			/* probes groups per row, -1 if fewer */
 	int		   *byg;			/* rows sorted by probed group */
 	int		   *fill;			/* ngroups + 1 */
 	float		bestd[TV_GROUP_CHUNK];
@@ -378,6 +386,7 @@ TvListAssignerCreate(const float *centroids, const float *cnorms, int lists, int
 	la->tile = AlignedTile(dim);
 	la->dots = palloc_extended(sizeof(float) * (TV_GROUP_CHUNK + 3) * Max(maxpad, la->gpad),
 							   MCXT_ALLOC_HUGE);
+	la->probes = TV_GROUP_PROBES;
 	la->picks = palloc(sizeof(int) * TV_GROUP_CHUNK * TV_GROUP_PROBES);
 	la->byg = palloc(sizeof(int) * TV_GROUP_CHUNK * TV_GROUP_PROBES);
 	la->fill = palloc(sizeof(int) * (ng + 1));
@@ -417,14 +426,15 @@ AssignChunk(TvListAssigner *la, const float *xs, int m, int *out)
 {
 	int			dim = la->dim;
 	int			ng = la->ngroups;
+	int			probes = la->probes;
 	int			mpad = PadRows(la->rows, xs, m, dim);
 
-	/* the TV_GROUP_PROBES nearest non-empty groups of each row */
+	/* the probes nearest non-empty groups of each row */
 	TileDots(la->tile, la->rows, mpad, la->gcent, la->gpad, dim, la->dots);
 	for (int r = 0; r < m; r++)
 	{
 		float		pd[TV_GROUP_PROBES];
-		int		   *pg = la->picks + r * TV_GROUP_PROBES;
+		int		   *pg = la->picks + r * probes;
 		int			np = 0;
 
 		for (int g = 0; g < ng; g++)
@@ -436,9 +446,9 @@ AssignChunk(TvListAssigner *la, const float *xs, int m, int *out)
 				continue;
 			d = RankOf(la->metric, la->gnorm[g], la->dots[(Size) r * la->gpad + g]);
 			/* ascending by distance, then group: d < pd keeps ties in order */
-			if (np == TV_GROUP_PROBES && !(d < pd[np - 1]))
+			if (np == probes && !(d < pd[np - 1]))
 				continue;
-			at = (np < TV_GROUP_PROBES) ? np++ : np - 1;
+			at = (np < probes) ? np++ : np - 1;
 			while (at > 0 && d < pd[at - 1])
 			{
 				pd[at] = pd[at - 1];
@@ -448,7 +458,7 @@ AssignChunk(TvListAssigner *la, const float *xs, int m, int *out)
 			pd[at] = d;
 			pg[at] = g;
 		}
-		for (int k = np; k < TV_GROUP_PROBES; k++)
+		for (int k = np; k < probes; k++)
 			pg[k] = -1;
 		la->bestd[r] = get_float4_infinity();
 		out[r] = 0;
@@ -456,15 +466,15 @@ AssignChunk(TvListAssigner *la, const float *xs, int m, int *out)
 
 	/* rows by group: a counting sort */
 	memset(la->fill, 0, sizeof(int) * (ng + 1));
-	for (int i = 0; i < m * TV_GROUP_PROBES; i++)
+	for (int i = 0; i < m * probes; i++)
 		if (la->picks[i] >= 0)
 			la->fill[la->picks[i] + 1]++;
 	for (int g = 0; g < ng; g++)
 		la->fill[g + 1] += la->fill[g];
 	for (int r = 0; r < m; r++)
-		for (int k = 0; k < TV_GROUP_PROBES; k++)
+		for (int k = 0; k < probes; k++)
 		{
-			int			g = la->picks[r * TV_GROUP_PROBES + k];
+			int			g = la->picks[r * probes + k];
 
 			if (g >= 0)
 				la->byg[la->fill[g]++] = r;
@@ -511,6 +521,16 @@ AssignChunk(TvListAssigner *la, const float *xs, int m, int *out)
 		if (!(la->bestd[r] < get_float4_infinity()))
 			TvNearestLists(la->centroids, la->cnorms, la->lists, dim, la->metric,
 						   xs + (Size) r * dim, 1, out + r);
+}
+
+/*
+ * Search only the coarse number of nearest groups per vector from now on
+ * (k-means' early rounds), or all of them (TV_GROUP_PROBES) again
+ */
+void
+TvListAssignerSetCoarse(TvListAssigner *la, bool coarse)
+{
+	la->probes = coarse ? TV_GROUP_COARSE_PROBES : TV_GROUP_PROBES;
 }
 
 /*
@@ -778,18 +798,19 @@ LowerDistances(const SeedPool *sp, double *d2, int *near, int j, const double *c
  */
 static int
 AssignSamples(const TvKmeansInput *in, TvKmeansParallel *kp, const float *centroids,
-			  const float *cnorms, int lists, int *assign, int *next, bool first)
+			  const float *cnorms, int lists, bool coarse, int *assign, int *next, bool first)
 {
 	int			n = in->nsamples;
 	int			changed = 0;
 
 	if (kp)
-		TvKmeansParallelAssign(kp, centroids, cnorms, next);
+		TvKmeansParallelAssign(kp, centroids, cnorms, coarse, next);
 	else
 	{
 		TvListAssigner *la = TvListAssignerCreate(centroids, cnorms, lists, in->dim,
 												  in->metric);
 
+		TvListAssignerSetCoarse(la, coarse);
 		for (int i0 = 0; i0 < n; i0 += TV_ASSIGN_BATCH)
 		{
 			TvAssignLists(la, in->samples + (Size) i0 * in->dim,
@@ -818,6 +839,8 @@ AssignSamples(const TvKmeansInput *in, TvKmeansParallel *kp, const float *centro
  * the whole sample anyway.  It rescans an 8-bit copy (SeedPool), a quarter
  * of the memory traffic.  The rounds' assignments go to parallel workers
  * (tvparallel.c) once the sample reaches min_parallel_table_scan_size.
+ * The first half of the rounds assign coarsely (TvListAssignerSetCoarse),
+ * and only the later ones may end the loop early.
  * Progress: tuples_total is iterations * samples, tuples_done the samples
  * assigned so far (a round that settles skips the rest).
  * Returns lists * dim floats in CurrentMemoryContext.  Cosine samples are
@@ -921,8 +944,10 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 	{
 		int			changed = 0;
 		float	   *cnorms = TvCentroidNorms(centroids, lists, dim);
+		bool		coarse = it < iterations / 2;
 
-		changed = AssignSamples(in, kp, centroids, cnorms, lists, assign, next, it == 0);
+		changed = AssignSamples(in, kp, centroids, cnorms, lists, coarse, assign, next,
+								it == 0);
 		done += n;
 		if (in->progress)
 		{
@@ -932,7 +957,7 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 		pfree(cnorms);
 		elog(DEBUG2, "turbo k-means round %d: %d of %d samples changed lists", it + 1, changed, n);
 		/* settled: another round would move fewer than 1 sample in 200 */
-		if (it > 0 && changed * 200 < n)
+		if (!coarse && it > 0 && changed * 200 < n)
 			break;
 
 		memset(sums, 0, (Size) lists * dim * sizeof(double));

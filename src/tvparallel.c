@@ -645,6 +645,7 @@ typedef struct TvKmeansShared
 	int			metric;
 	int			lists;
 	int			nsamples;
+	bool		coarse;			/* this round's TvListAssignerSetCoarse */
 	TvRounds	rounds;
 	Size		off_centroids;
 	Size		off_cnorms;
@@ -675,9 +676,12 @@ KmeansRound(TvKmeansShared *sh, uint32 round)
 	{
 		/* the centroids are this round's once a claim of it succeeded */
 		if (assigner == NULL)
+		{
 			assigner = TvListAssignerCreate((const float *) (base + sh->off_centroids),
 											(const float *) (base + sh->off_cnorms),
 											sh->lists, sh->dim, (TvMetric) sh->metric);
+			TvListAssignerSetCoarse(assigner, sh->coarse);
+		}
 		TvAssignLists(assigner, samples + (Size) first * sh->dim, (int) count, assign + first);
 		RoundsDone(&sh->rounds, count);
 		CHECK_FOR_INTERRUPTS();
@@ -755,10 +759,13 @@ TvKmeansParallelBegin(const float *samples, int nsamples, int dim, int lists,
 	return kp;
 }
 
-/* One assignment round: the nearest list of every sample into assign[] */
+/*
+ * One assignment round: the nearest list of every sample into assign[],
+ * coarsely or not (TvListAssignerSetCoarse)
+ */
 void
 TvKmeansParallelAssign(TvKmeansParallel *kp, const float *centroids,
-					   const float *cnorms, int *assign)
+					   const float *cnorms, bool coarse, int *assign)
 {
 	TvKmeansShared *sh = kp->sh;
 	char	   *base = (char *) sh;
@@ -766,6 +773,7 @@ TvKmeansParallelAssign(TvKmeansParallel *kp, const float *centroids,
 
 	memcpy(base + sh->off_centroids, centroids, (Size) sh->lists * sh->dim * sizeof(float));
 	memcpy(base + sh->off_cnorms, cnorms, (Size) sh->lists * sizeof(float));
+	sh->coarse = coarse;
 	round = RoundsOpen(&sh->rounds, (uint32) sh->nsamples);
 	KmeansRound(sh, round);
 	RoundsWait(&sh->rounds);

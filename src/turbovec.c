@@ -165,7 +165,7 @@ _PG_init(void)
 							 &tv_use_resident, true,
 							 PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("turbovec.test_build_delay",
-							"Testing only: sleep this long after every 1024 rows of a resident rebuild or of a CREATE INDEX phase, and after every k-means round.",
+							"Testing only: sleep this long after every 1024 rows of a resident rebuild or of a CREATE INDEX phase, after every k-means round, and before every 256 kB of a snapshot read at start-up.",
 							NULL,
 							&tv_test_build_delay_ms,
 							0, 0, 60 * 1000,

@@ -203,6 +203,7 @@ TvResidentLookup(Oid dbid, Oid indexid, bool create)
 		free->tried_relfilenode = InvalidOid;
 		free->builder_pid = 0;
 		free->dumping = false;
+		free->retry_snapshot = false;
 		free->snap_change_count = 0;
 		free->snap_lsn = InvalidXLogRecPtr;
 		free->snap_time = 0;

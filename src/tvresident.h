@@ -79,6 +79,8 @@ typedef struct TvResidentEntry
 	int			builder_pid;	/* the process building the copy (BUILDING) */
 	bool		dumping;		/* a snapshot dump is in flight */
 	bool		unlogged;		/* not WAL-logged: never dumped (SNAPSHOT.md) */
+	bool		retry_snapshot; /* a start-up snapshot load gave way to DDL:
+								 * the worker's next try loads it again */
 
 	/* the copy: entry lock */
 	LWLock	   *lock;

@@ -162,8 +162,12 @@ extern void tv_snapshot_seal(TvSnapshotHeader *hdr, const uint8_t *stream,
 extern void TvSnapshotPath(uint32 dboid, uint32 indexoid, char *path);
 extern bool TvSnapshotWrite(const TvSnapshotHeader *hdr, const char *stream,
 							const char *refines, Size *size);
+/* Asked between pieces of a snapshot read; true stops the read */
+typedef bool (*TvSnapshotStopFunc) (void *arg);
+
 extern bool TvSnapshotRead(const TvSnapshotExpect *expect, TvSnapshotHeader *hdr,
-						   char **stream, char **refines, const char **why);
+						   char **stream, char **refines, const char **why,
+						   TvSnapshotStopFunc stop, void *stop_arg, bool *stopped);
 extern void TvSnapshotRemove(uint32 dboid, uint32 indexoid);
 extern void TvSnapshotSweep(uint32 dboid, const List *keep, bool keep_listed);
 #endif

@@ -34,6 +34,9 @@
 /* Largest single read() or write(): below every platform's per-call limit */
 #define TV_IO_CHUNK		((Size) 1 << 30)
 
+/* A snapshot's body is read in pieces of this size, asking stop before each */
+#define TV_READ_PIECE	((uint64) 256 * 1024)
+
 /* The standard CRC-32C check value of "123456789" */
 #define TV_CRC32C_CHECK	0xE3069283u
 
@@ -116,6 +119,36 @@ ReadAll(int fd, char *data, uint64 len)
 		if (n == 0)
 			break;
 		done += (uint64) n;
+	}
+	return (int64) done;
+}
+
+/*
+ * ReadAll in pieces of TV_READ_PIECE bytes, asking stop (when given) before
+ * each: if it says so, sets *stopped and returns the bytes read so far
+ */
+static int64
+ReadStoppable(int fd, char *data, uint64 len, TvSnapshotStopFunc stop, void *stop_arg,
+			  bool *stopped)
+{
+	uint64		done = 0;
+
+	while (done < len)
+	{
+		uint64		piece = Min(len - done, TV_READ_PIECE);
+		int64		n;
+
+		if (stop != NULL && stop(stop_arg))
+		{
+			*stopped = true;
+			break;
+		}
+		n = ReadAll(fd, data + done, piece);
+		if (n < 0)
+			return -1;
+		done += (uint64) n;
+		if ((uint64) n < piece)
+			break;				/* end of file */
 	}
 	return (int64) done;
 }
@@ -247,11 +280,14 @@ TvSnapshotWrite(const TvSnapshotHeader *hdr, const char *stream,
  * reason for the caller's one WARNING.  The header is checked against the
  * file size before anything is allocated, so a hostile size never drives an
  * allocation; the body must end exactly at end of file.  On success the
- * stream and refines are palloc'd (huge) in CurrentMemoryContext.
+ * stream and refines are palloc'd (huge) in CurrentMemoryContext.  With
+ * stop, the body is read in pieces and stop is asked before each; when it
+ * says so the read ends, returning false with *why NULL and *stopped set.
  */
 bool
 TvSnapshotRead(const TvSnapshotExpect *expect, TvSnapshotHeader *hdr,
-			   char **stream, char **refines, const char **why)
+			   char **stream, char **refines, const char **why,
+			   TvSnapshotStopFunc stop, void *stop_arg, bool *stopped)
 {
 	char		path[MAXPGPATH];
 	uint8		raw[TV_SNAPSHOT_HEADER_BYTES];
@@ -267,6 +303,7 @@ TvSnapshotRead(const TvSnapshotExpect *expect, TvSnapshotHeader *hdr,
 	*why = NULL;
 	*stream = NULL;
 	*refines = NULL;
+	*stopped = false;
 	UseServerCrc32c();
 	TvSnapshotPath(expect->dboid, expect->indexoid, path);
 
@@ -329,11 +366,13 @@ TvSnapshotRead(const TvSnapshotExpect *expect, TvSnapshotHeader *hdr,
 	}
 
 	/* The file may have changed since fstat: insist on exactly the sizes */
-	got = ReadAll(fd, s, h.stream_bytes);
+	got = ReadStoppable(fd, s, h.stream_bytes, stop, stop_arg, stopped);
 	if (got >= 0 && (uint64) got == h.stream_bytes)
-		got = ReadAll(fd, v, h.refine_bytes);
-	else if (got >= 0)
+		got = ReadStoppable(fd, v, h.refine_bytes, stop, stop_arg, stopped);
+	else if (got >= 0 && !*stopped)
 		got = -2;
+	if (*stopped)
+		goto fail;
 	if (got == -1)
 	{
 		*why = psprintf("could not read file: %m");

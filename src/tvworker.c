@@ -138,6 +138,25 @@ LockWanted(Relation heap, Relation index)
 		RelationLockWanted(RelationGetRelid(index));
 }
 
+/* The relations a snapshot load holds, for SnapshotReadStop */
+typedef struct TvLoadLocks
+{
+	Relation	heap;
+	Relation	index;
+} TvLoadLocks;
+
+/* TvSnapshotRead's stop: between pieces of the file, as between rows */
+static bool
+SnapshotReadStop(void *arg)
+{
+	TvLoadLocks *locks = (TvLoadLocks *) arg;
+
+	if (tv_test_build_delay_ms > 0)
+		pg_usleep(tv_test_build_delay_ms * 1000L);
+	CHECK_FOR_INTERRUPTS();
+	return LockWanted(locks->heap, locks->index);
+}
+
 /* The value an index holds for a heap tuple, as floats of dim; false if none */
 static bool
 FetchVector(Relation heap, Relation index, TvIndexState *state, IndexFetchTableData *fetch,
@@ -484,11 +503,15 @@ SnapshotStreamDiffers(const TvMetaPageData *meta, const TvCodec *codec,
  * published.  Current means: same relfilenode and change counter, an LSN
  * no older than the metapage's, and a stream equal to the pages'.  Unlogged
  * indexes are never snapshotted: a crash resets them from the init fork,
- * after which the counter can reach the snapshot's again.
+ * after which the counter can reach the snapshot's again.  With give_way,
+ * the file read and the stream copy look for DDL waiting for our locks
+ * between pieces; false with *gave_way set when they let it through.
  */
 static bool
-LoadSnapshot(Relation index, TvResidentEntry *e)
+LoadSnapshot(Relation heap, Relation index, TvResidentEntry *e, bool give_way,
+			 bool *gave_way)
 {
+	TvLoadLocks locks = {heap, index};
 	TvSnapshotExpect expect;
 	TvSnapshotHeader hdr;
 	char	   *stream;
@@ -499,9 +522,9 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 	Buffer		metabuf;
 	dsa_pointer dp;
 	TvResidentCopy *copy;
-	bool		gave_way;
 	char		path[MAXPGPATH];
 
+	*gave_way = false;
 	if (index->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
 	{
 		/* one left by an older release, or from before SET UNLOGGED */
@@ -524,7 +547,8 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 	expect.change_count = meta.change_count;
 	/* the dump saw the record that set this counter, so its LSN is no older */
 	expect.min_lsn = lsn;
-	if (!TvSnapshotRead(&expect, &hdr, &stream, &refines, &why))
+	if (!TvSnapshotRead(&expect, &hdr, &stream, &refines, &why,
+						give_way ? SnapshotReadStop : NULL, &locks, gave_way))
 	{
 		if (why != NULL)
 		{
@@ -555,8 +579,15 @@ LoadSnapshot(Relation index, TvResidentEntry *e)
 		UnlockReleaseBuffer(metabuf);
 		return false;
 	}
-	/* at start-up, under the metapage lock: this copy does not give way */
-	dp = CopyStream(NULL, index, &meta, false, &gave_way);
+	/* writers wait for the metapage meanwhile; DDL need not */
+	dp = CopyStream(heap, index, &meta, give_way, gave_way);
+	if (*gave_way)
+	{
+		UnlockReleaseBuffer(metabuf);
+		pfree(stream);
+		pfree(refines);
+		return false;
+	}
 	if (!DsaPointerIsValid(dp))
 	{
 		UnlockReleaseBuffer(metabuf);
@@ -922,8 +953,9 @@ GiveWay(Relation index)
  *     Then the copy is ready.
  *
  * With from_scratch, step 1 always copies the stream and reads the table.
- * With give_way, steps 1 and 3 look for a waiting lock request between
- * batches of rows and give way to it (GiveWay).
+ * With give_way, the snapshot load and steps 1 and 3 look for a waiting
+ * lock request between pieces and batches of rows and give way to it
+ * (GiveWay).
  */
 static bool
 RebuildCopy(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot,
@@ -931,8 +963,19 @@ RebuildCopy(Relation heap, Relation index, TvResidentEntry *e, bool try_snapshot
 {
 	dsa_pointer dp = InvalidDsaPointer;
 
-	if (try_snapshot && tv_snapshots && LoadSnapshot(index, e))
-		return e->state == TV_RES_READY;
+	if (try_snapshot && tv_snapshots)
+	{
+		bool		gave_way;
+
+		if (LoadSnapshot(heap, index, e, give_way, &gave_way))
+			return e->state == TV_RES_READY;
+		if (gave_way)
+		{
+			/* the file is still the fastest way back: try it again */
+			e->retry_snapshot = true;
+			return GiveWay(index);
+		}
+	}
 	if (!from_scratch)
 		dp = tv_unpublished = DetachCopy(index, e);
 
@@ -1464,8 +1507,15 @@ SyncIndexGuarded(Oid indexoid, bool boot)
 			e->tried_relfilenode = TvRelFileNumber(index);
 			if (retry)
 			{
-				/* a fresh entry (server start, new index) may have a snapshot */
-				TvResidentRebuild(heap, index, e, boot && e->state == TV_RES_EMPTY, false, true);
+				/*
+				 * a fresh entry at server start may have a snapshot, and so
+				 * may one whose load gave way to DDL
+				 */
+				bool		try_snapshot = (boot || e->retry_snapshot) &&
+					e->state == TV_RES_EMPTY;
+
+				e->retry_snapshot = false;
+				TvResidentRebuild(heap, index, e, try_snapshot, false, true);
 				worked = true;
 			}
 		}

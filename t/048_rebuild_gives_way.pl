@@ -21,8 +21,12 @@
 #  2. A transaction that holds ACCESS EXCLUSIVE for 4 s (longer than the
 #     2 s an idle worker lingers): the worker stays and copies once the
 #     lock is gone, again without a scan asking.
-#  3. DROP INDEX during the copy succeeds quickly and its entry goes.
-#  4. On a hot standby, replaying a DROP INDEX takes the same lock: replay
+#  3. With snapshots on, the load of the snapshot at start-up (its file
+#     read slowed to 3 s a piece) gives way to ALTER TABLE too, and the
+#     worker loads the snapshot again afterwards rather than copy from the
+#     table.
+#  4. DROP INDEX during the copy succeeds quickly and its entry goes.
+#  5. On a hot standby, replaying a DROP INDEX takes the same lock: replay
 #     does not wait for the standby worker's copy either (it used to wait
 #     up to max_standby_streaming_delay, then cancel the copy).
 use strict;
@@ -169,7 +173,40 @@ cmp_ok(time() - $lock_start, '<', 8, 'LOCK TABLE did not wait for the copy');
 ok(wait_ready_quietly('g_l2', 60),
 	'the worker stayed through the lock and copied again: the copy is ready');
 
-# 3. DROP INDEX.
+# 3. The snapshot load at start-up.
+$node->append_conf('postgresql.conf', "turbovec.snapshots = on\n");
+$node->reload;
+$node->safe_psql('postgres', 'CHECKPOINT');
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT snapshot_bytes > 0 FROM turbo_indexes WHERE index = 'g_l2'::regclass"),
+	'snapshot: the copy is dumped');
+# two pieces (stream and refinements) of 3 s: without giving way the ALTER
+# would wait about 6 s, past its lock_timeout
+$node->append_conf('postgresql.conf', "turbovec.test_build_delay = 3s\n");
+$node->restart;
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT state = 'building' FROM turbo_resident_status() "
+		  . "WHERE indexrelid = 'g_l2'::regclass"),
+	'snapshot: the worker is loading the snapshot after the restart');
+$log_offset = -s $node->logfile;
+my ($sret, $serr, $ssecs) = timed('ALTER TABLE g ADD COLUMN note2 text');
+is($sret, 0, 'snapshot: ALTER TABLE during the load succeeds within lock_timeout')
+  or diag($serr);
+cmp_ok($ssecs, '<', 4.5, "snapshot: ALTER TABLE did not wait for the load (${ssecs}s)");
+ok(log_has($node, qr/the resident copy of index "g_l2" gives way to a waiting lock request/,
+		$log_offset, 10),
+	'snapshot: the log says the load gave way');
+ok(wait_ready_quietly('g_l2', 60), 'snapshot: the copy is ready again');
+ok( log_has(
+		$node, qr/turbovec loaded snapshot "[^"]+" for index "g_l2"/,
+		$log_offset, 1),
+	'snapshot: the worker loaded the snapshot again');
+$node->append_conf('postgresql.conf',
+	"turbovec.snapshots = off\nturbovec.test_build_delay = 900ms\n");
+
+# 4. DROP INDEX.
 restart_slow('DROP INDEX');
 my ($dret, $derr, $dsecs) = timed('DROP INDEX g_l2');
 is($dret, 0, 'DROP INDEX during the copy succeeds within lock_timeout') or diag($derr);
@@ -180,7 +217,7 @@ ok( $node->poll_query_until(
 		  . "WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = r.indexrelid)"),
 	'the dropped index has no resident entry');
 
-# 4. Replay on a standby.  The primary builds and copies at full speed;
+# 5. Replay on a standby.  The primary builds and copies at full speed;
 # the standby, from a backup taken then, copies slowly.
 $node->append_conf('postgresql.conf', "turbovec.test_build_delay = 0\n");
 $node->reload;

@@ -234,7 +234,8 @@ AllocCopy(const TvMetaPageData *meta, uint64 zero_from)
  * Copy the stream into a new allocation sized for the metapage plus room to
  * grow.  Returns InvalidDsaPointer when it does not fit, and also, with
  * *gave_way set, when give_way is set and a lock request came to wait for
- * ours (the copy is freed then).  Under the metapage share lock the copy is
+ * ours (the unfinished copy is left in tv_unpublished: the caller gives
+ * way, and RebuildCleanup frees it).  Under the metapage share lock the copy is
  * the extent's; without it, each page is copied whole but the stream may be
  * caught mid-change (RefreshStream repairs it).
  */
@@ -266,8 +267,7 @@ CopyStream(Relation heap, Relation index, const TvMetaPageData *meta, bool give_
 			CHECK_FOR_INTERRUPTS();
 			if (give_way && LockWanted(heap, index))
 			{
-				dsa_free(TvResidentArea(), dp);
-				tv_unpublished = InvalidDsaPointer;
+				/* the copy stays in tv_unpublished for GiveWay to free */
 				*gave_way = true;
 				return InvalidDsaPointer;
 			}

@@ -115,6 +115,27 @@ sub timed
 	return ($ret, $err, time() - $start);
 }
 
+# The checks of one lock request the copy gave way to: it succeeded (when
+# its exit status is known), it took less than the bound, and the log of
+# $args{on} says the copy of $args{index} gave way after $args{log_offset}.
+sub gave_way_ok
+{
+	my (%args) = @_;
+	my $what = $args{what};
+
+	if (defined $args{ret})
+	{
+		is($args{ret}, 0, "$what during the copy succeeds within lock_timeout")
+		  or diag($args{err});
+	}
+	cmp_ok($args{secs}, '<', $args{bound}, "$what did not wait for the copy ($args{secs}s)");
+	ok( log_has(
+			$args{on},
+			qr/the resident copy of index "$args{index}" gives way to a waiting lock request/,
+			$args{log_offset}, 10),
+		"$what: the log says the copy gave way");
+}
+
 $node->append_conf('postgresql.conf', "turbovec.test_build_delay = 900ms\n");
 
 # 1. ALTER TABLE, and a query queued behind it.
@@ -137,13 +158,15 @@ my ($qret, $qerr, $qsecs) = timed('SELECT count(*) FROM g');
 is($qret, 0, 'a query of the table issued during the ALTER succeeds') or diag($qerr);
 cmp_ok($qsecs, '<', 4, "the query did not wait for the copy (${qsecs}s)");
 $alter->finish;
-my $alter_secs = time() - $alter_start;
-is($alter->result(0), 0, 'ALTER TABLE during the copy succeeds within lock_timeout')
-  or diag($alter_err);
-cmp_ok($alter_secs, '<', 4, "ALTER TABLE did not wait for the copy (${alter_secs}s)");
-ok(log_has($node, qr/the resident copy of index "g_l2" gives way to a waiting lock request/,
-		$log_offset, 10),
-	'the log says the copy gave way');
+gave_way_ok(
+	what => 'ALTER TABLE',
+	on => $node,
+	ret => $alter->result(0),
+	err => $alter_err,
+	secs => time() - $alter_start,
+	bound => 4,
+	index => 'g_l2',
+	log_offset => $log_offset);
 ok(wait_ready_quietly('g_l2', 60), 'the worker copies again by itself: the copy is ready');
 for my $i (1 .. 3)
 {
@@ -192,12 +215,15 @@ ok( $node->poll_query_until(
 	'snapshot: the worker is loading the snapshot after the restart');
 $log_offset = -s $node->logfile;
 my ($sret, $serr, $ssecs) = timed('ALTER TABLE g ADD COLUMN note2 text');
-is($sret, 0, 'snapshot: ALTER TABLE during the load succeeds within lock_timeout')
-  or diag($serr);
-cmp_ok($ssecs, '<', 4.5, "snapshot: ALTER TABLE did not wait for the load (${ssecs}s)");
-ok(log_has($node, qr/the resident copy of index "g_l2" gives way to a waiting lock request/,
-		$log_offset, 10),
-	'snapshot: the log says the load gave way');
+gave_way_ok(
+	what => 'snapshot: ALTER TABLE',
+	on => $node,
+	ret => $sret,
+	err => $serr,
+	secs => $ssecs,
+	bound => 4.5,
+	index => 'g_l2',
+	log_offset => $log_offset);
 ok(wait_ready_quietly('g_l2', 60), 'snapshot: the copy is ready again');
 ok( log_has(
 		$node, qr/turbovec loaded snapshot "[^"]+" for index "g_l2"/,
@@ -208,9 +234,17 @@ $node->append_conf('postgresql.conf',
 
 # 4. DROP INDEX.
 restart_slow('DROP INDEX');
+$log_offset = -s $node->logfile;
 my ($dret, $derr, $dsecs) = timed('DROP INDEX g_l2');
-is($dret, 0, 'DROP INDEX during the copy succeeds within lock_timeout') or diag($derr);
-cmp_ok($dsecs, '<', 4, "DROP INDEX did not wait for the copy (${dsecs}s)");
+gave_way_ok(
+	what => 'DROP INDEX',
+	on => $node,
+	ret => $dret,
+	err => $derr,
+	secs => $dsecs,
+	bound => 4,
+	index => 'g_l2',
+	log_offset => $log_offset);
 ok( $node->poll_query_until(
 		'postgres',
 		"SELECT count(*) = 0 FROM turbo_resident_status() r "
@@ -238,12 +272,13 @@ $log_offset = -s $standby->logfile;
 $node->safe_psql('postgres', 'DROP INDEX s_l2');
 my $replay_start = time();
 wait_for_replay($node, $standby);
-my $replay_secs = time() - $replay_start;
-cmp_ok($replay_secs, '<', 4,
-	"standby: replaying DROP INDEX did not wait for the copy (${replay_secs}s)");
-ok(log_has($standby, qr/the resident copy of index "s_l2" gives way to a waiting lock request/,
-		$log_offset, 10),
-	'standby: the log says the copy gave way');
+gave_way_ok(
+	what => 'standby: replaying DROP INDEX',
+	on => $standby,
+	secs => time() - $replay_start,
+	bound => 4,
+	index => 's_l2',
+	log_offset => $log_offset);
 is($standby->safe_psql('postgres', "SELECT count(*) FROM pg_class WHERE relname = 's_l2'"),
 	'0', 'standby: the index is gone');
 

@@ -165,6 +165,7 @@ static void Normalize(float *x, int dim);
 #define TV_GROUP_COARSE_PROBES	4
 #define TV_GROUP_ROUNDS		6
 #define TV_GROUP_CHUNK		256
+#define TV_EXACT_ROWS		16	/* rows ExactChunk takes, a multiple of 4 */
 
 struct TvListAssigner
 {
@@ -175,6 +176,8 @@ struct TvListAssigner
 	int			dim;
 	TvMetric	metric;
 	int			ngroups;		/* 0: exact search */
+	float	   *acent;			/* exact search on aligned rows: the centroids, */
+	int			apad;			/* padded to a multiple of 3 */
 	int			gpad;			/* ngroups rounded up to a multiple of 3 */
 	float	   *gcent;			/* gpad group centres */
 	float	   *gnorm;			/* their ||g||^2 */
@@ -285,6 +288,15 @@ TvListAssignerCreate(const float *centroids, const float *cnorms, int lists, int
 	la->metric = metric;
 	if (lists < TV_GROUP_MIN_LISTS || metric == TV_METRIC_IP)
 	{
+		/* aligned copies for the tile kernel (ExactChunk) */
+		la->apad = (lists + 2) / 3 * 3;
+		la->acent = AllocAlignedFloats((Size) dim * la->apad);
+		memcpy(la->acent, centroids, sizeof(float) * dim * lists);
+		for (int j = lists; j < la->apad; j++)
+			memcpy(la->acent + (Size) j * dim, centroids + (Size) (lists - 1) * dim,
+				   sizeof(float) * dim);
+		la->rows = AllocAlignedFloats((Size) dim * TV_EXACT_ROWS);
+		la->tile = AlignedTile(dim);
 		MemoryContextSwitchTo(oldCxt);
 		return la;
 	}
@@ -397,7 +409,8 @@ TvListAssignerCreate(const float *centroids, const float *cnorms, int lists, int
 /*
  * About the memory of an assigner: the copy of the centroids in group
  * order with their padding, the group centres and two chunks of rows (the
- * products of a sweep are small next to those); nothing for exact search
+ * products of a sweep are small next to those); for exact search, the
+ * aligned copy of the centroids and one chunk of rows (ExactChunk)
  */
 double
 TvListAssignerBytes(int lists, int dim, TvMetric metric)
@@ -405,7 +418,7 @@ TvListAssignerBytes(int lists, int dim, TvMetric metric)
 	double		ng;
 
 	if (lists < TV_GROUP_MIN_LISTS || metric == TV_METRIC_IP)
-		return 0;
+		return sizeof(float) * (double) dim * (lists + 2 + TV_EXACT_ROWS);
 	ng = ceil(sqrt((double) lists));
 	return sizeof(float) * (double) dim * (lists + 3 * ng + 2 * (TV_GROUP_CHUNK + 3));
 }
@@ -524,6 +537,46 @@ AssignChunk(TvListAssigner *la, const float *xs, int m, int *out)
 }
 
 /*
+ * The exact search for m <= TV_EXACT_ROWS rows: TvNearestLists' ranking and
+ * tie rule, on the assigner's aligned copies, every product from its one
+ * tile kernel (rows padded to a multiple of 4, centroids to one of 3, the
+ * padding never chosen), so that the kernel is AVX-512 where AlignedTile
+ * allows: a Fashion-MNIST build with 192 lists spent a quarter of its time
+ * in the AVX2 tile.
+ */
+static void
+ExactChunk(TvListAssigner *la, const float *xs, int m, int *out)
+{
+	int			dim = la->dim;
+	int			nr = PadRows(la->rows, xs, m, dim);
+	float		t[12];
+
+	for (int a = 0; a < m; a++)
+	{
+		la->bestd[a] = get_float4_infinity();
+		out[a] = 0;
+	}
+	/* ascending centroids, so ties keep the lower list */
+	for (int j = 0; j < la->apad; j += 3)
+		for (int a = 0; a < nr; a += 4)
+		{
+			la->tile(la->rows + (Size) a * dim, la->acent + (Size) j * dim, dim, t);
+			for (int i = 0; i < 4 && a + i < m; i++)
+				for (int b = 0; b < 3 && j + b < la->lists; b++)
+				{
+					float		d = RankOf(la->metric, la->cnorms ? la->cnorms[j + b] : 0,
+										   t[i * 3 + b]);
+
+					if (d < la->bestd[a + i])
+					{
+						la->bestd[a + i] = d;
+						out[a + i] = j + b;
+					}
+				}
+		}
+}
+
+/*
  * Search only the coarse number of nearest groups per vector from now on
  * (k-means' early rounds), or all of them (TV_GROUP_PROBES) again
  */
@@ -535,16 +588,16 @@ TvListAssignerSetCoarse(TvListAssigner *la, bool coarse)
 
 /*
  * The nearest list of each of n vectors (xs, n * dim floats) into out[n]:
- * TvNearestLists below TV_GROUP_MIN_LISTS lists and under inner product,
- * the grouped search otherwise.
+ * the exact search (ExactChunk) below TV_GROUP_MIN_LISTS lists and under
+ * inner product, the grouped search otherwise.
  */
 void
 TvAssignLists(TvListAssigner *la, const float *xs, int n, int *out)
 {
 	if (la->ngroups == 0)
 	{
-		TvNearestLists(la->centroids, la->cnorms, la->lists, la->dim, la->metric,
-					   xs, n, out);
+		for (int r0 = 0; r0 < n; r0 += TV_EXACT_ROWS)
+			ExactChunk(la, xs + (Size) r0 * la->dim, Min(TV_EXACT_ROWS, n - r0), out + r0);
 		return;
 	}
 	for (int r0 = 0; r0 < n; r0 += TV_GROUP_CHUNK)

@@ -235,9 +235,9 @@ AllocCopy(const TvMetaPageData *meta, uint64 zero_from)
  * grow.  Returns InvalidDsaPointer when it does not fit, and also, with
  * *gave_way set, when give_way is set and a lock request came to wait for
  * ours (the unfinished copy is left in tv_unpublished: the caller gives
- * way, and RebuildCleanup frees it).  Under the metapage share lock the copy is
- * the extent's; without it, each page is copied whole but the stream may be
- * caught mid-change (RefreshStream repairs it).
+ * way, and RebuildCleanup frees it).  Under the metapage share lock the
+ * copy is the extent's; without it, each page is copied whole but the
+ * stream may be caught mid-change (RefreshStream repairs it).
  */
 static dsa_pointer
 CopyStream(Relation heap, Relation index, const TvMetaPageData *meta, bool give_way,

@@ -13,12 +13,13 @@
  * borderline vector.  Nothing depends on that: a standby replays the
  * primary's pages, and every code is coded for the list it is in.
  *
- * Builds and k-means assign vectors with a TvListAssigner: the exact
- * search of TvNearestLists, in dot products over 4 x 3 tiles, or with
- * thousands of lists a search of the nearest groups of lists (see
- * "Grouped assignment").  Inserts use the exact search (a batch of one), so
- * with that many lists an insert may pick a nearer list than a build would
- * have; nothing depends on which.
+ * Builds and k-means assign vectors with a TvListAssigner: an exact
+ * search over 4 x 3 tiles of dot products on its aligned copies
+ * (ExactChunk), or with thousands of lists a search of the nearest groups
+ * of lists (see "Grouped assignment").  Inserts use TvNearestLists (a batch
+ * of one, its products rounded by tv_dot), so an insert may pick another
+ * list than a build would have for a borderline vector, and with that many
+ * lists a nearer one; nothing depends on which.
  *
  * Metrics: L2 assigns by squared distance; inner product by the largest
  * inner product; cosine trains on unit vectors (spherical k-means) and

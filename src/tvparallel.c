@@ -634,7 +634,7 @@ TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes
  * (TvRounds) whose items are the samples: every participant claims batches
  * of TV_ASSIGN_BATCH samples and writes their nearest lists by position.
  * Batches start at multiples of the batch size, as in the serial rounds
- * (tvivf.c), so TvNearestLists groups the rows the same way and the
+ * (tvivf.c), so the assigner groups the rows the same way and the
  * assignment is the same whoever computes it.
  */
 #define TV_PARALLEL_KEY_KMEANS		UINT64CONST(0x7475726226FE0002)

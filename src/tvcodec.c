@@ -627,6 +627,13 @@ tv_codec_unrotate(const TvCodec *codec, const float *in, float *out)
 	}
 }
 
+void
+tv_scale_row_scalar(float *dst, const float *v, double mult, int n)
+{
+	for (int i = 0; i < n; i++)
+		dst[i] = (float) ((double) v[i] * mult);
+}
+
 /*
  * a = R a, like tv_codec_rotate, using tmp (dim floats) to permute by a
  * gather, fused with the first sign step, instead of by swaps.  Moving
@@ -825,7 +832,7 @@ tv_quantize_row_scalar(const TvCodec *codec, float *y, uint8_t *code)
 
 /* Sum of squares in double, in the encoder's fixed order (TvLanes) */
 double
-tv_sum_squares(const float *v, int n)
+tv_sum_squares_scalar(const float *v, int n)
 {
 	TvLanes		sum = {0, 0, 0, 0, 0, 0, 0, 0};
 	double		p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -858,7 +865,6 @@ tv_codec_encode(const TvCodec *codec, const float *v,
 	double		mult;
 	double		dot;
 	double		xdot;
-	int			i;
 
 	norm2 = tv_sum_squares(v, dim);
 	/* Also catches NaN, though callers reject non-finite input */
@@ -873,8 +879,7 @@ tv_codec_encode(const TvCodec *codec, const float *v,
 
 	/* y = R (v / ||v||) * sqrt(dim): about N(0, 1) per coordinate */
 	mult = sqrt((double) dim) / norm;
-	for (i = 0; i < dim; i++)
-		work[i] = (float) ((double) v[i] * mult);
+	tv_scale_row(work, v, mult, dim);
 	RotateWork(codec, work, work + dim);
 
 	dot = tv_quantize_row(codec, work, code);
@@ -1378,7 +1383,6 @@ tv_codec_encode_refine(const TvCodec *codec, const float *v, uint8_t *refine,
 	double		mult;
 	double		dot;
 	float		rscale;
-	int			i;
 
 	memset(refine, 0, tv_refine_bytes(dim));
 	norm2 = tv_sum_squares(v, dim);
@@ -1388,8 +1392,7 @@ tv_codec_encode_refine(const TvCodec *codec, const float *v, uint8_t *refine,
 
 	/* y exactly as tv_codec_encode computes it, so the cells are its codes */
 	mult = sqrt((double) dim) / norm;
-	for (i = 0; i < dim; i++)
-		work[i] = (float) ((double) v[i] * mult);
+	tv_scale_row(work, v, mult, dim);
 	RotateWork(codec, work, work + dim);
 
 	dot = tv_refine_row(codec, work, nib);

@@ -107,8 +107,24 @@ extern TvQuantizeRowFn tv_quantize_row;
 extern double tv_quantize_row_scalar(const TvCodec *codec, float *y, uint8_t *code);
 extern double tv_quantize_row_avx2(const TvCodec *codec, float *y, uint8_t *code);
 
-/* Sum of squares of v[0..n) in double, in the encoder's fixed order */
-extern double tv_sum_squares(const float *v, int n);
+/*
+ * Sum of squares of v[0..n) in double, in the encoder's fixed order.  The
+ * AVX2 version keeps the same eight running sums: bit-identical.
+ */
+typedef double (*TvSumSquaresFn) (const float *v, int n);
+extern TvSumSquaresFn tv_sum_squares;
+extern double tv_sum_squares_scalar(const float *v, int n);
+extern double tv_sum_squares_avx2(const float *v, int n);
+
+/*
+ * The encoder's scaling to about N(0, 1) per coordinate: dst[i] = (float)
+ * ((double) v[i] * mult).  The AVX2 version does each element's IEEE
+ * operations unchanged: bit-identical.
+ */
+typedef void (*TvScaleRowFn) (float *dst, const float *v, double mult, int n);
+extern TvScaleRowFn tv_scale_row;
+extern void tv_scale_row_scalar(float *dst, const float *v, double mult, int n);
+extern void tv_scale_row_avx2(float *dst, const float *v, double mult, int n);
 
 /*
  * Encode v (dim finite floats) into a row code.  Returns false (zero code,
@@ -270,6 +286,21 @@ extern int32_t tv_rank_dot_avxvnni(const uint8_t *k, const int8_t *q, int dim);
 extern int32_t tv_rank_dot_avx512vnni(const uint8_t *k, const int8_t *q, int dim);
 extern bool tv_kernels_have_avxvnni(void);
 extern bool tv_kernels_have_avx512vnni(void);
+
+/*
+ * k-means (tvivf.c): sum[i] += (double) x[i], a list's running sums; and a
+ * row's 8-bit approximation for seeding, k[i] = 128 + rint(x[i] / scale)
+ * clamped to -127..127 (128 when scale is not positive), returning the sum
+ * of squares of the integers.  The AVX2 versions are bit-identical.
+ */
+typedef void (*TvAccumulateFn) (double *sum, const float *x, int n);
+typedef int64_t (*TvQuantizeI8Fn) (const float *x, int n, float scale, uint8_t *k);
+extern TvAccumulateFn tv_accumulate;
+extern TvQuantizeI8Fn tv_quantize_i8;
+extern void tv_accumulate_scalar(double *sum, const float *x, int n);
+extern void tv_accumulate_avx2(double *sum, const float *x, int n);
+extern int64_t tv_quantize_i8_scalar(const float *x, int n, float scale, uint8_t *k);
+extern int64_t tv_quantize_i8_avx2(const float *x, int n, float scale, uint8_t *k);
 
 /*
  * Float products for lists (tvivf.c): <a, b> and ||a - b||^2 of two

@@ -762,23 +762,12 @@ SeedPoolBuild(SeedPool *sp, const float *xs, int n, int dim)
 		uint8	   *k = sp->codes + (Size) i * dim;
 		float		amax = 0;
 		float		s;
-		int64		sq = 0;
+		int64		sq;
 
 		for (int d = 0; d < dim; d++)
 			amax = Max(amax, fabsf(x[d]));
 		s = amax / 127;
-		for (int d = 0; d < dim; d++)
-		{
-			/*
-			 * |x / s| <= 127 up to rounding; clamped as a float, so that no
-			 * conversion overflows, and NaN (refused before here) gives 0
-			 */
-			float		f = (s > 0) ? rintf(x[d] / s) : 0;
-			int			v = f >= 127 ? 127 : f <= -127 ? -127 : f == f ? (int) f : 0;
-
-			k[d] = (uint8) (v + 128);
-			sq += v * v;
-		}
+		sq = tv_quantize_i8(x, dim, s, k);
 		sp->scale[i] = s;
 		sp->norm2[i] = (double) s * s * (double) sq;
 	}
@@ -1021,8 +1010,7 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 			const float *x = in->samples + (Size) i * dim;
 			double	   *s = sums + (Size) assign[i] * dim;
 
-			for (int d = 0; d < dim; d++)
-				s[d] += x[d];
+			tv_accumulate(s, x, dim);
 			counts[assign[i]]++;
 		}
 		for (int j = 0; j < lists; j++)

@@ -47,6 +47,10 @@ TvQuantizeLutFn tv_quantize_lut = tv_quantize_lut_scalar;
 TvRankDotFn tv_rank_dot = tv_rank_dot_scalar;
 TvFwhtFn	tv_fwht = tv_fwht_scalar;
 TvQuantizeRowFn tv_quantize_row = tv_quantize_row_scalar;
+TvSumSquaresFn tv_sum_squares = tv_sum_squares_scalar;
+TvScaleRowFn tv_scale_row = tv_scale_row_scalar;
+TvAccumulateFn tv_accumulate = tv_accumulate_scalar;
+TvQuantizeI8Fn tv_quantize_i8 = tv_quantize_i8_scalar;
 TvRefineRowFn tv_refine_row = tv_refine_row_scalar;
 TvPairFn	tv_dot = tv_dot_scalar;
 TvPairFn	tv_l2sq = tv_l2sq_scalar;
@@ -193,6 +197,33 @@ tv_dot_tile_scalar(const float *x, const float *c, int dim, float *out)
 	for (int a = 0; a < 4; a++)
 		for (int b = 0; b < 3; b++)
 			out[a * 3 + b] = tv_dot_scalar(x + (size_t) a * dim, c + (size_t) b * dim, dim);
+}
+
+void
+tv_accumulate_scalar(double *sum, const float *x, int n)
+{
+	for (int i = 0; i < n; i++)
+		sum[i] += (double) x[i];
+}
+
+int64_t
+tv_quantize_i8_scalar(const float *x, int n, float scale, uint8_t *k)
+{
+	int64_t		sq = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		/*
+		 * |x / scale| <= 127 up to rounding; clamped as a float, so that no
+		 * conversion overflows, and NaN gives 0
+		 */
+		float		f = (scale > 0) ? rintf(x[i] / scale) : 0;
+		int			v = f >= 127 ? 127 : f <= -127 ? -127 : f == f ? (int) f : 0;
+
+		k[i] = (uint8_t) (v + 128);
+		sq += v * v;
+	}
+	return sq;
 }
 
 #ifdef TV_X86
@@ -955,6 +986,110 @@ LanesTotalAvx2(__m256d dlo, __m256d dhi)
 	return ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
 }
 
+/*
+ * tv_sum_squares_scalar with the eight running sums in two registers; a
+ * partial last chunk is padded with zeros, whose squares change no sum
+ */
+TV_AVX2 double
+tv_sum_squares_avx2(const float *v, int n)
+{
+	__m256d		dlo = _mm256_setzero_pd();
+	__m256d		dhi = _mm256_setzero_pd();
+	int			i = 0;
+
+	for (; i + 8 <= n; i += 8)
+	{
+		__m256		x = _mm256_loadu_ps(v + i);
+
+		LanesAddAvx2(&dlo, &dhi, x, x);
+	}
+	if (i < n)
+	{
+		float		pad[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+		__m256		x;
+
+		memcpy(pad, v + i, sizeof(float) * (n - i));
+		x = _mm256_loadu_ps(pad);
+		LanesAddAvx2(&dlo, &dhi, x, x);
+	}
+	return LanesTotalAvx2(dlo, dhi);
+}
+
+/* dst[i] = (float) ((double) v[i] * mult), four conversions a register */
+TV_AVX2 void
+tv_scale_row_avx2(float *dst, const float *v, double mult, int n)
+{
+	__m256d		m = _mm256_set1_pd(mult);
+	int			i = 0;
+
+	for (; i + 4 <= n; i += 4)
+		_mm_storeu_ps(dst + i,
+					  _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(v + i)), m)));
+	for (; i < n; i++)
+		dst[i] = (float) ((double) v[i] * mult);
+}
+
+/* sum[i] += (double) x[i], four a register: each sum's one addition, as before */
+TV_AVX2 void
+tv_accumulate_avx2(double *sum, const float *x, int n)
+{
+	int			i = 0;
+
+	for (; i + 4 <= n; i += 4)
+		_mm256_storeu_pd(sum + i, _mm256_add_pd(_mm256_loadu_pd(sum + i),
+												_mm256_cvtps_pd(_mm_loadu_ps(x + i))));
+	for (; i < n; i++)
+		sum[i] += (double) x[i];
+}
+
+/*
+ * tv_quantize_i8_scalar eight values a register: the same division and
+ * rounding to even (the default rounding mode, as rintf's), NaN masked to
+ * 0, then the clamp, which the rounded values meet exactly as floats
+ */
+TV_AVX2 int64_t
+tv_quantize_i8_avx2(const float *x, int n, float scale, uint8_t *k)
+{
+	__m256		s = _mm256_set1_ps(scale);
+	__m256		hi = _mm256_set1_ps(127.0f);
+	__m256		lo = _mm256_set1_ps(-127.0f);
+	__m256i		bias = _mm256_set1_epi32(128);
+	__m256i		sq8 = _mm256_setzero_si256();
+	int64_t		sq = 0;
+	int			i = 0;
+
+	if (!(scale > 0))
+	{
+		memset(k, 128, n);
+		return 0;
+	}
+	for (; i + 8 <= n; i += 8)
+	{
+		__m256		f = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + i), s),
+										_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+		__m256i		v;
+		__m128i		b;
+
+		f = _mm256_and_ps(f, _mm256_cmp_ps(f, f, _CMP_ORD_Q));
+		f = _mm256_min_ps(_mm256_max_ps(f, lo), hi);
+		v = _mm256_cvtps_epi32(f);
+		/* v * v <= 16129: eight lanes of int32 hold 2^17 of them each */
+		sq8 = _mm256_add_epi32(sq8, _mm256_mullo_epi32(v, v));
+		v = _mm256_add_epi32(v, bias);
+		b = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+		b = _mm_packus_epi16(b, b);
+		_mm_storel_epi64((__m128i *) (k + i), b);
+	}
+	{
+		int32_t		lanes[8];
+
+		_mm256_storeu_si256((__m256i *) lanes, sq8);
+		for (int m = 0; m < 8; m++)
+			sq += lanes[m];
+	}
+	return sq + tv_quantize_i8_scalar(x + i, n - i, scale, k + i);
+}
+
 /* y[i..i+n) in 8 lanes, zeros past n */
 static inline TV_AVX2 __m256
 LoadPaddedAvx2(const float *y, int n)
@@ -1298,6 +1433,30 @@ tv_fwht_avx2(float *a, int n, float s)
 	tv_fwht_scalar(a, n, s);
 }
 
+double
+tv_sum_squares_avx2(const float *v, int n)
+{
+	return tv_sum_squares_scalar(v, n);
+}
+
+void
+tv_accumulate_avx2(double *sum, const float *x, int n)
+{
+	tv_accumulate_scalar(sum, x, n);
+}
+
+int64_t
+tv_quantize_i8_avx2(const float *x, int n, float scale, uint8_t *k)
+{
+	return tv_quantize_i8_scalar(x, n, scale, k);
+}
+
+void
+tv_scale_row_avx2(float *dst, const float *v, double mult, int n)
+{
+	tv_scale_row_scalar(dst, v, mult, n);
+}
+
 void
 tv_score_block_avx2(const TvQueryLut *lut, const uint8_t *block_codes,
 					float *out)
@@ -1400,6 +1559,10 @@ tv_kernels_init(void)
 	tv_quantize_lut = avx2 ? tv_quantize_lut_avx2 : tv_quantize_lut_scalar;
 	tv_fwht = avx2 ? tv_fwht_avx2 : tv_fwht_scalar;
 	tv_quantize_row = avx2 ? tv_quantize_row_avx2 : tv_quantize_row_scalar;
+	tv_sum_squares = avx2 ? tv_sum_squares_avx2 : tv_sum_squares_scalar;
+	tv_scale_row = avx2 ? tv_scale_row_avx2 : tv_scale_row_scalar;
+	tv_accumulate = avx2 ? tv_accumulate_avx2 : tv_accumulate_scalar;
+	tv_quantize_i8 = avx2 ? tv_quantize_i8_avx2 : tv_quantize_i8_scalar;
 	tv_refine_row = avx2 ? tv_refine_row_avx2 : tv_refine_row_scalar;
 	if (tv_kernels_have_avxvnni())
 		tv_rank_dot = tv_rank_dot_avxvnni;

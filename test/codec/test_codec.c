@@ -822,6 +822,8 @@ EncodeWithSteps(bool avx2, const TvCodec *c, const float *v, uint8_t *code,
 	tv_fwht = avx2 ? tv_fwht_avx2 : tv_fwht_scalar;
 	tv_quantize_row = avx2 ? tv_quantize_row_avx2 : tv_quantize_row_scalar;
 	tv_refine_row = avx2 ? tv_refine_row_avx2 : tv_refine_row_scalar;
+	tv_sum_squares = avx2 ? tv_sum_squares_avx2 : tv_sum_squares_scalar;
+	tv_scale_row = avx2 ? tv_scale_row_avx2 : tv_scale_row_scalar;
 	tv_codec_encode(c, v, code, f, work);
 	/* work holds the levels the encoding left; the refinement works past them */
 	tv_codec_encode_refine(c, v, refine, work + c->dim);
@@ -936,6 +938,80 @@ TestEncoderKernels(void)
 	for (b = 0; b < 3; b++)
 		Check(GoldenHash(bits_list[b]) == golden[b],
 			  "golden hash dim 100 bits %d changes with the AVX2 encoder", bits_list[b]);
+}
+
+/*
+ * k-means' kernels, AVX2 against portable, bit for bit: the running sums,
+ * and the seeding's 8-bit rows at every length of a partial last chunk,
+ * with values halfway between integers (rounding to even), beyond the
+ * clamp, zeros of both signs, infinities and NaN, and a scale of zero
+ */
+static void
+TestKmeansKernels(void)
+{
+	static const int lens[] = {1, 3, 7, 8, 9, 15, 16, 17, 100, 784, 1023, 16000};
+	size_t		d;
+
+	if (!tv_kernels_have_avx2())
+		return;
+	for (d = 0; d < sizeof(lens) / sizeof(lens[0]); d++)
+	{
+		int			n = lens[d];
+		float	   *x = Alloc(sizeof(float) * n);
+		double	   *s1 = Alloc(sizeof(double) * n);
+		double	   *s2 = Alloc(sizeof(double) * n);
+		uint8_t    *k1 = Alloc(n);
+		uint8_t    *k2 = Alloc(n);
+		int			trial,
+					same = 1,
+					qsame = 1;
+
+		TestSeed(501 + n);
+		for (trial = 0; trial < 6; trial++)
+		{
+			float		scale = (trial == 5) ? 0.0f : (float) (0.01 + TestUniform());
+			int64_t		q1,
+						q2;
+			int			i;
+
+			FillNormal(x, n);
+			for (i = 0; i < n; i++)
+			{
+				if (trial >= 1 && i % 3 == 0)	/* k + 0.5 times the scale */
+					x[i] = ((float) ((int) (TestNormal() * 60)) + 0.5f) * scale;
+				else
+					x[i] *= 60 * scale;
+				if (trial >= 2 && i % 11 == 5)
+					x[i] = (i % 2) ? 1e30f : -1e30f;
+				if (trial >= 3 && i % 13 == 7)
+					x[i] = (i % 2) ? -0.0f : 0.0f;
+				if (trial >= 4 && i % 17 == 3)
+					x[i] = (i % 2) ? INFINITY : -INFINITY;
+				if (trial >= 4 && i % 19 == 4)
+					x[i] = NAN;
+			}
+			for (i = 0; i < n; i++)
+				s1[i] = s2[i] = TestNormal() * 1e3;
+			tv_accumulate_scalar(s1, x, n);
+			tv_accumulate_avx2(s2, x, n);
+			/* NaN sums compare unequal to themselves: compare the bits */
+			if (memcmp(s1, s2, sizeof(double) * n) != 0)
+				same = 0;
+			memset(k1, 0xA5, n);
+			memset(k2, 0x5A, n);
+			q1 = tv_quantize_i8_scalar(x, n, scale, k1);
+			q2 = tv_quantize_i8_avx2(x, n, scale, k2);
+			if (q1 != q2 || memcmp(k1, k2, n) != 0)
+				qsame = 0;
+		}
+		Check(same, "scalar and AVX2 k-means sums differ, n %d", n);
+		Check(qsame, "scalar and AVX2 8-bit seeding rows differ, n %d", n);
+		free(x);
+		free(s1);
+		free(s2);
+		free(k1);
+		free(k2);
+	}
 }
 
 /*
@@ -1872,6 +1948,7 @@ main(int argc, char **argv)
 	TestBlockRoundTrip();
 	TestKernels();
 	TestEncoderKernels();
+	TestKmeansKernels();
 	TestSplitSums();
 	TestOverflow();
 	TestQuantization();

@@ -312,6 +312,7 @@ typedef struct TvEncodeInput
 	int			chunk_vectors;	/* vector k is in chunks[k / chunk_vectors] */
 	float	  **chunks;			/* chunk_vectors * dim floats each (the last: the rest) */
 	uint64		progress_base;	/* vectors coded before these, for progress */
+	bool		fill_in_place;	/* windows: the caller writes them in the segment */
 } TvEncodeInput;
 
 typedef struct TvKmeansParallel TvKmeansParallel;
@@ -326,12 +327,13 @@ extern int	TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof,
 typedef struct TvEncodeWindows TvEncodeWindows;
 extern TvEncodeWindows *TvEncodeWindowsBegin(const TvEncodeInput *in, int nworkers);
 extern uint64 TvEncodeWindowsCapacity(TvEncodeWindows *ew);
+extern float *TvEncodeWindowsBuffer(TvEncodeWindows *ew);
 extern void TvEncodeWindowsSubmit(TvEncodeWindows *ew, const TvEncodeInput *in);
 extern uint64 TvEncodeWindowsCollect(TvEncodeWindows *ew, int *listof, uint8 *codes,
 									 TvFactors *factors);
 extern int	TvEncodeWindowsEnd(TvEncodeWindows *ew);
 extern Size TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors,
-									int mem_kb, uint64 n);
+									int mem_kb, uint64 n, int slots);
 
 /* A row the parallel heap scan's workers send: its vector, or its code */
 typedef struct TvScanRecord

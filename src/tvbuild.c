@@ -198,8 +198,10 @@ typedef struct TvBuildState
 	bool		windows_stay;	/* keep them for the whole pass */
 	int			window_workers; /* how many were launched */
 	uint64		windowed;		/* vectors they coded */
-	int			pending_n;		/* vectors of the window they are coding */
-	ItemPointerData *pending_tids;	/* its TIDs, and room for its results */
+	int			coding_n;		/* vectors of the window they are coding */
+	ItemPointerData *coding_tids;	/* its TIDs */
+	int			pending_n;		/* vectors of the window collected from them */
+	ItemPointerData *pending_tids;	/* its TIDs, and its results */
 	int		   *pending_list;
 	uint8	   *pending_codes;
 	TvFactors  *pending_factors;
@@ -524,7 +526,7 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 		if (max_parallel_maintenance_workers > 0)
 			limit -= (double) TvParallelSegmentBytes(bs->codec, Max(PlannedLists(bs), 1),
 													 TV_SPOOL_CHUNK, maintenance_work_mem,
-													 PG_UINT64_MAX);
+													 PG_UINT64_MAX, 1);
 		/* and a parallel scan its queues */
 		if (bs->pscan != NULL)
 			limit -= (double) TvParallelScanBytes(bs->scan_workers, maintenance_work_mem);
@@ -970,6 +972,17 @@ SpoolWorkers(TvBuildState *bs, uint64 n)
 }
 
 /*
+ * Slots of vectors in the segment of a heap pass's workers: with workers
+ * that stay, the leader reads each window into the slot they are not
+ * coding (EncodeWindow)
+ */
+static int
+WindowSlots(TvBuildState *bs)
+{
+	return bs->windows_stay ? 2 : 1;
+}
+
+/*
  * Vectors a heap pass collects for parallel workers to code together, a
  * window at a time with the same workers (TvEncodeWindowsBegin): whole
  * spool chunks, at most an eighth of maintenance_work_mem, when there are
@@ -1025,7 +1038,7 @@ HeapWindowBytes(TvBuildState *bs)
 		return 0;
 	return (double) n * (sizeof(float) * bs->dim + sizeof(ItemPointerData) + CodedBytes(bs)) +
 		(double) TvParallelSegmentBytes(bs->codec, Max(bs->lists, 1), TV_SPOOL_CHUNK,
-										maintenance_work_mem, n);
+										maintenance_work_mem, n, WindowSlots(bs));
 }
 
 /*
@@ -1071,7 +1084,8 @@ KeepCoded(TvBuildState *bs, int j, const TvFactors *factors, const ItemPointerDa
 					need = ceil((base + TvParallelSegmentBytes(bs->codec, Max(bs->lists, 1),
 															   TV_SPOOL_CHUNK,
 															   (int) Min(need * 1024, MAX_KILOBYTES),
-															   bs->seen + TV_SPOOL_CHUNK) /
+															   bs->seen + TV_SPOOL_CHUNK,
+															   WindowSlots(bs)) /
 								 (1024.0 * 1024.0)) * 8 / 7);
 			}
 			else if (bs->pscan != NULL)
@@ -1164,20 +1178,35 @@ AddVectors(TvBuildState *bs, const float *xs, const ItemPointerData *tids, int n
 }
 
 /*
- * Take the results of the window the workers were given last, and put or
- * keep each of its vectors in heap order, exactly as AddVectors would have
+ * Take the results of the window the workers were given last (waiting for
+ * them): its TIDs become the pending window's
  */
 static void
 CollectWindow(TvBuildState *bs)
 {
-	int			code_bytes = bs->codec->code_bytes;
-	int			n = bs->pending_n;
+	ItemPointerData *tids = bs->pending_tids;
 
-	if (n == 0)
+	Assert(bs->pending_n == 0);
+	if (bs->coding_n == 0)
 		return;
 	(void) TvEncodeWindowsCollect(bs->windows, bs->pending_list, bs->pending_codes,
 								  bs->pending_factors);
-	bs->pending_n = 0;
+	bs->pending_tids = bs->coding_tids;
+	bs->coding_tids = tids;
+	bs->pending_n = bs->coding_n;
+	bs->coding_n = 0;
+}
+
+/*
+ * Put or keep each vector of the pending window in heap order, exactly as
+ * AddVectors would have
+ */
+static void
+PutWindow(TvBuildState *bs)
+{
+	int			code_bytes = bs->codec->code_bytes;
+	int			n = bs->pending_n;
+
 	for (int k = 0; k < n; k++)
 	{
 		memcpy(bs->code, bs->pending_codes + (Size) k * code_bytes, code_bytes);
@@ -1186,6 +1215,7 @@ CollectWindow(TvBuildState *bs)
 			PutCoded(bs, bs->pending_list[k], bs->code, &bs->pending_factors[k],
 					 &bs->pending_tids[k]);
 	}
+	bs->pending_n = 0;
 	bs->encoded += n;
 	bs->windowed += n;
 	pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE, (int64) bs->encoded);
@@ -1209,9 +1239,12 @@ CodingInput(TvBuildState *bs, TvEncodeInput *in)
 
 /*
  * Hand the batch, a window, to parallel workers (tvparallel.c), started
- * for the first window and kept for the rest of the pass: the results of
- * the window before it are taken first, and with workers that stay this
- * one's are taken once the leader has read the next (CollectWindow)
+ * for the first window and kept for the rest of the pass.  The results of
+ * the window before it are taken first, and put in the blocks once this
+ * one is handed over, so that the workers do not wait for that.  With
+ * workers that stay, the leader then reads the next window straight into
+ * the segment's other slot (TvEncodeWindowsBuffer); this one's results are
+ * taken once it has.
  */
 static void
 EncodeWindow(TvBuildState *bs)
@@ -1224,12 +1257,14 @@ EncodeWindow(TvBuildState *bs)
 	in.chunk_vectors = bs->batch_cap;
 	in.chunks = &bs->batch;
 	in.progress_base = bs->encoded;
+	in.fill_in_place = bs->windows_stay;
 	if (bs->windows == NULL && !bs->windows_failed)
 	{
 		bs->windows = TvEncodeWindowsBegin(&in, max_parallel_maintenance_workers);
 		bs->windows_failed = (bs->windows == NULL);
 		if (bs->windows != NULL && bs->pending_tids == NULL)
 		{
+			bs->coding_tids = palloc(sizeof(ItemPointerData) * bs->batch_cap);
 			bs->pending_tids = palloc(sizeof(ItemPointerData) * bs->batch_cap);
 			bs->pending_list = palloc(sizeof(int) * bs->batch_cap);
 			bs->pending_codes = palloc_extended((Size) bs->codec->code_bytes * bs->batch_cap,
@@ -1247,18 +1282,26 @@ EncodeWindow(TvBuildState *bs)
 
 	CollectWindow(bs);
 	in.n = n;
-	in.progress_base = bs->encoded;
+	in.progress_base = bs->encoded + bs->pending_n;
 	TvEncodeWindowsSubmit(bs->windows, &in);
-	memcpy(bs->pending_tids, bs->batch_tids, sizeof(ItemPointerData) * n);
-	bs->pending_n = n;
+	memcpy(bs->coding_tids, bs->batch_tids, sizeof(ItemPointerData) * n);
+	bs->coding_n = n;
+	PutWindow(bs);
 	if (!bs->windows_stay)
 	{
 		int			launched;
 
 		CollectWindow(bs);
+		PutWindow(bs);
 		launched = TvEncodeWindowsEnd(bs->windows);
 		bs->windows = NULL;
 		bs->window_workers = Max(bs->window_workers, launched);
+	}
+	else if (TvEncodeWindowsBuffer(bs->windows) != NULL &&
+			 TvEncodeWindowsCapacity(bs->windows) >= (uint64) bs->batch_cap)
+	{
+		/* the next window goes in the slot the workers are not coding */
+		bs->batch = TvEncodeWindowsBuffer(bs->windows);
 	}
 }
 
@@ -1271,9 +1314,13 @@ EndWindows(TvBuildState *bs)
 		int			launched;
 
 		CollectWindow(bs);
+		PutWindow(bs);
 		launched = TvEncodeWindowsEnd(bs->windows);
 		bs->windows = NULL;
 		bs->window_workers = Max(bs->window_workers, launched);
+		/* it may have been a slot of their segment, which is gone */
+		bs->batch = NULL;
+		bs->batch_n = 0;
 	}
 	if (bs->windowed > 0)
 		elog(DEBUG1, "turbo index \"%s\": " UINT64_FORMAT " vectors coded with %d parallel workers",
@@ -1782,7 +1829,7 @@ tvbuild(Relation heap, Relation index, IndexInfo *indexInfo)
 		for (int i = 0; i < 4 && max_parallel_maintenance_workers > 0; i++)
 			need = base + ceil(((double) TvParallelSegmentBytes(bs.codec, bs.lists, TV_SPOOL_CHUNK,
 																(int) Min(need * 1024, MAX_KILOBYTES),
-																bs.seen) +
+																bs.seen, 1) +
 								(double) TvParallelScanBytes(bs.scan_workers,
 															 (int) Min(need * 1024, MAX_KILOBYTES))) /
 							   (1024.0 * 1024.0));

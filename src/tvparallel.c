@@ -193,10 +193,11 @@ RoundsNext(TvRounds *rs, uint32 seen)
 typedef struct SegmentPlan
 {
 	uint64		capacity;		/* vectors per round */
+	int			slots;			/* windows of vectors: 2 when filled in place */
 	Size		total;
 	Size		off_centroids;
 	Size		off_cnorms;
-	Size		off_vectors;
+	Size		off_vectors;	/* slot s at off_vectors + s * capacity vectors */
 	Size		off_listof;
 	Size		off_codes;
 	Size		off_factors;
@@ -214,8 +215,9 @@ typedef struct TvEncodeShared
 	bool		residual;
 	int			code_bytes;
 
-	/* the rounds; a round's items are its window's vectors */
+	/* the rounds; a round's items are its window's vectors, in slot */
 	TvRounds	rounds;
+	int			slot;
 
 	SegmentPlan plan;
 } TvEncodeShared;
@@ -315,14 +317,26 @@ EncodeRound(TvEncodeShared *sh, uint32 round, const EncodeJob *job,
 	}
 }
 
-/* A job over the segment's window, with the window as one chunk */
+/* The vectors of a window slot of the segment */
+static float *
+SlotVectors(TvEncodeShared *sh, int slot)
+{
+	return (float *) ((char *) sh + sh->plan.off_vectors +
+					  (Size) slot * sh->plan.capacity * sizeof(float) * sh->dim);
+}
+
+/*
+ * A job over the segment's window, with the window as one chunk (*chunk,
+ * which the caller points at the slot of each round)
+ */
 static EncodeJob
 SharedJob(TvEncodeShared *sh, const TvCodec *codec, float **chunk)
 {
 	char	   *base = (char *) sh;
 	EncodeJob	job;
 
-	*chunk = (float *) (base + sh->plan.off_vectors);
+	memset(&job, 0, sizeof(job));
+	*chunk = SlotVectors(sh, 0);
 	job.in.codec = codec;
 	job.in.metric = (TvMetric) sh->metric;
 	job.in.lists = sh->lists;
@@ -357,7 +371,11 @@ TvParallelEncodeMain(dsm_segment *seg, shm_toc *toc)
 	uint32		round = 0;
 
 	while ((round = RoundsNext(&sh->rounds, round)) != TV_ROUND_END)
+	{
+		/* the slot was written before the round opened */
+		chunk = SlotVectors(sh, sh->slot);
 		EncodeRound(sh, round, &job, assigner, work);
+	}
 	TvListAssignerFree(assigner);
 	pfree(work);
 }
@@ -372,7 +390,8 @@ Carve(Size *total, Size bytes)
 }
 
 static SegmentPlan
-PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors, int mem_kb)
+PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors, int mem_kb,
+			int slots)
 {
 	Size		vector_bytes = sizeof(float) * codec->dim;
 	SegmentPlan plan;
@@ -381,11 +400,12 @@ PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors, int me
 	plan.capacity = Max(TvParallelWindowBytes(mem_kb) / vector_bytes / chunk_vectors, 1) *
 		chunk_vectors;
 	plan.capacity = Min(plan.capacity, n);
+	plan.slots = slots;
 	plan.total = 0;
 	(void) Carve(&plan.total, sizeof(TvEncodeShared));
 	plan.off_centroids = Carve(&plan.total, (Size) lists * vector_bytes);
 	plan.off_cnorms = Carve(&plan.total, sizeof(float) * lists);
-	plan.off_vectors = Carve(&plan.total, (Size) plan.capacity * vector_bytes);
+	plan.off_vectors = Carve(&plan.total, (Size) slots * plan.capacity * vector_bytes);
 	plan.off_listof = Carve(&plan.total, sizeof(int) * plan.capacity);
 	plan.off_codes = Carve(&plan.total, (Size) plan.capacity * codec->code_bytes);
 	plan.off_factors = Carve(&plan.total, sizeof(TvFactors) * plan.capacity);
@@ -394,22 +414,26 @@ PlanSegment(const TvCodec *codec, int lists, uint64 n, int chunk_vectors, int me
 
 /*
  * The shared memory a parallel coding of n vectors (PG_UINT64_MAX: any
- * number) takes with maintenance_work_mem at mem_kb: the build keeps it
- * out of the spool's share of maintenance_work_mem.
+ * number) takes with maintenance_work_mem at mem_kb, with slots windows of
+ * vectors (TvEncodeInput.fill_in_place: 2): the build keeps it out of the
+ * spool's share of maintenance_work_mem.
  */
 Size
 TvParallelSegmentBytes(const TvCodec *codec, int lists, int chunk_vectors, int mem_kb,
-					   uint64 n)
+					   uint64 n, int slots)
 {
-	return PlanSegment(codec, lists, n, chunk_vectors, mem_kb).total;
+	return PlanSegment(codec, lists, n, chunk_vectors, mem_kb, slots).total;
 }
 
 /*
  * A parallel coding that stays open across windows (TvEncodeWindowsBegin).
  * The leader hands a window over (TvEncodeWindowsSubmit: copied into the
- * segment), may read the next one into its own memory while the workers
- * code it, then joins them and takes the results (TvEncodeWindowsCollect)
- * before it hands over the next.
+ * segment), may read the next one while the workers code it, then joins
+ * them and takes the results (TvEncodeWindowsCollect) before it hands over
+ * the next.  With TvEncodeInput.fill_in_place the segment has two slots of
+ * vectors: the leader reads the next window straight into the one the
+ * workers are not coding (TvEncodeWindowsBuffer), and nothing is copied
+ * when it is handed over.
  */
 struct TvEncodeWindows
 {
@@ -423,6 +447,7 @@ struct TvEncodeWindows
 	int			launched;
 	uint32		round;			/* the last round opened */
 	uint64		pending;		/* vectors of it not yet collected (0: none) */
+	int			fill;			/* the slot the next window goes in */
 };
 
 /*
@@ -436,7 +461,7 @@ TvEncodeWindowsBegin(const TvEncodeInput *in, int nworkers)
 	const TvCodec *codec = in->codec;
 	Size		vector_bytes = sizeof(float) * codec->dim;
 	SegmentPlan plan = PlanSegment(codec, in->lists, in->n, in->chunk_vectors,
-								   maintenance_work_mem);
+								   maintenance_work_mem, in->fill_in_place ? 2 : 1);
 	TvEncodeWindows *ew;
 	ParallelContext *pcxt;
 	TvEncodeShared *sh;
@@ -465,6 +490,7 @@ TvEncodeWindowsBegin(const TvEncodeInput *in, int nworkers)
 	sh->residual = in->residual;
 	sh->code_bytes = codec->code_bytes;
 	sh->plan = plan;
+	sh->slot = 0;
 	RoundsInit(&sh->rounds);
 	memcpy(base + plan.off_centroids, in->centroids, (Size) in->lists * vector_bytes);
 	if (in->cnorms)
@@ -494,6 +520,18 @@ TvEncodeWindowsCapacity(TvEncodeWindows *ew)
 }
 
 /*
+ * Where the caller may write the next window (capacity vectors) while the
+ * workers code the last one; NULL unless the segment has two slots
+ */
+float *
+TvEncodeWindowsBuffer(TvEncodeWindows *ew)
+{
+	if (ew->sh->plan.slots < 2)
+		return NULL;
+	return SlotVectors(ew->sh, ew->fill);
+}
+
+/*
  * Hand in's n vectors (at most the capacity; in->chunks as in
  * TvEncodeInput) to the workers as the next round; the previous round must
  * have been collected
@@ -502,22 +540,26 @@ void
 TvEncodeWindowsSubmit(TvEncodeWindows *ew, const TvEncodeInput *in)
 {
 	TvEncodeShared *sh = ew->sh;
-	char	   *base = (char *) sh;
 	Size		vector_bytes = sizeof(float) * ew->codec->dim;
 	uint64		n = in->n;
+	float	   *slot = SlotVectors(sh, ew->fill);
 
 	if (n == 0 || n > sh->plan.capacity || ew->pending != 0)
 		elog(ERROR, "turbo build cannot hand over a window of " UINT64_FORMAT " vectors",
 			 n);
-	/* the window: one copy per chunk */
-	for (uint64 k = 0; k < n; k += in->chunk_vectors)
-	{
-		uint64		m = Min((uint64) in->chunk_vectors, n - k);
+	/* the window: one copy per chunk, unless it was written in place */
+	if (in->chunks[0] != slot)
+		for (uint64 k = 0; k < n; k += in->chunk_vectors)
+		{
+			uint64		m = Min((uint64) in->chunk_vectors, n - k);
 
-		memcpy(base + sh->plan.off_vectors + (Size) k * vector_bytes,
-			   in->chunks[k / in->chunk_vectors], (Size) m * vector_bytes);
-	}
+			memcpy((char *) slot + (Size) k * vector_bytes,
+				   in->chunks[k / in->chunk_vectors], (Size) m * vector_bytes);
+		}
 	ew->job.progress_base = in->progress_base;
+	ew->chunk = slot;
+	sh->slot = ew->fill;
+	ew->fill = (ew->fill + 1) % sh->plan.slots;
 	ew->round = RoundsOpen(&sh->rounds, (uint32) n);
 	ew->pending = n;
 	elog(DEBUG2, "turbo build round of " UINT64_FORMAT " vectors: %d parallel workers",

@@ -321,6 +321,7 @@ extern TvKmeansParallel *TvKmeansParallelBegin(const float *samples, int nsample
 											   int nworkers);
 extern void TvKmeansParallelAssign(TvKmeansParallel *kp, const float *centroids,
 								   const float *cnorms, bool coarse, int *assign);
+extern const double *TvKmeansParallelSums(TvKmeansParallel *kp, const int *assign);
 extern void TvKmeansParallelEnd(TvKmeansParallel *kp);
 extern int	TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof,
 							uint8 *codes, TvFactors *factors);

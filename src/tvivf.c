@@ -880,8 +880,9 @@ AssignSamples(const TvKmeansInput *in, TvKmeansParallel *kp, const float *centro
  * lists^2 * 32 distances and dominated the build (1,000 lists at 768
  * dimensions: 30 s of a 55 s build), while the Lloyd rounds that follow use
  * the whole sample anyway.  It rescans an 8-bit copy (SeedPool), a quarter
- * of the memory traffic.  The rounds' assignments go to parallel workers
- * (tvparallel.c) once the sample reaches min_parallel_table_scan_size.
+ * of the memory traffic.  The rounds' assignments, and the sums of the
+ * lists' samples, go to parallel workers (tvparallel.c) once the sample
+ * reaches min_parallel_table_scan_size.
  * The first half of the rounds assign coarsely (TvListAssignerSetCoarse),
  * and only the later ones may end the loop early.
  * Progress: tuples_total is iterations * samples, tuples_done the samples
@@ -897,7 +898,8 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 	int			pool = (int) Min((int64) n, Max((int64) lists * TV_KMEANS_SEED_PER_LIST,
 										  TV_KMEANS_SEED_MIN));
 	float	   *centroids = palloc_extended((Size) lists * dim * sizeof(float), MCXT_ALLOC_HUGE);
-	double	   *sums = palloc_extended((Size) lists * dim * sizeof(double), MCXT_ALLOC_HUGE);
+	double	   *own_sums = NULL;	/* the lists' sums, when summed alone */
+	const double *sums;
 	int		   *counts = palloc(sizeof(int) * lists);
 	int		   *assign = palloc(sizeof(int) * n);
 	int		   *next = palloc(sizeof(int) * n);
@@ -925,6 +927,8 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 	if (in->nworkers > 0 &&
 		(double) n * dim * sizeof(float) >= (double) min_parallel_table_scan_size * BLCKSZ)
 		kp = TvKmeansParallelBegin(in->samples, n, dim, lists, in->metric, in->nworkers);
+	if (kp == NULL)
+		own_sums = palloc_extended((Size) lists * dim * sizeof(double), MCXT_ALLOC_HUGE);
 
 	/*
 	 * k-means++ seeding: each next centroid is a sample of the pool drawn
@@ -1003,15 +1007,18 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 		if (!coarse && it > 0 && changed * 200 < n)
 			break;
 
-		memset(sums, 0, (Size) lists * dim * sizeof(double));
 		memset(counts, 0, sizeof(int) * lists);
 		for (int i = 0; i < n; i++)
-		{
-			const float *x = in->samples + (Size) i * dim;
-			double	   *s = sums + (Size) assign[i] * dim;
-
-			tv_accumulate(s, x, dim);
 			counts[assign[i]]++;
+		if (kp)
+			sums = TvKmeansParallelSums(kp, assign);
+		else
+		{
+			memset(own_sums, 0, (Size) lists * dim * sizeof(double));
+			for (int i = 0; i < n; i++)
+				tv_accumulate(own_sums + (Size) assign[i] * dim, in->samples + (Size) i * dim,
+							  dim);
+			sums = own_sums;
 		}
 		for (int j = 0; j < lists; j++)
 		{
@@ -1037,7 +1044,8 @@ TvKmeans(const TvKmeansInput *in, int lists, int iterations)
 
 	if (kp)
 		TvKmeansParallelEnd(kp);
-	pfree(sums);
+	if (own_sums)
+		pfree(own_sums);
 	pfree(counts);
 	pfree(assign);
 	pfree(next);

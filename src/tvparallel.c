@@ -677,9 +677,14 @@ TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes
  * of TV_ASSIGN_BATCH samples and writes their nearest lists by position.
  * Batches start at multiples of the batch size, as in the serial rounds
  * (tvivf.c), so the assigner groups the rows the same way and the
- * assignment is the same whoever computes it.
+ * assignment is the same whoever computes it.  A second kind of round sums
+ * the samples of each list for the new centroids: its items are slices of
+ * TV_SUM_DIMS dimensions, each summed over every sample in sample order by
+ * whoever claims it, so every sum is the serial loop's, bit for bit.
  */
 #define TV_PARALLEL_KEY_KMEANS		UINT64CONST(0x7475726226FE0002)
+
+#define TV_SUM_DIMS		64
 
 typedef struct TvKmeansShared
 {
@@ -687,12 +692,14 @@ typedef struct TvKmeansShared
 	int			metric;
 	int			lists;
 	int			nsamples;
+	bool		sums;			/* this round sums lists instead of assigning */
 	bool		coarse;			/* this round's TvListAssignerSetCoarse */
 	TvRounds	rounds;
 	Size		off_centroids;
 	Size		off_cnorms;
 	Size		off_samples;
 	Size		off_assign;
+	Size		off_sums;		/* lists * dim doubles */
 } TvKmeansShared;
 
 struct TvKmeansParallel
@@ -703,7 +710,34 @@ struct TvKmeansParallel
 
 PGDLLEXPORT void TvParallelKmeansMain(dsm_segment *seg, shm_toc *toc);
 
-/* Take part in one assignment round */
+/* Take part in one round of sums: sums[j][d] over the samples of list j */
+static void
+SumsRound(TvKmeansShared *sh, uint32 round)
+{
+	char	   *base = (char *) sh;
+	const float *samples = (const float *) (base + sh->off_samples);
+	const int  *assign = (const int *) (base + sh->off_assign);
+	double	   *sums = (double *) (base + sh->off_sums);
+	int			dim = sh->dim;
+	uint32		first;
+	uint32		count;
+
+	while (RoundsClaim(&sh->rounds, round, 1, &first, &count))
+	{
+		int			d0 = (int) first * TV_SUM_DIMS;
+		int			len = Min(TV_SUM_DIMS, dim - d0);
+
+		for (int j = 0; j < sh->lists; j++)
+			memset(sums + (Size) j * dim + d0, 0, sizeof(double) * len);
+		for (int i = 0; i < sh->nsamples; i++)
+			tv_accumulate(sums + (Size) assign[i] * dim + d0,
+						  samples + (Size) i * dim + d0, len);
+		RoundsDone(&sh->rounds, count);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/* Take part in one assignment round, or one of sums */
 static void
 KmeansRound(TvKmeansShared *sh, uint32 round)
 {
@@ -714,6 +748,11 @@ KmeansRound(TvKmeansShared *sh, uint32 round)
 	uint32		first;
 	uint32		count;
 
+	if (sh->sums)
+	{
+		SumsRound(sh, round);
+		return;
+	}
 	while (RoundsClaim(&sh->rounds, round, TV_ASSIGN_BATCH, &first, &count))
 	{
 		/* the centroids are this round's once a claim of it succeeded */
@@ -746,8 +785,9 @@ TvParallelKmeansMain(dsm_segment *seg, shm_toc *toc)
 /*
  * Set up parallel assignment of the samples to lists and start the
  * workers, or NULL when no segment can be had (the caller then works
- * alone).  The segment holds a copy of the samples: the build counts them
- * twice against maintenance_work_mem.
+ * alone).  The segment holds a copy of the samples, which the build counts
+ * twice against maintenance_work_mem, and the lists' sums, which TvKmeans
+ * then does not allocate.
  */
 TvKmeansParallel *
 TvKmeansParallelBegin(const float *samples, int nsamples, int dim, int lists,
@@ -759,7 +799,8 @@ TvKmeansParallelBegin(const float *samples, int nsamples, int dim, int lists,
 	Size		off_centroids,
 				off_cnorms,
 				off_samples,
-				off_assign;
+				off_assign,
+				off_sums;
 	TvKmeansShared *sh;
 
 	if (nworkers <= 0 || IsInParallelMode())
@@ -769,6 +810,7 @@ TvKmeansParallelBegin(const float *samples, int nsamples, int dim, int lists,
 	off_cnorms = Carve(&total, (Size) lists * sizeof(float));
 	off_samples = Carve(&total, (Size) nsamples * dim * sizeof(float));
 	off_assign = Carve(&total, (Size) nsamples * sizeof(int));
+	off_sums = Carve(&total, (Size) lists * dim * sizeof(double));
 
 	EnterParallelMode();
 	pcxt = CreateParallelContext("turbovec", "TvParallelKmeansMain", nworkers);
@@ -790,6 +832,8 @@ TvKmeansParallelBegin(const float *samples, int nsamples, int dim, int lists,
 	sh->off_cnorms = off_cnorms;
 	sh->off_samples = off_samples;
 	sh->off_assign = off_assign;
+	sh->off_sums = off_sums;
+	sh->sums = false;
 	RoundsInit(&sh->rounds);
 	memcpy((char *) sh + off_samples, samples, (Size) nsamples * dim * sizeof(float));
 	shm_toc_insert(pcxt->toc, TV_PARALLEL_KEY_KMEANS, sh);
@@ -815,11 +859,32 @@ TvKmeansParallelAssign(TvKmeansParallel *kp, const float *centroids,
 
 	memcpy(base + sh->off_centroids, centroids, (Size) sh->lists * sh->dim * sizeof(float));
 	memcpy(base + sh->off_cnorms, cnorms, (Size) sh->lists * sizeof(float));
+	sh->sums = false;
 	sh->coarse = coarse;
 	round = RoundsOpen(&sh->rounds, (uint32) sh->nsamples);
 	KmeansRound(sh, round);
 	RoundsWait(&sh->rounds);
 	memcpy(assign, base + sh->off_assign, (Size) sh->nsamples * sizeof(int));
+}
+
+/*
+ * The sums of the samples of each list under assign[] (lists * dim
+ * doubles, in the segment until the next round), as TvKmeans sums them
+ * alone
+ */
+const double *
+TvKmeansParallelSums(TvKmeansParallel *kp, const int *assign)
+{
+	TvKmeansShared *sh = kp->sh;
+	char	   *base = (char *) sh;
+	uint32		round;
+
+	memcpy(base + sh->off_assign, assign, (Size) sh->nsamples * sizeof(int));
+	sh->sums = true;
+	round = RoundsOpen(&sh->rounds, (uint32) ((sh->dim + TV_SUM_DIMS - 1) / TV_SUM_DIMS));
+	KmeansRound(sh, round);
+	RoundsWait(&sh->rounds);
+	return (const double *) (base + sh->off_sums);
 }
 
 void

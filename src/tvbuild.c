@@ -714,21 +714,45 @@ FinishSample(TvBuildState *bs, int want)
 	}
 }
 
-/* Sample and spool one vector of the first IVF pass */
+/* Count one vector of the first IVF pass */
 static void
-SampleOne(TvBuildState *bs, ItemPointer tid, const float *x, int dim)
+CountVector(TvBuildState *bs)
 {
-	if (bs->codec == NULL)
-		StartCodec(bs, dim);
 	bs->seen++;
-	SampleVector(bs, tid, x);
-	SpoolVector(bs, tid, x);
 	if ((bs->seen & 1023) == 0)
 	{
 		pgstat_progress_update_param(PROGRESS_CREATEIDX_TUPLES_DONE,
 									 (int64) bs->seen);
 		TvTestBuildDelay();
 	}
+}
+
+/* Sample and spool one vector of the first IVF pass */
+static void
+SampleOne(TvBuildState *bs, ItemPointer tid, const float *x, int dim)
+{
+	if (bs->codec == NULL)
+		StartCodec(bs, dim);
+	/* counted first: under automatic lists the sample's limit follows the count */
+	CountVector(bs);
+	SampleVector(bs, tid, x);
+	SpoolVector(bs, tid, x);
+}
+
+/*
+ * Whether the first pass may count a row's vector without reading it: the
+ * vectors are read again by the encoding pass (nothing is spooled), which
+ * checks every one, and this row's sampling hash puts it past the sample
+ * (sample_tau only falls), so the sample is the same either way.  Reading
+ * and checking a wide row's vector was most of the pass (3 KB a row at 784
+ * dimensions).  Not under cosine, where `seen` must leave out zero
+ * vectors (they are not indexed), which takes reading them.
+ */
+static bool
+SampleSkips(TvBuildState *bs, ItemPointer tid)
+{
+	return bs->spool_off && bs->metric != TV_METRIC_COSINE && bs->codec != NULL &&
+		bs->sample_tau != PG_UINT64_MAX && TvSampleHash(bs->seed, tid) >= bs->sample_tau;
 }
 
 /* The first worker record fixes the dimension; later ones must match it */
@@ -781,7 +805,9 @@ SampleCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	float	   *x;
 	int			dim;
 
-	if (!isnull[0])
+	if (!isnull[0] && SampleSkips(bs, tid))
+		CountVector(bs);
+	else if (!isnull[0])
 	{
 		x = BuildVector(bs, index, values[0], &dim);
 		if (x != NULL)

@@ -946,8 +946,9 @@ typedef struct TvScanShared
 
 	/*
 	 * sampling pass: vectors whose sampling hash is at or above sample_tau
-	 * (PG_UINT64_MAX: none) are read, checked and counted, not sent; the
-	 * leader lowers it once it spools no more vectors
+	 * (PG_UINT64_MAX: none) are counted, not sent, and read only under
+	 * cosine, to leave zero vectors out (the encoding pass reads and checks
+	 * every vector); the leader lowers it once it spools no more vectors
 	 */
 	pg_atomic_uint64 sample_tau;
 
@@ -1403,9 +1404,28 @@ ScanWorkerCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	MemoryContext oldCtx;
 	float	   *x;
 	int			dim;
+	bool		past = false;
 
 	if (isnull[0])
 		return;
+	/*
+	 * the sampling pass, once the leader spools nothing: a vector past the
+	 * sample is counted, not sent; and not even read (the encoding pass
+	 * reads and checks it), as the leader's own rows are (SampleSkips),
+	 * except under cosine, where zero vectors stay out of the count
+	 */
+	if (w->sh->lists < 0)
+	{
+		/* a tau read late is higher, never lower: the leader drops the rest */
+		uint64		tau = pg_atomic_read_u64(&w->sh->sample_tau);
+
+		past = (tau != PG_UINT64_MAX && TvSampleHash(w->sh->seed, tid) >= tau);
+		if (past && w->metric != TV_METRIC_COSINE)
+		{
+			w->unread++;
+			return;
+		}
+	}
 	oldCtx = MemoryContextSwitchTo(w->tmpCtx);
 	x = TvDatumGetFloats(w->toarray, values[0], &dim);
 	MemoryContextSwitchTo(oldCtx);
@@ -1419,16 +1439,10 @@ ScanWorkerCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	/* zero vectors have no direction to index under cosine, as in the leader */
 	if (!(w->metric == TV_METRIC_COSINE && TvMaxAbs(x, dim) == 0))
 	{
-		if (w->sh->lists < 0)
-		{
-			/* a tau read late is higher, never lower: the leader drops the rest */
-			uint64		tau = pg_atomic_read_u64(&w->sh->sample_tau);
-
-			if (tau != PG_UINT64_MAX && TvSampleHash(w->sh->seed, tid) >= tau)
-				w->unread++;
-			else
-				memcpy(NextRecord(w, tid), x, sizeof(float) * dim);
-		}
+		if (w->sh->lists < 0 && past)
+			w->unread++;
+		else if (w->sh->lists < 0)
+			memcpy(NextRecord(w, tid), x, sizeof(float) * dim);
 		else
 		{
 			memcpy(w->batch + (Size) w->batch_n * dim, x, sizeof(float) * dim);

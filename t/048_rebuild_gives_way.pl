@@ -252,13 +252,15 @@ ok( $node->poll_query_until(
 	'the dropped index has no resident entry');
 
 # 5. Replay on a standby.  The primary builds and copies at full speed;
-# the standby, from a backup taken then, copies slowly.
+# the standby, from a backup taken then, copies slowly: three times the
+# rows, so that its copy (about 27 s) is still going when the test looks,
+# however long the standby takes to start and catch up on a loaded machine.
 $node->append_conf('postgresql.conf', "turbovec.test_build_delay = 0\n");
 $node->reload;
 $node->safe_psql(
 	'postgres', qq{
 CREATE TABLE s (id serial PRIMARY KEY, v real[]);
-@{[ random_rows_sql('s', $dim, $nrows, 0.19) ]}
+@{[ random_rows_sql('s', $dim, 3 * $nrows, 0.19) ]}
 CREATE INDEX s_l2 ON s USING turbo (v real_l2_ops);
 });
 $node->backup('givesway_backup');

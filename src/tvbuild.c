@@ -145,8 +145,8 @@ typedef struct TvBuildState
 	uint64		nblocks;		/* blocks appended */
 
 	/*
-	 * IVF sampling: the vectors whose hash is below sample_tau (halved
-	 * whenever more than SampleLimit are kept), with their hashes
+	 * IVF sampling: the vectors whose hash is below sample_tau (lowered
+	 * whenever more than SampleLimit are held), with their hashes
 	 */
 	bool		auto_lists;		/* lists not given: chosen after sampling */
 	float	   *samples;
@@ -398,19 +398,49 @@ FixedBuildBytes(TvBuildState *bs, double samples)
 		TvListAssignerBytes(lists, bs->dim, bs->metric);
 }
 
+/* Rows the sample holds beyond those it keeps: an eighth, at least 64 */
+static inline double
+SampleSlack(double keep)
+{
+	return Max(keep / 8, 64);
+}
+
 /*
- * Most vectors the sampling pass keeps: twice what k-means trains on, so
- * that halving sample_tau leaves enough, and at most half of
- * maintenance_work_mem
+ * The training sample: the `keep` rows of smallest sampling hash that
+ * k-means trains on (32 a list), at most `limit` held at once.  Holding
+ * an eighth more than it keeps lets the pass drop rows in batches; the
+ * memory it touches is what it holds (3 MB of fresh memory costs a VM
+ * about 8 ms), so the slack is small.  Both fit in half of
+ * maintenance_work_mem, where the sample gets smaller.
  */
-static int
-SampleLimit(TvBuildState *bs)
+static void
+SampleBounds(TvBuildState *bs, int *keep, int *limit)
 {
 	double		fit = (double) maintenance_work_mem * 1024 / 2 /
 		(sizeof(float) * bs->dim + sizeof(uint64));
-	double		want = 2.0 * TV_SAMPLES_PER_LIST * Max(PlannedLists(bs), 1);
+	double		want = (double) TV_SAMPLES_PER_LIST * Max(PlannedLists(bs), 1);
+	double		k = want;
 
-	return (int) Max(Min(want, fit), 1);
+	double		held = want + SampleSlack(want);
+
+	if (held > fit)
+	{
+		held = fit;
+		k = fit * 8 / 9;
+	}
+	*keep = (int) Max(Min(k, PG_INT32_MAX / 2), 1);
+	*limit = (int) Max(Min(held, PG_INT32_MAX / 2), *keep);
+}
+
+/* Most vectors the sampling pass holds at once */
+static int
+SampleLimit(TvBuildState *bs)
+{
+	int			keep,
+				limit;
+
+	SampleBounds(bs, &keep, &limit);
+	return limit;
 }
 
 /*
@@ -422,7 +452,8 @@ static double
 MemoryNeedMB(TvBuildState *bs, double per_vector, double extra)
 {
 	/* the whole sample: with more memory the build samples more */
-	double		fixed = FixedBuildBytes(bs, Min(2.0 * bs->lists * TV_SAMPLES_PER_LIST,
+	double		want = (double) bs->lists * TV_SAMPLES_PER_LIST;
+	double		fixed = FixedBuildBytes(bs, Min(want + SampleSlack(want),
 												(double) bs->seen));
 
 	return ceil((fixed + extra + (double) bs->seen * per_vector) / (1024.0 * 1024.0));
@@ -566,9 +597,87 @@ SpoolVector(TvBuildState *bs, ItemPointer tid, const float *x)
 }
 
 /*
+ * The k-th smallest (from 0) of a[0..n-1], k < n, reordering a: Hoare's
+ * selection.  The hashes are pseudo-random, so the middle element is as
+ * good a pivot as any.
+ */
+static uint64
+KthSmallestHash(uint64 *a, int n, int k)
+{
+	int			lo = 0,
+				hi = n - 1;
+
+	while (lo < hi)
+	{
+		uint64		pivot = a[lo + (hi - lo) / 2];
+		int			i = lo,
+					j = hi;
+
+		while (i <= j)
+		{
+			while (a[i] < pivot)
+				i++;
+			while (a[j] > pivot)
+				j--;
+			if (i <= j)
+			{
+				uint64		t = a[i];
+
+				a[i++] = a[j];
+				a[j--] = t;
+			}
+		}
+		if (k <= j)
+			hi = j;
+		else if (k >= i)
+			lo = i;
+		else
+			break;
+	}
+	return a[k];
+}
+
+/*
+ * Drop the held rows whose hash is not below the `keep`-th smallest: that
+ * hash becomes sample_tau.  The rows left move into the holes from the
+ * end, so at most the dropped ones move.
+ */
+static void
+ShrinkSample(TvBuildState *bs, int keep)
+{
+	int			n = bs->nsamples;
+	uint64	   *hashes = palloc(sizeof(uint64) * n);
+	uint64		tau;
+	int			lo = 0,
+				hi = n;
+
+	memcpy(hashes, bs->sample_hash, sizeof(uint64) * n);
+	tau = KthSmallestHash(hashes, n, keep);
+	pfree(hashes);
+	/* [0, lo) are kept, [hi, n) dropped */
+	for (;;)
+	{
+		while (lo < hi && bs->sample_hash[lo] < tau)
+			lo++;
+		while (lo < hi && bs->sample_hash[hi - 1] >= tau)
+			hi--;
+		if (lo >= hi)
+			break;
+		bs->sample_hash[lo] = bs->sample_hash[hi - 1];
+		memcpy(bs->samples + (Size) lo * bs->dim,
+			   bs->samples + (Size) (hi - 1) * bs->dim, sizeof(float) * bs->dim);
+		lo++;
+		hi--;
+	}
+	bs->nsamples = lo;
+	bs->sample_tau = tau;
+}
+
+/*
  * Keep a vector in the training sample when its hash is below sample_tau;
- * past SampleLimit, halve sample_tau and drop what is now above it.  The
- * sample is then every row whose hash is below the final sample_tau: a
+ * past SampleLimit, lower sample_tau to keep the rows of smallest hash.
+ * The sample is then every row whose hash is below the final sample_tau
+ * (a row dropped had a hash at or above a sample_tau, which only falls): a
  * uniform sample that depends on the seed and the TIDs alone, not on the
  * order of the scan.
  */
@@ -576,11 +685,12 @@ static void
 SampleVector(TvBuildState *bs, ItemPointer tid, const float *x)
 {
 	uint64		h = TvSampleHash(bs->seed, tid);
-	int			limit;
+	int			keep,
+				limit;
 
 	if (h >= bs->sample_tau)
 		return;
-	limit = SampleLimit(bs);
+	SampleBounds(bs, &keep, &limit);
 	if (bs->nsamples == bs->sample_cap)
 	{
 		/*
@@ -608,26 +718,8 @@ SampleVector(TvBuildState *bs, ItemPointer tid, const float *x)
 	}
 	memcpy(bs->samples + (Size) bs->nsamples * bs->dim, x, sizeof(float) * bs->dim);
 	bs->sample_hash[bs->nsamples++] = h;
-
-	while (bs->nsamples > limit)
-	{
-		int			kept = 0;
-
-		bs->sample_tau /= 2;
-		for (int i = 0; i < bs->nsamples; i++)
-		{
-			if (bs->sample_hash[i] >= bs->sample_tau)
-				continue;
-			if (kept != i)
-			{
-				bs->sample_hash[kept] = bs->sample_hash[i];
-				memcpy(bs->samples + (Size) kept * bs->dim,
-					   bs->samples + (Size) i * bs->dim, sizeof(float) * bs->dim);
-			}
-			kept++;
-		}
-		bs->nsamples = kept;
-	}
+	if (bs->nsamples > limit)
+		ShrinkSample(bs, keep);
 }
 
 /* qsort_arg: positions k by their TIDs in arg */

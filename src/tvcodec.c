@@ -422,6 +422,13 @@ Butterfly4x8(float *p0, float *p1, float *p2, float *p3)
  * is x - y in IEEE arithmetic, so the codes are the same either way.
  * TV_CODEC_NO_SIMD forces the portable code, for testing that.
  */
+/* element k's scale: s, or +-s with the signs */
+static inline float
+SignedScale(float s, const float *signs, int k)
+{
+	return signs ? s * signs[k] : s;
+}
+
 #if defined(__SSE2__) && !defined(TV_CODEC_NO_SIMD)
 
 static inline __m128
@@ -436,13 +443,23 @@ Radix4Sse(__m128 x, __m128 neg13, __m128 neg23)
 }
 
 static inline void
-Radix8(float *p, float s)
+Radix8(float *p, float s, const float *signs)
 {
 	const __m128 neg13 = _mm_setr_ps(0.0f, -0.0f, 0.0f, -0.0f);
 	const __m128 neg23 = _mm_setr_ps(0.0f, 0.0f, -0.0f, -0.0f);
 	__m128		vs = _mm_set1_ps(s);
-	__m128		lo = Radix4Sse(_mm_mul_ps(_mm_loadu_ps(p), vs), neg13, neg23);
-	__m128		hi = Radix4Sse(_mm_mul_ps(_mm_loadu_ps(p + 4), vs), neg13, neg23);
+	__m128		ms_lo = vs,
+				ms_hi = vs;
+	__m128		lo,
+				hi;
+
+	if (signs != NULL)
+	{
+		ms_lo = _mm_mul_ps(_mm_loadu_ps(signs), vs);
+		ms_hi = _mm_mul_ps(_mm_loadu_ps(signs + 4), vs);
+	}
+	lo = Radix4Sse(_mm_mul_ps(_mm_loadu_ps(p), ms_lo), neg13, neg23);
+	hi = Radix4Sse(_mm_mul_ps(_mm_loadu_ps(p + 4), ms_hi), neg13, neg23);
 
 	_mm_storeu_ps(p, _mm_add_ps(lo, hi));
 	_mm_storeu_ps(p + 4, _mm_sub_ps(lo, hi));
@@ -451,16 +468,16 @@ Radix8(float *p, float s)
 #else
 
 static inline void
-Radix8(float *p, float s)
+Radix8(float *p, float s, const float *signs)
 {
-	float		x0 = p[0] * s,
-				x1 = p[1] * s,
-				x2 = p[2] * s,
-				x3 = p[3] * s,
-				x4 = p[4] * s,
-				x5 = p[5] * s,
-				x6 = p[6] * s,
-				x7 = p[7] * s;
+	float		x0 = p[0] * SignedScale(s, signs, 0),
+				x1 = p[1] * SignedScale(s, signs, 1),
+				x2 = p[2] * SignedScale(s, signs, 2),
+				x3 = p[3] * SignedScale(s, signs, 3),
+				x4 = p[4] * SignedScale(s, signs, 4),
+				x5 = p[5] * SignedScale(s, signs, 5),
+				x6 = p[6] * SignedScale(s, signs, 6),
+				x7 = p[7] * SignedScale(s, signs, 7);
 	float		y0 = x0 + x1,
 				y1 = x0 - x1,
 				y2 = x2 + x3,
@@ -493,6 +510,9 @@ Radix8(float *p, float s)
 /*
  * Normalised in-place Walsh-Hadamard transform of n (a power of two)
  * floats: a = H a / sqrt(n), which is orthogonal and its own inverse.
+ * With signs (n of +1 or -1), a = H diag(signs) a / sqrt(n): the scale
+ * becomes +-s per element, and a * (+-s) is +-(a * s) exactly, so this is
+ * bit-identical to multiplying by the signs first.
  *
  * Loops run over fixed chunks of 8 so that gcc's -O2 vectorizer (which
  * refuses loops that need a remainder) turns them into SIMD code; that
@@ -500,7 +520,7 @@ Radix8(float *p, float s)
  * subtract.
  */
 void
-tv_fwht_scalar(float *restrict a, int n, float s)
+tv_fwht_scalar(float *restrict a, int n, float s, const float *signs)
 {
 	int			h,
 				i,
@@ -509,7 +529,7 @@ tv_fwht_scalar(float *restrict a, int n, float s)
 	if (n < 8)
 	{
 		for (i = 0; i < n; i++)
-			a[i] *= s;
+			a[i] *= SignedScale(s, signs, i);
 		for (h = 1; h < n; h <<= 1)
 			for (i = 0; i < n; i += 2 * h)
 				for (j = i; j < i + h; j++)
@@ -525,7 +545,7 @@ tv_fwht_scalar(float *restrict a, int n, float s)
 
 	/* Scale, then the h = 1, 2, 4 butterflies fused, 8 floats at a time */
 	for (i = 0; i < n; i += 8)
-		Radix8(a + i, s);
+		Radix8(a + i, s, signs ? signs + i : NULL);
 
 	for (h = 8; 4 * h <= n; h <<= 2)
 	{
@@ -542,16 +562,26 @@ tv_fwht_scalar(float *restrict a, int n, float s)
 	}
 }
 
-/* a[i] *= signs[i], i < n */
+/*
+ * a[i] *= signs[i], i < n.  Chunks of 8 through local arrays, which gcc's
+ * -O2 vectorizes (the plain loop stayed scalar: 8 % of an encode).
+ */
 static void
 ApplySigns(float *restrict a, const float *restrict signs, int n)
 {
-	int			i,
-				k;
+	int			i;
 
 	for (i = 0; i + 8 <= n; i += 8)
-		for (k = 0; k < 8; k++)
-			a[i + k] *= signs[i + k];
+	{
+		float		x[8],
+					sg[8];
+
+		memcpy(x, a + i, sizeof(x));
+		memcpy(sg, signs + i, sizeof(sg));
+		for (int k = 0; k < 8; k++)
+			x[k] *= sg[k];
+		memcpy(a + i, x, sizeof(x));
+	}
 	for (; i < n; i++)
 		a[i] *= signs[i];
 }
@@ -589,9 +619,9 @@ tv_codec_rotate(const TvCodec *codec, const float *in, float *out)
 			out[j] = t;
 		}
 		ApplySigns(out, CodecSigns(codec, r, 0), dim);
-		tv_fwht(out, w, s);
+		tv_fwht(out, w, s, NULL);
 		ApplySigns(out, CodecSigns(codec, r, 1), dim);
-		tv_fwht(out + dim - w, w, s);
+		tv_fwht(out + dim - w, w, s, NULL);
 	}
 }
 
@@ -612,9 +642,9 @@ tv_codec_unrotate(const TvCodec *codec, const float *in, float *out)
 	{
 		const uint16_t *sw = CodecSwaps(codec, r);
 
-		tv_fwht(out + dim - w, w, s);
+		tv_fwht(out + dim - w, w, s, NULL);
 		ApplySigns(out, CodecSigns(codec, r, 1), dim);
-		tv_fwht(out, w, s);
+		tv_fwht(out, w, s, NULL);
 		ApplySigns(out, CodecSigns(codec, r, 0), dim);
 		for (i = 1; i < dim; i++)
 		{
@@ -636,8 +666,9 @@ tv_scale_row_scalar(float *dst, const float *v, double mult, int n)
 
 /*
  * a = R a, like tv_codec_rotate, using tmp (dim floats) to permute by a
- * gather, fused with the first sign step, instead of by swaps.  Moving
- * values changes none, so the result is bit-identical.
+ * gather instead of by swaps, with the sign steps folded into the gather
+ * and the transforms' scale.  Moving values and flipping signs change no
+ * rounding, so the result is bit-identical.
  */
 static void
 RotateWork(const TvCodec *codec, float *a, float *tmp)
@@ -653,13 +684,18 @@ RotateWork(const TvCodec *codec, float *a, float *tmp)
 	{
 		const uint16_t *map = CodecGather(codec, r);
 		const float *sg = CodecSigns(codec, r, 0);
+		const float *sg1 = CodecSigns(codec, r, 1);
 		float	   *t;
+		int			i;
 
-		for (int i = 0; i < dim; i++)
+		/* the signs of what the transforms cover go into their scale */
+		for (i = 0; i < w; i++)
+			dst[i] = src[map[i]];
+		for (; i < dim; i++)
 			dst[i] = src[map[i]] * sg[i];
-		tv_fwht(dst, w, s);
-		ApplySigns(dst, CodecSigns(codec, r, 1), dim);
-		tv_fwht(dst + dim - w, w, s);
+		tv_fwht(dst, w, s, sg);
+		ApplySigns(dst, sg1, dim - w);
+		tv_fwht(dst + dim - w, w, s, sg1 + dim - w);
 		t = src;
 		src = dst;
 		dst = t;

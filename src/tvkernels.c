@@ -870,7 +870,7 @@ FwhtRadix8Across(__m256 *x)
  * the same order as in the scalar code.
  */
 TV_AVX2 void
-tv_fwht_avx2(float *a, int n, float s)
+tv_fwht_avx2(float *a, int n, float s, const float *signs)
 {
 	__m256		vs = _mm256_set1_ps(s);
 	__m256		x[8];
@@ -881,13 +881,20 @@ tv_fwht_avx2(float *a, int n, float s)
 
 	if (n < 64)
 	{
-		tv_fwht_scalar(a, n, s);
+		tv_fwht_scalar(a, n, s, signs);
 		return;
 	}
 	for (i = 0; i < n; i += 64)
 	{
 		for (k = 0; k < 8; k++)
-			x[k] = FwhtRadix8Avx2(_mm256_mul_ps(_mm256_loadu_ps(a + i + 8 * k), vs));
+		{
+			__m256		m = vs;
+
+			/* +-s: the product is +-(a * s), bit for bit */
+			if (signs != NULL)
+				m = _mm256_mul_ps(_mm256_loadu_ps(signs + i + 8 * k), vs);
+			x[k] = FwhtRadix8Avx2(_mm256_mul_ps(_mm256_loadu_ps(a + i + 8 * k), m));
+		}
 		FwhtRadix8Across(x);
 		for (k = 0; k < 8; k++)
 			_mm256_storeu_ps(a + i + 8 * k, x[k]);
@@ -1428,9 +1435,9 @@ tv_quantize_row_avx2(const TvCodec *codec, float *y, uint8_t *code)
 }
 
 void
-tv_fwht_avx2(float *a, int n, float s)
+tv_fwht_avx2(float *a, int n, float s, const float *signs)
 {
-	tv_fwht_scalar(a, n, s);
+	tv_fwht_scalar(a, n, s, signs);
 }
 
 double

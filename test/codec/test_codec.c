@@ -854,22 +854,44 @@ TestEncoderKernels(void)
 	{
 		float	   *a1 = Alloc(sizeof(float) * n);
 		float	   *a2 = Alloc(sizeof(float) * n);
+		float	   *a3 = Alloc(sizeof(float) * n);
+		float	   *signs = Alloc(sizeof(float) * n);
+		float		s = (float) (1.0 / sqrt((double) n));
 		int			trial,
-					same = 1;
+					same = 1,
+					signed_same = 1;
 
 		TestSeed(77 + n);
 		for (trial = 0; trial < 3; trial++)
 		{
 			FillNormal(a1, n);
 			memcpy(a2, a1, sizeof(float) * n);
-			tv_fwht_scalar(a1, n, (float) (1.0 / sqrt((double) n)));
-			tv_fwht_avx2(a2, n, (float) (1.0 / sqrt((double) n)));
+			tv_fwht_scalar(a1, n, s, NULL);
+			tv_fwht_avx2(a2, n, s, NULL);
 			if (memcmp(a1, a2, sizeof(float) * n) != 0)
 				same = 0;
+
+			/* the signs folded into the scale: as if applied first */
+			FillNormal(a1, n);
+			for (int i = 0; i < n; i++)
+				signs[i] = (TestNext() & 1) ? -1.0f : 1.0f;
+			memcpy(a2, a1, sizeof(float) * n);
+			memcpy(a3, a1, sizeof(float) * n);
+			for (int i = 0; i < n; i++)
+				a1[i] *= signs[i];
+			tv_fwht_scalar(a1, n, s, NULL);
+			tv_fwht_scalar(a2, n, s, signs);
+			tv_fwht_avx2(a3, n, s, signs);
+			if (memcmp(a1, a2, sizeof(float) * n) != 0 ||
+				memcmp(a1, a3, sizeof(float) * n) != 0)
+				signed_same = 0;
 		}
 		Check(same, "scalar and AVX2 Walsh-Hadamard differ, n %d", n);
+		Check(signed_same, "Walsh-Hadamard with signs differs from signs first, n %d", n);
 		free(a1);
 		free(a2);
+		free(a3);
+		free(signs);
 	}
 
 	for (d = 0; d < sizeof(dims) / sizeof(dims[0]); d++)

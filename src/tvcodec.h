@@ -85,14 +85,15 @@ extern size_t tv_codec_work_floats(const TvCodec *codec);
 /*
  * a = H diag(signs) a * s (n a power of two; signs NULL or n of +-1): the
  * rotation's Walsh-Hadamard steps, with the sign step before one folded
- * into the scale.  The AVX2 version (tvkernels.c) does the same additions
- * in the same order on more lanes at once, so it is bit-identical;
- * tv_kernels_init picks it.
+ * into the scale.  The AVX2 and AVX-512 versions (tvkernels.c) do the same
+ * additions in the same order on more lanes at once, so they are
+ * bit-identical; tv_kernels_init picks the widest the CPU has.
  */
 typedef void (*TvFwhtFn) (float *a, int n, float s, const float *signs);
 extern TvFwhtFn tv_fwht;
 extern void tv_fwht_scalar(float *a, int n, float s, const float *signs);
 extern void tv_fwht_avx2(float *a, int n, float s, const float *signs);
+extern void tv_fwht_avx512(float *a, int n, float s, const float *signs);
 
 /* out = R in (orthonormal); in and out may be the same array */
 extern void tv_codec_rotate(const TvCodec *codec, const float *in, float *out);

@@ -819,7 +819,8 @@ static void
 EncodeWithSteps(bool avx2, const TvCodec *c, const float *v, uint8_t *code,
 				TvFactors *f, uint8_t *refine, float *work)
 {
-	tv_fwht = avx2 ? tv_fwht_avx2 : tv_fwht_scalar;
+	tv_fwht = !avx2 ? tv_fwht_scalar :
+		tv_kernels_have_avx512f() ? tv_fwht_avx512 : tv_fwht_avx2;
 	tv_quantize_row = avx2 ? tv_quantize_row_avx2 : tv_quantize_row_scalar;
 	tv_refine_row = avx2 ? tv_refine_row_avx2 : tv_refine_row_scalar;
 	tv_sum_squares = avx2 ? tv_sum_squares_avx2 : tv_sum_squares_scalar;
@@ -855,10 +856,13 @@ TestEncoderKernels(void)
 		float	   *a1 = Alloc(sizeof(float) * n);
 		float	   *a2 = Alloc(sizeof(float) * n);
 		float	   *a3 = Alloc(sizeof(float) * n);
+		float	   *a4 = Alloc(sizeof(float) * n);
 		float	   *signs = Alloc(sizeof(float) * n);
 		float		s = (float) (1.0 / sqrt((double) n));
+		bool		avx512 = tv_kernels_have_avx512f();
 		int			trial,
 					same = 1,
+					same512 = 1,
 					signed_same = 1;
 
 		TestSeed(77 + n);
@@ -866,10 +870,17 @@ TestEncoderKernels(void)
 		{
 			FillNormal(a1, n);
 			memcpy(a2, a1, sizeof(float) * n);
+			memcpy(a3, a1, sizeof(float) * n);
 			tv_fwht_scalar(a1, n, s, NULL);
 			tv_fwht_avx2(a2, n, s, NULL);
 			if (memcmp(a1, a2, sizeof(float) * n) != 0)
 				same = 0;
+			if (avx512)
+			{
+				tv_fwht_avx512(a3, n, s, NULL);
+				if (memcmp(a1, a3, sizeof(float) * n) != 0)
+					same512 = 0;
+			}
 
 			/* the signs folded into the scale: as if applied first */
 			FillNormal(a1, n);
@@ -877,20 +888,28 @@ TestEncoderKernels(void)
 				signs[i] = (TestNext() & 1) ? -1.0f : 1.0f;
 			memcpy(a2, a1, sizeof(float) * n);
 			memcpy(a3, a1, sizeof(float) * n);
+			memcpy(a4, a1, sizeof(float) * n);
 			for (int i = 0; i < n; i++)
 				a1[i] *= signs[i];
 			tv_fwht_scalar(a1, n, s, NULL);
 			tv_fwht_scalar(a2, n, s, signs);
 			tv_fwht_avx2(a3, n, s, signs);
+			if (avx512)
+				tv_fwht_avx512(a4, n, s, signs);
+			else
+				memcpy(a4, a1, sizeof(float) * n);
 			if (memcmp(a1, a2, sizeof(float) * n) != 0 ||
-				memcmp(a1, a3, sizeof(float) * n) != 0)
+				memcmp(a1, a3, sizeof(float) * n) != 0 ||
+				memcmp(a1, a4, sizeof(float) * n) != 0)
 				signed_same = 0;
 		}
 		Check(same, "scalar and AVX2 Walsh-Hadamard differ, n %d", n);
+		Check(same512, "scalar and AVX-512 Walsh-Hadamard differ, n %d", n);
 		Check(signed_same, "Walsh-Hadamard with signs differs from signs first, n %d", n);
 		free(a1);
 		free(a2);
 		free(a3);
+		free(a4);
 		free(signs);
 	}
 

@@ -685,6 +685,8 @@ TvEncodeSpooled(const TvEncodeInput *in, int nworkers, int *listof, uint8 *codes
 #define TV_PARALLEL_KEY_KMEANS		UINT64CONST(0x7475726226FE0002)
 
 #define TV_SUM_DIMS		64
+/* how many samples ahead a round of sums prefetches its slice */
+#define TV_SUM_PREFETCH	8
 
 typedef struct TvKmeansShared
 {
@@ -730,8 +732,21 @@ SumsRound(TvKmeansShared *sh, uint32 round)
 		for (int j = 0; j < sh->lists; j++)
 			memset(sums + (Size) j * dim + d0, 0, sizeof(double) * len);
 		for (int i = 0; i < sh->nsamples; i++)
+		{
+			/*
+			 * The slice of a sample some rows ahead: rows are a page or so
+			 * apart, too far for the hardware's prefetcher
+			 */
+			if (i + TV_SUM_PREFETCH < sh->nsamples)
+			{
+				const char *next = (const char *) (samples + (Size) (i + TV_SUM_PREFETCH) * dim + d0);
+
+				for (int off = 0; off < len * (int) sizeof(float); off += 64)
+					__builtin_prefetch(next + off);
+			}
 			tv_accumulate(sums + (Size) assign[i] * dim + d0,
 						  samples + (Size) i * dim + d0, len);
+		}
 		RoundsDone(&sh->rounds, count);
 		CHECK_FOR_INTERRUPTS();
 	}

@@ -48,6 +48,7 @@ int			tv_not_ready = TV_NOT_READY_EXTENT;
 bool		tv_snapshots = true;
 int			tv_worker_naptime_ms = 1000;
 int			tv_test_build_delay_ms = 0;
+bool		tv_test_full_list_search = false;
 int			tv_test_scan_delay_ms = 0;
 int			tv_test_scan_message_rows = 0;
 bool		tv_use_resident = true;
@@ -170,6 +171,11 @@ _PG_init(void)
 							&tv_test_build_delay_ms,
 							0, 0, 60 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS | GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
+	DefineCustomBoolVariable("turbovec.test_full_list_search",
+							 "Testing only: builds search lists with floats alone, without the 8-bit first pass.",
+							 "The first pass drops only lists that cannot be the nearest, so the lists chosen are the same either way.",
+							 &tv_test_full_list_search, false,
+							 PGC_USERSET, GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
 	DefineCustomIntVariable("turbovec.test_scan_message_rows",
 							"Testing only: the most rows a parallel worker of CREATE INDEX sends the leader in one message (0: as many as fit in 64 kB).",
 							NULL,

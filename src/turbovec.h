@@ -196,6 +196,7 @@ extern int	tv_probes;
 extern int	tv_max_scan_tuples;
 extern int	tv_iterative_scan;
 extern int	tv_test_scan_message_rows;	/* testing: rows per worker message */
+extern bool tv_test_full_list_search;	/* testing: no 8-bit first pass */
 
 /* turbovec.iterative_scan: what a scan does with rows of a later window */
 typedef enum TvIterativeScan

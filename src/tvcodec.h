@@ -291,6 +291,51 @@ extern bool tv_kernels_have_avxvnni(void);
 extern bool tv_kernels_have_avx512vnni(void);
 
 /*
+ * The u8 x s8 products of nrows <= 4 rows (each ld bytes apart, read in
+ * groups of 4 bytes) with nblocks * 16 centroids, into out[r * nblocks * 16
+ * + j]: exact in int32 as tv_rank_dot's.  A block holds 16 centroids'
+ * codes group by group, each group 64 bytes: centroid l's 4 codes of that
+ * group at bytes 4l..4l+3.  The list search's first pass (tvivf.c) runs it
+ * where the CPU has AVX512-VNNI.
+ */
+extern void tv_rank_lists_scalar(const uint8_t *rows, int nrows, int ld,
+								 const int8_t *blocks, int nblocks, int groups,
+								 int32_t *out);
+extern void tv_rank_lists_avx512vnni(const uint8_t *rows, int nrows, int ld,
+									 const int8_t *blocks, int nblocks, int groups,
+									 int32_t *out);
+
+/*
+ * The rest of that first pass.  A row's codes: k[i] = 128 + round(x[i] /
+ * scale), scale = max |x| / 127, and *norm >= ||x||; false when max |x|
+ * exceeds limit, is below least but not 0, or a coordinate is not finite.  Then, from the row's
+ * products with the centroids' codes (qd, one per list), each list's
+ * interval for its rank value (tvivf.c, "A first pass in 8 bits"), and in
+ * masks (a bit per list, 16 a mask) the lists whose interval starts at or
+ * below the lowest end of any: returns how many, or -1 if no end is finite.
+ */
+typedef struct TvListBounds
+{
+	int			lists;
+	/* per list, padded with zeros to a multiple of 16 */
+	const float *norm;			/* ||c||^2 under L2, else 0 */
+	const float *scale;			/* the codes' scale, times 2 under L2 */
+	const int32_t *sum;			/* the sum of the codes */
+	const float *err;			/* bound terms per unit of ||x|| */
+	const float *full;			/* per unit of the row's rounding error */
+	const float *slack;			/* and the rest */
+} TvListBounds;
+
+extern bool tv_list_row_codes_scalar(const float *x, int dim, float least, float limit,
+									 uint8_t *k, float *scale, float *norm);
+extern bool tv_list_row_codes_avx512(const float *x, int dim, float least, float limit,
+									 uint8_t *k, float *scale, float *norm);
+extern int	tv_list_candidates_scalar(const TvListBounds *lb, const int32_t *qd, float sx,
+									  float nx, float exb, uint16_t *masks);
+extern int	tv_list_candidates_avx512(const TvListBounds *lb, const int32_t *qd, float sx,
+									  float nx, float exb, uint16_t *masks);
+
+/*
  * k-means (tvivf.c): sum[i] += (double) x[i], a list's running sums; and a
  * row's 8-bit approximation for seeding, k[i] = 128 + rint(x[i] / scale)
  * clamped to -127..127 (128 when scale is not positive), returning the sum

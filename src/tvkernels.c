@@ -21,6 +21,7 @@
  */
 #include "tvcodec.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -65,6 +66,114 @@ tv_rank_dot_scalar(const uint8_t *k, const int8_t *q, int dim)
 	for (int i = 0; i < dim; i++)
 		s += (int32_t) k[i] * q[i];
 	return s;
+}
+
+/*
+ * A row's scale and a bound on its norm for the list search's first pass,
+ * from its largest |x| and its sum of squares summed in floats (whose
+ * error the factor covers with room)
+ */
+static inline void
+ListRowBounds(int dim, float amax, float sum, float *scale, float *norm)
+{
+	*scale = amax / 127;
+	*norm = (float) (sqrt((double) sum * (1 + (dim + 64) * ldexp(1.0, -23))) * (1 + 1e-6));
+}
+
+/*
+ * Whether a row's largest |x| is 0 or within [least, limit] and its sum of
+ * squares finite (not, after a NaN or an overflow)
+ */
+static inline bool
+ListRowFits(float amax, float sum, float least, float limit)
+{
+	return sum <= FLT_MAX && amax <= limit && (amax == 0 || amax >= least);
+}
+
+/* The lanes of block b that hold lists */
+static inline uint16_t
+ListLanes(int lists, int b)
+{
+	int			n = lists - b * 16;
+
+	return n >= 16 ? 0xFFFF : (uint16_t) ((1u << n) - 1);
+}
+
+bool
+tv_list_row_codes_scalar(const float *x, int dim, float least, float limit, uint8_t *k,
+						 float *scale, float *norm)
+{
+	float		amax = 0,
+				sum = 0,
+				inv;
+
+	for (int i = 0; i < dim; i++)
+	{
+		amax = fmaxf(amax, fabsf(x[i]));
+		sum += x[i] * x[i];
+	}
+	if (!ListRowFits(amax, sum, least, limit))
+		return false;
+	ListRowBounds(dim, amax, sum, scale, norm);
+	inv = amax > 0 ? 127 / amax : 0;
+	for (int i = 0; i < dim; i++)
+	{
+		float		r = rintf(x[i] * inv);
+		int			v = r >= 127 ? 127 : r <= -127 ? -127 : (int) r;
+
+		k[i] = (uint8_t) (v + 128);
+	}
+	return true;
+}
+
+int
+tv_list_candidates_scalar(const TvListBounds *lb, const int32_t *qd, float sx, float nx,
+						  float exb, uint16_t *masks)
+{
+	float		thr = INFINITY;
+	int			count = 0;
+
+	for (int pass = 0; pass < 2; pass++)
+		for (int j = 0; j < lb->lists; j++)
+		{
+			float		approx = lb->norm[j] -
+				sx * lb->scale[j] * (float) (qd[j] - 128 * lb->sum[j]);
+			float		bound = nx * lb->err[j] + exb * lb->full[j] + lb->slack[j];
+
+			if (pass == 0)
+				thr = fminf(thr, approx + bound);
+			else
+			{
+				if (j % 16 == 0)
+					masks[j / 16] = 0;
+				if (approx - bound <= thr)
+				{
+					masks[j / 16] |= (uint16_t) (1u << (j % 16));
+					count++;
+				}
+			}
+			if (pass == 0 && j == lb->lists - 1 && !(thr < INFINITY))
+				return -1;
+		}
+	return count;
+}
+
+void
+tv_rank_lists_scalar(const uint8_t *rows, int nrows, int ld, const int8_t *blocks,
+					 int nblocks, int groups, int32_t *out)
+{
+	for (int r = 0; r < nrows; r++)
+		for (int j = 0; j < nblocks * 16; j++)
+		{
+			const int8_t *block = blocks + (size_t) (j / 16) * groups * 64;
+			int32_t		s = 0;
+
+			for (int g = 0; g < groups; g++)
+				for (int k = 0; k < 4; k++)
+					s += (int32_t) rows[(size_t) r * ld + g * 4 + k] *
+						block[g * 64 + (j % 16) * 4 + k];
+			out[(size_t) r * nblocks * 16 + j] = s;
+		}
 }
 
 /*
@@ -814,6 +923,84 @@ TV_RANK_DOT_VNNI(tv_rank_dot_avxvnni, "avx2,avxvnni", _mm256_dpbusd_avx_epi32)
 TV_RANK_DOT_VNNI(tv_rank_dot_avx512vnni, "avx2,avx512f,avx512vl,avx512vnni", _mm256_dpbusd_epi32)
 
 /*
+ * tv_rank_lists with AVX512-VNNI: a row's 4 codes of group g, broadcast,
+ * against the 16 centroids' 4 codes of that group in a block, add to the
+ * 16 centroids' sums lane by lane, so no sum is ever reduced across lanes.
+ * Four rows and up to six blocks at a time: 24 sums, 6 blocks and a row's
+ * group in the 32 registers.
+ */
+#define TV_LIST_BLOCKS	6
+
+/* 4 bytes as an int32, from any address */
+static inline int32_t
+Load32(const uint8_t *p)
+{
+	int32_t		v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+__attribute__((target("avx2,avx512f,avx512vnni"))) void
+tv_rank_lists_avx512vnni(const uint8_t *rows, int nrows, int ld, const int8_t *blocks,
+						 int nblocks, int groups, int32_t *out)
+{
+	const uint8_t *row[4];
+	int			ncent = nblocks * 16;
+
+	/* missing rows repeat the first; their sums are not stored */
+	for (int r = 0; r < 4; r++)
+		row[r] = rows + (size_t) (r < nrows ? r : 0) * ld;
+	for (int b0 = 0; b0 < nblocks; b0 += TV_LIST_BLOCKS)
+	{
+		int			nb = nblocks - b0 < TV_LIST_BLOCKS ? nblocks - b0 : TV_LIST_BLOCKS;
+		const int8_t *bp = blocks + (size_t) b0 * groups * 64;
+		__m512i		acc[4][TV_LIST_BLOCKS];
+
+#pragma GCC unroll 4
+		for (int r = 0; r < 4; r++)
+#pragma GCC unroll 6
+			for (int b = 0; b < TV_LIST_BLOCKS; b++)
+				acc[r][b] = _mm512_setzero_si512();
+		if (nb == TV_LIST_BLOCKS)
+		{
+			for (int g = 0; g < groups; g++)
+			{
+				__m512i		c[TV_LIST_BLOCKS];
+
+#pragma GCC unroll 6
+				for (int b = 0; b < TV_LIST_BLOCKS; b++)
+					c[b] = _mm512_loadu_si512(bp + ((size_t) b * groups + g) * 64);
+#pragma GCC unroll 4
+				for (int r = 0; r < 4; r++)
+				{
+					__m512i		x = _mm512_set1_epi32(Load32(row[r] + g * 4));
+
+#pragma GCC unroll 6
+					for (int b = 0; b < TV_LIST_BLOCKS; b++)
+						acc[r][b] = _mm512_dpbusd_epi32(acc[r][b], x, c[b]);
+				}
+			}
+		}
+		else
+		{
+			for (int g = 0; g < groups; g++)
+				for (int b = 0; b < nb; b++)
+				{
+					__m512i		c = _mm512_loadu_si512(bp + ((size_t) b * groups + g) * 64);
+
+					for (int r = 0; r < 4; r++)
+						acc[r][b] = _mm512_dpbusd_epi32(acc[r][b],
+														_mm512_set1_epi32(Load32(row[r] + g * 4)), c);
+				}
+		}
+		for (int r = 0; r < nrows; r++)
+			for (int b = 0; b < nb; b++)
+				_mm512_storeu_si512(out + (size_t) r * ncent + (b0 + b) * 16, acc[r][b]);
+	}
+}
+
+/*
  * The first three butterfly levels (h = 1, 2, 4) of 8 floats in one
  * register, after the scale: tv_fwht_scalar's Radix8, lane for lane.  A
  * subtraction is an addition of the negated value (a sign flip, exact),
@@ -1547,6 +1734,113 @@ tv_fwht_avx512(float *a, int n, float s, const float *signs)
 	}
 }
 
+/*
+ * tv_list_row_codes_scalar 16 coordinates a register: the largest |x| and
+ * the sum of squares in one pass, the codes in a second (rounded to even
+ * by the conversion, clamped, biased, narrowed to bytes)
+ */
+TV_AVX512 bool
+tv_list_row_codes_avx512(const float *x, int dim, float least, float limit, uint8_t *k,
+						 float *scale, float *norm)
+{
+	__m512		vmax = _mm512_setzero_ps();
+	__m512		vsum = _mm512_setzero_ps();
+	__m512		vinv;
+	__m512i		lo = _mm512_set1_epi32(-127);
+	__m512i		hi = _mm512_set1_epi32(127);
+	__m512i		bias = _mm512_set1_epi32(128);
+	float		amax,
+				sum;
+	int			i;
+
+	for (i = 0; i + 16 <= dim; i += 16)
+	{
+		__m512		v = _mm512_loadu_ps(x + i);
+
+		vmax = _mm512_max_ps(vmax, _mm512_abs_ps(v));
+		vsum = _mm512_fmadd_ps(v, v, vsum);
+	}
+	if (i < dim)
+	{
+		__mmask16	m = (__mmask16) ((1u << (dim - i)) - 1);
+		__m512		v = _mm512_maskz_loadu_ps(m, x + i);
+
+		vmax = _mm512_max_ps(vmax, _mm512_abs_ps(v));
+		vsum = _mm512_fmadd_ps(v, v, vsum);
+	}
+	amax = _mm512_reduce_max_ps(vmax);
+	sum = _mm512_reduce_add_ps(vsum);
+	/* a NaN or an overflow leaves the sum not finite */
+	if (!ListRowFits(amax, sum, least, limit))
+		return false;
+	ListRowBounds(dim, amax, sum, scale, norm);
+	vinv = _mm512_set1_ps(amax > 0 ? 127 / amax : 0);
+	for (i = 0; i < dim; i += 16)
+	{
+		__mmask16	m = (dim - i >= 16) ? 0xFFFF : (__mmask16) ((1u << (dim - i)) - 1);
+		__m512i		q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vinv));
+
+		q = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(q, lo), hi), bias);
+		_mm512_mask_cvtepi32_storeu_epi8(k + i, m, q);
+	}
+	return true;
+}
+
+/*
+ * tv_list_candidates_scalar 16 lists a register; the interval's ends come
+ * from fused multiply-adds here, within the bounds' slack either way
+ */
+TV_AVX512 int
+tv_list_candidates_avx512(const TvListBounds *lb, const int32_t *qd, float sx, float nx,
+						  float exb, uint16_t *masks)
+{
+	int			nblocks = (lb->lists + 15) / 16;
+	__m512		vsx = _mm512_set1_ps(sx);
+	__m512		vnx = _mm512_set1_ps(nx);
+	__m512		vexb = _mm512_set1_ps(exb);
+	__m512		lowest = _mm512_set1_ps(INFINITY);
+	__m512		vthr;
+	float		thr;
+	int			count = 0;
+
+#define TV_LIST_INTERVAL(b, approx, bound) \
+	do { \
+		__m512		qf_ = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(qd + (b) * 16), \
+															   _mm512_slli_epi32(_mm512_loadu_si512(lb->sum + (b) * 16), 7))); \
+		(approx) = _mm512_fnmadd_ps(_mm512_mul_ps(vsx, _mm512_loadu_ps(lb->scale + (b) * 16)), qf_, \
+									_mm512_loadu_ps(lb->norm + (b) * 16)); \
+		(bound) = _mm512_fmadd_ps(vnx, _mm512_loadu_ps(lb->err + (b) * 16), \
+								  _mm512_fmadd_ps(vexb, _mm512_loadu_ps(lb->full + (b) * 16), \
+												  _mm512_loadu_ps(lb->slack + (b) * 16))); \
+	} while (0)
+
+	for (int b = 0; b < nblocks; b++)
+	{
+		__mmask16	m = ListLanes(lb->lists, b);
+		__m512		approx,
+					bound;
+
+		TV_LIST_INTERVAL(b, approx, bound);
+		lowest = _mm512_mask_min_ps(lowest, m, lowest, _mm512_add_ps(approx, bound));
+	}
+	thr = _mm512_reduce_min_ps(lowest);
+	if (!(thr < INFINITY))
+		return -1;
+	vthr = _mm512_set1_ps(thr);
+	for (int b = 0; b < nblocks; b++)
+	{
+		__m512		approx,
+					bound;
+
+		TV_LIST_INTERVAL(b, approx, bound);
+		masks[b] = _mm512_mask_cmp_ps_mask(ListLanes(lb->lists, b),
+										   _mm512_sub_ps(approx, bound), vthr, _CMP_LE_OQ);
+		count += __builtin_popcount(masks[b]);
+	}
+#undef TV_LIST_INTERVAL
+	return count;
+}
+
 #else							/* !TV_X86 */
 
 bool
@@ -1655,6 +1949,27 @@ int32_t
 tv_rank_dot_avxvnni(const uint8_t *k, const int8_t *q, int dim)
 {
 	return tv_rank_dot_scalar(k, q, dim);
+}
+
+void
+tv_rank_lists_avx512vnni(const uint8_t *rows, int nrows, int ld, const int8_t *blocks,
+						 int nblocks, int groups, int32_t *out)
+{
+	tv_rank_lists_scalar(rows, nrows, ld, blocks, nblocks, groups, out);
+}
+
+bool
+tv_list_row_codes_avx512(const float *x, int dim, float least, float limit, uint8_t *k,
+						 float *scale, float *norm)
+{
+	return tv_list_row_codes_scalar(x, dim, least, limit, k, scale, norm);
+}
+
+int
+tv_list_candidates_avx512(const TvListBounds *lb, const int32_t *qd, float sx, float nx,
+						  float exb, uint16_t *masks)
+{
+	return tv_list_candidates_scalar(lb, qd, sx, nx, exb, masks);
 }
 
 int32_t

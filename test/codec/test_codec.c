@@ -1890,6 +1890,295 @@ TestRankKernels(void)
 }
 
 /*
+ * The list search's first pass (u8 rows x s8 centroids in blocks of 16)
+ * against its scalar reference and against single products, for 1 to 4
+ * rows, block counts around the kernel's six a pass, group counts up to
+ * the largest dimension, from unaligned buffers, and at the extreme sums.
+ */
+static void
+TestRankLists(void)
+{
+	static const int groups_list[] = {1, 3, 16, 196, 384, 4000};
+	static const int blocks_list[] = {1, 5, 6, 7, 12, 13};
+	int			max_groups = 4000,
+				max_blocks = 13;
+	size_t		ld = (size_t) max_groups * 4 + 4;
+	uint8_t    *rows = Alloc(4 * ld + 1);
+	int8_t	   *blocks = Alloc((size_t) max_blocks * max_groups * 64 + 1);
+	int8_t	   *cent = Alloc((size_t) max_groups * 4);
+	int32_t    *a = Alloc(sizeof(int32_t) * 4 * max_blocks * 16);
+	int32_t    *b = Alloc(sizeof(int32_t) * 4 * max_blocks * 16);
+	int			bad = 0,
+				bad_single = 0;
+
+	if (!tv_kernels_have_avx512vnni())
+	{
+		printf("note: CPU lacks avx512vnni, the list search's first pass not compared\n");
+		return;
+	}
+	for (size_t gi = 0; gi < sizeof(groups_list) / sizeof(groups_list[0]); gi++)
+		for (size_t bi = 0; bi < sizeof(blocks_list) / sizeof(blocks_list[0]); bi++)
+		{
+			int			groups = groups_list[gi];
+			int			nblocks = blocks_list[bi];
+			int			ncent = nblocks * 16;
+
+			if ((size_t) groups * nblocks > 40000)
+				continue;
+			TestSeed(6161 + groups * 31 + nblocks);
+			for (size_t i = 0; i < 4 * ld; i++)
+				rows[i + 1] = (uint8_t) (TestNext() >> 56);
+			for (size_t i = 0; i < (size_t) nblocks * groups * 64; i++)
+				blocks[i + 1] = (int8_t) (TestNext() >> 56);
+			for (int nrows = 1; nrows <= 4; nrows++)
+			{
+				memset(a, 0, sizeof(int32_t) * 4 * ncent);
+				memset(b, 0, sizeof(int32_t) * 4 * ncent);
+				tv_rank_lists_avx512vnni(rows + 1, nrows, (int) ld, blocks + 1, nblocks, groups, a);
+				tv_rank_lists_scalar(rows + 1, nrows, (int) ld, blocks + 1, nblocks, groups, b);
+				if (memcmp(a, b, sizeof(int32_t) * 4 * ncent) != 0)
+					bad++;
+			}
+			/* the layout: centroid j's codes gathered, then a plain product */
+			for (int j = 0; j < ncent; j += 7)
+			{
+				for (int g = 0; g < groups; g++)
+					memcpy(cent + g * 4, blocks + 1 + ((size_t) (j / 16) * groups + g) * 64 + (j % 16) * 4, 4);
+				for (int r = 0; r < 4; r++)
+					if (a[r * ncent + j] != tv_rank_dot_scalar(rows + 1 + r * ld, cent, groups * 4))
+						bad_single++;
+			}
+		}
+	Check(bad == 0, "rank lists: %d passes differ from scalar", bad);
+	Check(bad_single == 0, "rank lists: %d sums differ from single products", bad_single);
+	/* the extremes over the longest row */
+	memset(rows, 255, 4 * ld);
+	memset(blocks, -128, (size_t) 2 * max_groups * 64);
+	tv_rank_lists_avx512vnni(rows, 4, (int) ld, blocks, 2, max_groups, a);
+	Check(a[0] == -255 * 128 * 16000 && a[4 * 32 - 1] == -255 * 128 * 16000,
+		  "rank lists: most negative sum wrong");
+	memset(blocks, 127, (size_t) 2 * max_groups * 64);
+	tv_rank_lists_avx512vnni(rows, 4, (int) ld, blocks, 2, max_groups, a);
+	Check(a[33] == 255 * 127 * 16000, "rank lists: largest sum wrong");
+	free(rows);
+	free(blocks);
+	free(cent);
+	free(a);
+	free(b);
+}
+
+/*
+ * The rest of the first pass.  A row's codes: the same codes and scale from
+ * both kernels, each code within 1/2 + 1e-4 of x / scale, a norm at least
+ * ||x|| and not far above, and no codes for rows past the limit or with a
+ * NaN.  The candidates: for centroids coded as tvivf.c codes them and
+ * bounds built as it builds them, the list nearest in exact arithmetic is
+ * always a candidate (both kernels), and few others are.
+ */
+static void
+TestListFirstPass(void)
+{
+	static const int dims[] = {1, 3, 15, 16, 17, 100, 784, 1000};
+	int			max_dim = 1000,
+				lists = 53,
+				cpad16 = 64;
+	float	   *x = Alloc(sizeof(float) * max_dim);
+	float	   *c = Alloc(sizeof(float) * lists * max_dim);
+	uint8_t    *k1 = Alloc(max_dim + 4);
+	uint8_t    *k2 = Alloc(max_dim + 4);
+	int8_t	   *cq = Alloc((size_t) cpad16 * max_dim);
+	float	   *norm = Alloc(sizeof(float) * cpad16);
+	float	   *scale = Alloc(sizeof(float) * cpad16);
+	int32_t    *sum = Alloc(sizeof(int32_t) * cpad16);
+	float	   *err = Alloc(sizeof(float) * cpad16);
+	float	   *full = Alloc(sizeof(float) * cpad16);
+	float	   *slack = Alloc(sizeof(float) * cpad16);
+	int32_t    *qd = Alloc(sizeof(int32_t) * cpad16);
+	uint16_t	m1[4],
+				m2[4];
+	bool		avx512 = tv_kernels_have_avx512f();
+	int			bad_codes = 0,
+				bad_norm = 0,
+				missed = 0,
+				rows = 0;
+	long		candidates = 0;
+
+	for (size_t di = 0; di < sizeof(dims) / sizeof(dims[0]); di++)
+	{
+		int			dim = dims[di];
+
+		for (int metric = 0; metric < 2; metric++)
+		{
+			/* L2 (f = 2, norms) and inner product (f = 1) */
+			double		f = metric == 0 ? 2 : 1;
+			TvListBounds lb = {lists, norm, scale, sum, err, full, slack};
+
+			TestSeed(9090 + dim * 2 + metric);
+			memset(norm, 0, sizeof(float) * cpad16);
+			memset(scale, 0, sizeof(float) * cpad16);
+			memset(sum, 0, sizeof(int32_t) * cpad16);
+			memset(err, 0, sizeof(float) * cpad16);
+			memset(full, 0, sizeof(float) * cpad16);
+			memset(slack, 0, sizeof(float) * cpad16);
+			for (int j = 0; j < lists; j++)
+			{
+				float	   *cj = c + (size_t) j * dim;
+				float		amax = 0,
+							sc;
+				double		s2 = 0,
+							e2 = 0,
+							n2 = 0,
+							cqn,
+							ce;
+
+				FillNormal(cj, dim);
+				/* some centroids nearly equal, so that some rows tie */
+				if (j % 5 == 4)
+					for (int i = 0; i < dim; i++)
+						cj[i] = cj[i - (size_t) dim] + 1e-4f * cj[i];
+				for (int i = 0; i < dim; i++)
+				{
+					amax = fmaxf(amax, fabsf(cj[i]));
+					n2 += (double) cj[i] * cj[i];
+				}
+				sc = amax / 127;
+				for (int i = 0; i < dim; i++)
+				{
+					float		r = rintf(cj[i] / sc);
+					int			v = r >= 127 ? 127 : r <= -127 ? -127 : (int) r;
+					double		e = (double) cj[i] - (double) sc * v;
+
+					cq[(size_t) j * dim + i] = (int8_t) v;
+					sum[j] += v;
+					s2 += (double) v * v;
+					e2 += e * e;
+				}
+				cqn = sc * sqrt(s2) * (1 + 1e-9);
+				ce = sqrt(e2) * (1 + 1e-9);
+				norm[j] = metric == 0 ? (float) n2 : 0;
+				scale[j] = (float) (f * sc);
+				err[j] = (float) ((f * ce + f * ((dim + 64) * ldexp(1.0, -23) + ldexp(1.0, -16)) *
+								   (cqn + ce)) * (1 + 1e-6));
+				full[j] = (float) (f * cqn * (1 + 1e-6));
+				slack[j] = (float) (ldexp(1.0, -16) * fabs(norm[j]));
+			}
+			for (int trial = 0; trial < 200; trial++)
+			{
+				float		s1,
+							s2,
+							n1,
+							n2;
+				double		xx = 0,
+							best = INFINITY;
+				int			nearest = 0,
+							c1,
+							c2;
+
+				/*
+				 * rows near the midpoint of two centroids, whose exact
+				 * ranks nearly tie while their 8-bit ones scatter; some
+				 * near one centroid, some far from all
+				 */
+				FillNormal(x, dim);
+				if (trial % 4 == 1)
+					for (int i = 0; i < dim; i++)
+						x[i] = c[(size_t) (trial % lists) * dim + i] + 0.05f * x[i];
+				else if (trial % 4 != 0)
+					for (int i = 0; i < dim; i++)
+						x[i] = 0.5f * (c[(size_t) (trial % lists) * dim + i] +
+									   c[(size_t) ((trial * 7 + 3) % lists) * dim + i]) +
+							0.001f * x[i];
+				if (!tv_list_row_codes_scalar(x, dim, 1e-30f, 1e15f, k1, &s1, &n1))
+				{
+					bad_codes++;
+					continue;
+				}
+				if (avx512 && (!tv_list_row_codes_avx512(x, dim, 1e-30f, 1e15f, k2, &s2, &n2) ||
+							   s1 != s2 || memcmp(k1, k2, dim) != 0))
+					bad_codes++;
+				for (int i = 0; i < dim; i++)
+				{
+					xx += (double) x[i] * x[i];
+					if (fabs((double) x[i] / s1 - ((int) k1[i] - 128)) > 0.5 + 1e-4)
+						bad_codes++;
+				}
+				if (n1 < sqrt(xx) || n1 > sqrt(xx) * 1.001 + 1e-30 ||
+					(avx512 && (n2 < sqrt(xx) || n2 > sqrt(xx) * 1.001 + 1e-30)))
+					bad_norm++;
+				for (int j = 0; j < lists; j++)
+				{
+					int32_t		dot = 0;
+					double		exact = 0;
+
+					for (int i = 0; i < dim; i++)
+					{
+						dot += (int32_t) k1[i] * cq[(size_t) j * dim + i];
+						exact += (double) x[i] * c[(size_t) j * dim + i];
+					}
+					qd[j] = dot;
+					exact = (metric == 0 ? norm[j] : 0) - f * exact;
+					if (exact < best)
+					{
+						best = exact;
+						nearest = j;
+					}
+				}
+				c1 = tv_list_candidates_scalar(&lb, qd, s1, n1, s1 * (float) ((0.5 + 1e-4) * sqrt((double) dim) * (1 + 1e-6)), m1);
+				if (c1 < 1 || !(m1[nearest / 16] & (1u << (nearest % 16))))
+					missed++;
+				if (avx512)
+				{
+					c2 = tv_list_candidates_avx512(&lb, qd, s1, n1, s1 * (float) ((0.5 + 1e-4) * sqrt((double) dim) * (1 + 1e-6)), m2);
+					if (c2 < 1 || !(m2[nearest / 16] & (1u << (nearest % 16))))
+						missed++;
+					/* padding lanes are never candidates */
+					if (m2[lists / 16] >> (lists % 16))
+						missed++;
+				}
+				candidates += c1;
+				rows++;
+			}
+		}
+	}
+	Check(bad_codes == 0, "list first pass: %d bad row codes", bad_codes);
+	Check(bad_norm == 0, "list first pass: %d norms below ||x|| or far above", bad_norm);
+	Check(missed == 0, "list first pass: the nearest list was not a candidate %d times", missed);
+	Check(candidates < (long) rows * lists / 2,
+		  "list first pass: %ld candidates for %d rows of %d lists", candidates, rows, lists);
+	/* past the limit, below the least, or a NaN: no codes; zeros: codes */
+	x[0] = 2e15f;
+	Check(!tv_list_row_codes_scalar(x, 16, 1e-30f, 1e15f, k1, &norm[0], &norm[1]) &&
+		  (!avx512 || !tv_list_row_codes_avx512(x, 16, 1e-30f, 1e15f, k1, &norm[0], &norm[1])),
+		  "list first pass: a row past the limit got codes");
+	x[0] = NAN;
+	Check(!tv_list_row_codes_scalar(x, 16, 1e-30f, 1e15f, k1, &norm[0], &norm[1]) &&
+		  (!avx512 || !tv_list_row_codes_avx512(x, 16, 1e-30f, 1e15f, k1, &norm[0], &norm[1])),
+		  "list first pass: a row with a NaN got codes");
+	memset(x, 0, sizeof(float) * 16);
+	x[3] = 1e-35f;
+	Check(!tv_list_row_codes_scalar(x, 16, 1e-30f, 1e15f, k1, &norm[0], &norm[1]) &&
+		  (!avx512 || !tv_list_row_codes_avx512(x, 16, 1e-30f, 1e15f, k1, &norm[0], &norm[1])),
+		  "list first pass: a row below the least got codes");
+	x[3] = 0;
+	Check(tv_list_row_codes_scalar(x, 16, 1e-30f, 1e15f, k1, &norm[0], &norm[1]) &&
+		  (!avx512 || tv_list_row_codes_avx512(x, 16, 1e-30f, 1e15f, k1, &norm[0], &norm[1])) &&
+		  norm[0] == 0 && norm[1] == 0 && k1[0] == 128 && k1[15] == 128,
+		  "list first pass: a zero row got no codes or wrong ones");
+	free(x);
+	free(c);
+	free(k1);
+	free(k2);
+	free(cq);
+	free(norm);
+	free(scale);
+	free(sum);
+	free(err);
+	free(full);
+	free(slack);
+	free(qd);
+}
+
+/*
  * The AVX2 quantization of a query's LUT against the scalar one: the same
  * bytes, for queries of ordinary, tiny and huge coordinates, zeros and a
  * single non-zero coordinate, at every bit width and many dimensions.  And
@@ -1997,6 +2286,8 @@ main(int argc, char **argv)
 	TestRefineKernels();
 	TestLutKernels();
 	TestRankKernels();
+	TestRankLists();
+	TestListFirstPass();
 	TestFloatKernels();
 
 	printf("codec: %d passed, %d failed\n", npassed, nfailed);

@@ -198,7 +198,7 @@ RESET client_min_messages;
 SELECT * FROM turbo_verify('wide_idx');
 SELECT wide_record('codes', 'wide_idx');
 DROP INDEX wide_idx;
--- not even the codes: 74 vectors laid out by list, then the rest as they come
+-- not even the codes: 67 vectors laid out by list, then the rest as they come
 SET maintenance_work_mem = '1MB';
 SET client_min_messages = debug1;
 CREATE INDEX wide_idx ON wide USING turbo (v real_l2_ops) WITH (lists = 8);

@@ -376,6 +376,7 @@ extern struct TableScanDescData *TvParallelScanDesc(TvParallelScan *ps);
 extern int	TvParallelScanWorkers(TvParallelScan *ps);
 extern void TvParallelScanDrain(TvParallelScan *ps, TvScanConsumer consume, void *arg);
 extern void TvParallelScanFilter(TvParallelScan *ps, uint64 sample_tau);
+extern uint64 TvParallelScanUnreadNow(TvParallelScan *ps);
 extern double TvParallelScanEnd(TvParallelScan *ps, IndexInfo *indexInfo,
 								TvScanConsumer consume, void *arg, uint64 *unread);
 extern Size TvParallelScanBytes(int nworkers, int mem_kb);

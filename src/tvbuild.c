@@ -331,9 +331,17 @@ TvAutoLists(double rows, int dim)
 static int
 PlannedLists(TvBuildState *bs)
 {
+	double		seen = (double) bs->seen;
+
 	if (!bs->auto_lists)
 		return bs->lists;
-	return TvAutoLists(Max((double) bs->seen, TV_AUTO_MIN_ROWS), bs->dim);
+	/*
+	 * during a parallel sampling pass, with the vectors the workers counted
+	 * so far without sending them (added to seen when the pass ends)
+	 */
+	if (bs->pscan != NULL)
+		seen += (double) TvParallelScanUnreadNow(bs->pscan);
+	return TvAutoLists(Max(seen, TV_AUTO_MIN_ROWS), bs->dim);
 }
 
 /* The first vector fixes the dimension of the index */
@@ -677,9 +685,10 @@ ShrinkSample(TvBuildState *bs, int keep)
  * Keep a vector in the training sample when its hash is below sample_tau;
  * past SampleLimit, lower sample_tau to keep the rows of smallest hash.
  * The sample is then every row whose hash is below the final sample_tau
- * (a row dropped had a hash at or above a sample_tau, which only falls): a
- * uniform sample that depends on the seed and the TIDs alone, not on the
- * order of the scan.
+ * (a row dropped had a hash at or above a sample_tau, which only falls),
+ * and k-means trains on the `want` of smallest hash among them: when there
+ * are that many, a uniform sample that depends on the seed and the TIDs
+ * alone, not on the order of the scan.
  */
 static void
 SampleVector(TvBuildState *bs, ItemPointer tid, const float *x)
@@ -718,8 +727,16 @@ SampleVector(TvBuildState *bs, ItemPointer tid, const float *x)
 	}
 	memcpy(bs->samples + (Size) bs->nsamples * bs->dim, x, sizeof(float) * bs->dim);
 	bs->sample_hash[bs->nsamples++] = h;
+
+	/*
+	 * Keep half the slack too.  Under automatic lists `keep` grows with the
+	 * rows seen, and the rows dropped are gone: were the sample to end with
+	 * fewer rows than k-means takes, which rows it holds would depend on
+	 * when it last shrank, so on the order of the scan.  The margin (a
+	 * sixteenth) is many times what the rows after the last shrink vary by.
+	 */
 	if (bs->nsamples > limit)
-		ShrinkSample(bs, keep);
+		ShrinkSample(bs, keep + (limit - keep) / 2);
 }
 
 /* qsort_arg: positions k by their TIDs in arg */

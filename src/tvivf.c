@@ -440,7 +440,8 @@ TvListAssignerBytes(int lists, int dim, TvMetric metric)
 
 	if (lists < TV_GROUP_MIN_LISTS || metric == TV_METRIC_IP)
 		return sizeof(float) * (double) dim * (lists + 2 + TV_EXACT_ROWS) +
-			(double) (lists + 16) * (dim + 4 + 7 * sizeof(float) + TV_EXACT_ROWS * sizeof(int32));
+			(lists >= TV_PRUNE_MIN_LISTS ?
+			 (double) (lists + 16) * (dim + 4 + 7 * sizeof(float) + TV_EXACT_ROWS * sizeof(int32)) : 0);
 	ng = ceil(sqrt((double) lists));
 	return sizeof(float) * (double) dim * (lists + 3 * ng + 2 * (TV_GROUP_CHUNK + 3));
 }

@@ -966,6 +966,8 @@ typedef struct TvScanShared
 	 * every vector); the leader lowers it once it spools no more vectors
 	 */
 	pg_atomic_uint64 sample_tau;
+	/* those counted so far, reported every TV_UNREAD_STEP a worker */
+	pg_atomic_uint64 unread_now;
 
 	/* what the workers report at the end */
 	slock_t		mutex;
@@ -1171,6 +1173,7 @@ TvParallelScanBegin(Relation heap, Relation index, IndexInfo *indexInfo,
 	sh->lists = -1;
 	sh->seed = seed;
 	pg_atomic_init_u64(&sh->sample_tau, PG_UINT64_MAX);
+	pg_atomic_init_u64(&sh->unread_now, 0);
 	if (encode)
 	{
 		Assert(lists == 0 || dim > 0);
@@ -1263,6 +1266,13 @@ TvParallelScanFilter(TvParallelScan *ps, uint64 sample_tau)
 	pg_atomic_write_u64(&ps->sh->sample_tau, sample_tau);
 }
 
+/* Sampling pass: about how many vectors the workers have counted, not sent */
+uint64
+TvParallelScanUnreadNow(TvParallelScan *ps)
+{
+	return pg_atomic_read_u64(&ps->sh->unread_now);
+}
+
 /*
  * After the leader's share of the scan: take the rest of the workers'
  * records, wait for them to finish, and end parallel mode.  Returns the
@@ -1321,7 +1331,26 @@ typedef struct ScanWorker
 	int			nearest[TV_ENCODE_BATCH];
 
 	uint64		unread;			/* sampling pass: vectors counted, not sent */
+	uint64		unread_told;	/* of which added to sh->unread_now */
 } ScanWorker;
+
+/*
+ * How often a worker adds to unread_now: the leader sizes the sample by
+ * the rows seen so far under automatic lists (PlannedLists), and a count
+ * that lagged by much would keep too small a sample
+ */
+#define TV_UNREAD_STEP	256
+
+/* Count a vector of the sampling pass not sent to the leader */
+static inline void
+CountUnread(ScanWorker *w)
+{
+	if (++w->unread - w->unread_told >= TV_UNREAD_STEP)
+	{
+		pg_atomic_fetch_add_u64(&w->sh->unread_now, w->unread - w->unread_told);
+		w->unread_told = w->unread;
+	}
+}
 
 static void
 SendMessage(ScanWorker *w)
@@ -1437,7 +1466,7 @@ ScanWorkerCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 		past = (tau != PG_UINT64_MAX && TvSampleHash(w->sh->seed, tid) >= tau);
 		if (past && w->metric != TV_METRIC_COSINE)
 		{
-			w->unread++;
+			CountUnread(w);
 			return;
 		}
 	}
@@ -1455,7 +1484,7 @@ ScanWorkerCallback(Relation index, ItemPointer tid, Datum *values, bool *isnull,
 	if (!(w->metric == TV_METRIC_COSINE && TvMaxAbs(x, dim) == 0))
 	{
 		if (w->sh->lists < 0 && past)
-			w->unread++;
+			CountUnread(w);
 		else if (w->sh->lists < 0)
 			memcpy(NextRecord(w, tid), x, sizeof(float) * dim);
 		else

@@ -326,6 +326,24 @@ typedef struct TvListBounds
 	const float *slack;			/* and the rest */
 } TvListBounds;
 
+/*
+ * A centroid's codes (q[i] = round(c[i] / scale), scale = max |c| / 127)
+ * and its terms of the intervals, from its ||c||^2 (used under L2 only):
+ * false when max |c| exceeds limit, is below least but not 0, or a
+ * coordinate or the norm is not finite
+ */
+typedef struct TvListTerms
+{
+	float		norm;
+	float		scale;
+	int32_t		sum;
+	float		err;
+	float		full;
+	float		slack;
+} TvListTerms;
+
+extern bool tv_list_centroid_codes(const float *c, int dim, float norm2, bool l2,
+								   float least, float limit, int8_t *q, TvListTerms *t);
 extern bool tv_list_row_codes_scalar(const float *x, int dim, float least, float limit,
 									 uint8_t *k, float *scale, float *norm);
 extern bool tv_list_row_codes_avx512(const float *x, int dim, float least, float limit,

@@ -587,8 +587,6 @@ static void
 PruneSetup(TvListAssigner *la)
 {
 	int			dim = la->dim;
-	double		f = (la->metric == TV_METRIC_L2) ? 2 : 1;
-	double		rounding = (dim + 64) * ldexp(1.0, -23) + ldexp(1.0, -16);
 	int			groups = (dim + 3) / 4;
 	int			cpad16 = (la->lists + 15) & ~15;
 	int8	   *cblocks = palloc0((Size) cpad16 * groups * 4);
@@ -602,44 +600,23 @@ PruneSetup(TvListAssigner *la)
 
 	for (int j = 0; j < la->lists; j++)
 	{
-		const float *c = la->centroids + (Size) j * dim;
 		int8	   *block = cblocks + (Size) (j / 16) * groups * 64 + (j % 16) * 4;
-		float		cn = (la->metric == TV_METRIC_L2) ? la->cnorms[j] : 0;
-		float		amax = TvMaxAbs(c, dim);
-		float		sc = amax / 127;
-		int32		sum = 0;
-		double		sum2 = 0,
-					err2 = 0,
-					cq,
-					ce;
+		TvListTerms t;
 
-		/* NaN too, and scales that would underflow: the full search */
-		if (!(amax <= TV_PRUNE_MAX_NORM) || (amax > 0 && amax < TV_PRUNE_MIN_NORM) ||
-			!(fabsf(cn) <= 1e30))
+		/* outside the bounds' range: the full search */
+		if (!tv_list_centroid_codes(la->centroids + (Size) j * dim, dim,
+									la->cnorms ? la->cnorms[j] : 0,
+									la->metric == TV_METRIC_L2,
+									TV_PRUNE_MIN_NORM, TV_PRUNE_MAX_NORM, q, &t))
 			return;
-		for (int i = 0; i < dim; i++)
-		{
-			float		r = (amax > 0) ? rintf(c[i] / sc) : 0;
-			int			v = r >= 127 ? 127 : r <= -127 ? -127 : (int) r;
-			double		e = (double) c[i] - (double) sc * v;
-
-			q[i] = (int8) v;
-			sum += v;
-			sum2 += (double) v * v;
-			err2 += e * e;
-		}
 		for (int g = 0; g < groups; g++)
 			memcpy(block + g * 64, q + g * 4, 4);
-		cq = (double) sc * sqrt(sum2) * (1 + 1e-9);
-		ce = sqrt(err2) * (1 + 1e-9);
-		if (!(cq + ce <= TV_PRUNE_MAX_NORM))
-			return;
-		norm[j] = cn;
-		csum[j] = sum;
-		cscale[j] = (float) (f * sc);
-		cerr[j] = (float) ((f * ce + f * rounding * (cq + ce)) * (1 + 1e-6));
-		cfull[j] = (float) (f * cq * (1 + 1e-6));
-		cslack[j] = (float) (ldexp(1.0, -16) * fabs(cn));
+		norm[j] = t.norm;
+		csum[j] = t.sum;
+		cscale[j] = t.scale;
+		cerr[j] = t.err;
+		cfull[j] = t.full;
+		cslack[j] = t.slack;
 	}
 	la->groups = groups;
 	la->cpad16 = cpad16;

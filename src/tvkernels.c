@@ -100,6 +100,49 @@ ListLanes(int lists, int b)
 }
 
 bool
+tv_list_centroid_codes(const float *c, int dim, float norm2, bool l2, float least,
+					   float limit, int8_t *q, TvListTerms *t)
+{
+	double		f = l2 ? 2 : 1;
+	double		rounding = (dim + 64) * ldexp(1.0, -23) + ldexp(1.0, -16);
+	float		amax = 0,
+				sc;
+	double		sum2 = 0,
+				err2 = 0,
+				cq,
+				ce;
+
+	for (int i = 0; i < dim; i++)
+		amax = fmaxf(amax, fabsf(c[i]));
+	/* NaN too, and scales that would underflow */
+	if (!(amax <= limit) || (amax > 0 && amax < least) || !(fabsf(norm2) <= 1e30f))
+		return false;
+	sc = amax / 127;
+	t->sum = 0;
+	for (int i = 0; i < dim; i++)
+	{
+		float		r = (amax > 0) ? rintf(c[i] / sc) : 0;
+		int			v = r >= 127 ? 127 : r <= -127 ? -127 : (int) r;
+		double		e = (double) c[i] - (double) sc * v;
+
+		q[i] = (int8_t) v;
+		t->sum += v;
+		sum2 += (double) v * v;
+		err2 += e * e;
+	}
+	cq = (double) sc * sqrt(sum2) * (1 + 1e-9);
+	ce = sqrt(err2) * (1 + 1e-9);
+	if (!(cq + ce <= limit * sqrt((double) dim)))
+		return false;
+	t->norm = l2 ? norm2 : 0;
+	t->scale = (float) (f * sc);
+	t->err = (float) ((f * ce + f * rounding * (cq + ce)) * (1 + 1e-6));
+	t->full = (float) (f * cq * (1 + 1e-6));
+	t->slack = (float) (ldexp(1.0, -16) * fabs(t->norm));
+	return true;
+}
+
+bool
 tv_list_row_codes_scalar(const float *x, int dim, float least, float limit, uint8_t *k,
 						 float *scale, float *norm)
 {

@@ -2023,13 +2023,8 @@ TestListFirstPass(void)
 			for (int j = 0; j < lists; j++)
 			{
 				float	   *cj = c + (size_t) j * dim;
-				float		amax = 0,
-							sc;
-				double		s2 = 0,
-							e2 = 0,
-							n2 = 0,
-							cqn,
-							ce;
+				double		n2 = 0;
+				TvListTerms t;
 
 				FillNormal(cj, dim);
 				/* some centroids nearly equal, so that some rows tie */
@@ -2037,30 +2032,16 @@ TestListFirstPass(void)
 					for (int i = 0; i < dim; i++)
 						cj[i] = cj[i - (size_t) dim] + 1e-4f * cj[i];
 				for (int i = 0; i < dim; i++)
-				{
-					amax = fmaxf(amax, fabsf(cj[i]));
 					n2 += (double) cj[i] * cj[i];
-				}
-				sc = amax / 127;
-				for (int i = 0; i < dim; i++)
-				{
-					float		r = rintf(cj[i] / sc);
-					int			v = r >= 127 ? 127 : r <= -127 ? -127 : (int) r;
-					double		e = (double) cj[i] - (double) sc * v;
-
-					cq[(size_t) j * dim + i] = (int8_t) v;
-					sum[j] += v;
-					s2 += (double) v * v;
-					e2 += e * e;
-				}
-				cqn = sc * sqrt(s2) * (1 + 1e-9);
-				ce = sqrt(e2) * (1 + 1e-9);
-				norm[j] = metric == 0 ? (float) n2 : 0;
-				scale[j] = (float) (f * sc);
-				err[j] = (float) ((f * ce + f * ((dim + 64) * ldexp(1.0, -23) + ldexp(1.0, -16)) *
-								   (cqn + ce)) * (1 + 1e-6));
-				full[j] = (float) (f * cqn * (1 + 1e-6));
-				slack[j] = (float) (ldexp(1.0, -16) * fabs(norm[j]));
+				if (!tv_list_centroid_codes(cj, dim, (float) n2, metric == 0, 1e-30f, 1e15f,
+											cq + (size_t) j * dim, &t))
+					bad_codes++;
+				norm[j] = t.norm;
+				scale[j] = t.scale;
+				sum[j] = t.sum;
+				err[j] = t.err;
+				full[j] = t.full;
+				slack[j] = t.slack;
 			}
 			for (int trial = 0; trial < 200; trial++)
 			{

@@ -417,8 +417,8 @@ SampleSlack(double keep)
  * The training sample: the `keep` rows of smallest sampling hash that
  * k-means trains on (32 a list), at most `limit` held at once.  Holding
  * an eighth more than it keeps lets the pass drop rows in batches; the
- * memory it touches is what it holds (3 MB of fresh memory costs a VM
- * about 8 ms), so the slack is small.  Both fit in half of
+ * memory it touches is what it holds (fresh memory cost this VM 2.5 ms a
+ * 2 MB page), so the slack is small.  Both fit in half of
  * maintenance_work_mem, where the sample gets smaller.
  */
 static void
@@ -428,7 +428,6 @@ SampleBounds(TvBuildState *bs, int *keep, int *limit)
 		(sizeof(float) * bs->dim + sizeof(uint64));
 	double		want = (double) TV_SAMPLES_PER_LIST * Max(PlannedLists(bs), 1);
 	double		k = want;
-
 	double		held = want + SampleSlack(want);
 
 	if (held > fit)

@@ -139,7 +139,8 @@ typedef struct TvScanOpaqueData
 	TupleTableSlot *slot;
 	IndexInfo  *indexInfo;
 	EState	   *estate;
-	BufferAccessStrategy bas;
+	BufferAccessStrategy bas;	/* NULL: normal buffer replacement */
+	bool		bas_chosen;
 } TvScanOpaqueData;
 
 typedef TvScanOpaqueData *TvScanOpaque;
@@ -1540,7 +1541,6 @@ tvbeginscan(Relation index, int nkeys, int norderbys)
 	so->windowCtx = AllocSetContextCreate(so->scanCtx,
 										  "turbovec scan temporary context",
 										  ALLOCSET_DEFAULT_SIZES);
-	so->bas = GetAccessStrategy(BAS_BULKREAD);
 	scan->opaque = so;
 	return scan;
 }
@@ -1625,6 +1625,24 @@ WaitResident(Relation index)
 	return NULL;
 }
 
+/*
+ * How a scan's page reads replace buffers.  A flat scan reads every page
+ * of the index, so past a quarter of shared_buffers it goes through a
+ * small ring, as a sequential scan of a table that size does, rather than
+ * push out everything else.  An IVF scan reads the few lists nearest each
+ * query, like any index scan: a ring there would evict the pages of the
+ * hot lists as soon as they were read, and the page path would stay cold
+ * long after a restart.
+ */
+static BufferAccessStrategy
+ChooseAccessStrategy(Relation index, const TvMetaPageData *meta)
+{
+	if (meta->lists == 0 && !RelationUsesLocalBuffers(index) &&
+		RelationGetNumberOfBlocks(index) > (BlockNumber) (NBuffers / 4))
+		return GetAccessStrategy(BAS_BULKREAD);
+	return NULL;
+}
+
 /* Things the first call of a scan sets up */
 static void
 StartScan(IndexScanDesc scan)
@@ -1644,6 +1662,11 @@ StartScan(IndexScanDesc scan)
 
 	pgstat_count_index_scan(scan->indexRelation);
 	PrepareQuery(scan);
+	if (!so->bas_chosen)
+	{
+		so->bas = ChooseAccessStrategy(scan->indexRelation, &so->state->meta);
+		so->bas_chosen = true;
+	}
 	so->resident = WaitResident(scan->indexRelation);
 	so->window = tv_candidates;
 	so->taken = 0;

@@ -354,6 +354,16 @@ extern int	tv_list_candidates_avx512(const TvListBounds *lb, const int32_t *qd, 
 									  float nx, float exb, uint16_t *masks);
 
 /*
+ * An 8-bit code from a value already rounded to an integer: clamped to
+ * -127..127 as a float, so that no conversion overflows, and NaN gives 0
+ */
+static inline int
+tv_clamp_code(float r)
+{
+	return r >= 127 ? 127 : r <= -127 ? -127 : r == r ? (int) r : 0;
+}
+
+/*
  * k-means (tvivf.c): sum[i] += (double) x[i], a list's running sums; and a
  * row's 8-bit approximation for seeding, k[i] = 128 + rint(x[i] / scale)
  * clamped to -127..127 (128 when scale is not positive), returning the sum

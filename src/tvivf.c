@@ -848,10 +848,7 @@ TvApproxListDistances(const uint8 *codes, const float *scales, const float *cnor
 	for (int i = 0; i < dim; i++)
 	{
 		/* rintf, unlike lrintf, is inlined: the same rounding, to even */
-		float		x = rintf(q[i] / qscale);
-
-		/* clamped as a float, so that no conversion overflows; NaN gives 0 */
-		q8[i] = (int8) (x >= 127 ? 127 : x <= -127 ? -127 : x == x ? (int32) x : 0);
+		q8[i] = (int8) tv_clamp_code(rintf(q[i] / qscale));
 		qsum += q8[i];
 	}
 	if (metric == TV_METRIC_L2)

@@ -121,8 +121,7 @@ tv_list_centroid_codes(const float *c, int dim, float norm2, bool l2, float leas
 	t->sum = 0;
 	for (int i = 0; i < dim; i++)
 	{
-		float		r = (amax > 0) ? rintf(c[i] / sc) : 0;
-		int			v = r >= 127 ? 127 : r <= -127 ? -127 : (int) r;
+		int			v = tv_clamp_code(amax > 0 ? rintf(c[i] / sc) : 0);
 		double		e = (double) c[i] - (double) sc * v;
 
 		q[i] = (int8_t) v;
@@ -161,8 +160,7 @@ tv_list_row_codes_scalar(const float *x, int dim, float least, float limit, uint
 	inv = amax > 0 ? 127 / amax : 0;
 	for (int i = 0; i < dim; i++)
 	{
-		float		r = rintf(x[i] * inv);
-		int			v = r >= 127 ? 127 : r <= -127 ? -127 : (int) r;
+		int			v = tv_clamp_code(rintf(x[i] * inv));
 
 		k[i] = (uint8_t) (v + 128);
 	}
@@ -365,12 +363,8 @@ tv_quantize_i8_scalar(const float *x, int n, float scale, uint8_t *k)
 
 	for (int i = 0; i < n; i++)
 	{
-		/*
-		 * |x / scale| <= 127 up to rounding; clamped as a float, so that no
-		 * conversion overflows, and NaN gives 0
-		 */
-		float		f = (scale > 0) ? rintf(x[i] / scale) : 0;
-		int			v = f >= 127 ? 127 : f <= -127 ? -127 : f == f ? (int) f : 0;
+		/* |x / scale| <= 127 up to rounding */
+		int			v = tv_clamp_code(scale > 0 ? rintf(x[i] / scale) : 0);
 
 		k[i] = (uint8_t) (v + 128);
 		sq += v * v;

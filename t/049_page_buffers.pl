@@ -24,13 +24,10 @@ use TurboVecTest;
 my $node = start_node('buffers', conf => "autovacuum = off\nshared_buffers = 16MB");
 
 $node->safe_psql(
-	'postgres', q{
+	'postgres', qq{
 CREATE EXTENSION turbovec;
-SELECT setseed(0.25);
-CREATE TABLE t (id int PRIMARY KEY, v real[]);
-INSERT INTO t
-	SELECT i, array_agg((random() - 0.5 + (i % 8) * 0.05)::real ORDER BY j)
-	FROM generate_series(1, 3000) i, generate_series(1, 768) j GROUP BY i;
+CREATE TABLE t (id serial PRIMARY KEY, v real[]);
+@{[ random_rows_sql('t', 768, 3000, 0.25) ]}
 CREATE INDEX t_ivf ON t USING turbo (v real_cosine_ops) WITH (lists = 8);
 CREATE TABLE f (id int PRIMARY KEY, v real[]);
 INSERT INTO f SELECT id, v FROM t WHERE id <= 1000;

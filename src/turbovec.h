@@ -163,6 +163,10 @@ typedef struct TvListEntry
 	uint32		reserved;
 } TvListEntry;
 
+/* an entry never crosses a page: scans and inserts read it from one page */
+StaticAssertDecl(TV_PAGE_PAYLOAD % sizeof(TvListEntry) == 0,
+				 "directory entries must tile a page's payload");
+
 #define TvListAreaBytes(lists, dim) \
 	((uint32) TYPEALIGN(8, (Size) (lists) * sizeof(TvListEntry) + \
 						(Size) (lists) * (dim) * sizeof(float)))

@@ -77,6 +77,13 @@ typedef struct TvResult
 	float		est;			/* the candidate's estimate on its codes */
 } TvResult;
 
+/* A list and its centroid's distance to the query, for ordering probes */
+typedef struct ListRank
+{
+	float		dist;
+	int			list;
+} ListRank;
+
 typedef struct TvScanOpaqueData
 {
 	MemoryContext scanCtx;		/* lives as long as the scan */
@@ -107,10 +114,9 @@ typedef struct TvScanOpaqueData
 	const float *centroids;
 	int		   *list_order;
 	int			nordered;		/* leading entries of list_order in order */
-	struct ListRank *ranks;		/* the lists by distance, for list_order */
+	ListRank   *ranks;			/* the lists by distance, for list_order */
 	int			nfront;			/* ranks[0..nfront) hold exact distances, */
-	float		front_dist;		/* and every later rank follows this one */
-	int			front_list;
+	ListRank	front_bound;	/* and every later rank follows this one */
 	int			nprobe;
 	bool		residual;		/* codes of residuals: add <q, c> per list */
 	const float *qlists;		/* the query the lists are ranked for */
@@ -621,7 +627,8 @@ CursorRelease(PageCursor *pc)
  * The directory entries of the first n lists in list_order, entries[k] for
  * list_order[k].  Only those: the directory takes 16 bytes a list, and
  * copying all of it every window (64 kB at 4,000 lists) took 5 % of a
- * query's time.  Pages past the end read as zeros, as TvReadStream's do.
+ * query's time.  An entry lies on one page (turbovec.h); pages past the
+ * end read as zeros, as TvReadStream's do.
  */
 static void
 ReadProbedEntries(TvScanOpaque so, Relation index, int n, TvListEntry *entries)
@@ -630,43 +637,31 @@ ReadProbedEntries(TvScanOpaque so, Relation index, int n, TvListEntry *entries)
 	BlockNumber nhints;
 	Buffer	   *hints = TvBufferHints(index, npages, &nhints);
 	Buffer		buf = InvalidBuffer;
-	BlockNumber cur = InvalidBlockNumber;
 
 	for (int k = 0; k < n; k++)
 	{
 		uint64		offset = (uint64) so->list_order[k] * sizeof(TvListEntry);
-		char	   *out = (char *) &entries[k];
-		Size		len = sizeof(TvListEntry);
+		BlockNumber blkno = TV_FIRST_DATA_BLKNO + offset / TV_PAGE_PAYLOAD;
 
-		while (len > 0)
+		if (BufferIsValid(buf) && BufferGetBlockNumber(buf) != blkno)
 		{
-			BlockNumber blkno = TV_FIRST_DATA_BLKNO + offset / TV_PAGE_PAYLOAD;
-			Size		start = offset % TV_PAGE_PAYLOAD;
-			Size		piece = Min(len, TV_PAGE_PAYLOAD - start);
-
-			if (blkno != cur && BufferIsValid(buf))
-			{
-				UnlockReleaseBuffer(buf);
-				buf = InvalidBuffer;
-			}
-			if (blkno >= npages)
-				memset(out, 0, piece);
-			else
-			{
-				if (!BufferIsValid(buf))
-				{
-					bool		read;
-
-					buf = TvPinPage(index, blkno, so->bas, hints, nhints, &read);
-					LockBuffer(buf, BUFFER_LOCK_SHARE);
-					cur = blkno;
-				}
-				memcpy(out, TvPagePayload(BufferGetPage(buf)) + start, piece);
-			}
-			out += piece;
-			offset += piece;
-			len -= piece;
+			UnlockReleaseBuffer(buf);
+			buf = InvalidBuffer;
 		}
+		if (blkno >= npages)
+		{
+			memset(&entries[k], 0, sizeof(TvListEntry));
+			continue;
+		}
+		if (!BufferIsValid(buf))
+		{
+			bool		read;
+
+			buf = TvPinPage(index, blkno, so->bas, hints, nhints, &read);
+			LockBuffer(buf, BUFFER_LOCK_SHARE);
+		}
+		memcpy(&entries[k], TvPagePayload(BufferGetPage(buf)) + offset % TV_PAGE_PAYLOAD,
+			   sizeof(TvListEntry));
 	}
 	if (BufferIsValid(buf))
 		UnlockReleaseBuffer(buf);
@@ -1344,14 +1339,6 @@ NextWindow(IndexScanDesc scan)
 	MemoryContextSwitchTo(oldCtx);
 }
 
-/* A list and its centroid's distance to the query, for ordering probes */
-typedef struct ListRank ListRank;
-struct ListRank
-{
-	float		dist;
-	int			list;
-};
-
 /* nearer first; ties by list number, so the order is deterministic */
 static inline int
 ListRankCmp(const ListRank *a, const ListRank *b)
@@ -1446,10 +1433,8 @@ OrderProbes(TvScanOpaque so, int n)
 
 		if (so->nfront > n)
 		{
-			ListRank	bound = {so->front_dist, so->front_list};
-
 			SelectNearestLists(so->ranks, so->nfront, n);
-			all = ListRankCmp(&so->ranks[0], &bound) >= 0;
+			all = ListRankCmp(&so->ranks[0], &so->front_bound) >= 0;
 		}
 		if (all)
 			SelectNearestLists(so->ranks, lists, n);
@@ -1526,8 +1511,7 @@ OrderLists(IndexScanDesc scan, const float *q)
 			SelectNearestLists(so->ranks, lists, exact);
 			/* the farthest of the front, which every later rank follows */
 			so->nfront = exact;
-			so->front_dist = so->ranks[0].dist;
-			so->front_list = so->ranks[0].list;
+			so->front_bound = so->ranks[0];
 			for (int j = 0; j < exact; j++)
 				so->ranks[j].dist = TvListDistance(so->centroids, meta->dim, so->state->metric,
 												   q, so->ranks[j].list);

@@ -114,7 +114,10 @@ tv_list_centroid_codes(const float *c, int dim, float norm2, bool l2, float leas
 
 	for (int i = 0; i < dim; i++)
 		amax = fmaxf(amax, fabsf(c[i]));
-	/* NaN too, and scales that would underflow */
+	/*
+	 * scales that would underflow, and a NaN norm (fmaxf skips a NaN
+	 * coordinate: its error makes ce NaN, which the last test refuses)
+	 */
 	if (!(amax <= limit) || (amax > 0 && amax < least) || !(fabsf(norm2) <= 1e30f))
 		return false;
 	sc = amax / 127;

@@ -14,17 +14,20 @@ server (PG* env or --host/--port/--dbname/--user; bench/server.sh starts one):
        PREPARE q(real[]) AS SELECT id FROM t ORDER BY v <op> $1 LIMIT 10
      after a short untimed warm-up, and measure recall@10 against the exact
      float64 ground truth, QPS (queries / wall time) and p50/p99 latency
-     (execute + fetch, client side).
+     (execute + fetch, client side).  The query vector goes as a text
+     literal, or with --protocol binary in the type's binary format.
 
 One JSON line per measurement on stdout:
   {"dataset","index":"turbo","bits","build_s","index_mb","knob","value",
    "recall","qps","p50_ms","p99_ms","rows","dim","lists","probes","residual",
-   "column"}
+   "column","protocol"}
 ("value" is turbovec.candidates; "lists" is 0 for the flat layout; "probes" is
 the turbovec.probes value in effect; "residual" is "on"/"off" for IVF;
-"column" is "real[]", or "vector" for pgvector's indexes and --column vector.)  Progress and human-readable notes go to
-stderr, ending with the recall/QPS frontier: for recall 0.90/0.95/0.99 the
-fastest (probes, candidates) reaching it.  `run.py --summarize FILE...` prints
+"column" is "real[]", or "vector" for pgvector's indexes and --column vector;
+"protocol" is how the query vectors were sent, --protocol text or binary.)
+Progress and human-readable notes go to stderr, ending with the recall/QPS
+frontier: for recall 0.90/0.95/0.99 the fastest (probes, candidates)
+reaching it.  `run.py --summarize FILE...` prints
 that frontier for saved JSON lines.
 
 --exact measures the plain sequential scan instead (no index; a few queries;
@@ -105,32 +108,112 @@ class NotReady(Exception):
     pass
 
 
-def run_queries(conn, cur, literals, warmup, ready_wait):
-    """Run EXECUTE q(...) for each literal; returns (ids per query, latencies s,
-    wall s).  Warm-up queries retry while the index reports not ready (55000)."""
-    import psycopg2
+class QueryError(Exception):
+    """A failed query of the binary path, with its SQLSTATE."""
+
+    def __init__(self, pgcode, message):
+        super().__init__(message)
+        self.pgcode, self.pgerror = pgcode, message
+
+
+class TextQueries:
+    """--protocol text: EXECUTE q('literal') through psycopg2, the query
+    vector sent as text and parsed by the server (the 768 floats of an
+    embedding are about 0.1 ms of strtof and lexing a query)."""
+
+    def __init__(self, conn, queries, vec):
+        self.cur = conn.cursor()
+        lits = [datasets.array_literal(q) for q in queries]
+        self.params = ["[" + l[1:-1] + "]" for l in lits] if vec else lits
+
+    def run(self, i):
+        import psycopg2
+        try:
+            self.cur.execute("EXECUTE q(%s)", (self.params[i],))
+        except psycopg2.Error as e:
+            raise QueryError(e.pgcode, e.pgerror or str(e))
+        return [r[0] for r in self.cur.fetchall()]
+
+
+class BinaryQueries:
+    """--protocol binary: the prepared statement q run with libpq's
+    PQexecPrepared on psycopg2's own connection, the query vector sent in
+    the type's binary format (the method of ann-benchmarks' pgvector
+    module: binary parameters, prepared statements).  vector: int16 dim,
+    int16 0, dim float4; real[]: the one-dimensional array header, then
+    (int32 4, float4) per element; all big-endian."""
+
+    def __init__(self, conn, queries, vec):
+        import ctypes
+        import ctypes.util
+        import struct
+        name = ctypes.util.find_library("pq")
+        if not name:
+            sys.exit("FATAL: --protocol binary needs libpq (libpq5)")
+        pq = ctypes.CDLL(name)
+        vp, cp, ip = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+        for fn, res, args in (
+                ("PQexecPrepared", vp, [vp, cp, ip, ctypes.POINTER(cp),
+                                        ctypes.POINTER(ip), ctypes.POINTER(ip), ip]),
+                ("PQresultStatus", ip, [vp]), ("PQntuples", ip, [vp]),
+                ("PQgetvalue", cp, [vp, ip, ip]), ("PQclear", None, [vp]),
+                ("PQresultErrorField", cp, [vp, ip]),
+                ("PQresultErrorMessage", cp, [vp])):
+            f = getattr(pq, fn)
+            f.restype, f.argtypes = res, args
+        self.pq, self.pgconn = pq, vp(conn.pgconn_ptr)
+        self.params = []
+        for q in queries:
+            q = np.asarray(q, dtype=">f4")
+            if vec:
+                self.params.append(struct.pack(">hh", len(q), 0) + q.tobytes())
+            else:
+                elems = np.empty(len(q), dtype=[("len", ">i4"), ("val", ">f4")])
+                elems["len"], elems["val"] = 4, q
+                self.params.append(struct.pack(">iiIii", 1, 0, 700, len(q), 1)
+                                   + elems.tobytes())
+        self.values = (cp * 1)()
+        self.lengths = (ip * 1)()
+        self.formats = (ip * 1)(1)
+
+    def run(self, i):
+        pq, p = self.pq, self.params[i]
+        self.values[0], self.lengths[0] = p, len(p)
+        res = pq.PQexecPrepared(self.pgconn, b"q", 1, self.values, self.lengths,
+                                self.formats, 0)
+        try:
+            if pq.PQresultStatus(res) != 2:  # PGRES_TUPLES_OK
+                code = pq.PQresultErrorField(res, ord("C"))
+                raise QueryError(code.decode() if code else None,
+                                 (pq.PQresultErrorMessage(res) or b"").decode())
+            return [int(pq.PQgetvalue(res, j, 0)) for j in range(pq.PQntuples(res))]
+        finally:
+            pq.PQclear(res)
+
+
+def run_queries(runner, nq, warmup, ready_wait):
+    """Run the prepared statement q for each of the first nq queries;
+    returns (ids per query, latencies s, wall s).  Warm-up queries retry
+    while the index reports not ready (55000)."""
     deadline = time.time() + ready_wait
-    for lit in literals[:warmup]:
+    for i in range(warmup):
         while True:
             try:
-                cur.execute("EXECUTE q(%s)", (lit,))
-                cur.fetchall()
+                runner.run(i)
                 break
-            except psycopg2.Error as e:
+            except QueryError as e:
                 if e.pgcode == "55000" and time.time() < deadline:
                     note("index not ready yet (%s); waiting" % e.pgerror.strip().splitlines()[0])
                     time.sleep(1.0)
                     continue
                 raise
     results = []
-    lat = np.empty(len(literals))
+    lat = np.empty(nq)
     t_start = time.perf_counter()
-    for i, lit in enumerate(literals):
+    for i in range(nq):
         t0 = time.perf_counter()
-        cur.execute("EXECUTE q(%s)", (lit,))
-        rows = cur.fetchall()
+        results.append(runner.run(i))
         lat[i] = time.perf_counter() - t0
-        results.append([r[0] for r in rows])
     wall = time.perf_counter() - t_start
     return results, lat, wall
 
@@ -143,7 +226,7 @@ def recall_at(results, gt, k=10):
 
 
 def measurement(ds, index, bits, build_s, index_mb, knob, value, results, lat, wall, gt,
-                lists=None, probes=None, residual=None, column="real[]"):
+                lists=None, probes=None, residual=None, column="real[]", protocol="text"):
     return {
         "dataset": ds.name, "index": index, "bits": bits,
         "build_s": None if build_s is None else round(build_s, 2),
@@ -155,7 +238,7 @@ def measurement(ds, index, bits, build_s, index_mb, knob, value, results, lat, w
         "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 3),
         "rows": ds.rows, "dim": ds.dim,
         "lists": lists, "probes": probes,
-        "residual": residual, "column": column,
+        "residual": residual, "column": column, "protocol": protocol,
     }
 
 
@@ -297,9 +380,11 @@ def bench_dataset(conn, name, a):
     nq = min(a.queries or len(ds.queries), len(ds.queries))
     queries = ds.queries[:nq]
     gt = ds.gt[:nq]
-    literals = [datasets.array_literal(q) for q in queries]
+    runner = (BinaryQueries if a.protocol == "binary" else TextQueries)(conn, queries, vec)
+    # the first query as a literal, for EXPLAIN
+    literals = [datasets.array_literal(queries[0])]
     if vec:
-        literals = ["[" + lit[1:-1] + "]" for lit in literals]
+        literals = ["[" + literals[0][1:-1] + "]"]
 
     if a.reuse and table_ready(cur, table, ds.rows, ds.dim, vector=vec):
         note("%s: reusing table %s (%d rows)" % (name, table, ds.rows))
@@ -326,15 +411,16 @@ def bench_dataset(conn, name, a):
         uses, plan = explain_uses(cur, "EXECUTE q(%s)" % cur.mogrify("%s", (literals[0],)).decode(),
                                   "\x00")
         note("%s: exact plan: %s" % (name, " / ".join(l.strip() for l in plan.splitlines())))
-        results, lat, wall = run_queries(conn, cur, literals[:nq], min(2, nq), 0)
-        rec = measurement(ds, "exact", None, None, None, None, None, results, lat, wall, gt[:nq])
+        results, lat, wall = run_queries(runner, nq, min(2, nq), 0)
+        rec = measurement(ds, "exact", None, None, None, None, None, results, lat, wall, gt[:nq],
+                          protocol=a.protocol)
         emit(rec)
         cur.execute("RESET enable_indexscan")
         cur.execute("RESET enable_bitmapscan")
         return [rec]
 
     if pgv:
-        return bench_pgvector(conn, cur, ds, table, op, literals, gt, a)
+        return bench_pgvector(conn, cur, ds, table, op, literals, runner, gt, a)
 
     index = "%s_turbo_idx" % table
     # lists = 0 spelled out: without it the build chooses lists itself
@@ -410,11 +496,11 @@ def bench_dataset(conn, name, a):
             else:
                 cur.execute("SET turbovec.candidates = %d" % val)
             value = int(scalar(cur, "SHOW turbovec.candidates"))
-            results, lat, wall = run_queries(conn, cur, literals, min(a.warmup, nq), a.ready_wait)
+            results, lat, wall = run_queries(runner, nq, min(a.warmup, nq), a.ready_wait)
             rec = measurement(ds, "turbo", a.bits, build_s, index_mb, "turbovec.candidates",
                               value, results, lat, wall, gt, lists=a.lists, probes=probes,
                               residual=(a.residual or "on") if a.lists else None,
-                              column="vector" if vec else "real[]")
+                              column="vector" if vec else "real[]", protocol=a.protocol)
             emit(rec)
             recs.append(rec)
             # the plan cache may have switched to a generic plan: it must use the index too
@@ -431,7 +517,7 @@ def bench_dataset(conn, name, a):
     return recs
 
 
-def bench_pgvector(conn, cur, ds, table, op, literals, gt, a):
+def bench_pgvector(conn, cur, ds, table, op, literals, runner, gt, a):
     """pgvector's ivfflat (lists = --lists, sweep ivfflat.probes over --probes)
     or hnsw (m, ef_construction; sweep hnsw.ef_search over --ef-search) on the
     vector(d) table, measured like the turbo index."""
@@ -477,11 +563,11 @@ def bench_pgvector(conn, cur, ds, table, op, literals, gt, a):
     recs = []
     for val in values:
         cur.execute("SET %s = %d" % (knob, val))
-        results, lat, wall = run_queries(conn, cur, literals, min(a.warmup, len(literals)),
+        results, lat, wall = run_queries(runner, len(gt), min(a.warmup, len(gt)),
                                          a.ready_wait)
         rec = measurement(ds, a.method, None, build_s, index_mb, knob, val, results, lat,
                           wall, gt, lists=a.lists if a.method == "ivfflat" else None,
-                          column="vector")
+                          column="vector", protocol=a.protocol)
         if a.method == "hnsw":
             rec["m"], rec["ef_construction"] = a.m, a.ef_construction
         emit(rec)
@@ -510,6 +596,10 @@ def main(argv=None):
                     help="hnsw: ef_construction (default 64)")
     ap.add_argument("--ef-search", default="40,80,160,320,640",
                     help="hnsw: comma list of hnsw.ef_search values swept")
+    ap.add_argument("--protocol", choices=("text", "binary"), default="text",
+                    help="how each query vector is sent: text (a literal the server "
+                         "parses; default) or binary (the type's binary format through "
+                         "libpq, as ann-benchmarks' pgvector module sends it)")
     ap.add_argument("--text-copy", action="store_true",
                     help="load with text COPY instead of binary COPY")
     ap.add_argument("--column", choices=("real[]", "vector"), default="real[]",

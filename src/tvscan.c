@@ -1415,7 +1415,7 @@ SelectNearestListsByHeap(ListRank *r, int lists, int n)
 
 /*
  * The heap's cost is its insertions: over ranks in no particular order the
- * n nearest so far change about n ln(lists / n) times (some 200 for 46 of
+ * n nearest so far change about n ln(lists / n) times (some 120 for 23 of
  * 4,000 lists), each a sift of mispredicted branches.  So take a bound
  * from every TV_SELECT_STRIDE-th rank first, the sample's k-th nearest with
  * k chosen so that about twice n ranks precede it; move the ranks that

@@ -1386,17 +1386,17 @@ SiftDownListRank(ListRank *h, int n, int i)
 }
 
 /*
- * Move the n nearest of lists ranks to the front, in no particular order.
- * The front n are kept as a max-heap and every later rank is compared with
- * the farthest of them (a quickselect's partitions mispredicted about every
- * other comparison and cost 6 % of a 4,000-list query).  Ranks are
- * distinct, ties being settled by list number, so the set chosen is the
- * same whatever the method.
+ * Move the n nearest of lists ranks to the front, as a max-heap: the
+ * farthest of them ends at r[0].  Every rank past the front is compared
+ * with that one (a quickselect's partitions mispredicted about every other
+ * comparison and cost 6 % of a 4,000-list query).  Ranks are distinct, ties
+ * being settled by list number, so the set chosen is the same whatever the
+ * method.
  */
 static void
 SelectNearestListsByHeap(ListRank *r, int lists, int n)
 {
-	if (n <= 0 || n >= lists)
+	if (n <= 0 || n > lists)
 		return;
 	for (int i = n / 2 - 1; i >= 0; i--)
 		SiftDownListRank(r, n, i);
@@ -1460,10 +1460,14 @@ SelectNearestListsBelowBound(ListRank *r, int lists, int n)
 	return true;
 }
 
+/*
+ * The n nearest of lists ranks to the front, the farthest of them at r[0]
+ * (OrderLists keeps it as the bound every rank past the front follows)
+ */
 static void
 SelectNearestLists(ListRank *r, int lists, int n)
 {
-	if (n <= 0 || n >= lists)
+	if (n <= 0 || n > lists)
 		return;
 	if (lists >= 16 * n && SelectNearestListsBelowBound(r, lists, n))
 		return;

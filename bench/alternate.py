@@ -15,8 +15,9 @@ ratio, then the median ratio.
 
 Both indexes are on the same table and column, so the planner would pick
 one of them: the other is hidden for the time being by clearing its
-pg_index.indisvalid (the benchmark's own server, a superuser connection),
-and every index is valid again on exit.  Each index's settings are SET in
+pg_index.indisvalid (the benchmark's own server, a superuser connection;
+both indexes must be valid at the start), and both are valid again on
+exit.  Each index's settings are SET in
 its own session.  The first --warmup queries run untimed after each
 switch.  One JSON line per round and index on stdout; the summary goes to
 stderr.
@@ -78,6 +79,11 @@ def main(argv=None):
         if run.scalar(acur, "SELECT indrelid = %s::regclass FROM pg_index WHERE indexrelid"
                             " = %s::regclass", (a.table, ix)) is not True:
             sys.exit("FATAL: %s is not an index of %s" % (ix, a.table))
+        # only a valid index may be hidden and shown again: marking a failed
+        # concurrent build valid would let queries use a broken index
+        if run.scalar(acur, "SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass",
+                      (ix,)) is not True:
+            sys.exit("FATAL: %s is not valid (a failed CREATE INDEX CONCURRENTLY?)" % ix)
     op = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}[ds.metric]
     vec = a.column == "vector"
     runner_class = run.BinaryQueries if a.protocol == "binary" else run.TextQueries
@@ -105,7 +111,7 @@ def main(argv=None):
                 conn, cur, runner = sessions[ix]
                 uses, plan = run.explain_uses(
                     cur, "EXECUTE q(%s)" % cur.mogrify("%s", (literal,)).decode(), ix)
-                if not uses:
+                if not uses or (" using %s " % ix) not in plan:
                     sys.exit("FATAL: the query does not use %s:\n%s" % (ix, plan))
                 results, lat, wall = run.run_queries(runner, len(gt), min(a.warmup, len(gt)), 0)
                 rec = {"round": r, "index": ix, "protocol": a.protocol,

@@ -19,7 +19,10 @@ pg_index.indisvalid (the benchmark's own server, a superuser connection;
 both indexes must be valid at the start), and both are valid again on
 exit.  Each index's settings are SET in
 its own session.  The first --warmup queries run untimed after each
-switch.  One JSON line per round and index on stdout; the summary goes to
+switch; they do not bring a large cold index into the buffer pool, so
+load both first (pg_prewarm), or the first round measures a cold one
+(right after a restart, 300 warm-up queries left HNSW's first round at
+1M x 768 ten times slower than its second).  One JSON line per round and index on stdout; the summary goes to
 stderr.
 """
 

@@ -17,13 +17,13 @@ Both indexes are on the same table and column, so the planner would pick
 one of them: the other is hidden for the time being by clearing its
 pg_index.indisvalid (the benchmark's own server, a superuser connection;
 both indexes must be valid at the start), and both are valid again on
-exit.  Each index's settings are SET in
-its own session.  The first --warmup queries run untimed after each
-switch; they do not bring a large cold index into the buffer pool, so
-load both first (pg_prewarm), or the first round measures a cold one
-(right after a restart, 300 warm-up queries left HNSW's first round at
-1M x 768 ten times slower than its second).  One JSON line per round and index on stdout; the summary goes to
-stderr.
+exit.  Each index's settings are SET in its own session.  The first
+--warmup queries run untimed after each switch; they do not bring a large
+cold index into the buffer pool, so load both first (pg_prewarm), or the
+first round measures a cold one (right after a restart, 300 warm-up
+queries left HNSW's first round at 1M x 768 ten times slower than its
+second).  One JSON line per round and index on stdout; the summary goes
+to stderr.
 """
 
 import argparse
@@ -63,6 +63,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if len(a.index) != 2 or a.index[0] == a.index[1]:
         ap.error("give two different --index")
+    if a.rounds < 1 or a.warmup < 0:
+        ap.error("--rounds must be at least 1 and --warmup at least 0")
     settings = {ix: [] for ix in a.index}
     for ix, spec in a.settings:
         if ix not in settings:

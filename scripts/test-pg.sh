@@ -16,7 +16,9 @@
 #                  Citus from ../shared/vendor (scripts/vendor.sh), which the
 #                  TAP tests t/010_pgvector.pl and t/071_citus.pl need; Citus
 #                  only where it supports the major (15 to 17)
-#   7. tap      -- TAP tests in t/ (prove, through PGXS) as the postgres user
+#   7. tap      -- TAP tests in t/ (prove, through PGXS) as the postgres user;
+#                  for a failed file it prints the tail of its regress log and
+#                  of each of its servers' logs
 #   8. upgrade  -- build and install the previous release (from git), make
 #                  indexes with it, reinstall this tree, ALTER EXTENSION UPDATE
 #                  and check the old indexes (test/upgrade/run.sh)
@@ -380,6 +382,16 @@ else
 			[ -f "$f" ] || continue
 			echo "----- tail of $(basename "$f") -----"
 			tail -n 80 "$f"
+			# The servers' own logs: the test's output rarely says why a
+			# node stopped answering, its log does.  Crashes, lost WAL and
+			# dropped connections first, then the last lines.
+			for s in "$TAPDIR"/tmp_check/log/"$(basename "$t" .pl)"_*.log; do
+				[ -f "$s" ] || continue
+				echo "----- $(basename "$s"): failures and connections -----"
+				grep -E 'PANIC|FATAL|TRAP|terminated by signal|was terminated|requested WAL|could not receive|timeout|started streaming|restart point|crash' "$s" | tail -n 40
+				echo "----- tail of $(basename "$s") -----"
+				tail -n 30 "$s"
+			done
 		done
 	fi
 fi

@@ -112,11 +112,33 @@ sub preload_conf
 	  . "log_statement = none\n";
 }
 
-# Wait until $standby has replayed everything $primary wrote.
+# Wait until $standby has replayed everything $primary wrote.  On a timeout,
+# say what the standby was doing before failing: whether its WAL receiver
+# was connected, how far it had received and replayed, and who waited on
+# which lock (a replay stuck behind a lock looks, from the primary, just
+# like a slow one).
 sub wait_for_replay
 {
 	my ($primary, $standby) = @_;
-	$primary->wait_for_catchup($standby, 'replay', $primary->lsn('insert'));
+	my $target = $primary->lsn('insert');
+	return if eval { $primary->wait_for_catchup($standby, 'replay', $target); 1 };
+	my $failure = $@;
+	for my $sql (
+		"SELECT pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), pg_is_wal_replay_paused()",
+		"SELECT status, flushed_lsn, last_msg_receipt_time FROM pg_stat_wal_receiver",
+		"SELECT pid, backend_type, wait_event_type, wait_event, state, left(query, 60) FROM pg_stat_activity",
+		"SELECT pid, locktype, relation, mode, granted FROM pg_locks WHERE relation IN "
+		  . "(SELECT relation FROM pg_locks WHERE NOT granted) ORDER BY relation, granted")
+	{
+		my ($ret, $out, $err) =
+		  $standby->psql('postgres', $sql, timeout => 30, on_error_stop => 0);
+		Test::More::diag($standby->name . ": $sql\n" . ($out // '') . ($err // ''));
+	}
+	my ($ret, $out, $err) = $primary->psql('postgres',
+		'SELECT application_name, state, sent_lsn, replay_lsn FROM pg_stat_replication',
+		timeout => 30, on_error_stop => 0);
+	Test::More::diag($primary->name . ": replication: " . ($out // '') . ($err // ''));
+	die $failure;
 }
 
 # A random $dim-dimensional vector as a real[] literal, from perl's seeded

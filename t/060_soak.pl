@@ -70,9 +70,16 @@ CREATE INDEX si_v ON si USING turbo (v real_l2_ops) WITH (lists = 16);
 wait_ready_ok($primary, 'sf_v', 'flat index resident before the load');
 wait_ready_ok($primary, 'si_v', 'IVF index resident before the load');
 
+# The standby streams through a physical slot: the load writes about 1 MB of
+# WAL a second against the test clusters' max_wal_size of 128MB, so without
+# one a standby that lost its connection for half a minute would find the
+# WAL it needs removed and never catch up.
+$primary->safe_psql('postgres',
+	"SELECT pg_create_physical_replication_slot('soak_standby', true)");
 my $standby = start_standby($primary, 'soak_backup', 'soak_standby');
 $standby->append_conf('postgresql.conf',
-	"hot_standby_feedback = on\nmax_standby_streaming_delay = -1\n");
+	"hot_standby_feedback = on\nmax_standby_streaming_delay = -1\n"
+	  . "primary_slot_name = 'soak_standby'\n");
 $standby->restart;
 wait_for_replay($primary, $standby);
 
